@@ -1,0 +1,3 @@
+from ofa2_edge.cli.main import run
+
+run()

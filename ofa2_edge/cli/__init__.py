@@ -1,0 +1,1 @@
+"""The `ofa2-edge` command line."""

@@ -1,0 +1,38 @@
+"""What every command shares: the workspace, the stderr console, JSON output on stdout."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from ofa2_edge.workspace import Workspace
+
+#: Human-facing progress and messages; stdout stays clean for tables and --json.
+err_console = Console(stderr=True)
+out_console = Console()
+
+JSON_OPTION = typer.Option(False, "--json", help="Print one machine-readable JSON document on stdout.")
+
+
+@dataclass
+class CliState:
+    workspace: Workspace
+
+
+def state(ctx: typer.Context) -> CliState:
+    obj = ctx.find_root().obj
+    if not isinstance(obj, CliState):  # a sub-app invoked on its own, e.g. in tests
+        obj = CliState(workspace=Workspace.resolve())
+        ctx.find_root().obj = obj
+    return obj
+
+
+def emit_json(doc: Any) -> None:
+    """Write `doc` as JSON to stdout (the only thing --json writes there)."""
+    sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
+    sys.stdout.flush()

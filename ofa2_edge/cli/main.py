@@ -1,0 +1,77 @@
+"""Entry point: the root Typer app, global options, and error-to-exit-code mapping."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.logging import RichHandler
+from rich.text import Text
+
+from ofa2_edge import __version__
+from ofa2_edge.cli import arch
+from ofa2_edge.cli.common import CliState, err_console
+from ofa2_edge.errors import EXIT_FAILURE, Ofa2EdgeError
+from ofa2_edge.workspace import Workspace
+
+app = typer.Typer(
+    name="ofa2-edge",
+    help="Put the best Once-for-All subnet on your device: measure, fit, search, ship.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+app.add_typer(arch.app, name="arch")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ofa2-edge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    workspace: Optional[Path] = typer.Option(
+        None, "--workspace", "-W", help="Workspace folder (default: $OFA2_EDGE_HOME or the current directory)."
+    ),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output on stderr (-vv for debug)."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(
+        level=level, format="%(message)s", handlers=[RichHandler(console=err_console, show_path=False)], force=True
+    )
+    ctx.obj = CliState(workspace=Workspace.resolve(workspace))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; map toolkit errors to stable exit codes instead of tracebacks.
+
+    Usage errors are reported by Typer itself (exit 2); anything else that escapes is a bug
+    and keeps its traceback.
+    """
+    command = typer.main.get_command(app)
+    try:
+        command(args=argv, prog_name="ofa2-edge")
+    except Ofa2EdgeError as exc:
+        err_console.print(Text("error: ", style="bold red") + Text(str(exc)), highlight=False)
+        return exc.exit_code
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_FAILURE)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

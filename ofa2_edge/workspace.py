@@ -1,0 +1,50 @@
+"""Where the toolkit keeps its files: one workspace folder, plus a user cache.
+
+A workspace holds what a team shares and keeps: `latency_tables/` (one folder per device),
+`runs/`, `bundles/` and the device inventory `devices.yaml`. Exports are content-addressed
+and rebuildable, so they live in the user cache. The workspace is `--workspace`, else
+`$OFA2_EDGE_HOME`, else the current directory; the cache is `$OFA2_EDGE_CACHE`, else the
+platform's user cache folder.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+APP_NAME = "ofa2-edge"
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+    cache_dir: Path
+
+    @classmethod
+    def resolve(cls, root: str | Path | None = None, cache_dir: str | Path | None = None) -> "Workspace":
+        root = Path(root or os.environ.get("OFA2_EDGE_HOME") or Path.cwd())
+        cache = Path(cache_dir or os.environ.get("OFA2_EDGE_CACHE") or platformdirs.user_cache_dir(APP_NAME))
+        return cls(root=root.resolve(), cache_dir=cache.resolve())
+
+    @property
+    def tables_dir(self) -> Path:
+        return self.root / "latency_tables"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def bundles_dir(self) -> Path:
+        return self.root / "bundles"
+
+    @property
+    def inventory_path(self) -> Path:
+        return self.root / "devices.yaml"
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.cache_dir / "exports"

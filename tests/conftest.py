@@ -1,0 +1,48 @@
+"""Shared fixtures, and the rule that CI may not silently skip system-dependent tests.
+
+Tests marked `ssh`, `browser`, `tflite` or `tensorrt` skip where their component is
+missing. `OFA2_EDGE_REQUIRE` (comma-separated markers; `.ci/run` sets it) turns such a
+skip into a failure, so a CI machine that lost sshd or Chromium cannot pass quietly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO.parent / "shared" / "fixtures" / "device_outputs"
+
+
+def required_markers() -> set[str]:
+    return {m.strip() for m in os.environ.get("OFA2_EDGE_REQUIRE", "").split(",") if m.strip()}
+
+
+def skip_or_fail(marker: str, reason: str) -> None:
+    """Skip a test whose component is missing, or fail if CI requires that marker."""
+    if marker in required_markers():
+        pytest.fail(f"{reason} (required by OFA2_EDGE_REQUIRE={marker}; .ci/run should have installed it)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def assets_dir() -> Path:
+    """The official OFA assets: $OFA2_EDGE_ASSETS, else ../shared/ofa_assets beside the repo."""
+    env = os.environ.get("OFA2_EDGE_ASSETS")
+    path = Path(env) if env else REPO.parent / "shared" / "ofa_assets"
+    if not (path / "acc_predictor.pth").is_file():
+        pytest.fail(
+            f"official OFA assets not found at {path}: set OFA2_EDGE_ASSETS to a folder holding "
+            "acc_predictor.pth and note10/, or run `ofa2-edge assets fetch`"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    """Real outputs of on-device tools (trtexec, benchmark_model, tegrastats, ...)."""
+    if not FIXTURES.is_dir():
+        pytest.fail(f"device-output fixtures not found at {FIXTURES}")
+    return FIXTURES
