@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -22,6 +23,7 @@ JSON_OPTION = typer.Option(False, "--json", help="Print one machine-readable JSO
 @dataclass
 class CliState:
     workspace: Workspace
+    assets_dir: Path | None = None
 
 
 def state(ctx: typer.Context) -> CliState:

@@ -12,7 +12,7 @@ from rich.logging import RichHandler
 from rich.text import Text
 
 from ofa2_edge import __version__
-from ofa2_edge.cli import arch
+from ofa2_edge.cli import arch, assets
 from ofa2_edge.cli.common import CliState, err_console
 from ofa2_edge.errors import EXIT_FAILURE, Ofa2EdgeError
 from ofa2_edge.workspace import Workspace
@@ -25,6 +25,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(arch.app, name="arch")
+app.add_typer(assets.app, name="assets")
 
 
 def _version(value: bool) -> None:
@@ -39,6 +40,9 @@ def root(
     workspace: Optional[Path] = typer.Option(
         None, "--workspace", "-W", help="Workspace folder (default: $OFA2_EDGE_HOME or the current directory)."
     ),
+    assets: Optional[Path] = typer.Option(
+        None, "--assets", help="Folder with the official OFA assets (else $OFA2_EDGE_ASSETS, else the user cache)."
+    ),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output on stderr (-vv for debug)."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
@@ -46,7 +50,7 @@ def root(
     logging.basicConfig(
         level=level, format="%(message)s", handlers=[RichHandler(console=err_console, show_path=False)], force=True
     )
-    ctx.obj = CliState(workspace=Workspace.resolve(workspace))
+    ctx.obj = CliState(workspace=Workspace.resolve(workspace), assets_dir=assets)
 
 
 def main(argv: list[str] | None = None) -> int:
