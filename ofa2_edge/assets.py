@@ -72,9 +72,7 @@ NOTE10_TABLES = tuple(
 )
 OFFICIAL_ASSETS: tuple[Asset, ...] = (ACC_PREDICTOR, *NOTE10_TABLES)
 # No public sha256 is published for the supernet checkpoint: the user must supply one.
-SUPERNET_W12 = Asset(
-    "ofa_nets/ofa_mbv3_d234_e346_k357_w1.2", None, "OFA-MobileNetV3 w1.2 supernet checkpoint (~30 MB)"
-)
+SUPERNET_W12 = Asset("ofa_nets/ofa_mbv3_d234_e346_k357_w1.2", None, "OFA-MobileNetV3 w1.2 supernet checkpoint (~30 MB)")
 
 
 def default_cache_dir() -> Path:
@@ -214,14 +212,22 @@ def fetch_assets(
         if target.is_file() and sha256_of(target) == expected:
             result = FetchResult(asset.relpath, target, "present", target.stat().st_size, expected)
         else:
-            result = FetchResult(asset.relpath, target, "downloaded", _fetch_one(asset, target, expected, base_urls, timeout, retries), expected)
+            result = FetchResult(
+                asset.relpath,
+                target,
+                "downloaded",
+                _fetch_one(asset, target, expected, base_urls, timeout, retries),
+                expected,
+            )
         results.append(result)
         if on_file:
             on_file(result)
     return results
 
 
-def _fetch_one(asset: Asset, target: Path, expected: str, base_urls: Sequence[str], timeout: float, retries: int) -> int:
+def _fetch_one(
+    asset: Asset, target: Path, expected: str, base_urls: Sequence[str], timeout: float, retries: int
+) -> int:
     errors = []
     for base in base_urls:
         url = base.rstrip("/") + "/" + asset.relpath

@@ -16,7 +16,6 @@ from ofa2_edge.assets import (
     NOTE10_TABLES,
     OFFICIAL_ASSETS,
     SUPERNET_W12,
-
     ChecksumMismatchError,
     fetch_assets,
     find_asset,
@@ -25,6 +24,7 @@ from ofa2_edge.assets import (
 )
 from ofa2_edge.cli.main import main
 from ofa2_edge.errors import AssetError
+
 
 class AssetHandler(http.server.SimpleHTTPRequestHandler):
     """Serves a folder; `faults` maps a path to 'corrupt', 'drop' or 'lfs' misbehaviour."""
@@ -56,6 +56,7 @@ class AssetHandler(http.server.SimpleHTTPRequestHandler):
             return
         self.wfile.write(body)
 
+
 @pytest.fixture()
 def server(assets_dir: Path) -> Iterator[tuple[str, type[AssetHandler]]]:
     handler = type("Handler", (AssetHandler,), {"faults": {}, "hits": {}})
@@ -68,6 +69,7 @@ def server(assets_dir: Path) -> Iterator[tuple[str, type[AssetHandler]]]:
         httpd.shutdown()
         httpd.server_close()
 
+
 def test_fetch_downloads_and_verifies_everything(server: tuple[str, type], tmp_path: Path, assets_dir: Path) -> None:
     url, _ = server
     results = fetch_assets(dest=tmp_path, base_urls=[url], retries=1)
@@ -78,6 +80,7 @@ def test_fetch_downloads_and_verifies_everything(server: tuple[str, type], tmp_p
     assert [r.status for r in again] == ["present"] * len(OFFICIAL_ASSETS)
     assert not list(tmp_path.rglob("*.part"))
 
+
 def test_corrupt_file_keeps_nothing_and_is_not_retried(server: tuple[str, type], tmp_path: Path) -> None:
     url, handler = server
     handler.faults[ACC_PREDICTOR.relpath] = "corrupt"
@@ -85,6 +88,7 @@ def test_corrupt_file_keeps_nothing_and_is_not_retried(server: tuple[str, type],
         fetch_assets([ACC_PREDICTOR], dest=tmp_path, base_urls=[url, url], retries=3)
     assert handler.hits[ACC_PREDICTOR.relpath] == 1
     assert not any(p.is_file() for p in tmp_path.rglob("*"))
+
 
 def test_dropped_connection_is_retried_then_fails_cleanly(server: tuple[str, type], tmp_path: Path) -> None:
     url, handler = server
@@ -97,6 +101,7 @@ def test_dropped_connection_is_retried_then_fails_cleanly(server: tuple[str, typ
     handler.faults.clear()  # the link comes back: the same call now succeeds
     assert fetch_assets([table], dest=tmp_path, base_urls=[url])[0].status == "downloaded"
 
+
 def test_lfs_pointer_falls_through_to_next_mirror(server: tuple[str, type], tmp_path: Path, assets_dir: Path) -> None:
     url, handler = server
     handler.faults[ACC_PREDICTOR.relpath] = "lfs"
@@ -104,9 +109,11 @@ def test_lfs_pointer_falls_through_to_next_mirror(server: tuple[str, type], tmp_
         fetch_assets([ACC_PREDICTOR], dest=tmp_path, base_urls=[url], retries=3)
     assert handler.hits[ACC_PREDICTOR.relpath] == 1
 
+
 def test_unpinned_file_needs_an_explicit_hash(tmp_path: Path) -> None:
     with pytest.raises(AssetError, match="no sha256 is pinned"):
         fetch_assets([SUPERNET_W12], dest=tmp_path, base_urls=["http://127.0.0.1:9/"])
+
 
 def test_lookup_order_and_missing_message(tmp_path: Path, assets_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OFA2_EDGE_CACHE", str(tmp_path / "cache"))
@@ -123,6 +130,7 @@ def test_lookup_order_and_missing_message(tmp_path: Path, assets_dir: Path, monk
     assert "note10/160_lookup_table.yaml" in msg and "acc_predictor.pth" not in msg.split("Looked")[0]
     assert "ofa2-edge assets fetch" in msg and "$OFA2_EDGE_ASSETS: (not set)" in msg
 
+
 def test_damaged_local_copy_is_reported(tmp_path: Path, assets_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OFA2_EDGE_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("OFA2_EDGE_ASSETS", raising=False)
@@ -130,8 +138,10 @@ def test_damaged_local_copy_is_reported(tmp_path: Path, assets_dir: Path, monkey
     with pytest.raises(AssetError, match="Damaged copies ignored: .*acc_predictor.pth"):
         find_asset(ACC_PREDICTOR.relpath, tmp_path)
 
-def test_cli_fetch_and_list(server: tuple[str, type], tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                            monkeypatch: pytest.MonkeyPatch) -> None:
+
+def test_cli_fetch_and_list(
+    server: tuple[str, type], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     url, _ = server
     monkeypatch.setenv("OFA2_EDGE_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("OFA2_EDGE_ASSETS", raising=False)

@@ -10,7 +10,7 @@ import pytest
 
 from ofa2_edge.errors import InvalidArchError, SchemaError
 from ofa2_edge.latency.base import load_surrogate
-from ofa2_edge.latency.lut import LayerStat, LutSurrogate, lut_latency, read_ofa_table, write_ofa_table
+from ofa2_edge.latency.lut import LutSurrogate, lut_latency, read_ofa_table, write_ofa_table
 from ofa2_edge.space import Arch, SearchSpace, genomes_of
 
 

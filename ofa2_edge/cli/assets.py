@@ -45,8 +45,12 @@ def fetch(
         err_console.print(f"{result.status:>10}  {result.relpath}  ({result.bytes:,} bytes)")
 
     results = fetch_assets(
-        wanted, dest=dest, base_urls=base_url or (OFA_FILES_URL, OFA_LFS_URL), sha_overrides=overrides,
-        timeout=timeout, on_file=report,
+        wanted,
+        dest=dest,
+        base_urls=base_url or (OFA_FILES_URL, OFA_LFS_URL),
+        sha_overrides=overrides,
+        timeout=timeout,
+        on_file=report,
     )
     folder = Path(dest) if dest else default_cache_dir()
     if as_json:
