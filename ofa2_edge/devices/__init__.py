@@ -1,0 +1,1 @@
+"""Devices: the inventory, the transports that reach them, and measurement orchestration."""
