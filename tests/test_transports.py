@@ -160,3 +160,17 @@ def test_inventory_roundtrip_and_validation(tmp_path: Path) -> None:
     (tmp_path / "devices.yaml").write_text("schema_version: 99\ndevices: []\n")
     with pytest.raises(SchemaError, match="schema_version 1"):
         Inventory.load(tmp_path / "devices.yaml")
+
+
+def test_devices_cli_add_list_remove(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ofa2_edge.cli.main import main
+
+    ws = ["-W", str(tmp_path)]
+    assert main([*ws, "devices", "add", "jetson-nano", "--host", "10.1.2.3", "--user", "nvidia", "--runtime", "tensorrt"]) == 0
+    assert main([*ws, "devices", "add", "jetson-nano", "--host", "10.1.2.4"]) == 2  # exists: usage error
+    capsys.readouterr()
+    assert main([*ws, "devices", "list", "--json"]) == 0
+    listed = {d["key"]: d for d in __import__("json").loads(capsys.readouterr().out)}
+    assert listed["jetson-nano"]["runtime"] == "tensorrt" and "local" in listed
+    assert main([*ws, "devices", "remove", "jetson-nano"]) == 0
+    assert main([*ws, "devices", "remove", "jetson-nano"]) == 2
