@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -170,7 +171,7 @@ def test_devices_cli_add_list_remove(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main([*ws, "devices", "add", "jetson-nano", "--host", "10.1.2.4"]) == 2  # exists: usage error
     capsys.readouterr()
     assert main([*ws, "devices", "list", "--json"]) == 0
-    listed = {d["key"]: d for d in __import__("json").loads(capsys.readouterr().out)}
+    listed = {d["key"]: d for d in json.loads(capsys.readouterr().out)}
     assert listed["jetson-nano"]["runtime"] == "tensorrt" and "local" in listed
     assert main([*ws, "devices", "remove", "jetson-nano"]) == 0
     assert main([*ws, "devices", "remove", "jetson-nano"]) == 2
