@@ -22,6 +22,9 @@ STAGE_SE = (False, True, False, True, True)
 N_CLASSES = 1000
 CHANNEL_DIVISIBLE = 8
 SE_REDUCTION = 4
+#: OFA's BatchNorm settings (`bn_param=(0.1, 1e-5)`: momentum, eps) for every BN layer.
+BN_MOMENTUM = 0.1
+BN_EPS = 1e-5
 
 def make_divisible(value: float, divisor: int = CHANNEL_DIVISIBLE) -> int:
     """TF-slim's channel rounding, as OFA uses it (never rounds down by more than 10 %)."""
@@ -73,6 +76,11 @@ class Layer:
     se: bool = False
     hswish: bool = False
     slot: int | None = None  # block slot 0..19 for elastic blocks
+
+    @property
+    def has_expand(self) -> bool:
+        """Whether this MBConv block has an inverted bottleneck (the first block, expand 1, has none)."""
+        return self.kind == "expanded_conv" and self.mid_ch != self.in_ch
 
     def lut_key(self) -> str:
         """The key of this layer in an OFA-format latency lookup table."""

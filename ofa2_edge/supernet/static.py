@@ -1,0 +1,149 @@
+"""A static OFA-MobileNetV3 subnet built from plain torch modules.
+
+Exporters (ONNX, LiteRT) trace this module, so it holds only Conv2d, BatchNorm2d, ReLU,
+Hardswish, Hardsigmoid, AdaptiveAvgPool2d and Linear, composed by three tiny containers
+(squeeze-and-excite, MBConv, residual). Module names follow OFA's static `MobileNetV3`, so a
+subnet's `state_dict` has the same keys as the one OFA's `get_active_subnet` returns.
+
+The shape of every layer comes from :mod:`ofa2_edge.netplan` (the same plan the cost
+counters and latency tables price), so what is exported is what was costed.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ofa2_edge.netplan import BN_EPS, BN_MOMENTUM, N_CLASSES, Layer, layer_plan, se_channels
+from ofa2_edge.preprocessing import Preprocessing
+from ofa2_edge.space import Arch
+
+
+def batch_norm(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+
+def _act(hswish: bool) -> nn.Module:
+    return nn.Hardswish() if hswish else nn.ReLU()
+
+
+def conv_bn_act(in_ch: int, out_ch: int, kernel: int = 1, stride: int = 1, hswish: bool = True) -> nn.Sequential:
+    """OFA's `ConvLayer` (weight, BN, activation), as a plain Sequential."""
+    return nn.Sequential(
+        OrderedDict(
+            conv=nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, bias=False),
+            bn=batch_norm(out_ch),
+            act=_act(hswish),
+        )
+    )
+
+
+class SqueezeExcite(nn.Module):
+    """OFA's `SEModule`: x * hsigmoid(expand(relu(reduce(mean(x)))))."""
+
+    def __init__(self, channels: int, hidden: int) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Sequential(
+            OrderedDict(
+                reduce=nn.Conv2d(channels, hidden, 1, bias=True),
+                relu=nn.ReLU(),
+                expand=nn.Conv2d(hidden, channels, 1, bias=True),
+                h_sigmoid=nn.Hardsigmoid(),
+            )
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.fc(self.pool(x))
+
+
+class MBConv(nn.Module):
+    """OFA's `MBConvLayer`: [1x1 expand, BN, act], depthwise kxk, BN, act, [SE], 1x1 project, BN."""
+
+    def __init__(self, layer: Layer) -> None:
+        super().__init__()
+        mid, act = layer.mid_ch, layer.hswish
+        self.inverted_bottleneck = conv_bn_act(layer.in_ch, mid, 1, 1, act) if layer.has_expand else None
+        depth = OrderedDict(
+            conv=nn.Conv2d(mid, mid, layer.kernel, layer.stride, layer.kernel // 2, groups=mid, bias=False),
+            bn=batch_norm(mid),
+            act=_act(act),
+        )
+        if layer.se:
+            depth["se"] = SqueezeExcite(mid, se_channels(mid))
+        self.depth_conv = nn.Sequential(depth)
+        self.point_linear = nn.Sequential(
+            OrderedDict(conv=nn.Conv2d(mid, layer.out_ch, 1, bias=False), bn=batch_norm(layer.out_ch))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.inverted_bottleneck is not None:
+            x = self.inverted_bottleneck(x)
+        return self.point_linear(self.depth_conv(x))
+
+
+class ResidualBlock(nn.Module):
+    """An MBConv block with the identity shortcut where stride is 1 and channels match."""
+
+    def __init__(self, layer: Layer) -> None:
+        super().__init__()
+        self.conv = MBConv(layer)
+        self.identity = layer.idskip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return y + x if self.identity else y
+
+
+def tail_modules(layers: Sequence[Layer]) -> dict[str, nn.Module]:
+    """The final expand conv, pooling, feature-mix conv and classifier from their plan layers."""
+    final, _pool, mix, logits = layers
+    return {
+        "final_expand_layer": conv_bn_act(final.in_ch, final.out_ch, 1, 1, hswish=True),
+        "global_avg_pool": nn.AdaptiveAvgPool2d(1),
+        # OFA's feature mix layer has neither BN nor bias
+        "feature_mix_layer": nn.Sequential(
+            OrderedDict(conv=nn.Conv2d(mix.in_ch, mix.out_ch, 1, bias=False), act=nn.Hardswish())
+        ),
+        # dropout precedes it in training; it is the identity at inference
+        "classifier": nn.Sequential(OrderedDict(linear=nn.Linear(logits.in_ch, N_CLASSES))),
+    }
+
+
+class StaticSubnet(nn.Module):
+    """One OFA-MobileNetV3 subnet, with the facts an exporter needs attached.
+
+    `arch` is what it is, `weights_source` where its weights come from (``sha256:<hex>`` of
+    a checkpoint file, or ``random:<seed>``), `bn_stats_source` where its BatchNorm
+    running statistics come from (``supernet`` until :func:`recalibrate_bn` replaces
+    them), `preprocessing` the input recipe.
+    """
+
+    def __init__(self, arch: Arch, weights_source: str) -> None:
+        super().__init__()
+        plan = layer_plan(arch)
+        first, blocks, tail = plan[0], plan[1:-4], plan[-4:]
+        self.first_conv = conv_bn_act(first.in_ch, first.out_ch, first.kernel, first.stride, hswish=True)
+        self.blocks = nn.ModuleList(ResidualBlock(layer) for layer in blocks)
+        for name, module in tail_modules(tail).items():
+            self.add_module(name, module)
+        self.arch = arch
+        self.weights_source = weights_source
+        self.bn_stats_source = "supernet"
+        self.preprocessing = Preprocessing.for_resolution(arch.r)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return self.preprocessing.input_shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.first_conv(x)
+        for block in self.blocks:
+            x = block(x)
+        x = self.final_expand_layer(x)
+        x = self.global_avg_pool(x)
+        x = self.feature_mix_layer(x)
+        return self.classifier(torch.flatten(x, 1))
