@@ -82,7 +82,7 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise RecordError(f"{where}: expected an object, got {_type_name(value)}")
-        key_tp, val_tp = args if args else (str, Any)
+        val_tp = args[1] if args else Any
         out = {}
         for k, v in value.items():
             if not isinstance(k, str):

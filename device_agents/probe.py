@@ -107,7 +107,7 @@ def runtime_infos() -> Dict[str, RuntimeInfo]:
             out[name] = RuntimeInfo(True, get_runtime(name).version(), None)
         except RuntimeUnavailable as exc:
             out[name] = RuntimeInfo(False, None, f"runtime not available on this device: {exc}")
-        except Exception as exc:  # a broken install must not stop the probe of the others
+        except Exception as exc:  # noqa: BLE001 - a broken install must not stop the probe of the others
             out[name] = RuntimeInfo(False, None, f"runtime failed to import: {type(exc).__name__}: {exc}")
     return out
 

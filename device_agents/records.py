@@ -37,24 +37,24 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$")
 _SAFE_FILE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]{0,254}$")
 
 __all__ = [
-    "RecordError",
+    "BatchEnd",
+    "Energy",
     "FailureKind",
     "Flag",
-    "Protocol",
-    "TensorSpec",
-    "TensorRTBuild",
-    "ModelSpec",
     "MeasureRequest",
-    "Stats",
-    "ThrottleState",
-    "Telemetry",
-    "Energy",
     "MeasureResult",
-    "BatchEnd",
-    "RuntimeInfo",
+    "ModelSpec",
     "ProbeReport",
-    "parse_agent_line",
+    "Protocol",
+    "RecordError",
+    "RuntimeInfo",
+    "Stats",
+    "Telemetry",
+    "TensorRTBuild",
+    "TensorSpec",
+    "ThrottleState",
     "fingerprint_of",
+    "parse_agent_line",
 ]
 
 
@@ -149,7 +149,7 @@ class Protocol:
         return to_json(self)
 
     @classmethod
-    def from_dict(cls, doc: Any, where: str = "protocol") -> "Protocol":
+    def from_dict(cls, doc: Any, where: str = "protocol") -> Protocol:
         return from_json(cls, doc, where)
 
 
@@ -231,7 +231,7 @@ class MeasureRequest:
         return {"schema": REQUEST_SCHEMA, "schema_version": SCHEMA_VERSION, **to_json(self)}
 
     @classmethod
-    def from_dict(cls, doc: Any, where: str = "request") -> "MeasureRequest":
+    def from_dict(cls, doc: Any, where: str = "request") -> MeasureRequest:
         return from_json(cls, check_envelope(doc, REQUEST_SCHEMA, [SCHEMA_VERSION], where), where)
 
 
@@ -300,7 +300,7 @@ class ThrottleState:
         return now, since
 
     @classmethod
-    def from_raw(cls, raw: int) -> "ThrottleState":
+    def from_raw(cls, raw: int) -> ThrottleState:
         now, since = cls.decode(raw)
         return cls(raw=raw, now=now, since_boot=since)
 
@@ -394,7 +394,7 @@ class MeasureResult:
         return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
 
     @classmethod
-    def from_dict(cls, doc: Any, where: str = "result") -> "MeasureResult":
+    def from_dict(cls, doc: Any, where: str = "result") -> MeasureResult:
         return from_json(cls, check_envelope(doc, RESULT_SCHEMA, [SCHEMA_VERSION], where), where)
 
     @classmethod
@@ -416,7 +416,7 @@ class MeasureResult:
         telemetry_after: Optional[Telemetry] = None,
         session_init_ms: Optional[float] = None,
         output_shapes: Optional[Tuple[Tuple[int, ...], ...]] = None,
-    ) -> "MeasureResult":
+    ) -> MeasureResult:
         """A failure record; the host uses it too, for export and upload errors."""
         return cls(
             batch_id=batch_id, device_key=device_key, device_fingerprint=device_fingerprint,
@@ -447,7 +447,7 @@ class BatchEnd:
         return {"schema": BATCH_END_SCHEMA, "schema_version": SCHEMA_VERSION, **to_json(self)}
 
     @classmethod
-    def from_dict(cls, doc: Any, where: str = "batch_end") -> "BatchEnd":
+    def from_dict(cls, doc: Any, where: str = "batch_end") -> BatchEnd:
         return from_json(cls, check_envelope(doc, BATCH_END_SCHEMA, [SCHEMA_VERSION], where), where)
 
 
@@ -504,7 +504,7 @@ class ProbeReport:
         return {"schema": PROBE_SCHEMA, "schema_version": SCHEMA_VERSION, **to_json(self)}
 
     @classmethod
-    def from_dict(cls, doc: Any, where: str = "probe") -> "ProbeReport":
+    def from_dict(cls, doc: Any, where: str = "probe") -> ProbeReport:
         return from_json(cls, check_envelope(doc, PROBE_SCHEMA, [SCHEMA_VERSION], where), where)
 
 

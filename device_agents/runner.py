@@ -31,8 +31,8 @@ import device_agents
 from device_agents import AGENT_VERSION
 from device_agents.jsonrecord import to_json
 from device_agents.records import (
-    Flag,
     FailureKind,
+    Flag,
     MeasureRequest,
     MeasureResult,
     ModelSpec,
@@ -85,7 +85,7 @@ class WorkerProcess:
 
     def __init__(self, job: WorkerJob, threads: int) -> None:
         cmd, env = worker_command(threads)
-        self.log: IO[bytes] = tempfile.TemporaryFile()
+        self.log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the worker; close()
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=env,
                                      start_new_session=True)
         self._buf = b""
@@ -249,7 +249,7 @@ class BatchRunner:
     def _snapshot(self) -> Optional[Telemetry]:
         try:
             return self.reader.snapshot()
-        except Exception as exc:  # telemetry must never cost a measurement
+        except Exception as exc:  # noqa: BLE001 - telemetry must never cost a measurement
             print(f"[agent] telemetry snapshot failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             return None
 

@@ -58,7 +58,7 @@ def run_tool(argv: Sequence[str]) -> Optional[str]:
         return None
     try:
         done = subprocess.run([exe] + list(argv[1:]), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              timeout=5, check=False, universal_newlines=True)
+                              timeout=5, check=False, text=True)
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout
@@ -346,8 +346,9 @@ def condition_flags(before: Optional[Telemetry], after: Optional[Telemetry], pro
         for name in st.now:
             add(_THROTTLE_FLAGS[name])
     if len(states) == 2:
-        for name in set(states[1].since_boot) - set(states[0].since_boot):
-            add(_THROTTLE_FLAGS[name])
+        for name in states[1].since_boot:
+            if name not in states[0].since_boot:
+                add(_THROTTLE_FLAGS[name])
     for t in (before, after):
         if t is not None and any(v >= protocol.max_temp_c for v in _usable_temps(t)):
             add(Flag.HOT)

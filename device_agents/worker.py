@@ -116,13 +116,13 @@ def serve(chan: _Channel) -> int:
         session = runtime.load(job.model_path, spec, protocol, ctx)
     except ModelLoadFailed as exc:
         return chan.fail(FailureKind.MODEL_LOAD_ERROR, str(exc))
-    except Exception as exc:  # any other failure inside the runtime while loading is a load error
+    except Exception as exc:  # noqa: BLE001 - any other failure inside the runtime while loading
         return chan.fail(FailureKind.MODEL_LOAD_ERROR, f"{type(exc).__name__}: {exc}")
     init_ms = (time.perf_counter() - t0) * 1e3
     t0 = time.perf_counter()
     try:
         shapes = session.infer_output_shapes()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the runtime's error, reported as data
         return chan.fail(FailureKind.RUN_ERROR, f"first inference failed: {type(exc).__name__}: {exc}")
     first_ms = (time.perf_counter() - t0) * 1e3
     chan.send({
@@ -145,7 +145,7 @@ def serve(chan: _Channel) -> int:
                 return 0
             else:
                 return chan.fail(FailureKind.CRASH, f"worker got an unknown command {cmd!r}")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the runtime's error, reported as data
             return chan.fail(FailureKind.RUN_ERROR, f"inference failed: {type(exc).__name__}: {exc}")
 
 

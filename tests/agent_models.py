@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -75,14 +76,14 @@ def endless_loop() -> onnx.ModelProto:
 def tflite_fully_connected(n_in: int = 16, n_out: int = 8, seed: int = 0) -> bytes:
     """A one-op TFLite model (FULLY_CONNECTED, float32 [1,n_in] -> [1,n_out]) built with
     LiteRT's own flatbuffer schema, so LiteRT tests need no converter."""
-    from ai_edge_litert import schema_py_generated as s
     import flatbuffers
+    from ai_edge_litert import schema_py_generated as s
 
     rng = np.random.default_rng(seed)
     weights = (rng.standard_normal((n_out, n_in)) * 0.1).astype(np.float32)
     bias = np.zeros((n_out,), np.float32)
 
-    def buffer(data: Optional[np.ndarray]) -> Any:
+    def buffer(data: np.ndarray | None) -> Any:
         b = s.BufferT()
         if data is not None:
             b.data = np.frombuffer(data.tobytes(), dtype=np.uint8)
@@ -116,14 +117,14 @@ def tflite_fully_connected(n_in: int = 16, n_out: int = 8, seed: int = 0) -> byt
 
 def spec(arch_id: str, model_file: str, sha256: str, runtime: str = "onnxruntime",
          in_shape: Sequence[int] = (1, 3, 16, 16), out_shape: Sequence[int] = (1, 10),
-         tensorrt: Optional[TensorRTBuild] = None) -> ModelSpec:
+         tensorrt: TensorRTBuild | None = None) -> ModelSpec:
     return ModelSpec(arch_id=arch_id, arch={"test": arch_id}, model_file=model_file, sha256=sha256, runtime=runtime,
                      inputs=(TensorSpec(None, tuple(in_shape), "float32"),),
                      outputs=(TensorSpec(None, tuple(out_shape), "float32"),), tensorrt=tensorrt)
 
 
-def request(work_dir: Path, models: List[ModelSpec], protocol: Protocol = FAST, batch_id: str = "b-test",
-            device_key: Optional[str] = "local") -> MeasureRequest:
+def request(work_dir: Path, models: list[ModelSpec], protocol: Protocol = FAST, batch_id: str = "b-test",
+            device_key: str | None = "local") -> MeasureRequest:
     return MeasureRequest(batch_id=batch_id, device_key=device_key, work_dir=str(work_dir), protocol=protocol,
                           models=tuple(models))
 
@@ -133,5 +134,5 @@ def write_request(path: Path, req: MeasureRequest) -> Path:
     return path
 
 
-def lines_to_dicts(text: str) -> List[Dict[str, Any]]:
+def lines_to_dicts(text: str) -> list[dict[str, Any]]:
     return [json.loads(ln) for ln in text.splitlines() if ln.strip()]

@@ -27,6 +27,7 @@ from device_agents.parsers.vcgencmd import (
     parse_volts,
 )
 
+
 def body(fixtures_dir: Path, rel: str) -> str:
     """The captured output without the fixture's leading '# source:' header block."""
     lines = (fixtures_dir / rel).read_text(encoding="utf-8").splitlines()

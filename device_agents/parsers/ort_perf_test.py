@@ -54,9 +54,7 @@ def parse_ort_perf_test(text: str) -> OrtPerfSummary:
         if unit in _TO_S:
             values[key] = value * _TO_S[unit]  # seconds
         elif unit is None and key in ("total inference requests", "total iterations",
-                                      "number of inferences per second"):
-            values[key] = value
-        elif unit in ("%", "bytes"):
+                                      "number of inferences per second") or unit in ("%", "bytes"):
             values[key] = value
     average_s = values.get("average inference time cost", values.get("average time cost"))
     if average_s is None:

@@ -36,8 +36,7 @@ def _load_builtin() -> None:
 
 def get_runtime(name: str) -> Runtime:
     """A fresh runtime object; raises KeyError with the known names for an unknown one."""
-    if not _REGISTRY:
-        _load_builtin()
+    _load_builtin()
     try:
         return _REGISTRY[name]()
     except KeyError:
@@ -45,6 +44,5 @@ def get_runtime(name: str) -> Runtime:
 
 
 def runtime_names() -> List[str]:
-    if not _REGISTRY:
-        _load_builtin()
+    _load_builtin()
     return sorted(_REGISTRY)

@@ -62,7 +62,7 @@ class LiteRt(Runtime):
         interpreter_cls, _ = _import()
         try:
             interp = interpreter_cls(model_path=model_path, num_threads=protocol.threads)
-        except Exception as exc:  # the interpreter raises ValueError/RuntimeError for bad flatbuffers
+        except Exception as exc:  # noqa: BLE001 - the interpreter raises several types for bad files
             raise ModelLoadFailed(f"LiteRT cannot load {spec.model_file}: {exc}") from None
         details = interp.get_input_details()
         model_inputs = [(d["name"], list(d["shape_signature"] if len(d.get("shape_signature", ())) else d["shape"]),
@@ -75,7 +75,7 @@ class LiteRt(Runtime):
                 interp.resize_tensor_input(by_name[name]["index"], list(shape))
         try:
             interp.allocate_tensors()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure here means the model cannot run
             raise ModelLoadFailed(f"LiteRT cannot allocate tensors for {spec.model_file}: {exc}") from None
         arrays = make_inputs([(shape, dtype) for _, shape, dtype in resolved], protocol.input_seed)
         for (name, _, _), arr in zip(resolved, arrays):

@@ -78,7 +78,7 @@ class OnnxRuntime(Runtime):
         opts.log_severity_level = 3
         try:
             sess = ort.InferenceSession(model_path, sess_options=opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types, all meaning "cannot load"
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types all mean "cannot load"
             raise ModelLoadFailed(f"onnxruntime cannot load {spec.model_file}: {exc}") from None
         model_inputs = [(i.name, list(i.shape), ORT_DTYPES.get(i.type, i.type)) for i in sess.get_inputs()]
         resolved = resolve_inputs(model_inputs, spec.inputs)
