@@ -311,11 +311,14 @@ class Telemetry:
 
     time_unix: float
     load_avg: Optional[Tuple[float, float, float]]
+    cpu_model: Optional[str]
+    cpus_online: Optional[str]  # kernel list syntax, e.g. "0-3"; Jetson power modes park cores
     cpu_freq_khz: Dict[str, int]
     cpu_governor: Dict[str, str]
     temperatures_c: Dict[str, float]
     throttle: Optional[ThrottleState]
     arm_freq_hz: Optional[int]
+    devfreq_hz: Dict[str, int]  # /sys/class/devfreq: GPU and memory clocks (Jetson, Mali boards)
     jetson_power_mode: Optional[str]
     jetson_power_mode_id: Optional[int]
     power_mw: Dict[str, float]

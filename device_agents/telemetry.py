@@ -24,6 +24,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from device_agents.parsers.cpu import parse_cpuinfo
 from device_agents.parsers.jetson import parse_nvpmodel
 from device_agents.parsers.text import ParseError
 from device_agents.parsers.thermal import millidegrees_to_c
@@ -112,6 +113,7 @@ class TelemetryReader:
         self.tool = tool
         self._rails: Optional[List[PowerRail]] = None
         self._tool_cache: Dict[Tuple[str, ...], bool] = {}
+        self._cpu_model: Optional[str] = None
 
     def _sys(self, *parts: str) -> str:
         return os.path.join(self.sys_root, *parts)
@@ -236,17 +238,37 @@ class TelemetryReader:
             return None, None
         return mode.power_mode, mode.mode_id
 
+    def cpu_model(self) -> Optional[str]:
+        if self._cpu_model is None:
+            text = _read(os.path.join(self.proc_root, "cpuinfo"))
+            try:
+                self._cpu_model = (parse_cpuinfo(text).model_name if text else None) or ""
+            except ParseError:
+                self._cpu_model = ""
+        return self._cpu_model or None
+
+    def devfreq(self) -> Dict[str, int]:
+        out = {}
+        for folder in self._glob("class/devfreq/*"):
+            value = _read_int(os.path.join(folder, "cur_freq"))
+            if value is not None:
+                out[os.path.basename(folder)] = value
+        return out
+
     def snapshot(self) -> Telemetry:
         freqs, govs = self.cpu_freqs()
         mode, mode_id = self.jetson_power_mode()
         return Telemetry(
             time_unix=time.time(),
             load_avg=self.load_avg(),
+            cpu_model=self.cpu_model(),
+            cpus_online=_read(self._sys("devices", "system", "cpu", "online")),
             cpu_freq_khz=freqs,
             cpu_governor=govs,
             temperatures_c=self.temperatures(),
             throttle=self.throttle(),
             arm_freq_hz=self.arm_freq_hz(),
+            devfreq_hz=self.devfreq(),
             jetson_power_mode=mode,
             jetson_power_mode_id=mode_id,
             power_mw=self.read_power_mw(),

@@ -26,6 +26,7 @@ NANO_TEGRASTATS = "jetson_telemetry/tegrastats_jetson-nano_jp4.x_jetson-inferenc
 ORIN_CLOCKS = "jetson_telemetry/jetson_clocks-show_agx-orin-devkit_jp5.0-predp_jetson_stats-issue381_partial.txt"
 NANO_NVPMODEL = "jetson_telemetry/nvpmodel-q_jetson-nano_jetbot-issue49.txt"
 THROTTLED = "raspberry_pi/vcgencmd_get_throttled_rpi3_0x50005_firmware-issue615.txt"
+PI5_CPUINFO = "raspberry_pi/proc_cpuinfo_rpi5-model-b-rev1.0_arm-socs-table-issue96.txt"
 
 
 def write(path: Path, text: str) -> None:
@@ -52,8 +53,12 @@ def jetson_tree(root: Path, fixtures_dir: Path) -> Path:
     # the same IIO device is also reachable under bus/iio: it must be counted once
     (sysfs / "bus/iio/devices").mkdir(parents=True)
     os.symlink(iio, sysfs / "bus/iio/devices/iio:device0")
+    write(sysfs / "devices/system/cpu/online", "0-11")
+    # the Nano's GPU clock as tegrastats shows it (GR3D_FREQ 86%@921 -> 921.6 MHz devfreq)
+    write(sysfs / "class/devfreq/57000000.gpu/cur_freq", "921600000")
     proc = root / "proc"
     write(proc / "loadavg", "0.52 0.58 0.59 1/345 12345")
+    write(proc / "cpuinfo", body(fixtures_dir, PI5_CPUINFO))
     return root
 
 
@@ -79,6 +84,8 @@ def test_snapshot_of_a_jetson_tree(tmp_path, fixtures_dir):
     assert t.power_mw == {"POM_5V_IN": 4122.0, "POM_5V_GPU": 109.0, "POM_5V_CPU": 1167.0}
     assert (t.jetson_power_mode, t.jetson_power_mode_id) == ("5W", 1)
     assert t.load_avg == (0.52, 0.58, 0.59)
+    assert t.cpus_online == "0-11" and t.cpu_model == "Cortex-A76"
+    assert t.devfreq_hz == {"57000000.gpu": 921600000}
     assert t.throttle.raw == 0x50000  # the first answer in the capture
     assert t.arm_freq_hz is None  # no capture given for measure_clock: the tool "is absent"
     assert reader.max_freqs()["cpu3"] == 2201600
