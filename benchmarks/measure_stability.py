@@ -118,8 +118,9 @@ def session(pyz: Path, work: Path, specs: List[ModelSpec], protocol: Protocol, n
 
 def estimators(r: MeasureResult) -> Dict[str, float]:
     flat = sorted(v for b in r.stats.samples_ms for v in b)
-    return {"block_min_median (primary)": r.stats.block_min_median_ms, "min": flat[0],
-            "p10": percentile(flat, 10), "median": percentile(flat, 50)}
+    values = {"p10": percentile(flat, 10), "block_min_median": r.stats.block_min_median_ms, "min": flat[0],
+              "median": percentile(flat, 50)}
+    return {(f"{k} (primary)" if k == PROTOCOL.estimator else k): v for k, v in values.items()}
 
 
 def agreement(a: Dict[str, float], b: Dict[str, float]) -> Dict[str, float]:

@@ -29,7 +29,7 @@ PROBE_SCHEMA = "agent.probe"
 
 RUNTIME_NAMES = ("onnxruntime", "litert", "tensorrt")
 DTYPES = ("float32", "float16", "int8", "uint8", "int32", "int64", "bool")
-ESTIMATORS = ("block_min_median", "min", "p10", "median")
+ESTIMATORS = ("p10", "block_min_median", "min", "median")
 TRT_PRECISIONS = ("fp32", "fp16", "int8")
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -95,8 +95,8 @@ class Protocol:
     Defaults follow TFLite ``benchmark_model`` (>= 50 timed runs and >= 1 s, warm-up first)
     and trtexec (warm-up by time), reshaped for interference: the timed runs come in
     `blocks` separated in time, models of a batch are interleaved block by block
-    (`interleave` models at once, round-robin), and the primary estimate is the median of
-    the block minima (see :mod:`device_agents.stats`).
+    (`interleave` models at once, round-robin), and the primary estimate is the 10th
+    percentile of all timed runs (see :mod:`device_agents.stats` for why).
     """
 
     version: int = PROTOCOL_VERSION
@@ -106,7 +106,7 @@ class Protocol:
     runs_per_block: int = 10
     block_min_s: float = 0.2
     block_warmup_runs: int = 2
-    estimator: str = "block_min_median"
+    estimator: str = "p10"
     outlier_z: float = 3.5
     threads: int = 1
     cpu_affinity: Optional[Tuple[int, ...]] = None

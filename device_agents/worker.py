@@ -10,9 +10,11 @@ runtime's C code prints cannot corrupt the conversation.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import os
+import signal
 import sys
 import time
 from typing import Any, Dict, List, Optional, TextIO
@@ -149,7 +151,26 @@ def serve(chan: _Channel) -> int:
             return chan.fail(FailureKind.RUN_ERROR, f"inference failed: {type(exc).__name__}: {exc}")
 
 
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this worker when the agent dies (PR_SET_PDEATHSIG).
+
+    A worker stuck in a runtime's C code cannot notice that its parent is gone (an SSH link
+    dropped, the agent killed): without this it would keep a core busy until reboot.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
 def main() -> int:
+    die_with_parent()
     proto_out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     sys.stdout = sys.stderr

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import onnxruntime
 import pytest
@@ -48,12 +49,10 @@ def agent(*args, cwd=None, env_extra=None, timeout=300):
 
 def pid_alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead for our purposes
+    except OSError:
         return False
-    # a zombie is dead for our purposes
-    with open(f"/proc/{pid}/stat") as fh:
-        return fh.read().split(")")[-1].split()[0] != "Z"
 
 
 @pytest.fixture()
@@ -143,6 +142,50 @@ def test_a_hanging_model_is_killed_at_the_timeout(models):
     assert after.ok
     assert time.monotonic() - t0 < 60
     assert "a-hang" not in pids  # it never got past its first inference
+
+
+def children_of(pid: int) -> list:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_a_hung_worker_dies_with_a_killed_agent(models, tmp_path):
+    """An SSH drop kills the agent; its worker, stuck in C code, must not spin on forever."""
+    work, _, _ = models
+    loop_sha = save(endless_loop(), work / "loop.onnx")
+    req = write_request(tmp_path / "request.json", request(
+        work, [spec("a-hang", "loop.onnx", loop_sha, in_shape=(1, 4), out_shape=(1, 4))],
+        dataclasses.replace(FAST, timeout_s=600.0)))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(REPO)
+    agent_proc = subprocess.Popen([sys.executable, "-m", "device_agents", "measure", "--request", str(req)], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        workers = []
+        while time.monotonic() < deadline and not workers:
+            workers = children_of(agent_proc.pid)
+            time.sleep(0.1)
+        assert workers, "the agent started no worker"
+        time.sleep(2.0)  # the worker is now inside the endless Loop
+        assert all(pid_alive(w) for w in workers)
+    finally:
+        agent_proc.kill()
+        agent_proc.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(pid_alive(w) for w in workers):
+        time.sleep(0.1)
+    alive = [w for w in workers if pid_alive(w)]
+    for w in alive:
+        os.kill(w, signal.SIGKILL)
+    assert not alive, "the worker outlived the agent"
 
 
 def test_a_worker_killed_mid_run_is_a_crash_and_the_batch_goes_on(models):
@@ -255,4 +298,4 @@ def test_litert_measures_a_tflite_model(tmp_path):
 def test_protocol_defaults_never_time_one_run():
     p = Protocol()
     assert p.min_timed_runs >= 50 and p.blocks * p.block_min_s >= 1.0 and p.warmup_runs >= 1
-    assert p.estimator == "block_min_median" and p.interleave > 1
+    assert p.estimator == "p10" and p.interleave > 1
