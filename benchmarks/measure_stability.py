@@ -23,7 +23,6 @@ hit both. Timings depend on what else runs: compare the ratios printed by one ru
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import os
@@ -33,7 +32,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
 
 import numpy as np
 import onnx
@@ -42,8 +40,8 @@ from onnx import TensorProto, helper, numpy_helper
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from device_agents.build import build_pyz  # noqa: E402
-from device_agents.records import (  # noqa: E402
+from device_agents.build import build_pyz
+from device_agents.records import (
     MeasureRequest,
     MeasureResult,
     ModelSpec,
@@ -51,7 +49,7 @@ from device_agents.records import (  # noqa: E402
     TensorSpec,
     parse_agent_line,
 )
-from device_agents.stats import percentile  # noqa: E402
+from device_agents.stats import percentile
 
 PROTOCOL = Protocol(keep_samples=True)
 NAIVE = Protocol(warmup_runs=5, warmup_min_s=0.0, blocks=1, runs_per_block=30, block_min_s=0.0, block_warmup_runs=0,
@@ -78,17 +76,17 @@ def conv_net(channels: int, depth: int, size: int, seed: int) -> onnx.ModelProto
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def model_grid(n: int) -> List[Dict[str, int]]:
+def model_grid(n: int) -> list[dict[str, int]]:
     """n nets from small to large: width 16..64, depth 4..12, resolution 96..224."""
     out = []
     for i in range(n):
         t = i / max(n - 1, 1)
-        out.append({"channels": int(round(16 + 48 * t)), "depth": int(round(4 + 8 * t)),
-                    "size": int(round((96 + 128 * t) / 16)) * 16})
+        out.append({"channels": round(16 + 48 * t), "depth": round(4 + 8 * t),
+                    "size": round((96 + 128 * t) / 16) * 16})
     return out
 
 
-def write_models(work: Path, n: int) -> List[ModelSpec]:
+def write_models(work: Path, n: int) -> list[ModelSpec]:
     specs = []
     for i, cfg in enumerate(model_grid(n)):
         path = work / f"net{i:02d}.onnx"
@@ -100,7 +98,7 @@ def write_models(work: Path, n: int) -> List[ModelSpec]:
     return specs
 
 
-def session(pyz: Path, work: Path, specs: List[ModelSpec], protocol: Protocol, name: str) -> Dict[str, object]:
+def session(pyz: Path, work: Path, specs: list[ModelSpec], protocol: Protocol, name: str) -> dict[str, object]:
     req = MeasureRequest(batch_id=name, device_key="local", work_dir=str(work), protocol=protocol, models=tuple(specs))
     req_path = work / f"{name}.json"
     req_path.write_text(json.dumps(req.to_dict()))
@@ -116,14 +114,14 @@ def session(pyz: Path, work: Path, specs: List[ModelSpec], protocol: Protocol, n
     return {"results": {r.arch_id: r for r in results}, "wall_s": wall, "timed_s": timed_s}
 
 
-def estimators(r: MeasureResult) -> Dict[str, float]:
+def estimators(r: MeasureResult) -> dict[str, float]:
     flat = sorted(v for b in r.stats.samples_ms for v in b)
     values = {"p10": percentile(flat, 10), "block_min_median": r.stats.block_min_median_ms, "min": flat[0],
               "median": percentile(flat, 50)}
     return {(f"{k} (primary)" if k == PROTOCOL.estimator else k): v for k, v in values.items()}
 
 
-def agreement(a: Dict[str, float], b: Dict[str, float]) -> Dict[str, float]:
+def agreement(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
     diffs = [abs(a[k] - b[k]) / ((a[k] + b[k]) / 2) for k in a]
     return {"median_rel_diff": statistics.median(diffs), "within_3pct": sum(d <= 0.03 for d in diffs) / len(diffs),
             "within_10pct": sum(d <= 0.10 for d in diffs) / len(diffs), "max_rel_diff": max(diffs)}
@@ -139,7 +137,7 @@ def main() -> int:
     parser.add_argument("--models", type=int, default=12, help="models per session (>= 3)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
-    report: Dict[str, object] = {"load_avg_start": os.getloadavg(), "cpus": os.cpu_count()}
+    report: dict[str, object] = {"load_avg_start": os.getloadavg(), "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         pyz = work / "agent.pyz"
