@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import glob
 import os
 import random
 import re
@@ -40,6 +41,7 @@ TRT_DTYPES = {
 _CUDA_MEMCPY_H2D = 1
 _CUDA_MEMCPY_D2H = 2
 _CUDART_NAMES = ("libcudart.so", "libcudart.so.12", "libcudart.so.11.0", "libcudart.so.10.2")
+_CUDART_GLOBS = ("/usr/local/cuda/lib64/libcudart.so*", "/usr/local/cuda/targets/*/lib/libcudart.so*")
 
 
 def _import() -> Any:
@@ -90,6 +92,9 @@ class _CudaRuntime:
         found = ctypes.util.find_library("cudart")
         if found:
             names.insert(0, found)
+        # JetPack keeps the CUDA libraries outside the loader's default path
+        for pattern in _CUDART_GLOBS:
+            names += sorted(glob.glob(pattern), reverse=True)
         self._lib = None
         errors = []
         for name in names:
