@@ -29,7 +29,7 @@ PROBE_SCHEMA = "agent.probe"
 
 RUNTIME_NAMES = ("onnxruntime", "litert", "tensorrt")
 DTYPES = ("float32", "float16", "int8", "uint8", "int32", "int64", "bool")
-ESTIMATORS = ("p10", "block_min_median", "min", "median")
+ESTIMATORS = ("block_min_median", "p10", "min", "median")
 TRT_PRECISIONS = ("fp32", "fp16", "int8")
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -95,8 +95,8 @@ class Protocol:
     Defaults follow TFLite ``benchmark_model`` (>= 50 timed runs and >= 1 s, warm-up first)
     and trtexec (warm-up by time), reshaped for interference: the timed runs come in
     `blocks` separated in time, models of a batch are interleaved block by block
-    (`interleave` models at once, round-robin), and the primary estimate is the 10th
-    percentile of all timed runs (see :mod:`device_agents.stats` for why).
+    (`interleave` models at once, round-robin), and the primary estimate is the median of
+    the block minima (see :mod:`device_agents.stats` for why).
     """
 
     version: int = PROTOCOL_VERSION
@@ -106,7 +106,7 @@ class Protocol:
     runs_per_block: int = 10
     block_min_s: float = 0.2
     block_warmup_runs: int = 2
-    estimator: str = "p10"
+    estimator: str = "block_min_median"
     outlier_z: float = 3.5
     threads: int = 1
     cpu_affinity: Optional[Tuple[int, ...]] = None
@@ -226,6 +226,18 @@ class MeasureRequest:
             key = (m.arch_id, m.model_file, m.runtime)
             _need(key not in seen, f"model {key} appears twice in the request")
             seen.add(key)
+
+    def worst_case_s(self) -> float:
+        """An upper bound of the batch's wall time, for the host's outer timeout.
+
+        Each model's own command time is capped by ``timeout_s`` (an engine build by
+        ``build_timeout_s``); 30 s per model covers starting and stopping its worker and two
+        telemetry snapshots (each tool call is capped at 5 s); cooldowns come between groups.
+        """
+        p = self.protocol
+        groups = -(-len(self.models) // p.interleave)
+        builds = sum(1 for m in self.models if m.runtime == "tensorrt")
+        return len(self.models) * (p.timeout_s + 30.0) + builds * p.build_timeout_s + (groups - 1) * p.cooldown_s
 
     def to_dict(self) -> Dict[str, Any]:
         return {"schema": REQUEST_SCHEMA, "schema_version": SCHEMA_VERSION, **to_json(self)}

@@ -4,18 +4,21 @@ Interference (another process on the core, an interrupt, a page fault) only ever
 time to an inference, so latency samples are a floor plus a positive, heavy-tailed noise.
 Hence:
 
-* **Primary estimate: the 10th percentile of all timed runs.** A low quantile estimates
-  the floor the way the minimum does — it ignores whatever share of runs (up to 90%) was
-  slowed — which is why a latency model fitted on per-model minima beats one fitted on
-  medians on a loaded machine. Unlike the minimum it is not an extreme-value statistic: it
-  does not drift lower as more runs are taken, and one lucky run cannot move it. Measured on
-  this 2-core shared machine under heavy load (``benchmarks/measure_stability.py``, two
-  separate sessions of 12 models, twice), the median session-to-session difference was
-  1.1-2.3% for p10 against 2.6-3.4% for the median of block minima, 2.8-4.9% for the
-  minimum and 2.4-5.1% for the median of the same runs (6.3-7.0% for a naive 30-run median).
-  The median of block minima is still reported (``block_min_median_ms``), and the spread of
-  block minima is the drift test below; the estimator is a protocol field, so a table
-  never mixes two.
+* **Primary estimate: the median of the block minima.** Timed runs come in blocks spread
+  over time (and interleaved with other models). The minimum of a block is the best the
+  device did in that window: it discards the additive noise, which is why a latency model
+  fitted on per-model minima beats one fitted on medians on a loaded machine. The median
+  over blocks then discards a block that was slow throughout (sustained interference, a
+  frequency dip) *and* a block that was unusually fast (a window in which a co-tenant
+  paused), so whether a session happened to catch such a window does not move the
+  estimate — it does move the overall minimum and low percentiles. Measured on this 2-core
+  shared machine at load average 5-8 (``benchmarks/measure_stability.py``, two separate
+  sessions of 12 models, three times), the median session-to-session difference was
+  2.6%, 3.4%, 3.4% for the median of block minima; 2.3%, 1.1%, 19.3% for the 10th
+  percentile and 4.9%, 2.8%, 19.4% for the minimum of the same runs (one session caught a
+  fast window); 5.1%, 2.4%, 8.1% for their median; 6.3%, 7.0%, 5.7% for a naive protocol
+  (5 warm-ups, 30 runs, median). The estimator is a protocol field, so a table never mixes
+  two, and every result reports min, p10 and median too.
 * **Moments after upward outlier rejection.** Mean, std and CV are computed after dropping
   samples above ``median + z * 1.4826 * MAD`` (the modified z-score of Iglewicz and Hoaglin,
   one-sided because noise is one-sided); order statistics use every sample.

@@ -298,4 +298,4 @@ def test_litert_measures_a_tflite_model(tmp_path):
 def test_protocol_defaults_never_time_one_run():
     p = Protocol()
     assert p.min_timed_runs >= 50 and p.blocks * p.block_min_s >= 1.0 and p.warmup_runs >= 1
-    assert p.estimator == "p10" and p.interleave > 1
+    assert p.estimator == "block_min_median" and p.interleave > 1

@@ -191,5 +191,12 @@ def test_batch_end_and_other_lines():
         parse_agent_line('{"schema": "other"}')
 
 
+def test_worst_case_bounds_the_batch(tmp_path):
+    proto = Protocol(timeout_s=100.0, build_timeout_s=1000.0, cooldown_s=2.0, interleave=2)
+    req = request(tmp_path, [spec("a-1", "m.onnx", SHA), spec("a-2", "m.onnx", SHA),
+                             spec("a-3", "m.onnx", SHA, runtime="tensorrt", tensorrt=TensorRTBuild())], proto)
+    assert req.worst_case_s() == 3 * 130.0 + 1000.0 + 2.0
+
+
 def test_fast_protocol_used_by_tests_is_valid():
     assert FAST.min_timed_runs == 15
