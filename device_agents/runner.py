@@ -255,32 +255,47 @@ class BatchRunner:
 
     # --- talking to a worker ---------------------------------------------------------------
     def _ask(self, run: _ModelRun, msg: Optional[Dict[str, Any]], phase: str) -> Dict[str, Any]:
-        """Send `msg` (None: only wait) and return the reply, charging the time to the model's budget."""
+        """Send `msg` (None: only wait) and return the reply, charging the time to the model's budget.
+
+        An engine build (between the worker's "building" and "built" events) is bounded by
+        ``build_timeout_s`` instead, and not charged to the model's ``timeout_s``.
+        """
         assert run.worker is not None
+        p = self.protocol
         t0 = time.monotonic()
+        build_start: Optional[float] = None
         try:
             if msg is not None:
                 run.worker.send(msg)
             while True:
-                budget = self.protocol.timeout_s - run.used_s - (time.monotonic() - t0)
-                reply = run.worker.recv(budget)
-                if reply.get("event") != "building":
-                    break
-                # An engine build is charged to build_timeout_s, not to the model's timeout.
-                b0 = time.monotonic()
-                self.on_event("building", {"arch_id": run.spec.arch_id})
-                built = run.worker.recv(self.protocol.build_timeout_s)
-                if built.get("event") != "built":
-                    raise WorkerDied(f"worker sent {built!r} while building an engine")
-                t0 += time.monotonic() - b0
+                if build_start is None:
+                    limit = p.timeout_s - run.used_s - (time.monotonic() - t0)
+                else:
+                    limit = p.build_timeout_s - (time.monotonic() - build_start)
+                reply = run.worker.recv(limit)
+                event = reply.get("event")
+                if event == "building" and build_start is None:
+                    build_start = time.monotonic()
+                    self.on_event("building", {"arch_id": run.spec.arch_id})
+                    continue
+                if event == "built" and build_start is not None:
+                    t0 += time.monotonic() - build_start
+                    build_start = None
+                    continue
+                break
         except WorkerTimeout:
             run.worker.kill()
+            if build_start is not None:
+                self._fail(run, FailureKind.RUN_TIMEOUT, f"the TensorRT engine build took longer than "
+                           f"build_timeout_s ({p.build_timeout_s:g} s); the worker was killed")
             run.used_s += time.monotonic() - t0
             self._fail(run, FailureKind.RUN_TIMEOUT,
-                       f"no answer within the protocol timeout ({self.protocol.timeout_s:g} s of this model's "
-                       f"time) during {phase}; the worker was killed")
+                       f"no answer within the protocol timeout ({p.timeout_s:g} s of this model's time) "
+                       f"during {phase}; the worker was killed")
         except WorkerDied as exc:
             self._fail(run, FailureKind.CRASH, f"during {phase}: {exc}")
+        if build_start is not None:  # the build ended in an error reply
+            t0 += time.monotonic() - build_start
         run.used_s += time.monotonic() - t0
         if reply.get("event") == "error":
             try:
