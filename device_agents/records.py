@@ -254,6 +254,7 @@ class Stats:
     Order statistics (min, p10, median, p90, p99, max) are over all `n_total` timed runs;
     mean, std and cv are over the `n` runs left after upward outlier rejection (moments are
     what a few interference spikes distort). `estimate_ms` is the protocol's estimator.
+    They cover the last attempt, or the blocks of every attempt when all were unstable.
     """
 
     estimate_ms: float

@@ -6,7 +6,9 @@ done), then asks for timed blocks round-robin — block 1 of every model, then b
 every model in a rotated order, ... — so slow drift and bursts of interference spread over
 all models of the group instead of landing on one. Only one worker runs at a time; the
 others wait on their pipes. Models whose statistics come out unstable get new attempts
-(``protocol.remeasure``), interleaved the same way. Each worker is killed when it uses up
+(``protocol.remeasure``), interleaved the same way: a stable attempt replaces the
+earlier ones; when every attempt is unstable the result pools the blocks of all of them
+(and keeps its ``unstable`` flag). Each worker is killed when it uses up
 ``protocol.timeout_s`` of its own command time (a hang), and its death by signal or exit
 becomes a ``crash`` record; the batch goes on. Every model ends as exactly one
 :class:`MeasureResult`, passed to `emit` as soon as it is final.
@@ -185,6 +187,7 @@ class _ModelRun:
     used_s: float = 0.0
     ready: Dict[str, Any] = dataclasses.field(default_factory=dict)
     blocks: List[List[float]] = dataclasses.field(default_factory=list)
+    earlier_blocks: List[List[float]] = dataclasses.field(default_factory=list)
     attempts: int = 0
     stats: Optional[Stats] = None
     sampler: Optional[PowerSampler] = None
@@ -403,6 +406,7 @@ class BatchRunner:
         targets = runs
         for attempt in range(1 + p.remeasure):
             for run in targets:
+                run.earlier_blocks += run.blocks
                 run.blocks = []
                 run.attempts += 1
                 run.sampler = PowerSampler(self.reader, p.power_sample_s)
@@ -423,6 +427,10 @@ class BatchRunner:
                     run.stats = summarize(run.blocks, p)
             targets = [r for r in targets if r.result is None and r.stats is not None and is_unstable(r.stats, p)]
             if not targets or attempt == p.remeasure:
+                # Unstable through every attempt: the noise is not transient, so more blocks
+                # beat a fresh small sample; the result keeps its unstable flag.
+                for run in targets:
+                    run.stats = summarize(run.earlier_blocks + run.blocks, p)
                 break
             self.on_event("remeasure", {"arch_ids": [r.spec.arch_id for r in targets], "attempt": attempt + 2})
         for run in runs:

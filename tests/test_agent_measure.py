@@ -230,9 +230,10 @@ def test_unstable_results_are_measured_again_then_flagged(models):
                      lambda n, i: again.append(i["attempt"]) if n == "remeasure" else None)
     assert r.ok and r.attempts == 3 and Flag.UNSTABLE in r.flags
     assert again == [2, 3]
+    assert len(r.stats.block_min_ms) == 3 * FAST.blocks  # unstable throughout: all attempts pooled
     stable = dataclasses.replace(FAST, max_cv=10.0, max_block_spread=10.0, remeasure=2)
     (r,) = run_batch(request(work, [spec("a-calm", "small.onnx", small)], stable))
-    assert r.attempts == 1 and Flag.UNSTABLE not in r.flags
+    assert r.attempts == 1 and Flag.UNSTABLE not in r.flags and len(r.stats.block_min_ms) == FAST.blocks
 
 
 def test_cpu_affinity_is_applied(models, tmp_path):
