@@ -13,12 +13,13 @@ Hence:
   paused), so whether a session happened to catch such a window does not move the
   estimate — it does move the overall minimum and low percentiles. Measured on this 2-core
   shared machine at load average 5-8 (``benchmarks/measure_stability.py``, two separate
-  sessions of 12 models, three times), the median session-to-session difference was
-  2.6%, 3.4%, 3.4% for the median of block minima; 2.3%, 1.1%, 19.3% for the 10th
-  percentile and 4.9%, 2.8%, 19.4% for the minimum of the same runs (one session caught a
-  fast window); 5.1%, 2.4%, 8.1% for their median; 6.3%, 7.0%, 5.7% for a naive protocol
-  (5 warm-ups, 30 runs, median). The estimator is a protocol field, so a table never mixes
-  two, and every result reports min, p10 and median too.
+  sessions of 12 models, five times), the median session-to-session difference of the
+  median of block minima was 2.6/3.4/3.4/7.5/3.7% (median 3.4%); computed from the very
+  same runs, the 10th percentile gave 2.3/1.1/19.3/22.9/13.2% and the minimum
+  4.9/2.8/19.4/9.7/17.7% (sessions that caught a fast window), their median
+  5.1/2.4/8.1/9.8/9.0%; a naive protocol (5 warm-ups, 30 runs, median) gave
+  6.3/7.0/5.7/2.8/8.8% (median 6.3%). The estimator is a protocol field, so a table never
+  mixes two, and every result reports min, p10 and median too.
 * **Moments after upward outlier rejection.** Mean, std and CV are computed after dropping
   samples above ``median + z * 1.4826 * MAD`` (the modified z-score of Iglewicz and Hoaglin,
   one-sided because noise is one-sided); order statistics use every sample.
