@@ -1,0 +1,10 @@
+"""The on-device measurement agent of ofa2-edge.
+
+Runs on the device with its own Python (3.8+) and only the standard library plus the
+runtime that measures (onnxruntime, LiteRT, TensorRT). It ships as one zipapp built by
+:mod:`device_agents.build`; ``python3 agent.pyz probe`` describes the device and
+``python3 agent.pyz measure --request request.json`` prints one JSON record per model.
+The host imports :mod:`device_agents.records` to validate what comes back.
+"""
+
+AGENT_VERSION = "0.1.0"

@@ -1,0 +1,541 @@
+"""The records that cross the host/device boundary, after Apache TVM's autotvm measure records.
+
+A request names models (:class:`ModelSpec`) and one frozen :class:`Protocol`; the agent
+answers with one :class:`MeasureResult` per model, success or failure alike: failures are
+data (:class:`FailureKind`), kept with the arch id so calibration can go on and learn from
+them. Every top-level document carries ``schema`` and ``schema_version``; readers refuse
+versions they do not know. The host imports this module to validate what it receives, so
+it must stay standard-library only and Python 3.8 compatible.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+import re
+from typing import Any, Dict, Optional, Tuple
+
+from device_agents.jsonrecord import RecordError, check_envelope, from_json, to_json
+
+SCHEMA_VERSION = 1
+PROTOCOL_VERSION = 1
+
+REQUEST_SCHEMA = "agent.measure_request"
+RESULT_SCHEMA = "agent.measure_result"
+BATCH_END_SCHEMA = "agent.batch_end"
+PROBE_SCHEMA = "agent.probe"
+
+RUNTIME_NAMES = ("onnxruntime", "litert", "tensorrt")
+DTYPES = ("float32", "float16", "int8", "uint8", "int32", "int64", "bool")
+ESTIMATORS = ("block_min_median", "p10", "min", "median")
+TRT_PRECISIONS = ("fp32", "fp16", "int8")
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$")
+_SAFE_FILE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]{0,254}$")
+
+__all__ = [
+    "BatchEnd",
+    "Energy",
+    "FailureKind",
+    "Flag",
+    "MeasureRequest",
+    "MeasureResult",
+    "ModelSpec",
+    "ProbeReport",
+    "Protocol",
+    "RecordError",
+    "RuntimeInfo",
+    "Stats",
+    "Telemetry",
+    "TensorRTBuild",
+    "TensorSpec",
+    "ThrottleState",
+    "fingerprint_of",
+    "parse_agent_line",
+]
+
+
+class FailureKind(str, enum.Enum):
+    """Why a model has no latency. The first two happen on the host, the rest on the device."""
+
+    EXPORT_ERROR = "export_error"
+    UPLOAD_ERROR = "upload_error"
+    CHECKSUM_MISMATCH = "checksum_mismatch"
+    RUNTIME_MISSING = "runtime_missing"
+    MODEL_LOAD_ERROR = "model_load_error"
+    RUN_ERROR = "run_error"
+    RUN_TIMEOUT = "run_timeout"
+    CRASH = "crash"
+    WRONG_OUTPUT_SHAPE = "wrong_output_shape"
+
+
+class Flag(str, enum.Enum):
+    """Why a successful measurement must not be mixed silently with clean ones."""
+
+    UNSTABLE = "unstable"  # CV or block-minimum spread above the protocol limits, after re-measures
+    THROTTLED = "throttled"  # firmware throttling active, or newly recorded during the measurement
+    UNDER_VOLTAGE = "under_voltage"
+    FREQ_CAPPED = "freq_capped"
+    SOFT_TEMP_LIMIT = "soft_temp_limit"
+    HOT = "hot"  # a thermal zone at or above protocol.max_temp_c
+
+
+def _need(cond: bool, message: str) -> None:
+    if not cond:
+        raise ValueError(message)
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """How a model is timed; stored with every result so tables never mix protocols.
+
+    Defaults follow TFLite ``benchmark_model`` (>= 50 timed runs and >= 1 s, warm-up first)
+    and trtexec (warm-up by time), reshaped for interference: the timed runs come in
+    `blocks` separated in time, models of a batch are interleaved block by block
+    (`interleave` models at once, round-robin), and the primary estimate is the median of
+    the block minima (see :mod:`device_agents.stats` for why).
+    """
+
+    version: int = PROTOCOL_VERSION
+    warmup_runs: int = 10
+    warmup_min_s: float = 0.5
+    blocks: int = 5
+    runs_per_block: int = 10
+    block_min_s: float = 0.2
+    block_warmup_runs: int = 2
+    estimator: str = "block_min_median"
+    outlier_z: float = 3.5
+    threads: int = 1
+    cpu_affinity: Optional[Tuple[int, ...]] = None
+    interleave: int = 4
+    cooldown_s: float = 1.0
+    timeout_s: float = 300.0
+    build_timeout_s: float = 1800.0
+    max_cv: float = 0.10
+    max_block_spread: float = 0.05
+    remeasure: int = 1
+    max_temp_c: float = 80.0
+    power_sample_s: float = 0.05
+    keep_samples: bool = False
+    input_seed: int = 0
+
+    def __post_init__(self) -> None:
+        _need(self.version == PROTOCOL_VERSION, f"protocol version {self.version} is not known "
+              f"(this agent speaks protocol version {PROTOCOL_VERSION})")
+        _need(self.warmup_runs >= 1, "warmup_runs must be >= 1 (never time a cold model)")
+        _need(self.blocks >= 1 and self.runs_per_block >= 1, "blocks and runs_per_block must be >= 1")
+        _need(self.blocks * self.runs_per_block >= 2, "need at least 2 timed runs (never one run)")
+        _need(self.block_warmup_runs >= 0 and self.remeasure >= 0, "counts must be >= 0")
+        for name in ("warmup_min_s", "block_min_s", "cooldown_s"):
+            _need(getattr(self, name) >= 0, f"{name} must be >= 0")
+        for name in ("timeout_s", "build_timeout_s", "outlier_z", "max_cv", "max_block_spread",
+                     "power_sample_s"):
+            _need(getattr(self, name) > 0, f"{name} must be > 0")
+        _need(self.estimator in ESTIMATORS, f"estimator {self.estimator!r} is not one of {', '.join(ESTIMATORS)}")
+        _need(1 <= self.threads <= 1024, "threads must be between 1 and 1024")
+        _need(self.interleave >= 1, "interleave must be >= 1 (1 = one model at a time)")
+        if self.cpu_affinity is not None:
+            _need(len(self.cpu_affinity) > 0, "cpu_affinity must name at least one CPU (or be null)")
+            _need(all(c >= 0 for c in self.cpu_affinity), "cpu_affinity holds CPU numbers >= 0")
+
+    @property
+    def min_timed_runs(self) -> int:
+        return self.blocks * self.runs_per_block
+
+    def to_dict(self) -> Dict[str, Any]:
+        return to_json(self)
+
+    @classmethod
+    def from_dict(cls, doc: Any, where: str = "protocol") -> Protocol:
+        return from_json(cls, doc, where)
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """An input the agent must feed, or an output shape it must see (name optional)."""
+
+    name: Optional[str]
+    shape: Tuple[int, ...]
+    dtype: str
+
+    def __post_init__(self) -> None:
+        _need(all(d >= 1 for d in self.shape), f"shape {list(self.shape)} must hold positive sizes")
+        _need(self.dtype in DTYPES, f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorRTBuild:
+    """How the agent builds a TensorRT engine from the shipped ONNX file (on the device)."""
+
+    precision: str = "fp16"
+    workspace_mib: int = 1024
+
+    def __post_init__(self) -> None:
+        _need(self.precision in TRT_PRECISIONS, f"precision {self.precision!r} is not one of "
+              f"{', '.join(TRT_PRECISIONS)}")
+        _need(self.workspace_mib >= 1, "workspace_mib must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """One model to measure (autotvm's MeasureInput): a file in the work dir and what to expect."""
+
+    arch_id: str
+    arch: Optional[Dict[str, Any]]
+    model_file: str
+    sha256: str
+    runtime: str
+    inputs: Tuple[TensorSpec, ...]
+    outputs: Tuple[TensorSpec, ...]
+    tensorrt: Optional[TensorRTBuild] = None
+
+    def __post_init__(self) -> None:
+        _need(bool(_SAFE_ID.match(self.arch_id)), f"arch_id {self.arch_id!r} must be 1-128 characters "
+              "of letters, digits and ._:@+-")
+        _need(bool(_SAFE_FILE.match(self.model_file)) and ".." not in self.model_file,
+              f"model_file {self.model_file!r} must be a plain file name in the work dir "
+              "(letters, digits, ._+-; no folders, no '..')")
+        _need(bool(_SHA256.match(self.sha256)), f"sha256 {self.sha256!r} must be 64 lowercase hex digits")
+        _need(self.runtime in RUNTIME_NAMES, f"runtime {self.runtime!r} is not one of {', '.join(RUNTIME_NAMES)}")
+        _need(len(self.inputs) >= 1 and len(self.outputs) >= 1, "a model needs at least one input and one output")
+        if self.runtime == "tensorrt":
+            _need(self.tensorrt is not None, "runtime 'tensorrt' needs a tensorrt build spec")
+        else:
+            _need(self.tensorrt is None, f"a tensorrt build spec makes no sense for runtime {self.runtime!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeasureRequest:
+    """A batch: models in a work dir, measured under one protocol (``measure --request``)."""
+
+    batch_id: str
+    device_key: Optional[str]
+    work_dir: str
+    protocol: Protocol
+    models: Tuple[ModelSpec, ...]
+
+    def __post_init__(self) -> None:
+        _need(bool(_SAFE_ID.match(self.batch_id)), f"batch_id {self.batch_id!r} must be 1-128 safe characters")
+        _need(bool(self.work_dir), "work_dir must not be empty")
+        _need(len(self.models) >= 1, "a request needs at least one model")
+        seen = set()
+        for m in self.models:
+            key = (m.arch_id, m.model_file, m.runtime)
+            _need(key not in seen, f"model {key} appears twice in the request")
+            seen.add(key)
+
+    def worst_case_s(self) -> float:
+        """An upper bound of the batch's wall time, for the host's outer timeout.
+
+        Each model's own command time is capped by ``timeout_s`` (an engine build by
+        ``build_timeout_s``); 30 s per model covers starting and stopping its worker and two
+        telemetry snapshots (each tool call is capped at 5 s); cooldowns come between groups.
+        """
+        p = self.protocol
+        groups = -(-len(self.models) // p.interleave)
+        builds = sum(1 for m in self.models if m.runtime == "tensorrt")
+        return len(self.models) * (p.timeout_s + 30.0) + builds * p.build_timeout_s + (groups - 1) * p.cooldown_s
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"schema": REQUEST_SCHEMA, "schema_version": SCHEMA_VERSION, **to_json(self)}
+
+    @classmethod
+    def from_dict(cls, doc: Any, where: str = "request") -> MeasureRequest:
+        return from_json(cls, check_envelope(doc, REQUEST_SCHEMA, [SCHEMA_VERSION], where), where)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stats:
+    """Statistics of the timed runs of one model, in milliseconds.
+
+    Order statistics (min, p10, median, p90, p99, max) are over all `n_total` timed runs;
+    mean, std and cv are over the `n` runs left after upward outlier rejection (moments are
+    what a few interference spikes distort). `estimate_ms` is the protocol's estimator.
+    They cover the last attempt, or the blocks of every attempt when all were unstable.
+    """
+
+    estimate_ms: float
+    n: int
+    n_total: int
+    n_outliers: int
+    min_ms: float
+    p10_ms: float
+    median_ms: float
+    mean_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    std_ms: float
+    cv: float
+    block_min_ms: Tuple[float, ...]
+    block_median_ms: Tuple[float, ...]
+    block_min_median_ms: float
+    block_min_spread: float
+    samples_ms: Optional[Tuple[Tuple[float, ...], ...]]
+
+    def __post_init__(self) -> None:
+        _need(self.n_total >= self.n >= 1 and self.n_outliers == self.n_total - self.n, "inconsistent counts")
+        _need(len(self.block_min_ms) == len(self.block_median_ms) >= 1, "one minimum and median per block")
+        _need(0 < self.min_ms <= self.median_ms <= self.max_ms, "need 0 < min <= median <= max")
+        _need(self.std_ms >= 0 and self.cv >= 0, "std and cv must be >= 0")
+
+
+_THROTTLE_BITS = (
+    (0, "under_voltage"), (1, "freq_capped"), (2, "throttled"), (3, "soft_temp_limit"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ThrottleState:
+    """Raspberry Pi firmware throttling bits (``vcgencmd get_throttled``), decoded.
+
+    Bits 0-3 are the state now (under-voltage, ARM frequency capped, throttled, soft
+    temperature limit); bits 16-19 are sticky: the same events have occurred since boot.
+    """
+
+    raw: int
+    now: Tuple[str, ...]
+    since_boot: Tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        _need(self.raw >= 0, "raw throttle bits must be >= 0")
+        expected = ThrottleState.decode(self.raw)
+        _need((self.now, self.since_boot) == expected, f"throttle bits 0x{self.raw:x} decode to {expected}, "
+              f"not {(self.now, self.since_boot)}")
+
+    @staticmethod
+    def decode(raw: int) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+        now = tuple(name for bit, name in _THROTTLE_BITS if raw >> bit & 1)
+        since = tuple(name for bit, name in _THROTTLE_BITS if raw >> (bit + 16) & 1)
+        return now, since
+
+    @classmethod
+    def from_raw(cls, raw: int) -> ThrottleState:
+        now, since = cls.decode(raw)
+        return cls(raw=raw, now=now, since_boot=since)
+
+
+@dataclasses.dataclass(frozen=True)
+class Telemetry:
+    """What the device looked like at one moment (before or after a model)."""
+
+    time_unix: float
+    load_avg: Optional[Tuple[float, float, float]]
+    cpu_model: Optional[str]
+    cpus_online: Optional[str]  # kernel list syntax, e.g. "0-3"; Jetson power modes park cores
+    cpu_freq_khz: Dict[str, int]
+    cpu_governor: Dict[str, str]
+    temperatures_c: Dict[str, float]
+    throttle: Optional[ThrottleState]
+    arm_freq_hz: Optional[int]
+    devfreq_hz: Dict[str, int]  # /sys/class/devfreq: GPU and memory clocks (Jetson, Mali boards)
+    jetson_power_mode: Optional[str]
+    jetson_power_mode_id: Optional[int]
+    power_mw: Dict[str, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class Energy:
+    """Board power sampled during the timed runs, and the energy of one inference."""
+
+    sensor: str
+    basis: Tuple[str, ...]
+    rails_mw: Dict[str, float]
+    power_mw: float
+    energy_mj_per_inference: float
+    n_samples: int
+
+    def __post_init__(self) -> None:
+        _need(self.n_samples >= 1 and len(self.basis) >= 1, "energy needs at least one sample and one rail")
+        _need(self.power_mw >= 0 and self.energy_mj_per_inference >= 0, "power and energy must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeasureResult:
+    """One model's outcome (autotvm's MeasureResult): statistics, or a failure kind and message."""
+
+    batch_id: str
+    device_key: Optional[str]
+    device_fingerprint: Optional[str]
+    agent_version: Optional[str]
+    arch_id: str
+    arch: Optional[Dict[str, Any]]
+    model_file: str
+    model_sha256: str
+    runtime: str
+    runtime_version: Optional[str]
+    tensorrt: Optional[TensorRTBuild]
+    protocol: Protocol
+    error_kind: Optional[FailureKind]
+    error_msg: Optional[str]
+    flags: Tuple[Flag, ...]
+    attempts: int
+    stats: Optional[Stats]
+    session_init_ms: Optional[float]
+    first_inference_ms: Optional[float]
+    peak_rss_mib: Optional[float]
+    output_shapes: Optional[Tuple[Tuple[int, ...], ...]]
+    cpu_affinity_used: Optional[Tuple[int, ...]]
+    energy: Optional[Energy]
+    telemetry_before: Optional[Telemetry]
+    telemetry_after: Optional[Telemetry]
+    started_at: str
+    finished_at: str
+
+    def __post_init__(self) -> None:
+        if self.error_kind is None:
+            _need(self.stats is not None, "a result without error_kind needs stats")
+            _need(self.error_msg is None, "a successful result has no error_msg")
+        else:
+            _need(self.stats is None, f"a failed result ({self.error_kind.value}) carries no stats")
+            _need(bool(self.error_msg), f"a failed result ({self.error_kind.value}) needs an error_msg")
+        _need(self.attempts >= 0, "attempts must be >= 0")
+        _need(len(set(self.flags)) == len(self.flags), "flags must not repeat")
+
+    @property
+    def ok(self) -> bool:
+        return self.error_kind is None
+
+    @property
+    def estimate_ms(self) -> Optional[float]:
+        return self.stats.estimate_ms if self.stats is not None else None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"schema": RESULT_SCHEMA, "schema_version": SCHEMA_VERSION, **to_json(self)}
+
+    def to_json_line(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, doc: Any, where: str = "result") -> MeasureResult:
+        return from_json(cls, check_envelope(doc, RESULT_SCHEMA, [SCHEMA_VERSION], where), where)
+
+    @classmethod
+    def failure(
+        cls,
+        kind: FailureKind,
+        message: str,
+        spec: ModelSpec,
+        protocol: Protocol,
+        *,
+        batch_id: str,
+        started_at: str,
+        finished_at: str,
+        device_key: Optional[str] = None,
+        device_fingerprint: Optional[str] = None,
+        agent_version: Optional[str] = None,
+        runtime_version: Optional[str] = None,
+        telemetry_before: Optional[Telemetry] = None,
+        telemetry_after: Optional[Telemetry] = None,
+        session_init_ms: Optional[float] = None,
+        output_shapes: Optional[Tuple[Tuple[int, ...], ...]] = None,
+    ) -> MeasureResult:
+        """A failure record; the host uses it too, for export and upload errors."""
+        return cls(
+            batch_id=batch_id, device_key=device_key, device_fingerprint=device_fingerprint,
+            agent_version=agent_version, arch_id=spec.arch_id, arch=spec.arch, model_file=spec.model_file,
+            model_sha256=spec.sha256, runtime=spec.runtime, runtime_version=runtime_version,
+            tensorrt=spec.tensorrt, protocol=protocol, error_kind=kind, error_msg=message, flags=(),
+            attempts=0, stats=None, session_init_ms=session_init_ms, first_inference_ms=None,
+            peak_rss_mib=None, output_shapes=output_shapes, cpu_affinity_used=None, energy=None,
+            telemetry_before=telemetry_before, telemetry_after=telemetry_after,
+            started_at=started_at, finished_at=finished_at,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchEnd:
+    """The last line of a ``measure`` run: the host knows the batch finished (not a dropped link)."""
+
+    batch_id: str
+    n_models: int
+    n_ok: int
+    n_failed: int
+    wall_s: float
+
+    def __post_init__(self) -> None:
+        _need(self.n_ok + self.n_failed == self.n_models, "n_ok + n_failed must equal n_models")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"schema": BATCH_END_SCHEMA, "schema_version": SCHEMA_VERSION, **to_json(self)}
+
+    @classmethod
+    def from_dict(cls, doc: Any, where: str = "batch_end") -> BatchEnd:
+        return from_json(cls, check_envelope(doc, BATCH_END_SCHEMA, [SCHEMA_VERSION], where), where)
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeInfo:
+    available: bool
+    version: Optional[str]
+    detail: Optional[str]
+
+
+def fingerprint_of(facts: Dict[str, Any]) -> str:
+    """The device fingerprint: sha256 of the canonical JSON of the stable facts, 16 hex digits."""
+    canonical = json.dumps(facts, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeReport:
+    """What ``agent.pyz probe`` prints: the device, its runtimes, and its fingerprint.
+
+    `fingerprint_facts` holds only facts that stay put between measurements (architecture,
+    CPU model and core count, maximum CPU frequencies, board model, memory size, Jetson
+    power mode); load, temperatures, current frequencies and free disk are not in it.
+    """
+
+    agent_version: str
+    python_version: str
+    python_implementation: str
+    python_executable: str
+    os_name: str
+    os_release: str
+    os_version: str
+    os_pretty_name: Optional[str]
+    machine: str
+    cpu_model: Optional[str]
+    cpu_cores: int
+    cpu_max_freq_khz: Dict[str, int]
+    board_model: Optional[str]
+    mem_total_mib: Optional[int]
+    mem_available_mib: Optional[int]
+    work_dir: str
+    disk_free_mib: Optional[int]
+    runtimes: Dict[str, RuntimeInfo]
+    jetson_power_mode: Optional[str]
+    telemetry: Telemetry
+    fingerprint_facts: Dict[str, Any]
+    fingerprint: str
+
+    def __post_init__(self) -> None:
+        _need(self.fingerprint == fingerprint_of(self.fingerprint_facts),
+              "fingerprint does not match fingerprint_facts")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"schema": PROBE_SCHEMA, "schema_version": SCHEMA_VERSION, **to_json(self)}
+
+    @classmethod
+    def from_dict(cls, doc: Any, where: str = "probe") -> ProbeReport:
+        return from_json(cls, check_envelope(doc, PROBE_SCHEMA, [SCHEMA_VERSION], where), where)
+
+
+def parse_agent_line(line: str, where: str = "agent output") -> Any:
+    """One stdout line of ``measure`` -> :class:`MeasureResult` or :class:`BatchEnd`.
+
+    Raises :class:`RecordError` for anything else (a torn line, another schema, bad fields).
+    """
+    try:
+        doc = json.loads(line)
+    except ValueError as exc:
+        raise RecordError(f"{where}: not a JSON line ({exc}): {line[:120]!r}") from None
+    schema = doc.get("schema") if isinstance(doc, dict) else None
+    if schema == RESULT_SCHEMA:
+        return MeasureResult.from_dict(doc, where)
+    if schema == BATCH_END_SCHEMA:
+        return BatchEnd.from_dict(doc, where)
+    raise RecordError(f"{where}: expected a {RESULT_SCHEMA!r} or {BATCH_END_SCHEMA!r} line, found {schema!r}")
