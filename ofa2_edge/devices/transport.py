@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ofa2_edge.devices.inventory import Device
-from ofa2_edge.errors import DeviceUnreachableError
+from ofa2_edge.errors import DeviceUnreachableError, MeasurementError
 from ofa2_edge.persist import sha256_file
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,10 @@ HASH_SNIPPET = (
     "    for b in iter(lambda: f.read(1<<20), b''): h.update(b)\n"
     "    print(h.hexdigest())\n"
 )
+
+
+class UploadCorruptedError(MeasurementError):
+    """A file reached the device with different bytes: the link is up, that copy is bad."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,7 @@ class Transport(ABC):
         self._put(local, self.remote_path(name))
         arrived = self.remote_sha256(name)
         if arrived != sha256:
-            raise DeviceUnreachableError(f"{self.device.key}: {name} arrived corrupted (sha256 {arrived} != {sha256})")
+            raise UploadCorruptedError(f"{self.device.key}: {name} arrived corrupted (sha256 {arrived} != {sha256})")
         return self.remote_path(name)
 
 

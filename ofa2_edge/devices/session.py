@@ -1,0 +1,267 @@
+"""A measurement session on one device: ship the agent, probe, measure batches, survive drops.
+
+One transport connection is reused for the whole session. The agent zipapp and every model
+are uploaded only when the device lacks the same bytes (sha256), so a rerun after a dropped
+link sends nothing twice. The agent streams one record per model; each is validated and
+handed to `on_result` the moment it arrives (calibration commits it to disk there), so a
+link that dies mid-batch loses at most the model in flight. The session then reconnects a
+bounded number of times and measures only the models that have no record yet.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import uuid
+from datetime import datetime, timezone
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from device_agents.build import build_pyz
+from device_agents.records import (
+    BatchEnd,
+    FailureKind,
+    MeasureRequest,
+    MeasureResult,
+    ModelSpec,
+    ProbeReport,
+    Protocol,
+    RecordError,
+    TensorRTBuild,
+    TensorSpec,
+    parse_agent_line,
+)
+from ofa2_edge.devices.connect import transport_for
+from ofa2_edge.devices.inventory import Device
+from ofa2_edge.devices.transport import Transport, UploadCorruptedError
+from ofa2_edge.errors import DeviceUnreachableError, MeasurementError
+from ofa2_edge.space import Arch
+
+log = logging.getLogger(__name__)
+
+AGENT_NAME = "agent.pyz"
+PROBE_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class ShippableModel:
+    """A model file on the host plus what the agent must know to measure it."""
+
+    arch: Arch
+    path: Path
+    sha256: str
+    runtime: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    tensorrt: TensorRTBuild | None = None
+
+    @property
+    def remote_name(self) -> str:
+        return f"{self.arch.id}-{self.sha256[:12]}{self.path.suffix}"
+
+    def spec(self) -> ModelSpec:
+        return ModelSpec(
+            arch_id=self.arch.id,
+            arch=self.arch.to_dict(),
+            model_file=self.remote_name,
+            sha256=self.sha256,
+            runtime=self.runtime,
+            inputs=self.inputs,
+            outputs=self.outputs,
+            tensorrt=self.tensorrt,
+        )
+
+
+@dataclass
+class BatchReport:
+    """What became of each model of a batch: a record (ok or failed), or nothing (link lost)."""
+
+    results: list[MeasureResult] = field(default_factory=list)
+    not_measured: list[Arch] = field(default_factory=list)
+    reconnects: int = 0
+
+    @property
+    def ok(self) -> list[MeasureResult]:
+        return [r for r in self.results if r.ok]
+
+    @property
+    def failed(self) -> list[MeasureResult]:
+        return [r for r in self.results if not r.ok]
+
+
+class DeviceSession:
+    """Open with `with DeviceSession(device, cache_dir) as s:`; then `s.probe` and `s.measure(...)`."""
+
+    def __init__(
+        self,
+        device: Device,
+        cache_dir: Path,
+        trust_on_first_use: bool = False,
+        reconnects: int = 2,
+        cleanup: bool = True,
+    ) -> None:
+        self.device = device
+        self.cache_dir = Path(cache_dir)
+        self.reconnects = reconnects
+        self.cleanup = cleanup
+        self.transport: Transport = transport_for(
+            device, trust_on_first_use=trust_on_first_use, local_dir=self.cache_dir / "devices" / device.key
+        )
+        self.probe: ProbeReport | None = None
+        self._agent_sha: str | None = None
+        self._complete = True
+
+    # ------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> "DeviceSession":
+        self.open()
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self.close(remove_work_dir=self.cleanup and exc_type is None and self._complete)
+
+    def open(self) -> None:
+        self.transport.open()
+        self._ship_agent()
+        self.probe = self._probe()
+
+    def close(self, remove_work_dir: bool = False) -> None:
+        try:
+            if remove_work_dir:
+                self.transport.remove_work_dir()
+        except DeviceUnreachableError as exc:
+            log.warning("%s: could not clean the work dir (%s)", self.device.key, exc)
+        finally:
+            self.transport.close()
+
+    def _ship_agent(self) -> None:
+        local = self.cache_dir / "agent" / AGENT_NAME
+        self._agent_sha = build_pyz(str(local))
+        self.transport.upload(local, AGENT_NAME, self._agent_sha)
+
+    def _agent(self, *args: str) -> list[str]:
+        return [self.device.python, self.transport.remote_path(AGENT_NAME), *args]
+
+    def _probe(self) -> ProbeReport:
+        res = self.transport.run(self._agent("probe", "--work-dir", self.transport.work_dir), PROBE_TIMEOUT_S)
+        if res.returncode != 0:
+            raise DeviceUnreachableError(
+                f"{self.device.key}: the agent's probe failed (exit {res.returncode}): {res.stderr.strip()[-500:]}"
+            )
+        try:
+            return ProbeReport.from_dict(json.loads(res.stdout))
+        except (ValueError, RecordError) as exc:
+            raise MeasurementError(f"{self.device.key}: the agent's probe report is invalid ({exc})") from exc
+
+    def _reconnect(self) -> None:
+        self.transport.close()
+        self.transport.open()
+        self._ship_agent()
+
+    # ------------------------------------------------------------------ measuring
+    def measure(
+        self,
+        models: Sequence[ShippableModel],
+        protocol: Protocol,
+        on_result: Callable[[MeasureResult], None] | None = None,
+    ) -> BatchReport:
+        """Measure `models` under `protocol`; each record reaches `on_result` as it arrives."""
+        report = BatchReport()
+        pending = {m.spec().arch_id: m for m in models}
+        if len(pending) != len(models):
+            raise MeasurementError("the same arch appears twice in one batch; measure it once")
+
+        def deliver(result: MeasureResult) -> None:
+            if result.arch_id not in pending:
+                raise MeasurementError(
+                    f"{self.device.key}: the agent answered for an arch it was not asked: {result.arch_id}"
+                )
+            del pending[result.arch_id]
+            report.results.append(result)
+            if on_result:
+                on_result(result)
+
+        while pending:
+            try:
+                self._run_batch(list(pending.values()), protocol, deliver)
+            except DeviceUnreachableError as exc:
+                if report.reconnects >= self.reconnects:
+                    log.error("%s: giving up after %d reconnects (%s)", self.device.key, report.reconnects, exc)
+                    break
+                report.reconnects += 1
+                log.warning("%s: %s; reconnecting (%d/%d)", self.device.key, exc, report.reconnects, self.reconnects)
+                try:
+                    self._reconnect()
+                except DeviceUnreachableError as again:
+                    log.error("%s: reconnect failed (%s)", self.device.key, again)
+                    break
+        report.not_measured = [m.arch for m in pending.values()]
+        self._complete = not pending
+        return report
+
+    def _upload_models(
+        self, models: Sequence[ShippableModel], deliver: Callable[[MeasureResult], None], protocol: Protocol
+    ) -> list[ShippableModel]:
+        shipped = []
+        for m in models:
+            try:
+                self.transport.upload(m.path, m.remote_name, m.sha256)
+            except UploadCorruptedError as exc:  # a bad copy on a live link: record it, go on
+                deliver(self._failure(m, protocol, FailureKind.UPLOAD_ERROR, str(exc)))
+                continue
+            shipped.append(m)
+        return shipped
+
+    def _failure(self, m: ShippableModel, protocol: Protocol, kind: FailureKind, msg: str) -> MeasureResult:
+        now = datetime.now(timezone.utc).isoformat()
+        return MeasureResult.failure(
+            kind,
+            msg,
+            m.spec(),
+            protocol,
+            batch_id="host",
+            started_at=now,
+            finished_at=now,
+            device_key=self.device.key,
+            device_fingerprint=self.probe.fingerprint if self.probe else None,
+        )
+
+    def _run_batch(
+        self, models: Sequence[ShippableModel], protocol: Protocol, deliver: Callable[[MeasureResult], None]
+    ) -> None:
+        models = self._upload_models(models, deliver, protocol)
+        if not models:
+            return
+        batch_id = "b-" + uuid.uuid4().hex[:16]
+        request = MeasureRequest(
+            batch_id, self.device.key, self.transport.work_dir, protocol, tuple(m.spec() for m in models)
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / f"request-{batch_id}.json"
+            local.write_text(json.dumps(request.to_dict()))
+            remote = self.transport.upload(local, local.name)
+        ended: list[BatchEnd] = []
+
+        def on_line(line: str) -> None:
+            if not line.strip():
+                return
+            try:
+                record = parse_agent_line(line, where=f"{self.device.key} agent")
+            except RecordError as exc:
+                raise MeasurementError(f"{self.device.key}: the agent sent an invalid record ({exc})") from exc
+            if isinstance(record, BatchEnd):
+                ended.append(record)
+            else:
+                deliver(record)
+
+        res = self.transport.run(self._agent("measure", "--request", remote), request.worst_case_s(), on_line)
+        if res.returncode == 2:
+            raise MeasurementError(f"{self.device.key}: the agent refused the request: {res.stderr.strip()[-500:]}")
+        if res.timed_out:
+            raise MeasurementError(f"{self.device.key}: the agent did not finish within {request.worst_case_s():.0f} s")
+        if not ended:
+            raise DeviceUnreachableError(
+                f"{self.device.key}: the agent stopped before the end of the batch (exit {res.returncode}; "
+                f"{res.stderr.strip()[-300:]})"
+            )
