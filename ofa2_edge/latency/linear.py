@@ -1,0 +1,146 @@
+"""Additive latency model: a non-negative price per unit of each kind of work.
+
+Latency is close to additive in per-layer work, so the model is
+``latency = sum_j coef_j * work_j`` with every coefficient >= 0 (more work never costs less
+time), fitted by non-negative least squares on *relative* error (rows divided by the measured
+latency), which is the error a latency limit cares about. Positivity keeps the model sane
+where it has to extrapolate (nets bigger or smaller than any measured one) and is itself a
+strong regulariser, so the compact variant fits from ~10 measurements.
+
+Two feature sets (`features`):
+- ``compact``: whole-net work per kind (pointwise / depthwise MACs, depthwise elements,
+  activation and weight bytes, op count) and a constant: 8 prices.
+- ``stage``: the compact columns plus the same work per group (fixed stem+tail, each
+  stage), whose extra prices are ridge-penalised towards zero, i.e. shrunk towards the
+  compact model; the ridge strength is chosen by an inner cross-validation. Stages differ in
+  spatial size and channel count, so a device's efficiency differs between them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy.optimize import nnls
+
+from ofa2_edge.errors import InvalidInputError
+from ofa2_edge.latency.base import register_surrogate
+from ofa2_edge.latency.features import (
+    COMPACT_QUANTITIES,
+    GROUPS,
+    STAGE_QUANTITIES,
+    arch_features,
+    compact_matrix,
+    stage_matrix,
+)
+from ofa2_edge.latency.learned import LearnedSurrogate
+from ofa2_edge.space import DEFAULT_WIDTH_MULT
+
+FEATURE_SETS = ("compact", "stage")
+#: Ridge strengths (per sample, on columns scaled to mean 1) tried by the inner CV.
+ALPHA_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+INNER_FOLDS = 5
+
+
+def design(g: np.ndarray, w: float, features: str) -> tuple[np.ndarray, np.ndarray]:
+    """(design matrix, mask of ridge-penalised columns) of a genome batch."""
+    f = arch_features(g, w)
+    compact, _ = compact_matrix(f)
+    if features == "compact":
+        return compact, np.zeros(compact.shape[1], dtype=bool)
+    stage, _ = stage_matrix(f)
+    stage = stage[:, :-1]  # the constant is already a compact column
+    x = np.column_stack([compact, stage])
+    return x, np.r_[np.zeros(compact.shape[1], dtype=bool), np.ones(stage.shape[1], dtype=bool)]
+
+
+def column_names(features: str) -> list[str]:
+    names = [*COMPACT_QUANTITIES, "const"]
+    if features == "stage":
+        names += [f"{group}.{q}" for group in GROUPS for q in STAGE_QUANTITIES]
+    return names
+
+
+def relative_nnls(x: np.ndarray, y: np.ndarray, penalised: np.ndarray, alpha: float) -> np.ndarray:
+    """Non-negative coefficients minimising sum(((y - x b) / y)^2) + alpha * n * |b_pen * scale|^2."""
+    scale = x.mean(axis=0)
+    scale[scale <= 0] = 1.0
+    a = x / scale / y[:, None]
+    rows = [a]
+    target = [np.ones(y.size)]
+    if alpha > 0 and penalised.any():
+        rows.append(np.sqrt(alpha * y.size) * np.diag(penalised.astype(np.float64))[penalised])
+        target.append(np.zeros(int(penalised.sum())))
+    coef, _ = nnls(np.vstack(rows), np.concatenate(target), maxiter=50 * x.shape[1])
+    return coef / scale
+
+
+def choose_alpha(x: np.ndarray, y: np.ndarray, penalised: np.ndarray, rng: np.random.Generator) -> float:
+    """The ridge strength with the lowest inner-CV relative squared error."""
+    folds = np.array_split(rng.permutation(y.size), min(INNER_FOLDS, y.size))
+    errors = []
+    for alpha in ALPHA_GRID:
+        err = 0.0
+        for test in folds:
+            train = np.setdiff1d(np.arange(y.size), test)
+            coef = relative_nnls(x[train], y[train], penalised, alpha)
+            err += float(np.sum(((x[test] @ coef - y[test]) / y[test]) ** 2))
+        errors.append(err)
+    return ALPHA_GRID[int(np.argmin(errors))]
+
+
+@register_surrogate("linear")
+class LinearSurrogate(LearnedSurrogate):
+    """Non-negative prices of analytic work per kind (see the module docstring)."""
+
+    def __init__(self, width_mult: float = DEFAULT_WIDTH_MULT, features: str = "compact") -> None:
+        if features not in FEATURE_SETS:
+            raise InvalidInputError(f"linear surrogate: unknown feature set {features!r}; choose from {', '.join(FEATURE_SETS)}")
+        super().__init__(width_mult)
+        self.features = features
+        self.coef: np.ndarray | None = None
+        self.alpha = 0.0
+
+    @property
+    def min_samples(self) -> int:  # type: ignore[override]
+        return 5 if self.features == "compact" else 10
+
+    @property
+    def name(self) -> str:
+        return f"linear[{self.features}]"
+
+    @property
+    def complexity(self) -> int:
+        return len(column_names(self.features))
+
+    def spec(self) -> dict[str, Any]:
+        return {"features": self.features}
+
+    def _fit_point(self, g: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> None:
+        x, penalised = design(g, self.width_mult, self.features)
+        if not penalised.any():
+            self.alpha = 0.0
+        elif y.size >= 2 * INNER_FOLDS:
+            self.alpha = choose_alpha(x, y, penalised, rng)
+        else:  # too few samples to choose: shrink hard towards the compact model
+            self.alpha = ALPHA_GRID[-1]
+        self.coef = relative_nnls(x, y, penalised, self.alpha)
+
+    def _predict_point(self, g: np.ndarray) -> np.ndarray:
+        x, _ = design(g, self.width_mult, self.features)
+        return x @ self.coef
+
+    def _state(self) -> dict[str, Any]:
+        return {"columns": column_names(self.features), "coef": self.coef.tolist(), "alpha": self.alpha}
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        if state["columns"] != column_names(self.features):
+            raise ValueError(f"columns {state['columns']} do not match this version's {self.features!r} features")
+        self.coef = np.asarray(state["coef"], dtype=np.float64)
+        self.alpha = float(state["alpha"])
+
+    def contributions(self, archs: Any) -> dict[str, np.ndarray]:
+        """Predicted ms per column (which kind of work the time goes to), for display."""
+        self._require_fitted()
+        x, _ = design(self.genomes(archs), self.width_mult, self.features)
+        return {name: x[:, j] * c for j, (name, c) in enumerate(zip(column_names(self.features), self.coef))}
