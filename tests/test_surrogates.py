@@ -132,6 +132,32 @@ def test_fit_best_report_is_json_and_printable(note10: LutSurrogate, tmp_path: P
     assert load_surrogate(model.save(tmp_path / "best.json")).report == doc
 
 
+def test_small_k_selection_does_not_overfit(note10: LutSurrogate, held_out) -> None:
+    # 12 and 24 noisy measurements (4 % noise): flexible kinds cannot be told apart from
+    # simple ones, so the selected model must hold up on unseen archs as well as the best
+    # single kind does there (which the selection never sees)
+    g_test, y_test = held_out
+    for k, seed in ((12, 0), (12, 1), (24, 2), (24, 3)):
+        g, y = train_set(note10, k, 20 + seed)
+        y = y * np.exp(np.random.default_rng(seed).normal(0, 0.04, y.size))
+        model, report = fit_best(g, y, rng=np.random.default_rng(seed), nested=False)
+        assert report["selection"]["folds"] == ("leave-one-out" if k <= 20 else "10-fold")
+        mape = {c.name: latency_metrics(y_test, c.fit(g, y).predict(g_test))["mape_pct"]
+                for c in (LinearSurrogate(features=f) for f in ("minimal", "compact", "stage"))}
+        chosen = latency_metrics(y_test, model.predict(g_test))["mape_pct"]
+        assert chosen <= 1.15 * min(mape.values()) + 0.2, (k, report["selection"]["chosen"], chosen, mape)
+        assert model.kind != "trees", report["selection"]
+
+
+def test_selection_takes_a_prior_that_is_right_up_to_scale(note10: LutSurrogate, held_out) -> None:
+    g, y = train_set(note10, 10, 30)
+    model, report = fit_best(g, 1.7 * y, prior=note10, prior_label="note10", rng=np.random.default_rng(0))
+    assert model.kind == "transfer", report["selection"]
+    g_test, y_test = held_out
+    np.testing.assert_allclose(model.predict(g_test), 1.7 * y_test, rtol=1e-3)
+    assert report["spec"]["prior"] == {"kind": "lut", "label": "note10"}
+
+
 def test_perfect_trees_match_sklearn_predictions() -> None:
     rng = np.random.default_rng(0)
     x = rng.random((300, 12))

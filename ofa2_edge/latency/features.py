@@ -158,10 +158,18 @@ def arch_features(genomes: np.ndarray, w: float = DEFAULT_WIDTH_MULT) -> ArchFea
 # Each surrogate reads one of these; all columns are non-negative "work" so a linear model
 # with non-negative coefficients stays physically meaningful (more work never costs less).
 
+#: The fewest prices that still separate work from per-op overhead (fits from ~5 samples).
+MINIMAL_QUANTITIES = ("macs", "ops")
 #: Whole-net quantities a compact additive model prices (few columns: fits from ~10 samples).
 COMPACT_QUANTITIES = ("pw_macs", "dw_macs", "dw_out_elems", "act_read_bytes", "act_write_bytes", "weight_bytes", "ops")
 #: Quantities priced separately per group by the per-stage model.
 STAGE_QUANTITIES = ("pw_macs", "dw_macs", "dw_out_elems", "act_read_bytes", "act_write_bytes", "ops")
+
+
+def minimal_matrix(f: ArchFeatures) -> tuple[np.ndarray, list[str]]:
+    """Total MACs, op count and a constant: (n, 3)."""
+    cols = [f.quantity(name) for name in MINIMAL_QUANTITIES]
+    return np.column_stack([*cols, np.ones(len(f))]), [*MINIMAL_QUANTITIES, "const"]
 
 
 def compact_matrix(f: ArchFeatures) -> tuple[np.ndarray, list[str]]:
@@ -204,4 +212,4 @@ def tree_matrix(f: ArchFeatures) -> tuple[np.ndarray, list[str]]:
     return np.column_stack(cols), names
 
 
-MATRICES = {"compact": compact_matrix, "stage": stage_matrix, "tree": tree_matrix}
+MATRICES = {"minimal": minimal_matrix, "compact": compact_matrix, "stage": stage_matrix, "tree": tree_matrix}

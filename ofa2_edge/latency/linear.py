@@ -7,7 +7,8 @@ latency), which is the error a latency limit cares about. Positivity keeps the m
 where it has to extrapolate (nets bigger or smaller than any measured one) and is itself a
 strong regulariser, so the compact variant fits from ~10 measurements.
 
-Two feature sets (`features`):
+Three feature sets (`features`):
+- ``minimal``: total MACs, op count and a constant: 3 prices, for 5-10 measurements.
 - ``compact``: whole-net work per kind (pointwise / depthwise MACs, depthwise elements,
   activation and weight bytes, op count) and a constant: 8 prices.
 - ``stage``: the compact columns plus the same work per group (fixed stem+tail, each
@@ -28,15 +29,17 @@ from ofa2_edge.latency.base import register_surrogate
 from ofa2_edge.latency.features import (
     COMPACT_QUANTITIES,
     GROUPS,
+    MINIMAL_QUANTITIES,
     STAGE_QUANTITIES,
     arch_features,
     compact_matrix,
+    minimal_matrix,
     stage_matrix,
 )
 from ofa2_edge.latency.learned import LearnedSurrogate
 from ofa2_edge.space import DEFAULT_WIDTH_MULT
 
-FEATURE_SETS = ("compact", "stage")
+FEATURE_SETS = ("minimal", "compact", "stage")
 #: Ridge strengths (per sample, on columns scaled to mean 1) tried by the inner CV.
 ALPHA_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 INNER_FOLDS = 5
@@ -45,6 +48,9 @@ INNER_FOLDS = 5
 def design(g: np.ndarray, w: float, features: str) -> tuple[np.ndarray, np.ndarray]:
     """(design matrix, mask of ridge-penalised columns) of a genome batch."""
     f = arch_features(g, w)
+    if features == "minimal":
+        x, _ = minimal_matrix(f)
+        return x, np.zeros(x.shape[1], dtype=bool)
     compact, _ = compact_matrix(f)
     if features == "compact":
         return compact, np.zeros(compact.shape[1], dtype=bool)
@@ -55,6 +61,8 @@ def design(g: np.ndarray, w: float, features: str) -> tuple[np.ndarray, np.ndarr
 
 
 def column_names(features: str) -> list[str]:
+    if features == "minimal":
+        return [*MINIMAL_QUANTITIES, "const"]
     names = [*COMPACT_QUANTITIES, "const"]
     if features == "stage":
         names += [f"{group}.{q}" for group in GROUPS for q in STAGE_QUANTITIES]
@@ -103,7 +111,7 @@ class LinearSurrogate(LearnedSurrogate):
 
     @property
     def min_samples(self) -> int:  # type: ignore[override]
-        return 5 if self.features == "compact" else 10
+        return {"minimal": 3, "compact": 5, "stage": 10}[self.features]
 
     @property
     def name(self) -> str:
