@@ -11,16 +11,21 @@ sequential execution, full graph optimisation. Models are measured in groups: ev
 of a group is loaded, warmed up, then timed in interleaved rounds (each round visits the
 group's models in a fresh random order and times one block of runs of each), so a burst
 of interference from other processes is spread over all models instead of hitting one.
-Per model we keep every run, the minimum (the best estimate of the undisturbed latency
-under interference), the 10th percentile, the median, the median of block medians, the
-process-CPU/wall ratio of every block (below 1: we were preempted) and the load average.
+Every run is timed twice: wall clock, and the CPU time of the calling thread (with one
+intra-op thread onnxruntime computes on the caller, so CPU time leaves out the time slices
+the scheduler gave to other processes: under a load of 7 on 2 cores the *minimum* wall
+time of 50 runs was still up to 1.7x the quiet latency, the CPU time was not). Per model we
+keep every run, min / p10 / median of both clocks, the CPU/wall ratio of every block (below
+1: we were preempted) and the load average; a fixed reference net is timed in every group
+so that what preemption does not explain (a busy SMT sibling, cache pollution, clock
+changes) can be seen, and normalised, group by group.
 
 Results are appended (flushed) to `<out>/<session>.jsonl`, one record per arch; a rerun
 skips archs already measured in that session, so the run can be killed and resumed.
 Measured data never goes into the repository.
 
-    python benchmarks/_collect_cpu_latency.py --session A --n 360 --seed 1
-    python benchmarks/_collect_cpu_latency.py --session B --archs-from /work/data/cpu_latency/A.jsonl --n 240
+    python benchmarks/_collect_cpu_latency.py --session C --n 360 --seed 1
+    python benchmarks/_collect_cpu_latency.py --session D --archs-from /work/data/cpu_latency/C.jsonl --n 200 --seed 2
 """
 
 from __future__ import annotations
@@ -101,9 +106,14 @@ def session_of(path: Path) -> Any:
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def time_group(sessions: list[Any], inputs: list[np.ndarray], warmup: int, rounds: int, block: int, rng: np.random.Generator) -> tuple[list[list[float]], list[list[float]]]:
-    """Interleaved timing: per model, every run in ms and the CPU/wall ratio of every block."""
-    runs: list[list[float]] = [[] for _ in sessions]
+def time_group(
+    sessions: list[Any], inputs: list[np.ndarray], warmup: int, rounds: int, block: int, rng: np.random.Generator
+) -> tuple[list[list[float]], list[list[float]], list[list[float]]]:
+    """Interleaved timing: per model, the wall and thread-CPU time of every run in ms, and
+    the CPU/wall ratio of every block. With one intra-op thread onnxruntime computes on the
+    calling thread, so its CPU time excludes the time the scheduler gave to other processes."""
+    wall: list[list[float]] = [[] for _ in sessions]
+    cpu: list[list[float]] = [[] for _ in sessions]
     ratios: list[list[float]] = [[] for _ in sessions]
     for s, x in zip(sessions, inputs):
         for _ in range(warmup):
@@ -111,13 +121,20 @@ def time_group(sessions: list[Any], inputs: list[np.ndarray], warmup: int, round
     for _ in range(rounds):
         for i in rng.permutation(len(sessions)):
             s, x = sessions[i], inputs[i]
-            c0, w0 = time.process_time(), time.perf_counter()
+            c_block, w_block = time.thread_time(), time.perf_counter()
             for _ in range(block):
-                t0 = time.perf_counter()
+                w0, c0 = time.perf_counter(), time.thread_time()
                 s.run(None, {"input": x})
-                runs[i].append((time.perf_counter() - t0) * 1e3)
-            ratios[i].append((time.process_time() - c0) / max(time.perf_counter() - w0, 1e-9))
-    return runs, ratios
+                c1, w1 = time.thread_time(), time.perf_counter()
+                wall[i].append((w1 - w0) * 1e3)
+                cpu[i].append((c1 - c0) * 1e3)
+            ratios[i].append((time.thread_time() - c_block) / max(time.perf_counter() - w_block, 1e-9))
+    return wall, cpu, ratios
+
+
+def stats(values: list[float], prefix: str) -> dict[str, float]:
+    v = np.asarray(values)
+    return {f"{prefix}min_ms": float(v.min()), f"{prefix}p10_ms": float(np.percentile(v, 10)), f"{prefix}median_ms": float(np.median(v))}
 
 
 def main() -> None:
@@ -129,7 +146,7 @@ def main() -> None:
     ap.add_argument("--archs-from", type=Path, help="re-measure the archs of another session's file (test-retest)")
     ap.add_argument("--group", type=int, default=12, help="models loaded and interleaved together")
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--block", type=int, default=5, help="runs per model per round")
     ap.add_argument("--w", type=float, default=1.2)
     args = ap.parse_args()
@@ -154,7 +171,9 @@ def main() -> None:
         append_jsonl(out, {
             "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "kind": "header", "session": args.session,
             "protocol": {"threads": 1, "warmup": args.warmup, "rounds": args.rounds, "block": args.block, "group": args.group,
-                         "interleaved": True, "graph_optimization": "all", "exporter": "torch.onnx legacy, opset 17"},
+                         "interleaved": True, "graph_optimization": "all", "exporter": "torch.onnx legacy, opset 17",
+                         "clocks": "wall (perf_counter) and calling-thread CPU time (thread_time) per run",
+                         "reference": "one fixed net (k5 e4 d3 @192) timed in every group"},
             "env": {"onnxruntime": ort.__version__, "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
                     "cores": os.cpu_count(), "python": platform.python_version()},
             "note": "stopgap measurements (benchmarks/_collect_cpu_latency.py); random weights",
@@ -164,27 +183,33 @@ def main() -> None:
     supernet = build_supernet(args.w)
     started = time.perf_counter()
     # Exported models live beside the data, not in the shared /tmp (other jobs clean it).
+    # Exported models live beside the data, not in the shared /tmp (other jobs clean it).
     with tempfile.TemporaryDirectory(prefix=".export-", dir=args.out) as tmp:
+        reference = Arch(ks=(5,) * 20, e=(4,) * 20, d=(3,) * 5, r=192, w=args.w)  # timed in every group
+        ref_path = Path(tmp) / "reference.onnx"
+        export_onnx(supernet, reference, ref_path)
         for start in range(0, len(todo), args.group):
             group = todo[start : start + args.group]
             paths = []
             for a in group:
                 paths.append(Path(tmp) / f"{a.id}.onnx")
                 export_onnx(supernet, a, paths[-1])
-            sessions = [session_of(p) for p in paths]
-            inputs = [np.asarray(rng.standard_normal((1, 3, a.r, a.r)), dtype=np.float32) for a in group]
+            sessions = [session_of(p) for p in [*paths, ref_path]]
+            inputs = [np.asarray(rng.standard_normal((1, 3, a.r, a.r)), dtype=np.float32) for a in [*group, reference]]
             load_before = os.getloadavg()
-            runs, ratios = time_group(sessions, inputs, args.warmup, args.rounds, args.block, rng)
+            wall, cpu, ratios = time_group(sessions, inputs, args.warmup, args.rounds, args.block, rng)
             load_after = os.getloadavg()
+            ref = {"ref_arch_id": reference.id, **stats(cpu[-1], "ref_cpu_"), **stats(wall[-1], "ref_")}
             macs = macs_m(np.stack([a.to_genome() for a in group]), args.w)
-            for a, r, q, m in zip(group, runs, ratios, macs):
-                blocks = np.asarray(r).reshape(args.rounds, args.block)
+            for a, w_runs, c_runs, q, m in zip(group, wall, cpu, ratios, macs):
+                blocks = np.asarray(w_runs).reshape(args.rounds, args.block)
                 append_jsonl(out, {
                     "kind": "measurement", "session": args.session, "arch_id": a.id, "arch": a.to_dict(), "macs_m": float(m),
-                    "min_ms": float(np.min(r)), "p10_ms": float(np.percentile(r, 10)), "median_ms": float(np.median(r)),
-                    "block_median_ms": float(np.median(np.median(blocks, axis=1))), "runs_ms": [round(v, 5) for v in r],
+                    **stats(w_runs, ""), "block_median_ms": float(np.median(np.median(blocks, axis=1))),
+                    **stats(c_runs, "cpu_"), **ref,
+                    "runs_ms": [round(v, 5) for v in w_runs], "cpu_runs_ms": [round(v, 5) for v in c_runs],
                     "cpu_wall_ratio": [round(v, 4) for v in q], "loadavg_before": load_before, "loadavg_after": load_after,
-                    "time": time.time(),
+                    "group": start // args.group, "time": time.time(),
                 })
             for p in paths:
                 p.unlink(missing_ok=True)

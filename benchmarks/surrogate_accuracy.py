@@ -5,14 +5,16 @@ Two datasets:
   latency for any arch; the surrogates see only (arch, latency) pairs. Training sets come
   from the size-stratified design, the test set is 1,000 other archs from the same design.
 - **This CPU (noisy, real)**: onnxruntime latencies measured by the stopgap collector
-  (`benchmarks/_collect_cpu_latency.py`), session A for training and testing and a second,
-  separate session B on a subset of the same archs for the test-retest floor. The test set is
-  100 archs measured in both sessions; training sets are drawn from the other archs of A.
+  (`benchmarks/_collect_cpu_latency.py`): a first session (default C) for training and
+  testing and a second, separate session (default D) on a subset of the same archs for the
+  test-retest floor. The test set is 100 archs measured in both sessions; training sets are
+  drawn from the other archs of the first. `--target` picks the per-model statistic (default:
+  the median of per-run thread-CPU times, the most repeatable one under load here).
 
 For each K in {10, 20, 30, 50, 100, 200} and each kind (and the CV-selected one), `--repeats`
 training sets are drawn and the held-out figures averaged. Few-shot transfer is evaluated in
 both directions (Note10 table as the prior for the CPU, and a CPU-fitted predictor as the
-prior for Note10) at K = 5 and 10. Prediction speed for 10,000 archs (features included) is
+prior for Note10) at K = 5, 10 and 20. Prediction speed for 10,000 archs (features included) is
 the minimum of repeated runs, also given as a ratio to the LUT sum measured in the same run.
 
     python benchmarks/surrogate_accuracy.py [--data /work/data/cpu_latency] [--json OUT]
@@ -45,16 +47,30 @@ from ofa2_edge.space import Arch, SearchSpace, genomes_of
 KS = (10, 20, 30, 50, 100, 200)
 FEW_SHOT_KS = (5, 10, 20)
 N_CPU_TEST = 100
+#: Per-model statistics whose test-retest agreement is reported.
+FLOOR_FIELDS = (
+    "min_ms", "median_ms", "cpu_min_ms", "cpu_p10_ms", "cpu_median_ms", "cpu_min_refnorm_ms", "cpu_median_refnorm_ms",
+)
 FIGURES = ("share_within_10pct", "share_within_5pct", "mape_pct", "spearman")
 
 
 def load_session(path: Path, target: str) -> dict[str, tuple[np.ndarray, float, dict[str, Any]]]:
-    """arch id -> (genome, latency, record); the first record of an arch measured twice wins."""
-    out: dict[str, tuple[np.ndarray, float, dict[str, Any]]] = {}
+    """arch id -> (genome, latency, record); the first record of an arch measured twice wins.
+
+    A target ``X_refnorm_ms`` is field ``X_ms`` rescaled by the reference net timed in the
+    same group: times (session median of ``ref_X_ms``) / (the group's ``ref_X_ms``).
+    """
+    records: dict[str, dict[str, Any]] = {}
     for rec in iter_jsonl(path):
-        if rec.get("kind") == "measurement" and rec["arch_id"] not in out:
-            out[rec["arch_id"]] = (Arch.from_dict(rec["arch"]).to_genome(), float(rec[target]), rec)
-    return out
+        if rec.get("kind") == "measurement" and rec["arch_id"] not in records:
+            records[rec["arch_id"]] = rec
+    if target.endswith("_refnorm_ms"):
+        field = target.replace("_refnorm", "")
+        ref_median = float(np.median([r[f"ref_{field}"] for r in records.values()]))
+        value = lambda r: r[field] * ref_median / r[f"ref_{field}"]  # noqa: E731
+    else:
+        value = lambda r: r[target]  # noqa: E731
+    return {i: (Arch.from_dict(r["arch"]).to_genome(), float(value(r)), r) for i, r in records.items()}
 
 
 def floor(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
@@ -164,7 +180,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=Path("/work/data/cpu_latency"))
     ap.add_argument("--assets", type=Path, default=Path(os.environ.get("OFA2_EDGE_ASSETS", "../shared/ofa_assets")))
-    ap.add_argument("--target", default="min_ms", help="which per-model statistic is 'the latency' (min_ms, median_ms, ...)")
+    ap.add_argument("--target", default="cpu_median_ms",
+                    help="which per-model statistic is 'the latency' (cpu_median_ms, min_ms, median_ms, cpu_median_refnorm_ms, ...)")
+    ap.add_argument("--extra-targets", nargs="*", default=["min_ms", "cpu_median_ms", "cpu_min_refnorm_ms"],
+                    help="other statistics to report the CV-selected surrogate's curve for")
+    ap.add_argument("--train-session", default="C", help="CPU session for training and testing")
+    ap.add_argument("--retest-session", default="D", help="second session of the same archs: the test-retest floor")
+    ap.add_argument("--also-retest", nargs="*", default=["A"], help="earlier sessions of the same archs to compare (wall clock)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json", type=Path, default=Path("/work/data/cpu_latency/surrogate_accuracy.json"))
     args = ap.parse_args()
@@ -190,13 +212,14 @@ def main() -> None:
     result["note10"] = evaluate_curve(feature_kinds, draw_n10, g_n10_test, y_n10_test, KS, args.repeats, {"cv-selected": {}})
 
     # ---------------------------------------------------------------- CPU (noisy, real)
-    a = load_session(args.data / "A.jsonl", args.target)
-    b = load_session(args.data / "B.jsonl", args.target) if (args.data / "B.jsonl").exists() else {}
+    a = load_session(args.data / f"{args.train_session}.jsonl", args.target)
+    retest = args.data / f"{args.retest_session}.jsonl"
+    b = load_session(retest, args.target) if retest.exists() else {}
     both = sorted(set(a) & set(b))
     rng = np.random.default_rng(7)
     test_ids = [both[i] for i in rng.permutation(len(both))[:N_CPU_TEST]] if len(both) >= N_CPU_TEST else []
     if not test_ids:
-        print("no second session with >= 100 shared archs: CPU test set drawn from session A only", file=sys.stderr)
+        print("no second session with >= 100 shared archs: CPU test set drawn from the first session only", file=sys.stderr)
         test_ids = [sorted(a)[i] for i in rng.permutation(len(a))[:N_CPU_TEST]]
     pool_ids = sorted(set(a) - set(test_ids))
     g_pool = np.stack([a[i][0] for i in pool_ids])
@@ -204,14 +227,27 @@ def main() -> None:
     g_cpu_test = np.stack([a[i][0] for i in test_ids])
     y_cpu_test = np.array([a[i][1] for i in test_ids])
     cpu_ks = tuple(k for k in KS if k <= len(pool_ids))
-    result["cpu_data"] = {"session_a": len(a), "session_b": len(b), "shared": len(both), "pool": len(pool_ids),
-                          "test": len(test_ids), "load_a": session_load([r for _, _, r in a.values()])}
+    result["cpu_data"] = {"sessions": [args.train_session, args.retest_session], "first": len(a), "second": len(b),
+                          "shared": len(both), "pool": len(pool_ids), "test": len(test_ids),
+                          "load_first": session_load([r for _, _, r in a.values()])}
     if b:
-        result["cpu_data"]["load_b"] = session_load([r for _, _, r in b.values()])
-        result["floor"] = {
-            field: floor(np.array([a[i][2][field] for i in both]), np.array([b[i][2][field] for i in both]))
-            for field in ("min_ms", "p10_ms", "median_ms", "block_median_ms")
-        }
+        result["cpu_data"]["load_second"] = session_load([r for _, _, r in b.values()])
+        fields = [f for f in FLOOR_FIELDS if f.replace("_refnorm", "") in next(iter(a.values()))[2]]
+        result["floor"] = {}
+        for field in fields:
+            fa = load_session(args.data / f"{args.train_session}.jsonl", field)
+            fb = load_session(retest, field)
+            result["floor"][field] = floor(np.array([fa[i][1] for i in both]), np.array([fb[i][1] for i in both]))
+    for older in args.also_retest:
+        # the same archs measured in an earlier session (e.g. under a wall-clock-only protocol)
+        path = args.data / f"{older}.jsonl"
+        if path.exists():
+            for field in ("min_ms", "median_ms"):
+                fo, fa = load_session(path, field), load_session(args.data / f"{args.train_session}.jsonl", field)
+                shared = sorted(set(fo) & set(fa))
+                result.setdefault("floor_other_sessions", {})[f"{older}-vs-{args.train_session}:{field}"] = floor(
+                    np.array([fo[i][1] for i in shared]), np.array([fa[i][1] for i in shared])
+                )
 
     def draw_cpu(k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         idx = rng.choice(len(pool_ids), size=k, replace=False)
@@ -226,11 +262,25 @@ def main() -> None:
         {"cv-selected": {}, "cv-selected+note10-prior": {"prior": note10, "prior_label": "note10"}},
     )
     if b and set(test_ids) <= set(b):
-        # the same trained models, scored against the test archs as measured in session B
+        # the same trained models, scored against the test archs as measured in the second session
         y_b = np.array([b[i][1] for i in test_ids])
-        result["cpu_vs_session_b"] = evaluate_curve(
+        result["cpu_vs_second_session"] = evaluate_curve(
             {"cv-selected": None}, draw_cpu, g_cpu_test, y_b, cpu_ks, args.repeats, {"cv-selected": {}}
         )
+
+    for extra in args.extra_targets:
+        ea = load_session(args.data / f"{args.train_session}.jsonl", extra)
+        ey_pool = np.array([ea[i][1] for i in pool_ids])
+        ey_test = np.array([ea[i][1] for i in test_ids])
+
+        def draw_extra(k: int, rng: np.random.Generator, ey_pool: np.ndarray = ey_pool) -> tuple[np.ndarray, np.ndarray]:
+            idx = rng.choice(len(pool_ids), size=k, replace=False)
+            return g_pool[idx], ey_pool[idx]
+
+        print(f"CPU, target {extra}", file=sys.stderr)
+        result.setdefault("cpu_other_targets", {})[extra] = evaluate_curve(
+            {"cv-selected": None}, draw_extra, g_cpu_test, ey_test, cpu_ks, args.repeats, {"cv-selected": {}}
+        )["cv-selected"]
 
     # ---------------------------------------------------------------- few-shot transfer
     print("few-shot transfer", file=sys.stderr)
@@ -269,18 +319,23 @@ def main() -> None:
     # ---------------------------------------------------------------- report
     print_curve("Note10 LUT data (clean), 1000 held-out archs: share within +-10% / Spearman / MAPE %", result["note10"], KS)
     print_curve(f"CPU onnxruntime ({args.target}), {len(test_ids)} held-out archs", result["cpu"], cpu_ks)
-    if "cpu_vs_session_b" in result:
-        print_curve("CPU: same models scored against session B's measurement of the test archs", result["cpu_vs_session_b"], cpu_ks)
+    if "cpu_vs_second_session" in result:
+        print_curve("CPU: same models scored against the second session's measurement of the test archs", result["cpu_vs_second_session"], cpu_ks)
+    if "cpu_other_targets" in result:
+        print_curve("CPU: the CV-selected surrogate with other per-model statistics as the target",
+                    {f"cv-selected on {t}": c for t, c in result["cpu_other_targets"].items()}, cpu_ks)
     if "floor" in result:
         print("\nCPU test-retest floor (same archs, two separate sessions):")
         for field, f in result["floor"].items():
             print(f"  {field:<16} n={f['n']}  within +-10%: {f['share_within_10pct']:.3f}  within +-5%: {f['share_within_5pct']:.3f}  "
                   f"median rel. diff: {f['median_rel_diff_pct']:.2f}%  rho: {f['spearman']:.4f}")
-        for s in ("load_a", "load_b"):
+        for s in ("load_first", "load_second"):
             ld = result["cpu_data"][s]
-            print(f"  session {s[-1].upper()}: loadavg median {ld['loadavg_1min_median']:.2f} (max {ld['loadavg_1min_max']:.2f}), "
+            print(f"  {s.replace('load_', '')} session: loadavg median {ld['loadavg_1min_median']:.2f} (max {ld['loadavg_1min_max']:.2f}), "
                   f"within-model CV median {ld['within_model_cv_median_pct']:.1f}% (p90 {ld['within_model_cv_p90_pct']:.1f}%), "
                   f"{ld['minutes']:.0f} min")
+    for name, f in result.get("floor_other_sessions", {}).items():
+        print(f"  {name:<28} n={f['n']}  within +-10%: {f['share_within_10pct']:.3f}  median rel. diff: {f['median_rel_diff_pct']:.2f}%")
     for direction, curve in result["transfer"].items():
         if isinstance(curve, dict) and all(isinstance(v, dict) for v in curve.values()) and direction != "raw_prior_spearman":
             print_curve(f"Few-shot transfer: {direction}", curve, FEW_SHOT_KS)

@@ -22,7 +22,7 @@ from ofa2_edge.latency.base import load_surrogate, surrogate_kinds
 from ofa2_edge.latency.design import size_stratified_genomes
 from ofa2_edge.latency.features import Q, QUANTITIES, arch_features, compact_matrix, stage_matrix, tree_matrix
 from ofa2_edge.latency.learned import LearnedSurrogate
-from ofa2_edge.latency.linear import LinearSurrogate
+from ofa2_edge.latency.linear import LinearSurrogate, design
 from ofa2_edge.latency.lut import LutSurrogate
 from ofa2_edge.latency.metrics import interval_coverage, latency_metrics
 from ofa2_edge.latency.prior import HybridSurrogate, TransferSurrogate
@@ -228,6 +228,18 @@ def test_features_are_per_arch_and_match_the_layer_plan(seed: int, n: int) -> No
         inactive = set(range(N_BLOCKS)) - {layer.slot for layer, _ in blocks}
         assert all(batch.per_block[i, s].sum() == 0 for s in inactive)
         assert batch.depth[i].tolist() == list(arch.d) and batch.resolution[i] == arch.r
+
+
+def test_linear_model_compiled_to_slot_tables_equals_its_design_matrix(note10: LutSurrogate) -> None:
+    g_fit, y_fit = train_set(note10, 60, 18)
+    y_fit = y_fit * np.exp(np.random.default_rng(18).normal(0, 0.03, y_fit.size))
+    g = SearchSpace(resolutions=(128, 160, 200, 224, 256)).sample_genomes(300, np.random.default_rng(19))
+    for features in ("minimal", "compact", "stage"):
+        model = LinearSurrogate(features=features).fit(g_fit, y_fit)
+        x, _ = design(g, model.width_mult, features)
+        np.testing.assert_allclose(model.predict(g), x @ model.coef, rtol=1e-12)
+        parts = model.contributions(g)
+        np.testing.assert_allclose(sum(parts.values()), model.predict(g), rtol=1e-12)
 
 
 def test_design_matrices_have_named_nonnegative_columns() -> None:

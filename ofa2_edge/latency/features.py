@@ -81,13 +81,16 @@ def layer_quantities(layer: Layer) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class _ResolutionTable:
+class ResolutionQuantities:
+    """Every layer's quantities at one resolution: the fixed layers summed, and each
+    (slot, kernel, expand) choice of the elastic blocks."""
+
     fixed: np.ndarray  # (Q,) quantities of the stem and tail
     slots: np.ndarray  # (N_BLOCKS, kernels, expands, Q)
 
 
 @lru_cache(maxsize=256)
-def _table(r: int, w: float) -> _ResolutionTable:
+def resolution_quantities(r: int, w: float) -> ResolutionQuantities:
     fixed = sum(layer_quantities(layer) for layer in (*stem_layers(r, w), *tail_layers(r, w)))
     slots = np.array(
         [
@@ -95,7 +98,7 @@ def _table(r: int, w: float) -> _ResolutionTable:
             for i in range(N_BLOCKS)
         ]
     )
-    return _ResolutionTable(fixed=np.asarray(fixed), slots=slots)
+    return ResolutionQuantities(fixed=np.asarray(fixed), slots=slots)
 
 
 @dataclass(frozen=True)
@@ -136,7 +139,7 @@ def arch_features(genomes: np.ndarray, w: float = DEFAULT_WIDTH_MULT) -> ArchFea
     active, k_idx, e_idx = slot_choice_indices(g)
     r = g[:, R_GENE]
     values, r_idx = np.unique(r, return_inverse=True)
-    tables = [_table(int(v), float(w)) for v in values]
+    tables = [resolution_quantities(int(v), float(w)) for v in values]
     # One flat table of every (resolution, slot, kernel, expand) row plus a zero row for
     # inactive slots, so the batch is priced by gathers, with no loop over archs.
     flat = np.concatenate([*(t.slots.reshape(-1, len(QUANTITIES)) for t in tables), np.zeros((1, len(QUANTITIES)))])

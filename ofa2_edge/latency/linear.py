@@ -7,6 +7,10 @@ latency), which is the error a latency limit cares about. Positivity keeps the m
 where it has to extrapolate (nets bigger or smaller than any measured one) and is itself a
 strong regulariser, so the compact variant fits from ~10 measurements.
 
+Every column is a sum of per-layer quantities (or a constant), so a fitted model is itself a
+price per layer: it is compiled into per-resolution slot tables and predicts exactly like a
+lookup table (`slotcost.evaluate`), as fast as the LUT sum.
+
 Three feature sets (`features`):
 - ``minimal``: total MACs, op count and a constant: 3 prices, for 5-10 measurements.
 - ``compact``: whole-net work per kind (pointwise / depthwise MACs, depthwise elements,
@@ -30,14 +34,18 @@ from ofa2_edge.latency.features import (
     COMPACT_QUANTITIES,
     GROUPS,
     MINIMAL_QUANTITIES,
+    QUANTITIES,
     STAGE_QUANTITIES,
+    Q,
     arch_features,
     compact_matrix,
     minimal_matrix,
+    resolution_quantities,
     stage_matrix,
 )
 from ofa2_edge.latency.learned import LearnedSurrogate
-from ofa2_edge.space import DEFAULT_WIDTH_MULT
+from ofa2_edge.slotcost import SlotTable, evaluate
+from ofa2_edge.space import DEFAULT_WIDTH_MULT, MAX_DEPTH, N_BLOCKS
 
 FEATURE_SETS = ("minimal", "compact", "stage")
 #: Ridge strengths (per sample, on columns scaled to mean 1) tried by the inner CV.
@@ -108,6 +116,7 @@ class LinearSurrogate(LearnedSurrogate):
         self.features = features
         self.coef: np.ndarray | None = None
         self.alpha = 0.0
+        self._tables: dict[int, SlotTable] = {}
 
     @property
     def min_samples(self) -> int:  # type: ignore[override]
@@ -132,11 +141,38 @@ class LinearSurrogate(LearnedSurrogate):
             self.alpha = choose_alpha(x, y, penalised, rng)
         else:  # too few samples to choose: shrink hard towards the compact model
             self.alpha = ALPHA_GRID[-1]
-        self.coef = relative_nnls(x, y, penalised, self.alpha)
+        self._set_coef(relative_nnls(x, y, penalised, self.alpha))
+
+    def _set_coef(self, coef: np.ndarray) -> None:
+        self.coef = coef
+        self._tables = {}
+
+    def _group_prices(self) -> tuple[np.ndarray, float]:
+        """(price of each quantity per layer group (6, Q), constant per arch)."""
+        prices = np.zeros((len(GROUPS), len(QUANTITIES)))
+        const = 0.0
+        for name, c in zip(column_names(self.features), self.coef):
+            group, _, quantity = name.rpartition(".")
+            if name == "const":
+                const = float(c)
+            elif group:
+                prices[GROUPS.index(group), Q[quantity]] += c
+            else:
+                prices[:, Q[quantity]] += c
+        return prices, const
+
+    def _slot_table(self, r: int) -> SlotTable:
+        """The fitted model as a lookup table at resolution `r` (built on first use)."""
+        if r not in self._tables:
+            prices, const = self._group_prices()
+            qty = resolution_quantities(r, self.width_mult)
+            slot_prices = prices[1 + np.arange(N_BLOCKS) // MAX_DEPTH]  # (20, Q)
+            slots = np.einsum("skeq,sq->ske", qty.slots, slot_prices)
+            self._tables[r] = SlotTable(fixed=float(qty.fixed @ prices[0]) + const, slots=slots)
+        return self._tables[r]
 
     def _predict_point(self, g: np.ndarray) -> np.ndarray:
-        x, _ = design(g, self.width_mult, self.features)
-        return x @ self.coef
+        return evaluate(g, self._slot_table)
 
     def _state(self) -> dict[str, Any]:
         return {"columns": column_names(self.features), "coef": self.coef.tolist(), "alpha": self.alpha}
@@ -144,7 +180,7 @@ class LinearSurrogate(LearnedSurrogate):
     def _load_state(self, state: dict[str, Any]) -> None:
         if state["columns"] != column_names(self.features):
             raise ValueError(f"columns {state['columns']} do not match this version's {self.features!r} features")
-        self.coef = np.asarray(state["coef"], dtype=np.float64)
+        self._set_coef(np.asarray(state["coef"], dtype=np.float64))
         self.alpha = float(state["alpha"])
 
     def contributions(self, archs: Any) -> dict[str, np.ndarray]:

@@ -22,9 +22,9 @@ import numpy as np
 from sklearn.ensemble import GradientBoostingRegressor
 
 from ofa2_edge.latency.base import register_surrogate
-from ofa2_edge.latency.features import arch_features, tree_matrix
+from ofa2_edge.latency.features import arch_features, compact_matrix, tree_matrix
 from ofa2_edge.latency.learned import LearnedSurrogate
-from ofa2_edge.latency.linear import design, relative_nnls
+from ofa2_edge.latency.linear import relative_nnls
 from ofa2_edge.space import DEFAULT_WIDTH_MULT
 
 class PerfectTrees:
@@ -125,8 +125,8 @@ class TreeSurrogate(LearnedSurrogate):
         return dict(self.hyper)
 
     def _base(self, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x, _ = design(g, self.width_mult, "compact")
-        return x, tree_matrix(arch_features(g, self.width_mult))[0]
+        f = arch_features(g, self.width_mult)
+        return compact_matrix(f)[0], tree_matrix(f)[0]
 
     def _fit_point(self, g: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> None:
         x, z = self._base(g)
