@@ -79,7 +79,12 @@ def build_supernet(w: float) -> Any:
     with _torchvision_stand_in():
         from ofa.imagenet_classification.elastic_nn.networks import OFAMobileNetV3
     net = OFAMobileNetV3(
-        n_classes=1000, dropout_rate=0.0, width_mult=w, ks_list=[3, 5, 7], expand_ratio_list=[3, 4, 6], depth_list=[2, 3, 4]
+        n_classes=1000,
+        dropout_rate=0.0,
+        width_mult=w,
+        ks_list=[3, 5, 7],
+        expand_ratio_list=[3, 4, 6],
+        depth_list=[2, 3, 4],
     )
     return net.eval()
 
@@ -92,7 +97,9 @@ def export_onnx(supernet: Any, arch: Arch, path: Path) -> None:
     x = torch.zeros(1, 3, arch.r, arch.r)
     with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter is ~5x faster here
-        torch.onnx.export(subnet, (x,), str(path), dynamo=False, input_names=["input"], output_names=["logits"], opset_version=17)
+        torch.onnx.export(
+            subnet, (x,), str(path), dynamo=False, input_names=["input"], output_names=["logits"], opset_version=17
+        )
 
 
 def session_of(path: Path) -> Any:
@@ -134,7 +141,11 @@ def time_group(
 
 def stats(values: list[float], prefix: str) -> dict[str, float]:
     v = np.asarray(values)
-    return {f"{prefix}min_ms": float(v.min()), f"{prefix}p10_ms": float(np.percentile(v, 10)), f"{prefix}median_ms": float(np.median(v))}
+    return {
+        f"{prefix}min_ms": float(v.min()),
+        f"{prefix}p10_ms": float(np.percentile(v, 10)),
+        f"{prefix}median_ms": float(np.median(v)),
+    }
 
 
 def main() -> None:
@@ -168,16 +179,35 @@ def main() -> None:
     done = {rec["arch_id"] for rec in iter_jsonl(out) if rec.get("kind") == "measurement"} if out.exists() else set()
     todo = [a for a in archs if a.id not in done]
     if not out.exists():
-        append_jsonl(out, {
-            "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "kind": "header", "session": args.session,
-            "protocol": {"threads": 1, "warmup": args.warmup, "rounds": args.rounds, "block": args.block, "group": args.group,
-                         "interleaved": True, "graph_optimization": "all", "exporter": "torch.onnx legacy, opset 17",
-                         "clocks": "wall (perf_counter) and calling-thread CPU time (thread_time) per run",
-                         "reference": "one fixed net (k5 e4 d3 @192) timed in every group"},
-            "env": {"onnxruntime": ort.__version__, "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-                    "cores": os.cpu_count(), "python": platform.python_version()},
-            "note": "stopgap measurements (benchmarks/_collect_cpu_latency.py); random weights",
-        })
+        append_jsonl(
+            out,
+            {
+                "schema": SCHEMA,
+                "schema_version": SCHEMA_VERSION,
+                "kind": "header",
+                "session": args.session,
+                "protocol": {
+                    "threads": 1,
+                    "warmup": args.warmup,
+                    "rounds": args.rounds,
+                    "block": args.block,
+                    "group": args.group,
+                    "interleaved": True,
+                    "graph_optimization": "all",
+                    "exporter": "torch.onnx legacy, opset 17",
+                    "clocks": "wall (perf_counter) and calling-thread CPU time (thread_time) per run",
+                    "reference": "one fixed net (k5 e4 d3 @192) timed in every group",
+                },
+                "env": {
+                    "onnxruntime": ort.__version__,
+                    "torch": torch.__version__,
+                    "cpu": platform.processor() or platform.machine(),
+                    "cores": os.cpu_count(),
+                    "python": platform.python_version(),
+                },
+                "note": "stopgap measurements (benchmarks/_collect_cpu_latency.py); random weights",
+            },
+        )
     print(f"{len(todo)} of {len(archs)} archs to measure -> {out}", file=sys.stderr)
     torch.manual_seed(args.seed)  # the ofa package initialises weights from torch's global RNG
     supernet = build_supernet(args.w)
@@ -203,19 +233,34 @@ def main() -> None:
             macs = macs_m(np.stack([a.to_genome() for a in group]), args.w)
             for a, w_runs, c_runs, q, m in zip(group, wall, cpu, ratios, macs):
                 blocks = np.asarray(w_runs).reshape(args.rounds, args.block)
-                append_jsonl(out, {
-                    "kind": "measurement", "session": args.session, "arch_id": a.id, "arch": a.to_dict(), "macs_m": float(m),
-                    **stats(w_runs, ""), "block_median_ms": float(np.median(np.median(blocks, axis=1))),
-                    **stats(c_runs, "cpu_"), **ref,
-                    "runs_ms": [round(v, 5) for v in w_runs], "cpu_runs_ms": [round(v, 5) for v in c_runs],
-                    "cpu_wall_ratio": [round(v, 4) for v in q], "loadavg_before": load_before, "loadavg_after": load_after,
-                    "group": start // args.group, "time": time.time(),
-                })
+                append_jsonl(
+                    out,
+                    {
+                        "kind": "measurement",
+                        "session": args.session,
+                        "arch_id": a.id,
+                        "arch": a.to_dict(),
+                        "macs_m": float(m),
+                        **stats(w_runs, ""),
+                        "block_median_ms": float(np.median(np.median(blocks, axis=1))),
+                        **stats(c_runs, "cpu_"),
+                        **ref,
+                        "runs_ms": [round(v, 5) for v in w_runs],
+                        "cpu_runs_ms": [round(v, 5) for v in c_runs],
+                        "cpu_wall_ratio": [round(v, 4) for v in q],
+                        "loadavg_before": load_before,
+                        "loadavg_after": load_after,
+                        "group": start // args.group,
+                        "time": time.time(),
+                    },
+                )
             for p in paths:
                 p.unlink(missing_ok=True)
             done_n = start + len(group)
             eta = (time.perf_counter() - started) / done_n * (len(todo) - done_n)
-            print(f"{done_n}/{len(todo)}  load {load_after[0]:.2f}  eta {eta / 60:.1f} min", file=sys.stderr, flush=True)
+            print(
+                f"{done_n}/{len(todo)}  load {load_after[0]:.2f}  eta {eta / 60:.1f} min", file=sys.stderr, flush=True
+            )
 
 
 if __name__ == "__main__":

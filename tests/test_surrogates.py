@@ -20,7 +20,7 @@ from ofa2_edge.costs import macs_m, params_m, plan_costs
 from ofa2_edge.errors import InvalidArchError, InvalidInputError, SchemaError
 from ofa2_edge.latency.base import load_surrogate, surrogate_kinds
 from ofa2_edge.latency.design import size_stratified_genomes
-from ofa2_edge.latency.features import Q, QUANTITIES, arch_features, compact_matrix, stage_matrix, tree_matrix
+from ofa2_edge.latency.features import QUANTITIES, Q, arch_features, compact_matrix, stage_matrix, tree_matrix
 from ofa2_edge.latency.learned import LearnedSurrogate
 from ofa2_edge.latency.linear import LinearSurrogate, design
 from ofa2_edge.latency.lut import LutSurrogate
@@ -86,6 +86,7 @@ def test_every_feature_kind_learns_clean_data(note10: LutSurrogate, held_out) ->
 def test_few_shot_transfer_from_a_rescaled_prior(note10: LutSurrogate, held_out) -> None:
     # a device 2.3x slower whose depthwise work is relatively dearer; prior = Note10 table
     g_test, _ = held_out
+
     def device(g: np.ndarray) -> np.ndarray:
         f = arch_features(g)
         return 2.3 * note10.predict(g) + 4e-8 * f.quantity("dw_macs")
@@ -142,8 +143,10 @@ def test_small_k_selection_does_not_overfit(note10: LutSurrogate, held_out) -> N
         y = y * np.exp(np.random.default_rng(seed).normal(0, 0.04, y.size))
         model, report = fit_best(g, y, rng=np.random.default_rng(seed), nested=False)
         assert report["selection"]["folds"] == ("leave-one-out" if k <= 20 else "10-fold")
-        mape = {c.name: latency_metrics(y_test, c.fit(g, y).predict(g_test))["mape_pct"]
-                for c in (LinearSurrogate(features=f) for f in ("minimal", "compact", "stage"))}
+        mape = {
+            c.name: latency_metrics(y_test, c.fit(g, y).predict(g_test))["mape_pct"]
+            for c in (LinearSurrogate(features=f) for f in ("minimal", "compact", "stage"))
+        }
         chosen = latency_metrics(y_test, model.predict(g_test))["mape_pct"]
         assert chosen <= 1.15 * min(mape.values()) + 0.2, (k, report["selection"]["chosen"], chosen, mape)
         assert model.kind != "trees", report["selection"]
@@ -172,7 +175,9 @@ def test_perfect_trees_match_sklearn_predictions() -> None:
 
 
 # ----------------------------------------------------------------- uncertainty
-@pytest.mark.parametrize("make", [lambda lut: LinearSurrogate(features="compact"), lambda lut: HybridSurrogate(prior=lut)])
+@pytest.mark.parametrize(
+    "make", [lambda lut: LinearSurrogate(features="compact"), lambda lut: HybridSurrogate(prior=lut)]
+)
 def test_quantiles_cover_held_out_data_near_nominal(note10: LutSurrogate, make) -> None:
     # noisy device: LUT latency times 6 % log-normal noise; 120 training pairs, 2000 test.
     # One fit's coverage varies by ~4 points (its quantile comes from 120 residuals), so
@@ -181,8 +186,7 @@ def test_quantiles_cover_held_out_data_near_nominal(note10: LutSurrogate, make) 
     for seed in range(6):
         rng = np.random.default_rng(100 + seed)
         g, g_test = size_stratified_genomes(120, rng), size_stratified_genomes(2000, rng, include_extremes=False)
-        noisy = lambda gg: note10.predict(gg) * np.exp(rng.normal(0.0, 0.06, gg.shape[0]))  # noqa: E731
-        y, y_test = noisy(g), noisy(g_test)
+        y, y_test = (note10.predict(gg) * np.exp(rng.normal(0.0, 0.06, gg.shape[0])) for gg in (g, g_test))
         model = make(note10).fit(g, y, rng=np.random.default_rng(seed))
         upper_cov.append(np.mean(y_test <= model.predict_quantile(g_test, 0.9)))
         lo, hi = model.predict_interval(g_test, 0.8)
@@ -330,7 +334,9 @@ def test_saved_files_of_unknown_kind_or_version_are_refused(note10: LutSurrogate
     with pytest.raises(SchemaError, match="schema_version 9"):
         load_surrogate(tmp_path / "v9.json")
     write_json(tmp_path / "kind.json", "ofa2-edge/latency-surrogate", 1, {**body, "kind": "neural-ode"})
-    with pytest.raises(SchemaError, match="unknown surrogate kind 'neural-ode'; known: hybrid, linear, lut, transfer, trees"):
+    with pytest.raises(
+        SchemaError, match="unknown surrogate kind 'neural-ode'; known: hybrid, linear, lut, transfer, trees"
+    ):
         load_surrogate(tmp_path / "kind.json")
     broken = {**body, "params": {**body["params"], "state": {"coef": [1.0]}}}
     write_json(tmp_path / "broken.json", "ofa2-edge/latency-surrogate", 1, broken)

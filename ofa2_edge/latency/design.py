@@ -14,7 +14,17 @@ from __future__ import annotations
 import numpy as np
 
 from ofa2_edge.errors import InvalidInputError
-from ofa2_edge.space import D_GENES, E_GENES, KS_GENES, N_BLOCKS, N_GENES, N_STAGES, R_GENE, SearchSpace, canonicalize_genomes
+from ofa2_edge.space import (
+    D_GENES,
+    E_GENES,
+    KS_GENES,
+    N_BLOCKS,
+    N_GENES,
+    N_STAGES,
+    R_GENE,
+    SearchSpace,
+    canonicalize_genomes,
+)
 
 #: How strongly the size level tilts each choice (t=0: ~98 % smallest choice, t=0.5: uniform).
 _TILT = 4.0
@@ -56,7 +66,7 @@ def size_stratified_genomes(
         rows = np.flatnonzero(r == value)
         t[rows] = (rng.permutation(rows.size) + rng.random(rows.size)) / max(rows.size, 1)
     g = np.empty((m, N_GENES), dtype=np.int64)
-    jitter = lambda: np.clip(t + rng.normal(0.0, _JITTER, m), 0.0, 1.0)  # noqa: E731
+    jitter = lambda: np.clip(t + rng.normal(0.0, _JITTER, m), 0.0, 1.0)
     g[:, KS_GENES] = _tilted_choice(space.ks, jitter(), N_BLOCKS, rng)
     g[:, E_GENES] = _tilted_choice(space.e, jitter(), N_BLOCKS, rng)
     g[:, D_GENES] = _tilted_choice(space.d, jitter(), N_STAGES, rng)

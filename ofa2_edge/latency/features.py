@@ -144,7 +144,12 @@ def arch_features(genomes: np.ndarray, w: float = DEFAULT_WIDTH_MULT) -> ArchFea
     # inactive slots, so the batch is priced by gathers, with no loop over archs.
     flat = np.concatenate([*(t.slots.reshape(-1, len(QUANTITIES)) for t in tables), np.zeros((1, len(QUANTITIES)))])
     per_r = N_BLOCKS * len(KERNEL_CHOICES) * len(EXPAND_CHOICES)
-    rows = r_idx[:, None] * per_r + np.arange(N_BLOCKS)[None, :] * (per_r // N_BLOCKS) + k_idx * len(EXPAND_CHOICES) + e_idx
+    rows = (
+        r_idx[:, None] * per_r
+        + np.arange(N_BLOCKS)[None, :] * (per_r // N_BLOCKS)
+        + k_idx * len(EXPAND_CHOICES)
+        + e_idx
+    )
     rows = np.where(active, rows, flat.shape[0] - 1)
     per_group = np.empty((n, 1 + N_STAGES, len(QUANTITIES)))
     per_group[:, 0] = np.stack([t.fixed for t in tables])[r_idx]
@@ -193,7 +198,7 @@ def tree_matrix(f: ArchFeatures) -> tuple[np.ndarray, list[str]]:
     """Structure and work for tree ensembles (which split on any column, scale-free)."""
     n = len(f)
     active = f.kernel > 0
-    per_stage = lambda a: (a * active).reshape(n, N_STAGES, MAX_DEPTH).sum(axis=2) / f.depth  # noqa: E731
+    per_stage = lambda a: (a * active).reshape(n, N_STAGES, MAX_DEPTH).sum(axis=2) / f.depth
     cols = [
         f.resolution[:, None],
         f.depth,

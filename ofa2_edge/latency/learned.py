@@ -125,7 +125,9 @@ class LearnedSurrogate(LatencySurrogate):
     def unfitted(self) -> "LearnedSurrogate":
         return type(self)(self.width_mult, **self.spec())
 
-    def cross_val_predict(self, g: np.ndarray, y: np.ndarray, folds: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    def cross_val_predict(
+        self, g: np.ndarray, y: np.ndarray, folds: list[np.ndarray], rng: np.random.Generator
+    ) -> np.ndarray:
         """Out-of-fold predictions of this kind (each sample predicted by a twin fitted without it)."""
         oof = np.empty_like(y)
         for test in folds:
@@ -136,7 +138,11 @@ class LearnedSurrogate(LatencySurrogate):
         return oof
 
     def fit(
-        self, archs: ArchBatch, latencies_ms: Any, rng: np.random.Generator | None = None, oof_ms: np.ndarray | None = None
+        self,
+        archs: ArchBatch,
+        latencies_ms: Any,
+        rng: np.random.Generator | None = None,
+        oof_ms: np.ndarray | None = None,
     ) -> "LearnedSurrogate":
         """Fit on (arch, latency ms) pairs; the residuals of a cross-validation of the same
         kind give the quantiles and the held-out report. `rng` seeds folds and any random

@@ -111,7 +111,9 @@ class LinearSurrogate(LearnedSurrogate):
 
     def __init__(self, width_mult: float = DEFAULT_WIDTH_MULT, features: str = "compact") -> None:
         if features not in FEATURE_SETS:
-            raise InvalidInputError(f"linear surrogate: unknown feature set {features!r}; choose from {', '.join(FEATURE_SETS)}")
+            raise InvalidInputError(
+                f"linear surrogate: unknown feature set {features!r}; choose from {', '.join(FEATURE_SETS)}"
+            )
         super().__init__(width_mult)
         self.features = features
         self.coef: np.ndarray | None = None

@@ -36,7 +36,9 @@ ALPHA_GRID = tuple(10.0**k for k in np.arange(-4.0, 4.5, 0.5))
 CORRECTION_QUANTITIES = ("pw_macs", "dw_macs", "dw_out_elems", "act_read_bytes", "weight_bytes", "ops")
 
 
-def ridge_loo(a: np.ndarray, b: np.ndarray, penalised: np.ndarray, alphas: tuple[float, ...]) -> tuple[np.ndarray, float]:
+def ridge_loo(
+    a: np.ndarray, b: np.ndarray, penalised: np.ndarray, alphas: tuple[float, ...]
+) -> tuple[np.ndarray, float]:
     """Ridge (penalty alpha * n on the `penalised` coefficients) with alpha chosen by exact
     leave-one-out (the LOO residual of a linear smoother is e_i / (1 - h_ii)) and the
     one-standard-error rule: the strongest shrinkage whose LOO error is within one paired
@@ -68,12 +70,20 @@ class PriorCorrectedSurrogate(LearnedSurrogate):
     default_link = "log"
 
     def __init__(
-        self, width_mult: float = DEFAULT_WIDTH_MULT, prior: LatencySurrogate | None = None, link: str | None = None, prior_label: str = ""
+        self,
+        width_mult: float = DEFAULT_WIDTH_MULT,
+        prior: LatencySurrogate | None = None,
+        link: str | None = None,
+        prior_label: str = "",
     ) -> None:
         if not isinstance(prior, LatencySurrogate):
-            raise InvalidInputError(f"{self.kind} surrogate needs a prior predictor (a fitted surrogate or a lookup table)")
+            raise InvalidInputError(
+                f"{self.kind} surrogate needs a prior predictor (a fitted surrogate or a lookup table)"
+            )
         if prior.width_mult != width_mult:
-            raise InvalidInputError(f"the prior predicts w{prior.width_mult} subnets, this surrogate is for w{width_mult}")
+            raise InvalidInputError(
+                f"the prior predicts w{prior.width_mult} subnets, this surrogate is for w{width_mult}"
+            )
         link = link or self.default_link
         if link not in LINKS:
             raise InvalidInputError(f"{self.kind} surrogate: unknown link {link!r}; choose from {', '.join(LINKS)}")
@@ -101,7 +111,11 @@ class PriorCorrectedSurrogate(LearnedSurrogate):
 
     @classmethod
     def spec_from_doc(cls, doc: dict[str, Any]) -> dict[str, Any]:
-        return {"prior": surrogate_from_doc(doc["prior"], "prior"), "link": doc["link"], "prior_label": doc.get("prior_label", "")}
+        return {
+            "prior": surrogate_from_doc(doc["prior"], "prior"),
+            "link": doc["link"],
+            "prior_label": doc.get("prior_label", ""),
+        }
 
     def spec_summary(self) -> dict[str, Any]:
         prior = {"kind": self.prior.kind, "label": self.prior_label}
@@ -175,7 +189,11 @@ class HybridSurrogate(PriorCorrectedSurrogate):
     default_link = "add"
 
     def __init__(
-        self, width_mult: float = DEFAULT_WIDTH_MULT, prior: LatencySurrogate | None = None, link: str | None = None, prior_label: str = ""
+        self,
+        width_mult: float = DEFAULT_WIDTH_MULT,
+        prior: LatencySurrogate | None = None,
+        link: str | None = None,
+        prior_label: str = "",
     ) -> None:
         if prior is not None and not isinstance(prior, LutSurrogate):
             raise InvalidInputError(

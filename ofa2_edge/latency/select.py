@@ -58,7 +58,9 @@ def default_candidates(
     if lut is not None:
         cands += [HybridSurrogate(width_mult, prior=lut, link=link, prior_label="lut") for link in ("add", "log")]
     if prior is not None:
-        cands += [TransferSurrogate(width_mult, prior=prior, link=link, prior_label=prior_label) for link in ("log", "add")]
+        cands += [
+            TransferSurrogate(width_mult, prior=prior, link=link, prior_label=prior_label) for link in ("log", "add")
+        ]
     return cands
 
 
@@ -122,7 +124,9 @@ def fit_best(
         if c.width_mult != width_mult:
             raise InvalidInputError(f"candidate {c.name} is for w{c.width_mult}, the data is w{width_mult}")
     usable = [c for c in cands if y.size >= c.min_samples]
-    skipped = [{"name": c.name, "reason": f"needs >= {c.min_samples} samples, got {y.size}"} for c in cands if c not in usable]
+    skipped = [
+        {"name": c.name, "reason": f"needs >= {c.min_samples} samples, got {y.size}"} for c in cands if c not in usable
+    ]
     if not usable:
         need = min(c.min_samples for c in cands)
         raise InvalidInputError(f"too few measurements to fit any candidate: got {y.size}, the simplest needs {need}")
@@ -150,7 +154,9 @@ def fit_best(
     return model, report
 
 
-def _nested_oof(cands: Sequence[LearnedSurrogate], g: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _nested_oof(
+    cands: Sequence[LearnedSurrogate], g: np.ndarray, y: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     oof = np.empty_like(y)
     for test in np.array_split(rng.permutation(y.size), OUTER_FOLDS):
         train = np.setdiff1d(np.arange(y.size), test)
@@ -165,12 +171,14 @@ def _nested_oof(cands: Sequence[LearnedSurrogate], g: np.ndarray, y: np.ndarray,
 def format_report(report: dict[str, Any]) -> str:
     """A fit report as plain text (the CLI prints this; `--json` prints the dict)."""
     held = report["held_out"]
-    fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
+    fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
     lines = [
         f"surrogate: {report['name']}  (trained on {report['n_train']} measurements)",
         f"held out ({held['method']}):",
-        f"  within +-5%: {held['share_within_5pct']:.1%}   within +-10%: {held['share_within_10pct']:.1%}   "
-        f"MAPE: {held['mape_pct']:.2f}%   RMSE: {held['rmse_ms']:.3f} ms   Spearman: {fmt(held['spearman'], '.3f')}",
+        (
+            f"  within +-5%: {held['share_within_5pct']:.1%}   within +-10%: {held['share_within_10pct']:.1%}   "
+            f"MAPE: {held['mape_pct']:.2f}%   RMSE: {held['rmse_ms']:.3f} ms   Spearman: {fmt(held['spearman'], '.3f')}"
+        ),
     ]
     sel = report.get("selection")
     if sel:

@@ -27,6 +27,7 @@ from ofa2_edge.latency.learned import LearnedSurrogate
 from ofa2_edge.latency.linear import relative_nnls
 from ofa2_edge.space import DEFAULT_WIDTH_MULT
 
+
 class PerfectTrees:
     """A boosted ensemble of depth-D trees, each padded to a perfect binary tree in heap
     order (internal node i has children 2i+1, 2i+2): a leaf above depth D becomes a node
@@ -34,13 +35,17 @@ class PerfectTrees:
     the same shape, so a batch is evaluated with all split decisions at once and D gathers,
     as fast as scikit-learn's own compiled predict, with a very plain file format."""
 
-    def __init__(self, feature: np.ndarray, threshold: np.ndarray, value: np.ndarray, init: float, learning_rate: float) -> None:
+    def __init__(
+        self, feature: np.ndarray, threshold: np.ndarray, value: np.ndarray, init: float, learning_rate: float
+    ) -> None:
         self.feature = np.asarray(feature, dtype=np.intp)  # (trees, 2^D - 1)
         self.threshold = np.asarray(threshold, dtype=np.float64)  # (trees, 2^D - 1)
         self.value = np.asarray(value, dtype=np.float64)  # (trees, 2^D)
         self.depth = int(np.log2(self.value.shape[1]))
         if self.feature.shape != self.threshold.shape or self.feature.shape[1] != 2**self.depth - 1:
-            raise ValueError(f"tree arrays of inconsistent shapes {self.feature.shape}, {self.threshold.shape}, {self.value.shape}")
+            raise ValueError(
+                f"tree arrays of inconsistent shapes {self.feature.shape}, {self.threshold.shape}, {self.value.shape}"
+            )
         self.init = float(init)
         self.learning_rate = float(learning_rate)
 
