@@ -21,7 +21,7 @@ import yaml
 from scipy.stats import norm
 
 from ofa2_edge.errors import InvalidArchError, SchemaError
-from ofa2_edge.latency.base import ArchBatch, LatencySurrogate, as_genome_batch, register_surrogate
+from ofa2_edge.latency.base import ArchBatch, LatencySurrogate, register_surrogate
 from ofa2_edge.netplan import Layer, layer_plan, slot_layer, stem_layers, tail_layers
 from ofa2_edge.persist import atomic_write_text
 from ofa2_edge.slotcost import SlotTable, build_slot_table, evaluate
@@ -152,11 +152,11 @@ class LutSurrogate(LatencySurrogate):
         return values
 
     def predict(self, archs: ArchBatch) -> np.ndarray:
-        g = as_genome_batch(archs)
+        g = self.genomes(archs)
         return self._checked(g, evaluate(g, self._table_of(self._mean_tables)))
 
     def predict_quantile(self, archs: ArchBatch, q: float) -> np.ndarray:
-        g = as_genome_batch(archs)
+        g = self.genomes(archs)
         mean = self.predict(g)
         std = np.sqrt(evaluate(g, self._table_of(self._var_tables)))
         return mean + norm.ppf(q) * std
