@@ -31,6 +31,7 @@ RUNTIME_NAMES = ("onnxruntime", "litert", "tensorrt")
 DTYPES = ("float32", "float16", "int8", "uint8", "int32", "int64", "bool")
 ESTIMATORS = ("block_min_median", "p10", "min", "median")
 TRT_PRECISIONS = ("fp32", "fp16", "int8")
+TIMERS = ("wall", "thread_cpu")
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$")
@@ -96,7 +97,9 @@ class Protocol:
     and trtexec (warm-up by time), reshaped for interference: the timed runs come in
     `blocks` separated in time, models of a batch are interleaved block by block
     (`interleave` models at once, round-robin), and the primary estimate is the median of
-    the block minima (see :mod:`device_agents.stats` for why).
+    the block minima (see :mod:`device_agents.stats` for why). `timer` "thread_cpu" times
+    each run by the calling thread's CPU time instead of the wall clock: with one thread it
+    is the model's own compute time, immune to other processes on a shared host.
     """
 
     version: int = PROTOCOL_VERSION
@@ -121,6 +124,7 @@ class Protocol:
     power_sample_s: float = 0.05
     keep_samples: bool = False
     input_seed: int = 0
+    timer: str = "wall"
 
     def __post_init__(self) -> None:
         _need(self.version == PROTOCOL_VERSION, f"protocol version {self.version} is not known "
@@ -135,6 +139,9 @@ class Protocol:
                      "power_sample_s"):
             _need(getattr(self, name) > 0, f"{name} must be > 0")
         _need(self.estimator in ESTIMATORS, f"estimator {self.estimator!r} is not one of {', '.join(ESTIMATORS)}")
+        _need(self.timer in TIMERS, f"timer {self.timer!r} is not one of {', '.join(TIMERS)}")
+        _need(self.timer == "wall" or self.threads == 1,
+              "timer 'thread_cpu' needs threads == 1 (other threads' work would not be counted)")
         _need(1 <= self.threads <= 1024, "threads must be between 1 and 1024")
         _need(self.interleave >= 1, "interleave must be >= 1 (1 = one model at a time)")
         if self.cpu_affinity is not None:
@@ -223,6 +230,8 @@ class MeasureRequest:
         _need(len(self.models) >= 1, "a request needs at least one model")
         seen = set()
         for m in self.models:
+            _need(self.protocol.timer == "wall" or m.runtime != "tensorrt",
+                  "timer 'thread_cpu' cannot time TensorRT (the GPU works asynchronously); use 'wall'")
             key = (m.arch_id, m.model_file, m.runtime)
             _need(key not in seen, f"model {key} appears twice in the request")
             seen.add(key)
