@@ -128,10 +128,12 @@ class ExportedModel:
                 extra=self.extra,
             )
             write_json(sidecar, SIDECAR_SCHEMA, SIDECAR_VERSION, copied.sidecar_doc())
-        except BaseException:
+        except BaseException as exc:
             tmp.unlink(missing_ok=True)
             if placed:  # a model without its sidecar would be a partial export
                 dest.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise ExportError(f"cannot write {dest}: {exc.strerror or exc}; nothing was written") from exc
             raise
         return copied
 

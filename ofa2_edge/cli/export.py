@@ -18,11 +18,11 @@ _SUFFIX = {"onnx": ".onnx", "tflite": ".tflite", "tflite-int8": ".tflite", "tens
 
 def _check_output(path: Path, fmt: str) -> Path:
     """Refuse an output path that cannot be written *before* minutes go into exporting."""
+    if path.is_dir():
+        raise InvalidInputError(f"-o {path} is a folder; give a file path, e.g. {path / ('model' + _SUFFIX[fmt])}")
     if path.suffix != _SUFFIX[fmt]:
         what = "the build spec (JSON; the ONNX file goes beside it)" if fmt == "tensorrt-spec" else "the model file"
         raise InvalidInputError(f"-o {path}: {what} of format {fmt} must end in {_SUFFIX[fmt]}")
-    if path.is_dir():
-        raise InvalidInputError(f"-o {path} is a folder; give a file path, e.g. {path / ('model' + _SUFFIX[fmt])}")
     parent = path.parent
     if not parent.is_dir():
         kind = "is not a folder" if parent.exists() else "does not exist"
