@@ -15,18 +15,18 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
-
-from ofa2_edge import __version__
-from ofa2_edge.errors import InvalidArchError, InvalidInputError
-from ofa2_edge.space import Arch
-from ofa2_edge.supernet import StaticSubnet, Supernet, noise_batches, recalibrate_bn
 
 from exporters.cache import ExportCache
 from exporters.records import MODEL_FORMATS, BuiltModel, ExportedModel
 from exporters.representative import RepresentativeSet
+from ofa2_edge import __version__
+from ofa2_edge.errors import InvalidArchError, InvalidInputError
+from ofa2_edge.space import Arch
+from ofa2_edge.supernet import StaticSubnet, Supernet, noise_batches, recalibrate_bn
 
 #: BN statistics recipes of `export_subnet`.
 BN_RECIPES = ("auto", "noise", "supernet")
@@ -131,8 +131,7 @@ def export_subnet(
     net = supernet if supernet is not None else random_supernet(arch.w)
     if net.width_mult != arch.w:
         raise InvalidArchError(
-            f"arch {arch.id} is a w{arch.w} subnet but the supernet is w{net.width_mult}; "
-            f"load a w{arch.w} checkpoint"
+            f"arch {arch.id} is a w{arch.w} subnet but the supernet is w{net.width_mult}; load a w{arch.w} checkpoint"
         )
     recipe = bn if bn != "auto" else ("noise" if net.weights_source.startswith("random:") else "supernet")
     bn_key: dict[str, Any] = {"recipe": recipe}
@@ -143,7 +142,9 @@ def export_subnet(
         subnet = net.extract(arch)
         if recipe == "noise":
             recalibrate_bn(
-                subnet, noise_batches(arch.r, BN_NOISE_SEED, batch_size=BN_NOISE_IMAGES), source=f"noise:{BN_NOISE_SEED}"
+                subnet,
+                noise_batches(arch.r, BN_NOISE_SEED, batch_size=BN_NOISE_IMAGES),
+                source=f"noise:{BN_NOISE_SEED}",
             )
         return subnet
 

@@ -25,14 +25,11 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping
-
-from ofa2_edge.errors import SchemaError
-from ofa2_edge.persist import write_json
-from ofa2_edge.workspace import Workspace
+from typing import Any
 
 from exporters.records import (
     SIDECAR_SCHEMA,
@@ -42,6 +39,9 @@ from exporters.records import (
     ExportedModel,
     read_sidecar,
 )
+from ofa2_edge.errors import SchemaError
+from ofa2_edge.persist import write_json
+from ofa2_edge.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class ExportCache:
         self.root = Path(root)
 
     @classmethod
-    def default(cls, workspace: Workspace | None = None) -> "ExportCache":
+    def default(cls, workspace: Workspace | None = None) -> ExportCache:
         """The user's cache (``$OFA2_EDGE_CACHE`` or the platform cache folder, then ``exports/``)."""
         return cls((workspace or Workspace.resolve()).exports_dir)
 

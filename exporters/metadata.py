@@ -9,13 +9,13 @@ facts), so the same subnet and weights always give a byte-identical model file.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
+from exporters.records import TensorSpec
 from ofa2_edge import __version__
 from ofa2_edge.errors import SchemaError
 from ofa2_edge.supernet import StaticSubnet
-
-from exporters.records import TensorSpec
 
 METADATA_VERSION = 1
 #: Keys written into every model's metadata, in this order.

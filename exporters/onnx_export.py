@@ -25,12 +25,11 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from ofa2_edge.errors import ExportError, SchemaError
-from ofa2_edge.supernet import StaticSubnet
-
 from exporters.metadata import from_props, model_metadata, to_props
 from exporters.parity import check_parity, parity_inputs, torch_outputs
 from exporters.records import BuiltModel, TensorSpec
+from ofa2_edge.errors import ExportError, SchemaError
+from ofa2_edge.supernet import StaticSubnet
 
 OPSET = 17
 INPUT_NAME = "input"
@@ -51,7 +50,9 @@ def ort_session(model: bytes | str | Path, threads: int = 1) -> ort.InferenceSes
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        model if isinstance(model, bytes) else str(model), opts, providers=["CPUExecutionProvider"]
+    )
 
 
 def _trace(subnet: StaticSubnet) -> bytes:

@@ -10,9 +10,10 @@ all read the sidecar through :func:`read_sidecar`.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ofa2_edge.errors import ExportError, SchemaError
 from ofa2_edge.persist import read_json, sha256_file, write_json
@@ -37,7 +38,7 @@ class TensorSpec:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "layout": self.layout}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TensorSpec":
+    def from_dict(cls, data: Mapping[str, Any]) -> TensorSpec:
         return cls(
             name=str(data["name"]),
             shape=tuple(int(v) for v in data["shape"]),
@@ -94,7 +95,7 @@ class ExportedModel:
             **self.extra,
         }
 
-    def copy_to(self, dest: str | Path) -> "ExportedModel":
+    def copy_to(self, dest: str | Path) -> ExportedModel:
         """Copy the model to `dest` and write its sidecar to ``<dest>.json``, both atomically.
 
         The copy is checked against the sha256; if anything fails, no new file is left

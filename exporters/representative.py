@@ -9,9 +9,10 @@ subnet's own preprocessing (`ofa2_edge.imagefolder`), exactly as a device would 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,7 +48,9 @@ class RepresentativeSet:
             raise InvalidInputError(f"calibration samples: expected a positive integer, got {self.samples!r}")
 
     @classmethod
-    def from_folder(cls, folder: str | Path, samples: int = DEFAULT_SAMPLES, seed: int = DEFAULT_SEED) -> "RepresentativeSet":
+    def from_folder(
+        cls, folder: str | Path, samples: int = DEFAULT_SAMPLES, seed: int = DEFAULT_SEED
+    ) -> RepresentativeSet:
         """A representative set drawn from the JPEG/PNG files under `folder` (digested now)."""
         root = Path(folder).resolve()
         return cls(samples=samples, seed=seed, folder=root, digest=folder_digest(root))

@@ -37,14 +37,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
-
-from ofa2_edge.errors import InvalidInputError, SchemaError
-from ofa2_edge.persist import check_schema, sha256_file, write_json
+from typing import Any
 
 from exporters.records import ExportedModel, TensorSpec
+from ofa2_edge.errors import InvalidInputError, SchemaError
+from ofa2_edge.persist import check_schema, sha256_file, write_json
 
 SPEC_SCHEMA = "ofa2-edge/tensorrt-build"
 SPEC_VERSION = 1
@@ -75,7 +75,9 @@ class TensorRTBuildSpec:
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
-            raise InvalidInputError(f"precision {self.precision!r} is not supported; choose from {', '.join(PRECISIONS)}")
+            raise InvalidInputError(
+                f"precision {self.precision!r} is not supported; choose from {', '.join(PRECISIONS)}"
+            )
         if isinstance(self.workspace_mib, bool) or not isinstance(self.workspace_mib, int) or self.workspace_mib < 1:
             raise InvalidInputError(f"workspace_mib: expected a positive integer (MiB), got {self.workspace_mib!r}")
         if self.input.shape[0] != 1 or any(d < 1 for d in self.input.shape):
@@ -127,7 +129,7 @@ class TensorRTBuildSpec:
         }
 
     @classmethod
-    def from_dict(cls, doc: Mapping[str, Any], where: str = "TensorRT build spec") -> "TensorRTBuildSpec":
+    def from_dict(cls, doc: Mapping[str, Any], where: str = "TensorRT build spec") -> TensorRTBuildSpec:
         try:
             calib = doc.get("int8_calibration") or {}
             spec = cls(
@@ -155,7 +157,7 @@ class TensorRTBuildSpec:
         return write_json(path, SPEC_SCHEMA, SPEC_VERSION, self.to_dict())
 
     @classmethod
-    def read(cls, path: str | Path) -> "TensorRTBuildSpec":
+    def read(cls, path: str | Path) -> TensorRTBuildSpec:
         path = Path(path)
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))

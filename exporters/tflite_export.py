@@ -31,19 +31,19 @@ import contextlib
 import importlib.metadata
 import logging
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
-
-from ofa2_edge.errors import ExportError
-from ofa2_edge.preprocessing import Preprocessing
-from ofa2_edge.supernet import StaticSubnet
 
 from exporters.metadata import model_metadata
 from exporters.parity import PARITY_SEED, check_parity, mean_cosine, parity_inputs, top1_agreement, torch_outputs
 from exporters.records import BuiltModel, TensorSpec
 from exporters.representative import RepresentativeSet
+from ofa2_edge.errors import ExportError
+from ofa2_edge.preprocessing import Preprocessing
+from ofa2_edge.supernet import StaticSubnet
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class _NamedIO(torch.nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, input: torch.Tensor) -> dict[str, torch.Tensor]:  # noqa: A002 - the tensor's public name
+    def forward(self, input: torch.Tensor) -> dict[str, torch.Tensor]:
         return {OUTPUT_NAME: self.net(input)}
 
 
@@ -166,7 +166,9 @@ def _int8_recipe() -> Any:
     return manager.get_quantization_recipe()
 
 
-def build_tflite_int8(fp32_model: bytes, fp32_metadata: dict[str, Any], representative: RepresentativeSet) -> BuiltModel:
+def build_tflite_int8(
+    fp32_model: bytes, fp32_metadata: dict[str, Any], representative: RepresentativeSet
+) -> BuiltModel:
     """Quantise an fp32 .tflite (from :func:`build_tflite_fp32`) to int8; record its agreement with it."""
     require_litert()
     from ai_edge_quantizer import quantizer
@@ -222,4 +224,3 @@ def build_tflite_int8(fp32_model: bytes, fp32_metadata: dict[str, Any], represen
     }
     metadata = {**fp32_metadata, "exporter": exporter}
     return BuiltModel(data, "tflite-int8", metadata, inputs, outputs, figures)
-

@@ -159,7 +159,11 @@ def test_two_processes_export_the_same_subnet(tmp_path: Path) -> None:
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", WORKER, str(tmp_path), me, other],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=REPO,
         )
         for me, other in (("a", "b"), ("b", "a"))
     ]

@@ -11,9 +11,7 @@ import pytest
 import torch
 from conftest import skip_or_fail
 
-import exporters.onnx_export as onnx_export
-import exporters.records as records
-from exporters import TensorRTBuildSpec, random_supernet, read_sidecar
+from exporters import TensorRTBuildSpec, onnx_export, random_supernet, read_sidecar, records
 from exporters.onnx_export import read_onnx_metadata
 from ofa2_edge.cli.main import main
 from ofa2_edge.errors import EXIT_FAILURE, EXIT_USAGE
@@ -79,7 +77,7 @@ def test_checkpoint_weights(capsys: pytest.CaptureFixture[str], tmp_path: Path) 
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["{\"ks\": [4], \"e\": [3], \"d\": [2], \"r\": 224}"], EXIT_USAGE, "d: expected 5 values"),
+        (['{"ks": [4], "e": [3], "d": [2], "r": 224}'], EXIT_USAGE, "d: expected 5 values"),
         (["min", "--format", "coreml"], EXIT_USAGE, "--format 'coreml' is not supported"),
         (["min", "--supernet", "{tmp}/missing.pth"], EXIT_FAILURE, "not found"),
         (["min", "--supernet", "{tmp}/garbage.pth"], EXIT_FAILURE, "not a torch checkpoint"),
@@ -87,8 +85,15 @@ def test_checkpoint_weights(capsys: pytest.CaptureFixture[str], tmp_path: Path) 
         (["min", "--precision", "fp32"], EXIT_USAGE, "tensorrt-spec only"),
         (["min", "-f", "tensorrt-spec", "--precision", "int4"], EXIT_USAGE, "--precision 'int4'"),
     ],
-    ids=["invalid-arch", "unknown-format", "missing-checkpoint", "corrupt-checkpoint", "calib-without-int8",
-         "precision-without-trt", "bad-precision"],
+    ids=[
+        "invalid-arch",
+        "unknown-format",
+        "missing-checkpoint",
+        "corrupt-checkpoint",
+        "calib-without-int8",
+        "precision-without-trt",
+        "bad-precision",
+    ],
 )
 def test_bad_input_is_a_clear_error_and_writes_nothing(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, args: list[str], code: int, message: str
@@ -167,7 +172,9 @@ def test_a_failed_copy_leaves_no_file(
     assert _files(tmp_path) == []
 
 
-def test_missing_tflite_extra(capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_tflite_extra(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setitem(sys.modules, "litert_torch", None)  # what an install without the extra looks like
     code, _, err = run_cli(capsys, "export", "min", "-f", "tflite", "-o", str(tmp_path / "m.tflite"))
     assert code == EXIT_FAILURE and "pip install 'ofa2-edge[tflite]'" in err

@@ -10,8 +10,7 @@ import onnx
 import pytest
 import torch
 
-import exporters.onnx_export as onnx_export
-from exporters import ExportCache, export_module, export_subnet, random_supernet, read_sidecar
+from exporters import ExportCache, export_module, export_subnet, onnx_export, random_supernet, read_sidecar
 from exporters.cache import META_NAME
 from exporters.onnx_export import ort_session, read_onnx_metadata
 from ofa2_edge.errors import ExportError, InvalidArchError, InvalidInputError

@@ -37,7 +37,7 @@ def cache(export_cache_dir: Path) -> ExportCache:
     return ExportCache(export_cache_dir / "exports")
 
 
-def _interpreter(path: Path):  # noqa: ANN202 - the LiteRT type is imported lazily
+def _interpreter(path: Path):
     from ai_edge_litert.interpreter import Interpreter
 
     return Interpreter(model_path=str(path), num_threads=1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -56,17 +56,19 @@ def export(
     ctx: typer.Context,
     arch: str = typer.Argument(..., help="min, max, min@R, max@R, an arch id, a JSON file or inline JSON."),
     fmt: str = typer.Option("onnx", "--format", "-f", help="onnx | tflite | tflite-int8 | tensorrt-spec."),
-    output: Path = typer.Option(..., "--output", "-o", help="Model file to write (.onnx / .tflite; .json for tensorrt-spec)."),
-    supernet: Optional[Path] = typer.Option(
+    output: Path = typer.Option(
+        ..., "--output", "-o", help="Model file to write (.onnx / .tflite; .json for tensorrt-spec)."
+    ),
+    supernet: Path | None = typer.Option(
         None, "--supernet", help="OFA supernet checkpoint (default: seeded random weights, for latency work only)."
     ),
-    calib_images: Optional[Path] = typer.Option(
+    calib_images: Path | None = typer.Option(
         None, "--calib-images", help="tflite-int8: image folder for the representative set (default: seeded noise)."
     ),
     calib_samples: int = typer.Option(32, "--calib-samples", min=1, help="tflite-int8: representative images used."),
     precision: str = typer.Option("fp16", "--precision", help="tensorrt-spec: fp32 | fp16 | int8."),
     workspace_mib: int = typer.Option(1024, "--workspace-mib", min=1, help="tensorrt-spec: builder workspace (MiB)."),
-    trt_calib_cache: Optional[Path] = typer.Option(
+    trt_calib_cache: Path | None = typer.Option(
         None, "--trt-calib-cache", help="tensorrt-spec int8: a TensorRT calibration cache to ship with the spec."
     ),
     as_json: bool = JSON_OPTION,
@@ -81,7 +83,9 @@ def export(
     if calib_images is not None and fmt != "tflite-int8":
         raise InvalidInputError("--calib-images applies to --format tflite-int8 only")
     if fmt != "tensorrt-spec" and (trt_calib_cache is not None or precision != "fp16" or workspace_mib != 1024):
-        raise InvalidInputError("--precision, --workspace-mib and --trt-calib-cache apply to --format tensorrt-spec only")
+        raise InvalidInputError(
+            "--precision, --workspace-mib and --trt-calib-cache apply to --format tensorrt-spec only"
+        )
     _check_output(output, fmt)
     workspace = state(ctx).workspace
     target = resolve_arch(arch, workspace)
@@ -107,14 +111,25 @@ def export(
 
     model_fmt = "onnx" if fmt == "tensorrt-spec" else fmt
     with err_console.status(f"exporting {target.id} to {fmt} ..."):
-        model = export_subnet(target, model_fmt, supernet=net, cache=ExportCache.default(workspace), representative=representative)
+        model = export_subnet(
+            target, model_fmt, supernet=net, cache=ExportCache.default(workspace), representative=representative
+        )
 
     if fmt != "tensorrt-spec":
         written = model.copy_to(output)
-        doc = {"path": str(written.path), "cached": model.cached, "cache_entry": str(model.path.parent), **written.sidecar_doc()}
+        doc = {
+            "path": str(written.path),
+            "cached": model.cached,
+            "cache_entry": str(model.path.parent),
+            **written.sidecar_doc(),
+        }
     else:
         spec = build_spec(
-            model, precision, workspace_mib, calibration_cache=trt_calib_cache, onnx_file=output.with_suffix(".onnx").name
+            model,
+            precision,
+            workspace_mib,
+            calibration_cache=trt_calib_cache,
+            onnx_file=output.with_suffix(".onnx").name,
         )
         written = model.copy_to(output.with_suffix(".onnx"))
         try:
