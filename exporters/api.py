@@ -24,7 +24,7 @@ from exporters.cache import ExportCache
 from exporters.records import MODEL_FORMATS, BuiltModel, ExportedModel
 from exporters.representative import RepresentativeSet
 from ofa2_edge import __version__
-from ofa2_edge.errors import InvalidArchError, InvalidInputError
+from ofa2_edge.errors import ExportError, InvalidArchError, InvalidInputError
 from ofa2_edge.space import Arch
 from ofa2_edge.supernet import StaticSubnet, Supernet, noise_batches, recalibrate_bn
 
@@ -86,7 +86,10 @@ def _export(
         def build_int8() -> BuiltModel:
             from exporters.tflite_export import build_tflite_int8
 
-            return build_tflite_int8(fp32.path.read_bytes(), fp32.metadata, rep)
+            data = fp32.path.read_bytes()
+            if hashlib.sha256(data).hexdigest() != fp32.sha256:
+                raise ExportError(f"{fp32.path} changed after it was verified; export again")
+            return build_tflite_int8(data, fp32.metadata, rep)
 
         return cache.get_or_build(key_doc, build_int8)
 
