@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import skip_or_fail
 
-from exporters import TensorRTBuildSpec, onnx_export, random_supernet, read_sidecar, records
+from exporters import TensorRTBuildSpec, onnx_export, random_supernet, read_sidecar, records, trtexec_argv
 from exporters.onnx_export import read_onnx_metadata
 from ofa2_edge.cli.main import main
 from ofa2_edge.errors import EXIT_FAILURE, EXIT_USAGE
@@ -61,6 +61,26 @@ def test_tensorrt_spec(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> No
     assert spec.onnx_file == "net.onnx" and spec.precision == "int8" and spec.workspace_mib == 2048
     assert spec.onnx_sha256 == read_sidecar(tmp_path / "net.onnx.json").sha256 and spec.placeholder_int8_ranges
     assert "--memPoolSize=workspace:2048 --int8 --fp16 --skipInference" in stdout
+
+
+def test_tensorrt_spec_ships_the_int8_calibration_cache(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    calib = tmp_path / "elsewhere" / "min.calib"
+    calib.parent.mkdir()
+    calib.write_text("TRT-8601-EntropyCalibration2\ninput: 3c010a14\n")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    args = ["export", "min", "-f", "tensorrt-spec", "--precision", "int8", "--trt-calib-cache", str(calib)]
+    code, _, err = run_cli(capsys, *args, "-o", str(out_dir / "net.json"))
+    assert code == 0, err
+    assert _files(out_dir) == ["min.calib", "net.json", "net.onnx", "net.onnx.json"]
+    spec = TensorRTBuildSpec.read(out_dir / "net.json")
+    assert spec.calibration_file == "min.calib" and not spec.placeholder_int8_ranges
+    assert f"--calib={out_dir / 'min.calib'}" in trtexec_argv(
+        spec, out_dir / "net.onnx", out_dir / "net.engine", "10.3"
+    )
+    fp16 = ["export", "min", "-f", "tensorrt-spec", "--precision", "fp16", "--trt-calib-cache", str(calib)]
+    code, _, err = run_cli(capsys, *fp16, "-o", str(out_dir / "b.json"))
+    assert code == EXIT_USAGE and "applies to --precision int8 only" in err and not (out_dir / "b.json").exists()
 
 
 def test_checkpoint_weights(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ import typer
 
 from ofa2_edge.archref import resolve_arch
 from ofa2_edge.cli.common import JSON_OPTION, emit_json, err_console, out_console, state
-from ofa2_edge.errors import InvalidInputError
+from ofa2_edge.errors import ExportError, InvalidInputError
 
 FORMATS = ("onnx", "tflite", "tflite-int8", "tensorrt-spec")
 _SUFFIX = {"onnx": ".onnx", "tflite": ".tflite", "tflite-int8": ".tflite", "tensorrt-spec": ".json"}
@@ -33,6 +34,18 @@ def _check_output(path: Path, fmt: str) -> Path:
     except OSError as exc:
         raise InvalidInputError(f"-o {path}: cannot write in {parent} ({exc.strerror or exc})") from exc
     return path
+
+
+def _copy_beside(src: Path, folder: Path) -> Path:
+    """Copy `src` into `folder` (temp file, then rename): the agent finds the calibration cache beside the spec."""
+    dest = folder / src.name
+    tmp = folder / f".{src.name}.part"
+    try:
+        shutil.copyfile(src, tmp)
+        tmp.replace(dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
 
 
 def _summary(doc: dict[str, Any]) -> str:
@@ -75,8 +88,7 @@ def export(
 ) -> None:
     """Export one subnet, verified against torch and cached; the file and a .json sidecar are written.
 
-    tensorrt-spec writes the ONNX file beside the spec (same name, .onnx): the engine is
-    built on the device, whose TensorRT version and GPU it depends on.
+    tensorrt-spec: the ONNX file (and any --trt-calib-cache) go beside the spec; engines are built on the device.
     """
     if fmt not in FORMATS:
         raise InvalidInputError(f"--format {fmt!r} is not supported; choose from {', '.join(FORMATS)}")
@@ -86,6 +98,9 @@ def export(
         raise InvalidInputError(
             "--precision, --workspace-mib and --trt-calib-cache apply to --format tensorrt-spec only"
         )
+    if trt_calib_cache is not None and (precision != "int8" or not trt_calib_cache.is_file()):
+        problem = "is not a file" if precision == "int8" else "applies to --precision int8 only"
+        raise InvalidInputError(f"--trt-calib-cache {trt_calib_cache} {problem}")
     _check_output(output, fmt)
     workspace = state(ctx).workspace
     target = resolve_arch(arch, workspace)
@@ -132,11 +147,16 @@ def export(
             onnx_file=output.with_suffix(".onnx").name,
         )
         written = model.copy_to(output.with_suffix(".onnx"))
+        placed = [written.path, sidecar_path(written.path)]
         try:
+            if trt_calib_cache is not None and trt_calib_cache.resolve().parent != output.resolve().parent:
+                placed.append(_copy_beside(trt_calib_cache, output.parent))
             spec.write(output)
-        except BaseException:
-            for path in (written.path, sidecar_path(written.path)):
+        except BaseException as exc:
+            for path in placed:
                 path.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise ExportError(f"cannot write the TensorRT spec {output}: {exc}; nothing was written") from exc
             raise
         doc = {
             "path": str(written.path),
