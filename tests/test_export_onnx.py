@@ -13,7 +13,7 @@ import torch
 from exporters import ExportCache, export_module, export_subnet, onnx_export, random_supernet, read_sidecar
 from exporters.cache import META_NAME
 from exporters.onnx_export import ort_session, read_onnx_metadata
-from ofa2_edge.errors import ExportError, InvalidArchError, InvalidInputError
+from ofa2_edge.errors import ExportError, InvalidArchError, InvalidInputError, SchemaError
 from ofa2_edge.imagefolder import image_batches
 from ofa2_edge.space import Arch, SearchSpace
 from ofa2_edge.supernet import load_supernet, noise_batches, recalibrate_bn
@@ -142,3 +142,23 @@ def test_bad_requests_are_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidArchError, match="expected an Arch"):
         export_subnet({"ks": [3]}, "onnx", cache=cache)  # type: ignore[arg-type]
     assert not any(tmp_path.iterdir())
+
+
+def test_foreign_or_future_files_are_refused(tmp_path: Path, cache: ExportCache) -> None:
+    plain = tmp_path / "plain.onnx"
+    torch.onnx.export(torch.nn.Conv2d(3, 4, 3).eval(), (torch.zeros(1, 3, 8, 8),), str(plain), dynamo=False)
+    with pytest.raises(SchemaError, match="not an ofa2-edge export"):
+        read_onnx_metadata(plain)
+    model = export_subnet(SPACE.smallest(), "onnx", cache=cache)
+    proto = onnx.load(str(model.path))
+    for prop in proto.metadata_props:
+        if prop.key == "ofa2_edge_metadata_version":
+            prop.value = "2"
+    onnx.save(proto, str(tmp_path / "future.onnx"))
+    with pytest.raises(SchemaError, match="metadata version 2 is not supported"):
+        read_onnx_metadata(tmp_path / "future.onnx")
+    side = json.loads((model.path.parent / META_NAME).read_text())
+    side["schema_version"] = 2
+    (tmp_path / "meta.json").write_text(json.dumps(side))
+    with pytest.raises(SchemaError, match="schema_version 2"):
+        read_sidecar(tmp_path / "meta.json", verify=False)
