@@ -5,10 +5,11 @@ Usage: python benchmarks/export_speed.py [--archs 10] [--seed 0] [--reps 30] [--
 For `--archs` seeded random subnets it prints:
 - the wall time of a full verified export (`export_subnet` into an empty cache: extract,
   BN recalibration, export, checker, parity) and of the bare exporter call inside it;
+- the int8 .tflite made from it, with its top-1 agreement and cosine vs the fp32 file;
 - 1-thread latency of the torch eager module, the ONNX file in onnxruntime and the fp32
-  .tflite in the LiteRT interpreter, measured in interleaved blocks (torch, ORT, LiteRT,
-  torch, ...) so drift hits all three alike; min and median per model, and the ratio
-  exported / torch per arch (below 1: the export is faster than torch).
+  and int8 .tflite files in the LiteRT interpreter, measured in interleaved blocks
+  (torch, ORT, LiteRT, ..., torch, ...) so drift hits all alike; min and median per
+  model, and the ratio exported / torch per arch (below 1: faster than torch).
 With `onnxscript` importable it also times the dynamo exporter on the first three archs.
 
 These machines are shared and noisy: compare ratios within one run; the minimum is the
@@ -118,6 +119,15 @@ def main() -> None:
                 row["tflite_export_s"] = time.perf_counter() - start
                 runner = Interpreter(model_path=str(tfl.path), num_threads=1).get_signature_runner("serving_default")
                 runners["litert"] = _timer(lambda runner=runner, feed=feed: runner(**feed))
+                start = time.perf_counter()
+                q = export_subnet(arch, "tflite-int8", cache=cache)
+                row["int8_export_s"] = time.perf_counter() - start
+                row["int8_top1_agreement"], row["int8_mean_cosine"] = (
+                    q.parity["top1_agreement"],
+                    q.parity["mean_cosine"],
+                )
+                q_runner = Interpreter(model_path=str(q.path), num_threads=1).get_signature_runner("serving_default")
+                runners["litert_int8"] = _timer(lambda runner=q_runner, feed=feed: runner(**feed))
             with torch.no_grad():
                 times = _interleaved(runners, args.reps)
             for name, ts in times.items():
@@ -127,6 +137,12 @@ def main() -> None:
                 f"{row['arch']:20s} onnx export {row['onnx_export_s']:5.2f} s (bare {row['onnx_bare_s']:.2f} s)"
                 + (f", dynamo bare {row['dynamo_bare_s']:.2f} s" if "dynamo_bare_s" in row else "")
                 + (f", tflite export {row['tflite_export_s']:5.1f} s" if "tflite_export_s" in row else "")
+                + (
+                    f", int8 +{row['int8_export_s']:.1f} s (top-1 agreement {row['int8_top1_agreement']:.0%}, "
+                    f"cosine {row['int8_mean_cosine']:.3f})"
+                    if "int8_export_s" in row
+                    else ""
+                )
                 + " | min ms: "
                 + ", ".join(f"{n} {row[f'{n}_min_ms']:.2f}" for n in times),
                 flush=True,
@@ -143,7 +159,14 @@ def main() -> None:
         print(f"  dynamo exporter (bare, first 3 archs): {med('dynamo_bare_s'):.2f} s")
     if any("tflite_export_s" in r for r in rows):
         print(f"  verified TFLite fp32 export: {med('tflite_export_s'):.1f} s per subnet")
-    for name in ("onnxruntime", "litert"):
+        print(
+            f"  int8 from the cached fp32 file: {med('int8_export_s'):.1f} s; top-1 agreement with fp32 on 32 noise "
+            f"inputs: median {med('int8_top1_agreement'):.0%} (range "
+            f"{min(float(r['int8_top1_agreement']) for r in rows if 'int8_export_s' in r):.0%}-"
+            f"{max(float(r['int8_top1_agreement']) for r in rows if 'int8_export_s' in r):.0%}), "
+            f"mean cosine {med('int8_mean_cosine'):.3f}"
+        )
+    for name in ("onnxruntime", "litert", "litert_int8"):
         ratios_min = [float(r[f"{name}_min_ms"]) / float(r["torch_min_ms"]) for r in rows if f"{name}_min_ms" in r]
         ratios_med = [float(r[f"{name}_med_ms"]) / float(r["torch_med_ms"]) for r in rows if f"{name}_med_ms" in r]
         if ratios_min:

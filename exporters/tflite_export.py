@@ -130,7 +130,7 @@ def build_tflite_fp32(subnet: StaticSubnet) -> BuiltModel:
     subnet.eval()
     r = subnet.arch.r
     inputs, outputs = _specs(r, subnet.classifier.linear.out_features)
-    exporter = {"name": "litert_torch.convert", **versions(), "signature": SIGNATURE, "quantization": None}
+    exporter = {"name": "litert_torch.convert", "torch": torch.__version__, **versions(), "signature": SIGNATURE}
     metadata = model_metadata(subnet, inputs, outputs, exporter)
     sample = torch.zeros(subnet.input_shape)
     try:
