@@ -46,3 +46,10 @@ def fixtures_dir() -> Path:
     if not FIXTURES.is_dir():
         pytest.fail(f"device-output fixtures not found at {FIXTURES}")
     return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def export_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One export cache for the session (as `$OFA2_EDGE_CACHE`; entries under `exports/`), so
+    the slow TFLite conversions of one test module are reused by the next."""
+    return tmp_path_factory.mktemp("ofa2-edge-cache")

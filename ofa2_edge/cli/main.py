@@ -12,7 +12,7 @@ from rich.logging import RichHandler
 from rich.text import Text
 
 from ofa2_edge import __version__
-from ofa2_edge.cli import arch, assets, devices
+from ofa2_edge.cli import arch, assets, devices, export
 from ofa2_edge.cli.common import CliState, err_console
 from ofa2_edge.errors import EXIT_FAILURE, Ofa2EdgeError
 from ofa2_edge.workspace import Workspace
@@ -27,6 +27,7 @@ app = typer.Typer(
 app.add_typer(arch.app, name="arch")
 app.add_typer(assets.app, name="assets")
 app.add_typer(devices.app, name="devices")
+app.command(name="export")(export.export)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,191 @@
+"""One call from an arch to a verified, cached model file: :func:`export_subnet`.
+
+    model = export_subnet(arch, "onnx")                       # random weights (latency work), user cache
+    model = export_subnet(arch, "tflite-int8", supernet=net, cache=ExportCache(tmp))
+
+Without a supernet the weights are ``Supernet.random(arch.w, seed=0)`` (built once per
+process and reused), and the subnet's BatchNorm statistics are recalibrated on seeded
+noise so its activations are O(1) and the parity checks mean something. With a
+checkpoint's supernet the statistics stored in the supernet are kept unless asked
+otherwise. A subnet prepared by the caller (e.g. BN recalibrated on an image folder for a
+bundle) goes through :func:`export_module`, keyed by a hash of its tensors.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from exporters.cache import ExportCache
+from exporters.records import MODEL_FORMATS, BuiltModel, ExportedModel
+from exporters.representative import RepresentativeSet
+from ofa2_edge import __version__
+from ofa2_edge.errors import ExportError, InvalidArchError, InvalidInputError
+from ofa2_edge.space import Arch
+from ofa2_edge.supernet import StaticSubnet, Supernet, noise_batches, recalibrate_bn
+
+#: BN statistics recipes of `export_subnet`.
+BN_RECIPES = ("auto", "noise", "supernet")
+#: Seed and size of the noise batch that recalibrates random-weight subnets.
+BN_NOISE_SEED = 0
+BN_NOISE_IMAGES = 4
+RANDOM_WEIGHTS_SEED = 0
+
+
+@functools.lru_cache(maxsize=2)
+def random_supernet(width_mult: float, seed: int = RANDOM_WEIGHTS_SEED) -> Supernet:
+    """`Supernet.random(width_mult, seed)`, built once per process (0.2-0.4 s each time otherwise).
+
+    Export never mutates it (`extract` copies the weights out), so sharing it is safe.
+    """
+    return Supernet.random(width_mult, seed)
+
+
+def _check_format(fmt: str) -> str:
+    if fmt not in MODEL_FORMATS:
+        raise InvalidInputError(f"export format {fmt!r} is not supported; choose from {', '.join(MODEL_FORMATS)}")
+    if fmt.startswith("tflite"):
+        from exporters.tflite_export import require_litert
+
+        require_litert()
+    return fmt
+
+
+def _versions(fmt: str) -> dict[str, Any]:
+    if fmt == "onnx":
+        from exporters.onnx_export import exporter_info
+
+        return {"ofa2_edge": __version__, **exporter_info()}
+    from exporters.tflite_export import versions
+
+    return {"ofa2_edge": __version__, "torch": torch.__version__, **versions()}
+
+
+def _export(
+    subnet_key: dict[str, Any],
+    make_subnet: Callable[[], StaticSubnet],
+    fmt: str,
+    cache: ExportCache,
+    representative: RepresentativeSet | None,
+) -> ExportedModel:
+    if fmt == "tflite-int8":
+        fp32 = _export(subnet_key, make_subnet, "tflite", cache, None)
+        rep = representative or RepresentativeSet()
+        key_doc = {
+            **subnet_key,
+            "format": fmt,
+            "from": {"tflite": fp32.cache_key},
+            "representative_set": rep.describe(),
+            "versions": _versions(fmt),
+        }
+
+        def build_int8() -> BuiltModel:
+            from exporters.tflite_export import build_tflite_int8
+
+            data = fp32.path.read_bytes()
+            if hashlib.sha256(data).hexdigest() != fp32.sha256:
+                raise ExportError(f"{fp32.path} changed after it was verified; export again")
+            return build_tflite_int8(data, fp32.metadata, rep)
+
+        return cache.get_or_build(key_doc, build_int8)
+
+    key_doc = {**subnet_key, "format": fmt, "versions": _versions(fmt)}
+
+    def build() -> BuiltModel:
+        subnet = make_subnet()
+        if fmt == "onnx":
+            from exporters.onnx_export import build_onnx
+
+            return build_onnx(subnet)
+        from exporters.tflite_export import build_tflite_fp32
+
+        return build_tflite_fp32(subnet)
+
+    return cache.get_or_build(key_doc, build)
+
+
+def export_subnet(
+    arch: Arch,
+    fmt: str = "onnx",
+    supernet: Supernet | None = None,
+    cache: ExportCache | None = None,
+    *,
+    bn: str = "auto",
+    representative: RepresentativeSet | None = None,
+) -> ExportedModel:
+    """Export `arch` to `fmt` (``onnx``, ``tflite``, ``tflite-int8``), from the cache when it is there.
+
+    `supernet` None means seeded random weights (``random:0``: latency work only). `bn`
+    chooses the BatchNorm statistics: ``noise`` (recalibrated on seeded noise),
+    ``supernet`` (as stored in the supernet), or ``auto`` (noise for random weights,
+    supernet for a checkpoint). `representative` is the int8 calibration set (seeded noise
+    by default). Raises :class:`ExportError` if the export fails its parity check; nothing
+    is cached then.
+    """
+    if not isinstance(arch, Arch):
+        raise InvalidArchError(f"export_subnet: expected an Arch, got {type(arch).__name__}")
+    _check_format(fmt)
+    if bn not in BN_RECIPES:
+        raise InvalidInputError(f"bn: {bn!r} is not a BN statistics recipe; choose from {', '.join(BN_RECIPES)}")
+    net = supernet if supernet is not None else random_supernet(arch.w)
+    if net.width_mult != arch.w:
+        raise InvalidArchError(
+            f"arch {arch.id} is a w{arch.w} subnet but the supernet is w{net.width_mult}; load a w{arch.w} checkpoint"
+        )
+    recipe = bn if bn != "auto" else ("noise" if net.weights_source.startswith("random:") else "supernet")
+    bn_key: dict[str, Any] = {"recipe": recipe}
+    if recipe == "noise":
+        bn_key.update(seed=BN_NOISE_SEED, images=BN_NOISE_IMAGES)
+
+    def make_subnet() -> StaticSubnet:
+        subnet = net.extract(arch)
+        if recipe == "noise":
+            recalibrate_bn(
+                subnet,
+                noise_batches(arch.r, BN_NOISE_SEED, batch_size=BN_NOISE_IMAGES),
+                source=f"noise:{BN_NOISE_SEED}",
+            )
+        return subnet
+
+    subnet_key = {"arch_id": arch.id, "arch": arch.to_dict(), "weights_source": net.weights_source, "bn_stats": bn_key}
+    return _export(subnet_key, make_subnet, fmt, cache or ExportCache.default(), representative)
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    """sha256 of a module's state_dict (names, dtypes, shapes, bytes): what its outputs depend on."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def export_module(
+    subnet: StaticSubnet,
+    fmt: str = "onnx",
+    cache: ExportCache | None = None,
+    *,
+    representative: RepresentativeSet | None = None,
+) -> ExportedModel:
+    """Export a subnet the caller prepared (e.g. BN recalibrated on images), cached by its tensors' hash.
+
+    Its `weights_source` and `bn_stats_source` are recorded as they are; the cache key
+    adds the hash of every tensor, so two differently calibrated copies never collide.
+    """
+    if not isinstance(subnet, StaticSubnet):
+        raise InvalidInputError(f"export_module: expected a StaticSubnet, got {type(subnet).__name__}")
+    _check_format(fmt)
+    subnet.eval()
+    subnet_key = {
+        "arch_id": subnet.arch.id,
+        "arch": subnet.arch.to_dict(),
+        "weights_source": subnet.weights_source,
+        "bn_stats": {"recipe": "given", "source": subnet.bn_stats_source},
+        "state_sha256": state_digest(subnet),
+    }
+    return _export(subnet_key, lambda: subnet, fmt, cache or ExportCache.default(), representative)

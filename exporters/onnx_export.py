@@ -1,0 +1,117 @@
+"""A static subnet to ONNX: batch 1, fp32, opset 17, checked, parity-verified.
+
+Exporter choice (torch 2.13, measured here, see benchmarks/export_speed.py): the
+TorchScript exporter (`torch.onnx.export(..., dynamo=False)`) takes 0.3-1.4 s per subnet
+and gives byte-identical files for the same weights; the dynamo exporter took 7.7-8.9 s on
+the same subnets, needs `onnxscript`, and the graphs it writes run no faster in
+onnxruntime (which fuses Conv+BN+activation at session creation either way). The
+TorchScript path is deprecated upstream but present and stable in the torch versions
+this package allows (< 2.14); it is used in one place, here.
+
+No graph simplifier runs: onnxslim removed the ~30 Identity nodes that constant folding
+leaves (107 -> 104 nodes on the min net) but onnxruntime's latency did not change,
+because its own session-time optimisations remove them too.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from exporters.metadata import from_props, model_metadata, to_props
+from exporters.parity import check_parity, parity_inputs, torch_outputs
+from exporters.records import BuiltModel, TensorSpec
+from ofa2_edge.errors import ExportError, SchemaError
+from ofa2_edge.supernet import StaticSubnet
+
+OPSET = 17
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+#: Parity: onnxruntime vs torch, max abs diff <= ATOL (+ RTOL x output scale).
+ATOL = 1e-4
+RTOL = 1e-5
+EXPORTER_NAME = "torch.onnx.export (TorchScript)"
+
+
+def exporter_info() -> dict[str, Any]:
+    """Exporter name, versions and options: part of the metadata and of the cache key."""
+    return {"name": EXPORTER_NAME, "torch": torch.__version__, "onnx": onnx.__version__, "opset": OPSET}
+
+
+def ort_session(model: bytes | str | Path, threads: int = 1) -> ort.InferenceSession:
+    """A CPU onnxruntime session with `threads` intra-op threads and full graph optimisation."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(
+        model if isinstance(model, bytes) else str(model), opts, providers=["CPUExecutionProvider"]
+    )
+
+
+def _trace(subnet: StaticSubnet) -> bytes:
+    sample = torch.zeros(subnet.input_shape)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        # the TorchScript exporter announces its deprecation on every call; the choice is deliberate (module doc)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        try:
+            torch.onnx.export(
+                subnet,
+                (sample,),
+                buf,
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                do_constant_folding=True,
+            )
+        except Exception as exc:  # the exporter raises many types; all mean "could not export"
+            raise ExportError(f"ONNX export of {subnet.arch.id} failed: {type(exc).__name__}: {exc}") from exc
+    return buf.getvalue()
+
+
+def build_onnx(subnet: StaticSubnet) -> BuiltModel:
+    """Export `subnet` to ONNX bytes with metadata, run the full checker and the parity check.
+
+    Raises :class:`ExportError` if the checker rejects the graph or onnxruntime disagrees with torch.
+    """
+    subnet.eval()
+    r = subnet.arch.r
+    inputs = (TensorSpec(INPUT_NAME, subnet.input_shape, "float32", "NCHW"),)
+    outputs = (TensorSpec(OUTPUT_NAME, (1, subnet.classifier.linear.out_features), "float32", None),)
+    metadata = model_metadata(subnet, inputs, outputs, exporter_info())
+
+    model = onnx.load_from_string(_trace(subnet))
+    del model.metadata_props[:]
+    for key, value in to_props(metadata).items():
+        model.metadata_props.add(key=key, value=value)
+    model.doc_string = f"OFA-MobileNetV3 subnet {subnet.arch.id} at {r}px, exported by ofa2-edge"
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ExportError(f"ONNX checker rejected the export of {subnet.arch.id}: {exc}") from exc
+    data = model.SerializeToString()
+
+    images = parity_inputs(r)
+    session = ort_session(data)
+    got = np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: x[None]})[0] for x in images])
+    parity = check_parity(torch_outputs(subnet, images), got, ATOL, RTOL, f"ONNX export of {subnet.arch.id}")
+    parity["runtime"] = f"onnxruntime {ort.__version__}"
+    return BuiltModel(data, "onnx", metadata, inputs, outputs, parity)
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
+    """The ofa2-edge metadata an exported ONNX file carries in its `metadata_props`."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError and friends
+        raise SchemaError(f"{path}: not a readable ONNX file ({type(exc).__name__}: {exc})") from exc
+    return from_props({p.key: p.value for p in model.metadata_props}, str(path))
