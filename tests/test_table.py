@@ -97,3 +97,15 @@ def test_key_must_be_a_device_key(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError):
         DeviceTable(tmp_path, "../etc")
     assert os.path.exists(tmp_path)
+
+
+def test_written_files_get_the_usual_permissions(tmp_path: Path) -> None:
+    from ofa2_edge.persist import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "x.json", "{}")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]  # no temp file left
