@@ -22,8 +22,8 @@ from ofa2_edge.space import (
     KS_GENES,
     N_BLOCKS,
     R_GENE,
-    as_genomes,
     active_mask,
+    as_genomes,
     choice_indices,
 )
 

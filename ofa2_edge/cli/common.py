@@ -6,12 +6,15 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 
 from ofa2_edge.workspace import Workspace
+
+if TYPE_CHECKING:
+    from device_agents.records import Protocol
 
 #: Human-facing progress and messages; stdout stays clean for tables and --json.
 err_console = Console(stderr=True)
@@ -38,3 +41,26 @@ def emit_json(doc: Any) -> None:
     """Write `doc` as JSON to stdout (the only thing --json writes there)."""
     sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
     sys.stdout.flush()
+
+
+TIMER_OPTION = typer.Option(
+    "wall", "--timer",
+    help="wall: the wall clock (real latency on a dedicated board); thread_cpu: the runtime thread's CPU "
+    "time (1 thread only; immune to other processes on a shared host).",
+)
+QUICK_OPTION = typer.Option(False, "--quick", help="A short protocol (3 blocks of 5 runs) for smoke tests.")
+TOFU_OPTION = typer.Option(
+    False, "--trust-on-first-use", help="Accept and record an unknown SSH host key (a changed key is always refused)."
+)
+
+
+def make_protocol(threads: int, timer: str = "wall", quick: bool = False) -> "Protocol":
+    """The measurement protocol from CLI options (defaults follow benchmark_model/trtexec)."""
+    from device_agents.records import Protocol
+
+    if quick:
+        return Protocol(
+            threads=threads, timer=timer, warmup_runs=3, warmup_min_s=0.1, blocks=3, runs_per_block=5,
+            block_min_s=0.05, cooldown_s=0.0, remeasure=0,
+        )
+    return Protocol(threads=threads, timer=timer)

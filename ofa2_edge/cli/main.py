@@ -12,7 +12,7 @@ from rich.logging import RichHandler
 from rich.text import Text
 
 from ofa2_edge import __version__
-from ofa2_edge.cli import arch, assets, devices, export
+from ofa2_edge.cli import arch, assets, devices, export, latency, measure
 from ofa2_edge.cli.common import CliState, err_console
 from ofa2_edge.errors import EXIT_FAILURE, Ofa2EdgeError
 from ofa2_edge.workspace import Workspace
@@ -28,6 +28,11 @@ app.add_typer(arch.app, name="arch")
 app.add_typer(assets.app, name="assets")
 app.add_typer(devices.app, name="devices")
 app.command(name="export")(export.export)
+app.command(name="measure")(measure.measure)
+app.command(name="calibrate")(latency.calibrate)
+app.command(name="fit")(latency.fit)
+app.command(name="predict")(latency.predict)
+app.add_typer(latency.tables_app, name="tables")
 
 
 def _version(value: bool) -> None:

@@ -14,10 +14,10 @@ import json
 import logging
 import tempfile
 import uuid
-from datetime import datetime, timezone
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from device_agents.build import build_pyz
 from device_agents.records import (
@@ -38,6 +38,9 @@ from ofa2_edge.devices.inventory import Device
 from ofa2_edge.devices.transport import Transport, UploadCorruptedError
 from ofa2_edge.errors import DeviceUnreachableError, MeasurementError
 from ofa2_edge.space import Arch
+
+if TYPE_CHECKING:
+    from exporters.records import ExportedModel
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,19 @@ class ShippableModel:
     @property
     def remote_name(self) -> str:
         return f"{self.arch.id}-{self.sha256[:12]}{self.path.suffix}"
+
+    @classmethod
+    def from_export(cls, model: "ExportedModel", arch: Arch, tensorrt: TensorRTBuild | None = None) -> "ShippableModel":
+        """The agent's view of an exported file: onnx runs in onnxruntime (or TensorRT when
+        a build is given), tflite in LiteRT."""
+        runtime = "tensorrt" if tensorrt else ("onnxruntime" if model.format == "onnx" else "litert")
+        if tensorrt and model.format != "onnx":
+            raise MeasurementError(f"TensorRT builds engines from ONNX files, not {model.format}")
+
+        def specs(tensors: Sequence[Any]) -> tuple[TensorSpec, ...]:
+            return tuple(TensorSpec(t.name, tuple(t.shape), t.dtype) for t in tensors)
+
+        return cls(arch, model.path, model.sha256, runtime, specs(model.inputs), specs(model.outputs), tensorrt)
 
     def spec(self) -> ModelSpec:
         return ModelSpec(
@@ -208,12 +224,12 @@ class DeviceSession:
             try:
                 self.transport.upload(m.path, m.remote_name, m.sha256)
             except UploadCorruptedError as exc:  # a bad copy on a live link: record it, go on
-                deliver(self._failure(m, protocol, FailureKind.UPLOAD_ERROR, str(exc)))
+                deliver(self.failure_record(m, protocol, FailureKind.UPLOAD_ERROR, str(exc)))
                 continue
             shipped.append(m)
         return shipped
 
-    def _failure(self, m: ShippableModel, protocol: Protocol, kind: FailureKind, msg: str) -> MeasureResult:
+    def failure_record(self, m: ShippableModel, protocol: Protocol, kind: FailureKind, msg: str) -> MeasureResult:
         now = datetime.now(timezone.utc).isoformat()
         return MeasureResult.failure(
             kind,

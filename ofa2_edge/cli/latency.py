@@ -1,0 +1,384 @@
+"""`ofa2-edge calibrate | fit | predict | tables`: a device's latency table and its predictor."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ofa2_edge.archref import resolve_arch
+from ofa2_edge.cli.common import (
+    JSON_OPTION,
+    QUICK_OPTION,
+    TIMER_OPTION,
+    TOFU_OPTION,
+    emit_json,
+    err_console,
+    make_protocol,
+    out_console,
+    state,
+)
+from ofa2_edge.cli.devices import load_inventory
+from ofa2_edge.errors import EXIT_MEASUREMENT, InvalidInputError
+from ofa2_edge.space import DEFAULT_RESOLUTIONS, SearchSpace
+
+tables_app = typer.Typer(help="List, show, export and import latency tables.", no_args_is_help=True)
+
+
+def parse_resolutions(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError as exc:
+        raise InvalidInputError(f"--resolutions: expected comma-separated integers, got {text!r}") from exc
+
+
+def _prior(ctx: typer.Context, key: Optional[str]) -> Any:
+    if key is None:
+        return None
+    from ofa2_edge.latency.calibrate import load_device_surrogate
+
+    return load_device_surrogate(state(ctx).workspace, key)
+
+
+def calibrate(
+    ctx: typer.Context,
+    device_key: str = typer.Option("local", "--device", "-d", help="Device key (default: local, this machine)."),
+    budget: int = typer.Option(60, "--budget", "-n", min=1, help="How many subnets to measure."),
+    fmt: Optional[str] = typer.Option(
+        None, "--format", "-f", help="onnx, tflite or tflite-int8 (default: the runtime's)."
+    ),
+    resolutions: str = typer.Option(",".join(map(str, DEFAULT_RESOLUTIONS)), "--resolutions"),
+    seed: int = typer.Option(
+        0, "--seed", help="Seed of the design (same seed and budget: same archs, so reruns resume)."
+    ),
+    adaptive_rounds: int = typer.Option(
+        0, "--adaptive-rounds", min=0, help="Extra rounds on the most uncertain archs."
+    ),
+    prior: Optional[str] = typer.Option(
+        None, "--prior", help="Another device's key: few-shot transfer from its predictor."
+    ),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1),
+    timer: str = TIMER_OPTION,
+    quick: bool = QUICK_OPTION,
+    reuse_table: bool = typer.Option(False, "--reuse-table", help="Accept a table measured on another device."),
+    trust_on_first_use: bool = TOFU_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Measure a space-filling set of subnets on a device (resumable), then fit its latency predictor."""
+    from ofa2_edge.latency.calibrate import calibrate as run_calibration
+    from ofa2_edge.latency.select import format_report
+
+    st = state(ctx)
+    device = load_inventory(ctx).get(device_key)
+    protocol = make_protocol(threads or device.threads, timer, quick)
+    space = SearchSpace(resolutions=parse_resolutions(resolutions))
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[last]}"),
+        console=err_console,
+    ) as bar:
+        task = bar.add_task(f"calibrating {device.key}", total=None, last="")
+
+        def on_event(event: str, info: dict[str, Any]) -> None:
+            if event == "round":
+                bar.update(task, description=f"{device.key}: {info['label']}", total=info["todo"], completed=0)
+                if info["skipped"]:
+                    err_console.print(f"{info['skipped']} of {info['total']} already measured (resuming)")
+            elif event == "result":
+                r = info["record"]
+                last = f"{r.arch_id} {r.estimate_ms:.2f} ms" if r.ok else f"{r.arch_id} {r.error_kind.value}"
+                bar.update(task, advance=1, last=last)
+            elif event == "fit":
+                bar.update(task, description=f"{device.key}: fitting the predictor", last="")
+
+        result = run_calibration(
+            device,
+            st.workspace,
+            budget,
+            protocol,
+            fmt=fmt,
+            space=space,
+            seed=seed,
+            adaptive_rounds=adaptive_rounds,
+            reuse_table=reuse_table,
+            trust_on_first_use=trust_on_first_use,
+            prior=_prior(ctx, prior),
+            prior_label=prior or "",
+            progress=on_event,
+        )
+    summary = {
+        "device": result.device,
+        "fingerprint": result.fingerprint,
+        "design": len(result.design),
+        "measured_now": len(result.measured) - len(result.failed),
+        "failed": [{"arch_id": r.arch_id, "error": r.error_kind.value, "message": r.error_msg} for r in result.failed],
+        "already_measured": result.skipped,
+        "not_measured": [a.id for a in result.not_measured],
+        "table": str(st.workspace.tables_dir / device.key),
+        "seconds": result.seconds,
+        "fit": result.report,
+    }
+    if as_json:
+        emit_json(summary)
+    else:
+        err_console.print(
+            f"{device.key}: {summary['measured_now']} measured now, {summary['already_measured']} already in the table, "
+            f"{len(summary['failed'])} failed, {len(summary['not_measured'])} not reached"
+        )
+        out_console.print(format_report(result.report), highlight=False, markup=False)
+        out_console.print(f"table: {summary['table']}")
+    if result.not_measured:
+        raise typer.Exit(EXIT_MEASUREMENT)
+
+
+def fit(
+    ctx: typer.Context,
+    device_key: str = typer.Option(..., "--device", "-d"),
+    prior: Optional[str] = typer.Option(
+        None, "--prior", help="Another device's key: few-shot transfer from its predictor."
+    ),
+    width: float = typer.Option(1.2, "--width", help="Width multiplier of the measured subnets."),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Fit (again) a device's latency predictor from its table, choosing the kind by cross-validation."""
+    from ofa2_edge.latency.calibrate import fit_table
+    from ofa2_edge.latency.select import format_report
+    from ofa2_edge.latency.table import DeviceTable
+
+    table = DeviceTable(state(ctx).workspace.tables_dir, device_key)
+    if not table.exists():
+        raise InvalidInputError(f"no latency table for {device_key}; run `ofa2-edge calibrate --device {device_key}`")
+    _, report = fit_table(table, width, _prior(ctx, prior), prior or "", seed)
+    if as_json:
+        emit_json(report)
+    else:
+        out_console.print(format_report(report), highlight=False, markup=False)
+        err_console.print(f"saved {table.surrogate_path}")
+
+
+def predict(
+    ctx: typer.Context,
+    archs: List[str] = typer.Argument(..., help="Archs: ids, JSON files, inline JSON, min, max, min@R, max@R."),
+    device_key: str = typer.Option(..., "--device", "-d"),
+    coverage: float = typer.Option(0.8, "--coverage", min=0.01, max=0.99, help="Coverage of the prediction interval."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Predicted latency of subnets on a device, with a prediction interval."""
+    from ofa2_edge.latency.calibrate import load_device_surrogate
+
+    st = state(ctx)
+    model = load_device_surrogate(st.workspace, device_key)
+    resolved = [resolve_arch(a, st.workspace) for a in archs]
+    mean = model.predict(resolved)
+    lo, hi = model.predict_interval(resolved, coverage)
+    rows = [
+        {"arch_id": a.id, "arch": a.to_dict(), "latency_ms": float(m), "lower_ms": float(lo_), "upper_ms": float(hi_)}
+        for a, m, lo_, hi_ in zip(resolved, mean, lo, hi, strict=True)
+    ]
+    if as_json:
+        emit_json({"device": device_key, "surrogate": model.kind, "coverage": coverage, "predictions": rows})
+        return
+    table = Table(title=f"{device_key} ({model.kind})")
+    table.add_column("arch id", no_wrap=True)
+    for col in ("r", "latency ms", f"{coverage:.0%} interval"):
+        table.add_column(col, justify="right")
+    for a, row in zip(resolved, rows, strict=True):
+        table.add_row(a.id, str(a.r), f"{row['latency_ms']:.3f}", f"{row['lower_ms']:.3f} - {row['upper_ms']:.3f}")
+    out_console.print(table)
+
+
+# ---------------------------------------------------------------------------- tables
+def _table_summary(folder: Path) -> dict[str, Any]:
+    from ofa2_edge.latency.table import DeviceTable
+
+    table = DeviceTable(folder.parent, folder.name)
+    info = table.device_info() or {}
+    ok = failed = flagged = 0
+    for r in table.records():
+        ok += r.ok
+        failed += not r.ok
+        flagged += bool(r.ok and r.flags)
+    surrogate = None
+    if table.surrogate_path.exists():
+        doc = json.loads(table.surrogate_path.read_text())
+        held = (doc.get("report") or {}).get("held_out") or {}
+        surrogate = {
+            "kind": doc.get("kind"),
+            "within_10pct": held.get("share_within_10pct"),
+            "mape_pct": held.get("mape_pct"),
+        }
+    luts = sorted(int(p.name.split("_")[0]) for p in folder.glob("*_lookup_table.yaml"))
+    return {
+        "key": folder.name,
+        "fingerprint": info.get("fingerprint"),
+        "runtime": info.get("runtime"),
+        "runtime_version": info.get("runtime_version"),
+        "ok": ok,
+        "failed": failed,
+        "flagged": flagged,
+        "surrogate": surrogate,
+        "block_tables": luts,
+    }
+
+
+@tables_app.command("list")
+def tables_list(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
+    """Every device table in the workspace, with its predictor's held-out accuracy."""
+    root = state(ctx).workspace.tables_dir
+    rows = [_table_summary(p) for p in sorted(root.iterdir()) if p.is_dir()] if root.is_dir() else []
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table("device", "runtime", "measured", "failed", "predictor", "+-10% (held out)", "block tables")
+    for r in rows:
+        s = r["surrogate"] or {}
+        within = s.get("within_10pct")
+        table.add_row(
+            r["key"],
+            f"{r['runtime'] or '-'} {r['runtime_version'] or ''}",
+            str(r["ok"]),
+            str(r["failed"]),
+            s.get("kind") or "-",
+            "-" if within is None else f"{within:.1%}",
+            ",".join(map(str, r["block_tables"])) or "-",
+        )
+    out_console.print(table)
+
+
+@tables_app.command("show")
+def tables_show(ctx: typer.Context, key: str = typer.Argument(...), as_json: bool = JSON_OPTION) -> None:
+    """One table: the device it belongs to, its measurements and its predictor's report."""
+    from ofa2_edge.latency.select import format_report
+    from ofa2_edge.latency.table import DeviceTable
+
+    table = DeviceTable(state(ctx).workspace.tables_dir, key)
+    if not table.exists():
+        raise InvalidInputError(f"no latency table for {key}")
+    summary = _table_summary(table.folder)
+    report = json.loads(table.surrogate_path.read_text()).get("report") if table.surrogate_path.exists() else None
+    if as_json:
+        emit_json({**summary, "device": table.device_info(), "report": report})
+        return
+    out_console.print(summary)
+    if report and report.get("held_out"):
+        out_console.print(format_report(report), highlight=False, markup=False)
+
+
+MEASUREMENT_COLUMNS = (
+    "arch_id",
+    "arch",
+    "r",
+    "runtime",
+    "runtime_version",
+    "estimate_ms",
+    "median_ms",
+    "min_ms",
+    "p90_ms",
+    "cv",
+    "flags",
+    "error",
+    "device_fingerprint",
+    "finished_at",
+)
+
+
+@tables_app.command("export")
+def tables_export(
+    ctx: typer.Context,
+    key: str = typer.Argument(...),
+    output: Path = typer.Option(
+        ..., "-o", "--output", help="A .csv (flat, for analysis) or a .tar.gz of the whole table."
+    ),
+) -> None:
+    """Write a table as CSV, or pack it (to bring it back from the field)."""
+    from ofa2_edge.latency.table import DeviceTable
+    from ofa2_edge.persist import atomic_write_text
+    from ofa2_edge.tarsafe import pack_folder
+
+    table = DeviceTable(state(ctx).workspace.tables_dir, key)
+    if not table.exists():
+        raise InvalidInputError(f"no latency table for {key}")
+    if output.name.endswith(".tar.gz"):
+        pack_folder(table.folder, output, arcname=key)
+    elif output.suffix == ".csv":
+        import io
+
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(MEASUREMENT_COLUMNS)
+        for r in table.records():
+            s = r.stats
+            writer.writerow(
+                [
+                    r.arch_id,
+                    json.dumps(r.arch, separators=(",", ":")),
+                    (r.arch or {}).get("r"),
+                    r.runtime,
+                    r.runtime_version,
+                    s and s.estimate_ms,
+                    s and s.median_ms,
+                    s and s.min_ms,
+                    s and s.p90_ms,
+                    s and s.cv,
+                    ";".join(f.value for f in r.flags),
+                    r.error_kind.value if r.error_kind else "",
+                    r.device_fingerprint,
+                    r.finished_at,
+                ]
+            )
+        atomic_write_text(output, buf.getvalue())
+    else:
+        raise InvalidInputError(f"--output {output}: use a .csv or a .tar.gz name")
+    err_console.print(f"wrote {output}")
+
+
+@tables_app.command("import")
+def tables_import(
+    ctx: typer.Context,
+    source: Path = typer.Argument(
+        ..., help="A table .tar.gz (from `tables export`), or a folder of OFA <r>_lookup_table.yaml files."
+    ),
+    key: Optional[str] = typer.Option(None, "--key", help="Device key to import as (required for OFA lookup tables)."),
+    replace: bool = typer.Option(False, "--replace", help="Overwrite an existing table of that key."),
+) -> None:
+    """Import a packed table, or an OFA-format block lookup table (e.g. OFA's Samsung Note10 tables)."""
+    from ofa2_edge.latency.lut import LutSurrogate, read_ofa_tables, write_ofa_table
+    from ofa2_edge.latency.table import DeviceTable
+    from ofa2_edge.tarsafe import unpack_folder
+
+    root = state(ctx).workspace.tables_dir
+    if source.is_dir():
+        if key is None:
+            raise InvalidInputError("importing OFA lookup tables needs --key (e.g. --key note10)")
+        tables = read_ofa_tables(source)  # validates every file before anything is written
+        lut = LutSurrogate(tables)
+        table = DeviceTable(root, key)
+        if table.exists() and not replace:
+            raise InvalidInputError(f"latency_tables/{key} exists; pass --replace to overwrite it")
+        for r, entries in tables.items():
+            write_ofa_table(table.folder / f"{r}_lookup_table.yaml", entries)
+        lut.report = {"source": f"OFA lookup tables imported from {source}", "resolutions": list(tables)}
+        lut.save(table.surrogate_path, device=key)
+        err_console.print(f"imported {len(tables)} lookup table(s) as {key} (LUT-sum predictor, w{lut.width_mult})")
+        return
+    if not source.name.endswith(".tar.gz") or not source.is_file():
+        raise InvalidInputError(f"{source}: expected a table .tar.gz or a folder of OFA lookup tables")
+
+    def validate(folder: Path) -> None:  # every record must read back before the table lands
+        DeviceTable(folder.parent, folder.name).device_info()
+        sum(1 for _ in DeviceTable(folder.parent, folder.name).records())
+
+    imported = unpack_folder(source, root, rename_to=key, replace=replace, validate=validate)
+    count = sum(1 for _ in DeviceTable(root, imported).records())
+    err_console.print(f"imported latency_tables/{imported} ({count} records)")

@@ -1,0 +1,100 @@
+"""Arch -> export (cached) -> ship -> measure: the path every latency on a device takes.
+
+Exports happen chunk by chunk between measurements, never during them, so on the `local`
+device the exporter does not steal CPU from the model being timed. An arch whose export
+fails becomes an `export_error` record like any other failure, and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from device_agents.records import FailureKind, MeasureResult, Protocol, TensorRTBuild, TensorSpec
+from exporters import ExportCache, export_subnet
+from ofa2_edge.devices.inventory import Device
+from ofa2_edge.devices.session import BatchReport, DeviceSession, ShippableModel
+from ofa2_edge.errors import InvalidInputError, Ofa2EdgeError
+from ofa2_edge.space import Arch
+from ofa2_edge.supernet import Supernet
+
+log = logging.getLogger(__name__)
+
+#: What each runtime measures, and the export format it reads.
+RUNTIME_FORMATS = {"onnxruntime": ("onnx",), "litert": ("tflite", "tflite-int8"), "tensorrt": ("onnx",)}
+
+
+@dataclass(frozen=True)
+class MeasurePlan:
+    """How to turn archs into measurable files for one device."""
+
+    fmt: str
+    runtime: str
+    tensorrt: TensorRTBuild | None = None
+
+    @classmethod
+    def for_device(cls, device: Device, fmt: str | None = None, precision: str = "fp16") -> "MeasurePlan":
+        """The device's runtime, and `fmt` (default: the runtime's first format) checked against it."""
+        formats = RUNTIME_FORMATS[device.runtime]
+        fmt = fmt or formats[0]
+        if fmt not in formats:
+            raise InvalidInputError(
+                f"device {device.key} measures with {device.runtime}, which reads {', '.join(formats)}, not {fmt}"
+            )
+        trt = TensorRTBuild(precision=precision) if device.runtime == "tensorrt" else None
+        return cls(fmt, device.runtime, trt)
+
+
+def _expected_io(arch: Arch) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    return (TensorSpec("input", (1, 3, arch.r, arch.r), "float32"),), (TensorSpec("logits", (1, 1000), "float32"),)
+
+
+def export_failure(
+    session: DeviceSession, arch: Arch, plan: MeasurePlan, protocol: Protocol, msg: str
+) -> MeasureResult:
+    """An `export_error` record: the arch never reached the device."""
+    inputs, outputs = _expected_io(arch)
+    placeholder = ShippableModel(
+        arch, session.cache_dir / f"{arch.id}.failed", "0" * 64, plan.runtime, inputs, outputs, plan.tensorrt
+    )
+    return session.failure_record(placeholder, protocol, FailureKind.EXPORT_ERROR, msg)
+
+
+def measure_archs(
+    session: DeviceSession,
+    archs: Sequence[Arch],
+    plan: MeasurePlan,
+    protocol: Protocol,
+    cache: ExportCache,
+    on_result: Callable[[MeasureResult], None] | None = None,
+    supernet: Supernet | None = None,
+    chunk: int = 8,
+) -> BatchReport:
+    """Export and measure `archs` chunk by chunk; every record reaches `on_result` as it lands."""
+    total = BatchReport()
+
+    def deliver(result: MeasureResult) -> None:
+        total.results.append(result)
+        if on_result:
+            on_result(result)
+
+    pending = list(archs)
+    while pending:
+        part, pending = pending[:chunk], pending[chunk:]
+        ready: list[ShippableModel] = []
+        for arch in part:
+            try:
+                model = export_subnet(arch, plan.fmt, supernet=supernet, cache=cache)
+                ready.append(ShippableModel.from_export(model, arch, plan.tensorrt))
+            except Ofa2EdgeError as exc:
+                log.warning("%s: export failed: %s", arch.id, exc)
+                deliver(export_failure(session, arch, plan, protocol, str(exc)))
+        if not ready:
+            continue
+        report = session.measure(ready, protocol, deliver)
+        total.reconnects += report.reconnects
+        if report.not_measured:  # the link is gone for good: leave the rest for a rerun
+            total.not_measured = report.not_measured + pending
+            break
+    return total
