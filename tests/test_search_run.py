@@ -232,3 +232,18 @@ def test_many_devices_and_objectives(workspace: Workspace, tmp_path: Path) -> No
     status = search(workspace, tmp_path / "m", objectives=("top1", "latency:note10", "macs", "params", "peak-mem"), algorithm="nsga3")
     front = rs.RunFolder(tmp_path / "m").front()
     assert status["state"] == "completed" and front["fields"] == ["top1_pct", "latency_ms:note10", "macs_m", "params_m", "peak_mem_mb"]
+
+
+def test_resume_before_the_first_checkpoint_starts_over(workspace: Workspace, tmp_path: Path) -> None:
+    search(workspace, tmp_path / "full")
+    cfg = SearchConfig(objectives=("latency:note10", "top1"), **SMALL)
+
+    def stop(progress) -> None:
+        if progress.gen == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_search(cfg, tmp_path / "cut", workspace=workspace, plot=False, progress=stop)
+    assert "generation 0" in rs.RunFolder(tmp_path / "cut").status()["message"]
+    run_search(None, tmp_path / "cut", workspace=workspace, plot=False, resume=True)
+    assert rows_of(tmp_path / "cut") == rows_of(tmp_path / "full")

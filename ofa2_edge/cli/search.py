@@ -13,7 +13,7 @@ from rich.table import Table
 from ofa2_edge.cli.common import JSON_OPTION, emit_json, err_console, out_console, state
 from ofa2_edge.errors import InvalidInputError
 from ofa2_edge.search import runstore as rs
-from ofa2_edge.search.algorithms import ALGORITHMS, DEDUPES, MUTATIONS, SAMPLINGS, OperatorConfig
+from ofa2_edge.search.algorithms import ALGORITHMS, DEDUPES, MUTATIONS, SAMPLINGS
 from ofa2_edge.search.runner import SearchConfig, run_search
 from ofa2_edge.space import DEFAULT_RESOLUTIONS, SearchSpace
 
@@ -94,7 +94,8 @@ def _summary_table(doc: dict[str, Any], folder: Path) -> Table:
             f"{t['loop_s']:.1f} s: evaluation {t['evaluation_s']:.1f} s, algorithm {t['algorithm_s']:.1f} s, "
             f"store {t['store_s']:.1f} s, hypervolume {t['hypervolume_s']:.1f} s",
         )
-    table.add_row("files", f"{rs.FRONT_FILE}, {rs.FRONT_CSV}, {rs.PLOT_FILE}, {rs.EVALUATIONS_FILE}, {rs.HV_FILE}")
+    names = (rs.FRONT_FILE, rs.FRONT_CSV, rs.PLOT_FILE, rs.EVALUATIONS_FILE, rs.HV_FILE, rs.CONFIG_FILE)
+    table.add_row("files", ", ".join(n for n in names if (folder / n).is_file()))
     return table
 
 

@@ -22,8 +22,10 @@ from ofa2_edge.search.encoding import GenomeCodec
 from ofa2_edge.search.finder import Feasible, OfaEvolutionFinder
 from ofa2_edge.search.operators import CanonicalDuplicateElimination, ChoiceMutation, ChoiceSampling
 
+#: The default algorithm; with `OperatorConfig()` it is the benchmark's pick (see its docstring).
+DEFAULT_ALGORITHM = "nsga2"
 SAMPLINGS = ("uniform", "uniform+corners")
-MUTATIONS = ("choice", "choice-different")
+MUTATIONS = ("choice", "choice-different", "active-different")
 DEDUPES = ("canonical", "none")
 
 
@@ -85,7 +87,12 @@ class BuildContext:
         return {
             "sampling": ChoiceSampling(self.codec, corners=ops.sampling == "uniform+corners"),
             "crossover": UniformCrossover(prob=ops.crossover_prob),
-            "mutation": ChoiceMutation(self.codec, prob_var=ops.mutation_prob_var, different=ops.mutation == "choice-different"),
+            "mutation": ChoiceMutation(
+                self.codec,
+                prob_var=ops.mutation_prob_var,
+                different=ops.mutation != "choice",
+                active_only=ops.mutation == "active-different",
+            ),
             "eliminate_duplicates": CanonicalDuplicateElimination(self.codec)
             if ops.dedupe == "canonical"
             else NoDuplicateElimination(),

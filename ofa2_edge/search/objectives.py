@@ -237,7 +237,7 @@ class Objectives:
         }
 
 
-def _probe_genomes(space: SearchSpace, n_random: int = 64) -> np.ndarray:
+def probe_genomes(space: SearchSpace, n_random: int = 64) -> np.ndarray:
     """The smallest and largest arch at every resolution, plus a fixed random sample."""
     corners = [a for r in space.resolutions for a in (space.smallest(r), space.largest(r))]
     return np.concatenate([genomes_of(corners), space.sample_genomes(n_random, np.random.default_rng(0))])
@@ -265,7 +265,7 @@ def build_objectives(
     for name in [*names, *(c.metric for c in parsed)]:
         metrics[name] = resolve_metric(name, ctx)
     objs = Objectives([metrics[n] for n in names], parsed, metrics)
-    probes = _probe_genomes(ctx.space)
+    probes = probe_genomes(ctx.space)
     try:
         ev = objs.evaluate(probes)
     except Ofa2EdgeError as exc:

@@ -62,18 +62,26 @@ class ChoiceMutation(Mutation):
     `random.choice` may redraw the same value). Genes with a single choice never change.
     """
 
-    def __init__(self, codec: GenomeCodec, prob_var: float | None = None, different: bool = True, **kwargs) -> None:
+    def __init__(
+        self, codec: GenomeCodec, prob_var: float | None = None, different: bool = True, active_only: bool = False, **kwargs
+    ) -> None:
         super().__init__(prob=1.0, prob_var=prob_var, **kwargs)
         self.codec = codec
         self.different = different
+        self.active_only = active_only
 
     def _do(self, problem, X, random_state=None, **kwargs):
         X = np.asarray(X, dtype=np.int64).copy()
         n, m = X.shape
         nc = np.broadcast_to(self.codec.n_choices[None, :], (n, m))
-        p = self.get_prob_var(problem, size=n)
-        p = np.asarray(p, dtype=np.float64).reshape(-1, 1)
-        mask = (random_state.random((n, m)) < p) & (nc > 1)
+        p = np.asarray(self.get_prob_var(problem, size=n), dtype=np.float64).reshape(-1, 1)
+        eligible = nc > 1
+        if self.active_only:
+            # Only genes that build something: the same expected number of changes, all of them real.
+            slots = self.codec.active(X)
+            eligible = eligible & np.concatenate([slots, slots, np.ones((n, m - 2 * slots.shape[1]), dtype=bool)], axis=1)
+            p = np.minimum(1.0, p * m / np.maximum(eligible.sum(axis=1, keepdims=True), 1))
+        mask = (random_state.random((n, m)) < p) & eligible
         u = random_state.random((n, m))
         if self.different:
             step = 1 + np.floor(u * (nc - 1)).astype(np.int64)  # 1 .. nc-1

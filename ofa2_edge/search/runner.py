@@ -22,17 +22,18 @@ import json
 import logging
 import platform
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from ofa2_edge import __version__
-from ofa2_edge.errors import InvalidInputError, SchemaError
+from ofa2_edge.errors import InvalidInputError, Ofa2EdgeError, SchemaError
 from ofa2_edge.persist import atomic_write_text, read_json
 from ofa2_edge.search import runstore as rs
 from ofa2_edge.search.algorithms import (
+    DEFAULT_ALGORITHM,
     BuildContext,
     OperatorConfig,
     get_algorithm,
@@ -46,7 +47,7 @@ from ofa2_edge.search.objectives import (
     Evaluation,
     MetricContext,
     Objectives,
-    _probe_genomes,
+    probe_genomes,
     build_objectives,
 )
 from ofa2_edge.search.problem import ArchProblem
@@ -64,7 +65,7 @@ class SearchConfig:
     objectives: tuple[str, ...]
     constraints: tuple[str, ...] = ()
     space: SearchSpace = field(default_factory=SearchSpace)
-    algorithm: str = "nsga2"
+    algorithm: str = DEFAULT_ALGORITHM
     pop_size: int = 100
     n_gen: int = 1000
     seed: int = 1
@@ -112,6 +113,8 @@ class SearchConfig:
             kw["space"] = SearchSpace.from_dict(kw.get("space", {}))
             kw["operators"] = OperatorConfig.from_dict(kw.get("operators", {}))
             return cls(**kw)
+        except Ofa2EdgeError:
+            raise
         except (TypeError, ValueError) as exc:
             raise SchemaError(f"search config does not parse: {exc}") from exc
 
@@ -226,7 +229,7 @@ def reference_point(objectives: Objectives, space: SearchSpace, given: dict[str,
     unknown = sorted(set(given) - {m.name for m in objectives.objectives})
     if unknown:
         raise InvalidInputError(f"reference point names {', '.join(unknown)}, which are not objectives of this search")
-    probes = _probe_genomes(space, n_random=0)
+    probes = probe_genomes(space, n_random=0)
     ev = objectives.evaluate(probes)
     ref = []
     for j, m in enumerate(objectives.objectives):
@@ -360,8 +363,12 @@ class SearchRun:
         return t
 
     # ---------------------------------------------------------------- start / resume
-    def start(self) -> None:
-        if self.run.path.exists() and any(self.run.path.iterdir()):
+    def start(self, restart: bool = False) -> None:
+        if restart:
+            self.run.config()  # it must be one of our run folders
+            for name in (rs.EVALUATIONS_FILE, rs.FRONT_FILE, rs.FRONT_CSV, rs.HV_FILE, rs.TIMINGS_FILE, rs.STATUS_FILE, rs.PLOT_FILE):
+                self.run.file(name).unlink(missing_ok=True)
+        elif self.run.path.exists() and any(self.run.path.iterdir()):
             raise InvalidInputError(f"{self.run.path} already exists and is not empty; resume it with --resume or choose another -o")
         self._eval_before = 0.0
         self.run.path.mkdir(parents=True, exist_ok=True)
@@ -380,10 +387,7 @@ class SearchRun:
         stored = self.run.config()
         self._check_same_predictors(stored)
         status = self.run.status()
-        ckpt_path = self.run.file(rs.CHECKPOINT_FILE)
-        if not ckpt_path.is_file():
-            raise InvalidInputError(f"{self.run.path}: no checkpoint to resume from (the run stopped before its first one); start it again")
-        ck = read_json(ckpt_path, rs.CHECKPOINT_SCHEMA, [rs.VERSION])
+        ck = read_json(self.run.file(rs.CHECKPOINT_FILE), rs.CHECKPOINT_SCHEMA, [rs.VERSION])
         rs.truncate_lines(self.run.file(rs.EVALUATIONS_FILE), 1 + int(ck["archive_rows"]))
         self.archive.load(self.run)
         self.hv_rows = list(ck["hv_rows"])
@@ -549,19 +553,22 @@ def run_search(
     workspace = workspace or Workspace.resolve()
     if resume:
         stored = SearchConfig.from_dict(rs.RunFolder(folder).config())
-        if config is not None and config.to_dict() != stored.to_dict():
+        if config is not None:
             a, b = config.to_dict(), stored.to_dict()
-            diff = ", ".join(k for k in a if a[k] != b[k])
-            raise InvalidInputError(f"{folder}: --resume continues the stored run; these settings differ from it: {diff}")
-        config = stored
+            diff = [k for k in a if a[k] != b[k] and k != "checkpoint_every"]  # the interval does not change results
+            if diff:
+                raise InvalidInputError(f"{folder}: --resume continues the stored run; these settings differ from it: {', '.join(diff)}")
+            config = replace(stored, checkpoint_every=config.checkpoint_every)
+        else:
+            config = stored
     if config is None:
         raise InvalidInputError("a new search needs a config")
     run = SearchRun(config, folder, workspace, assets_dir)
-    if resume:
+    if resume and run.run.file(rs.CHECKPOINT_FILE).is_file():
         if not run.resume():
             return run.run.status()
     else:
-        run.start()
+        run.start(restart=resume)  # resuming a run stopped before its first checkpoint starts it over
     with threadpool_limits(limits=1, user_api="blas"):
         try:
             while run.algorithm.has_next():
