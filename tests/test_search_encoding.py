@@ -34,7 +34,13 @@ def test_operators_never_leave_the_space(space: SearchSpace) -> None:
     codec = GenomeCodec(space)
     rng = np.random.default_rng(0)
     x = ChoiceSampling(codec, corners=True)._do(None, 300, random_state=rng)
-    for mutation in (ChoiceMutation(codec, prob_var=0.3, different=True), ChoiceMutation(codec, prob_var=0.3, different=False), OfaMutation(codec, 0.3)):
+    mutations = (
+        ChoiceMutation(codec, prob_var=0.3, different=True),
+        ChoiceMutation(codec, prob_var=0.3, different=False),
+        ChoiceMutation(codec, prob_var=0.3, active_only=True),
+        OfaMutation(codec, 0.3),
+    )
+    for mutation in mutations:
         x = mutation._do(_problem(codec), x, random_state=rng)
     for arch in codec.archs(x):
         assert space.validate(arch) is arch
@@ -133,3 +139,12 @@ def test_indicators() -> None:
     assert hypervolume(np.array([[120.0, 10.0]]), ref) == 0.0  # outside the box adds nothing
     assert coverage(F[nd], F) == 1.0 and coverage(F, F[nd]) == 1.0
     assert coverage(F + 100, F) == 0.0
+
+
+def test_active_only_mutation_changes_only_built_genes() -> None:
+    codec = GenomeCodec(SearchSpace())
+    x = codec.encode(np.stack([Arch.smallest(160).to_genome()] * 400))  # depth 2: 10 of 20 slots built
+    y = ChoiceMutation(codec, active_only=True)._do(_problem(codec), x, random_state=np.random.default_rng(4))
+    active = np.concatenate([codec.active(x)] * 2 + [np.ones((400, 6), dtype=bool)], axis=1)
+    assert not (y != x)[~active].any()
+    assert 0.8 < (y != x).sum(axis=1).mean() < 1.2  # one change per child on average, all of them real

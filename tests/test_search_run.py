@@ -115,7 +115,9 @@ def test_interrupted_then_resumed_equals_uninterrupted(workspace: Workspace, tmp
         kw.update(objectives=("top1", "latency:note10", "macs"))
     if algorithm == "age-moea":
         pytest.importorskip("numba", reason="AGE-MOEA needs the [agemoea] extra (numba)")
+    np_state, py_state = str(np.random.get_state()), random.getstate()
     search(workspace, tmp_path / "full", **kw)
+    assert str(np.random.get_state()) == np_state and random.getstate() == py_state  # no global RNG use
 
     def stop(progress) -> None:
         if progress.gen == 10:

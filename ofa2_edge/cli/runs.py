@@ -86,7 +86,7 @@ def show(
     if summary:
         head.add_row("front", f"{summary['front_size']} archs; HV {summary['hv_archive']:.2f} (final population {summary['hv_population']:.2f})")
     if timings:
-        head.add_row("time", f"{timings['loop_s']:.1f} s (evaluation {timings['evaluation_s']:.1f} s, algorithm {timings['algorithm_s']:.1f} s)")
+        head.add_row("time", f"{timings['total_s']:.1f} s (objective evaluation {timings['evaluation_s']:.1f} s, pymoo {timings['algorithm_s']:.1f} s)")
     if status.get("message"):
         head.add_row("message", status["message"])
     out_console.print(head)

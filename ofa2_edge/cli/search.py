@@ -91,8 +91,8 @@ def _summary_table(doc: dict[str, Any], folder: Path) -> Table:
     if t:
         table.add_row(
             "time",
-            f"{t['loop_s']:.1f} s: evaluation {t['evaluation_s']:.1f} s, algorithm {t['algorithm_s']:.1f} s, "
-            f"store {t['store_s']:.1f} s, hypervolume {t['hypervolume_s']:.1f} s",
+            f"{t['total_s']:.1f} s: objective evaluation {t['evaluation_s']:.1f} s, pymoo {t['algorithm_s']:.1f} s, "
+            f"run store {t['store_s']:.1f} s, hypervolume {t['hypervolume_s']:.1f} s",
         )
     names = (rs.FRONT_FILE, rs.FRONT_CSV, rs.PLOT_FILE, rs.EVALUATIONS_FILE, rs.HV_FILE, rs.CONFIG_FILE)
     table.add_row("files", ", ".join(n for n in names if (folder / n).is_file()))

@@ -131,7 +131,10 @@ class Progress:
 
 # --------------------------------------------------------------------- the archive
 class Archive:
-    """Every distinct network evaluated (in memory), and the rows not yet on disk."""
+    """Every distinct network evaluated (in memory), and the rows not yet on disk.
+
+    Rows arrive per population as chunks; a checkpoint formats only the chunks that came
+    since the last one, so writing the archive costs O(new rows), not O(all rows)."""
 
     def __init__(self, objectives: Objectives, w: float) -> None:
         self.objectives = objectives
@@ -139,36 +142,39 @@ class Archive:
         self.names = list(objectives.metrics)
         self.fields = [objectives.metrics[n].field for n in self.names]
         self._seen: set[bytes] = set()
-        self._genomes: list[np.ndarray] = []
-        self._values: list[np.ndarray] = []
-        self._gens: list[np.ndarray] = []
+        self._chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (genomes, values, gen)
+        self._pending = 0  # chunks[-pending:] are not on disk yet
         self.n_rows = 0
         self.n_written = 0
         self.gen = 0
         self.active = True
+        self.seconds = 0.0
 
     def record(self, idx: np.ndarray, genomes: np.ndarray, ev: Evaluation) -> None:
         if not self.active:
             return
-        keys = [row.tobytes() for row in genomes.astype(np.int16)]
-        new = np.zeros(len(keys), dtype=bool)
-        for i, k in enumerate(keys):
-            if k not in self._seen:
-                self._seen.add(k)
+        start = time.perf_counter()
+        new = np.zeros(len(genomes), dtype=bool)
+        for i, key in enumerate(row.tobytes() for row in genomes.astype(np.int16)):
+            if key not in self._seen:
+                self._seen.add(key)
                 new[i] = True
-        if not new.any():
-            return
-        self._genomes.append(genomes[new])
-        self._values.append(np.column_stack([ev.values[n][new] for n in self.names]))
-        self._gens.append(np.full(int(new.sum()), self.gen, dtype=np.int64))
-        self.n_rows += int(new.sum())
+        n = int(new.sum())
+        if n:
+            values = np.column_stack([ev.values[name][new] for name in self.names])
+            self._chunks.append((genomes[new], values, np.full(n, self.gen, dtype=np.int64)))
+            self._pending += 1
+            self.n_rows += n
+        self.seconds += time.perf_counter() - start
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if not self._genomes:
+        """(genomes, values, gen) of every row, in the order they were evaluated."""
+        if not self._chunks:
             return np.zeros((0, 46), dtype=np.int64), np.zeros((0, len(self.names))), np.zeros(0, dtype=np.int64)
-        g, v, n = np.concatenate(self._genomes), np.concatenate(self._values), np.concatenate(self._gens)
-        self._genomes, self._values, self._gens = [g], [v], [n]
-        return g, v, n
+        merged = tuple(np.concatenate(parts) for parts in zip(*self._chunks))
+        self._chunks = [merged]  # type: ignore[list-item]
+        self._pending = 1 if self.n_written < self.n_rows else 0  # flush slices unwritten rows off the end
+        return merged  # type: ignore[return-value]
 
     def minimised(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(F, G) of archive values."""
@@ -181,18 +187,27 @@ class Archive:
         )
         return F, G
 
+    def _format(self, g: np.ndarray, v: np.ndarray, n: np.ndarray) -> list[str]:
+        feasible = None
+        if self.objectives.constraints:
+            _, G = self.minimised(v)
+            feasible = (G <= 0).all(axis=1)
+        return rs.format_rows(g, self.w, n, self.fields, v, feasible)
+
     def lines(self, rows: np.ndarray) -> list[str]:
         """JSON Lines of the archive rows `rows`."""
         g, v, n = self.arrays()
-        feasible = None
-        if self.objectives.constraints:
-            _, G = self.minimised(v[rows])
-            feasible = (G <= 0).all(axis=1)
-        return rs.format_rows(g[rows], self.w, n[rows], self.fields, v[rows], feasible)
+        return self._format(g[rows], v[rows], n[rows])
 
-    def flush(self, path: Path, upto: int) -> None:
-        rs.append_lines(path, self.lines(np.arange(self.n_written, upto)))
-        self.n_written = upto
+    def flush(self, path: Path) -> None:
+        """Append the rows evaluated since the last flush."""
+        if self._pending:
+            pending = self._chunks[-self._pending :]
+            g, v, n = (np.concatenate(parts) for parts in zip(*pending))
+            start = self.n_rows - self.n_written
+            rs.append_lines(path, self._format(g[-start:], v[-start:], n[-start:]))
+        self._pending = 0
+        self.n_written = self.n_rows
 
     def load(self, run: rs.RunFolder) -> None:
         """Rebuild from the run's evaluations.jsonl (on resume)."""
@@ -204,8 +219,9 @@ class Archive:
             gens.append(row["gen"])
         if genomes:
             g = np.asarray(genomes, dtype=np.int64)
-            self._genomes, self._values, self._gens = [g], [np.asarray(values, dtype=np.float64)], [np.asarray(gens)]
+            self._chunks = [(g, np.asarray(values, dtype=np.float64), np.asarray(gens, dtype=np.int64))]
             self._seen = {row.tobytes() for row in g.astype(np.int16)}
+        self._pending = 0
         self.n_rows = self.n_written = len(genomes)
 
 
@@ -294,7 +310,8 @@ class SearchRun:
         self.algorithm.setup(self.problem, termination=("n_gen", self.pymoo_n_gen), seed=config.seed, verbose=False)
         self.hv_rows: list[dict[str, Any]] = []
         self.done = 0
-        self.timers = {"evaluation_s": 0.0, "hypervolume_s": 0.0, "store_s": 0.0, "loop_s": 0.0}
+        self.timers = {"hypervolume_s": 0.0, "checkpoint_s": 0.0, "loop_s": 0.0, "finish_s": 0.0, "plot_s": 0.0}
+        self._prior = {"evaluation_s": 0.0, "record_s": 0.0}  # from sessions before a resume
         self._snapshot: dict[str, Any] | None = None
 
     # ---------------------------------------------------------------- pieces
@@ -356,8 +373,12 @@ class SearchRun:
 
     def _timings(self) -> dict[str, Any]:
         t = dict(self.timers)
-        t["evaluation_s"] = self.problem.eval_seconds + self._eval_before
-        t["algorithm_s"] = max(0.0, t["loop_s"] - t["evaluation_s"] - t["hypervolume_s"] - t["store_s"])
+        t["evaluation_s"] = self._prior["evaluation_s"] + self.problem.eval_seconds
+        t["record_s"] = self._prior["record_s"] + self.archive.seconds
+        t["store_s"] = t["record_s"] + t["checkpoint_s"] + t["finish_s"]
+        inside = t["evaluation_s"] + t["hypervolume_s"] + t["record_s"] + t["checkpoint_s"]
+        t["algorithm_s"] = max(0.0, t["loop_s"] - inside)  # pymoo itself: mating, survival, bookkeeping
+        t["total_s"] = t["loop_s"] + t["finish_s"]
         t["generations"] = self.done
         t["n_evals"] = int(self.algorithm.evaluator.n_eval)
         return t
@@ -370,7 +391,6 @@ class SearchRun:
                 self.run.file(name).unlink(missing_ok=True)
         elif self.run.path.exists() and any(self.run.path.iterdir()):
             raise InvalidInputError(f"{self.run.path} already exists and is not empty; resume it with --resume or choose another -o")
-        self._eval_before = 0.0
         self.run.path.mkdir(parents=True, exist_ok=True)
         rs.write_doc(self.run.file(rs.CONFIG_FILE), rs.CONFIG_SCHEMA, self.config_doc())
         header = {
@@ -393,7 +413,7 @@ class SearchRun:
         self.hv_rows = list(ck["hv_rows"])
         self.done = int(ck["gen"])
         self.timers.update({k: float(v) for k, v in ck["timers"].items() if k in self.timers})
-        self._eval_before = float(ck["timers"].get("evaluation_s", 0.0))
+        self._prior = {k: float(ck["timers"].get(k, 0.0)) for k in self._prior}
         if status.get("state") in ("completed", "infeasible") and self.done >= self.pymoo_n_gen:
             return False
         algo = self.algorithm
@@ -417,7 +437,7 @@ class SearchRun:
             algo.survival.opt = pop[np.asarray(pop.get("rank")) == 0] if "rank" in ck["pop"]["data"] else pop
         algo._set_optimum()
         algo.random_state.bit_generator.state = ck["rng_state"]
-        self.problem.eval_seconds = 0.0
+        self.problem.eval_seconds = self.archive.seconds = 0.0
         self._status("running", resumed_at=_now())
         return True
 
@@ -440,17 +460,15 @@ class SearchRun:
         Called between generations only, where pymoo's state is consistent; an
         interruption in the middle of a generation resumes from the last checkpoint.
         Rows appended after the last checkpoint are dropped on resume."""
-        t0 = time.perf_counter()
         self._take_snapshot()
         snap = self._snapshot
-        self.archive.flush(self.run.file(rs.EVALUATIONS_FILE), snap["archive_rows"])
+        self.archive.flush(self.run.file(rs.EVALUATIONS_FILE))
         rs.write_doc(
             self.run.file(rs.CHECKPOINT_FILE),
             rs.CHECKPOINT_SCHEMA,
             {**snap, "hv_rows": self.hv_rows, "timers": self._timings(), "saved_at": _now()},
         )
         self._status("running")
-        self.timers["store_s"] += time.perf_counter() - t0
 
     def step(self) -> Progress:
         algo = self.algorithm
@@ -467,7 +485,7 @@ class SearchRun:
             self.checkpoint()
         t3 = time.perf_counter()
         self.timers["hypervolume_s"] += t2 - t1
-        self.timers["store_s"] += t3 - t2
+        self.timers["checkpoint_s"] += t3 - t2
         self.timers["loop_s"] += t3 - t0
         return Progress(self.done, self.pymoo_n_gen, int(algo.evaluator.n_eval), hv, len(front), self.timers["loop_s"])
 
@@ -511,13 +529,13 @@ class SearchRun:
             "n_archs": self.archive.n_rows,
             "n_feasible": int(feasible.sum()),
         }
-        self.timers["store_s"] += time.perf_counter() - t0
+        self.timers["finish_s"] += time.perf_counter() - t0
         if plot:
             t1 = time.perf_counter()
             from ofa2_edge.search.plot import pareto_plot
 
             pareto_plot(self.run.file(rs.PLOT_FILE), self.objectives, F, feasible, front_idx, _pop_front(self.algorithm), self.run.run_id)
-            self.timers["plot_s"] = time.perf_counter() - t1
+            self.timers["plot_s"] += time.perf_counter() - t1
         timings = self._timings()
         rs.write_doc(self.run.file(rs.TIMINGS_FILE), rs.TIMINGS_SCHEMA, {**timings, "machine": platform.node(), "blas_threads": 1})
         return self._status(state, message=message, summary=summary, timings=timings)
