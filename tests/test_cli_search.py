@@ -131,3 +131,24 @@ def test_fit_accuracy_then_search_with_it(capsys: pytest.CaptureFixture[str], ws
     code, _, err = cli(capsys, ws, "fit-accuracy", "missing.csv")
     assert code == EXIT_USAGE and "cannot read as CSV" in err
     assert EXIT_FAILURE != EXIT_USAGE
+
+
+def test_runs_show_an_interrupted_run(capsys: pytest.CaptureFixture[str], ws: Path) -> None:
+    from ofa2_edge.search.runner import SearchConfig, run_search
+    from ofa2_edge.workspace import Workspace
+
+    def stop(progress) -> None:
+        if progress.gen == 5:
+            raise KeyboardInterrupt
+
+    cfg = SearchConfig(objectives=("top1", "macs"), pop_size=10, n_gen=8, checkpoint_every=2)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(cfg, ws / "runs" / "cut", workspace=Workspace.resolve(ws), plot=False, progress=stop)
+    code, out, _ = cli(capsys, ws, "runs", "show", "cut")
+    assert code == 0 and "interrupted" in out and "--resume continues from generation 4" in " ".join(out.split())
+    code, out, _ = cli(capsys, ws, "runs", "list", "--json")
+    assert json.loads(out)[0]["state"] == "interrupted"
+    code, _, err = cli(capsys, ws, "runs", "compare", "cut", "cut")
+    assert code == EXIT_USAGE and "has no front yet" in err
+    code, _, err = cli(capsys, ws, "runs", "show", "nope")
+    assert code == EXIT_USAGE and "no run 'nope'" in err

@@ -206,9 +206,11 @@ def test_finder_reproduces_ofa_semantics(workspace: Workspace, tmp_path: Path) -
 
 def test_algorithm_objective_counts_are_checked(workspace: Workspace, tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="NSGA-II \\(nsga2\\) needs at least 2 objective"):
-        search(workspace, tmp_path / "a", objectives=("top1",))
+        search(workspace, tmp_path / "a", objectives=("top1",), algorithm="nsga2")
     with pytest.raises(InvalidInputError, match="give --constraint"):
-        search(workspace, tmp_path / "b", objectives=("top1",), algorithm="ofa-evolution")
+        search(workspace, tmp_path / "b", objectives=("top1",))  # auto: one objective means OFA's finder
+    assert SearchConfig(objectives=("top1", "macs")).algorithm == "nsga2"
+    assert SearchConfig(objectives=("top1", "macs", "params")).algorithm == "sms-emoa"
     with pytest.raises(InvalidInputError, match="unknown parameter"):
         search(workspace, tmp_path / "c", algorithm="nsga2", algorithm_params={"parent_ratio": 0.3})
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -13,7 +13,7 @@ from rich.table import Table
 from ofa2_edge.cli.common import JSON_OPTION, emit_json, err_console, out_console, state
 from ofa2_edge.errors import InvalidInputError
 from ofa2_edge.search import runstore as rs
-from ofa2_edge.search.algorithms import ALGORITHMS, DEDUPES, MUTATIONS, SAMPLINGS
+from ofa2_edge.search.algorithms import ALGORITHMS, AUTO, DEDUPES, MUTATIONS, SAMPLINGS
 from ofa2_edge.search.runner import SearchConfig, run_search
 from ofa2_edge.space import DEFAULT_RESOLUTIONS, SearchSpace
 
@@ -45,7 +45,7 @@ def _pairs(items: list[str], name: str) -> dict[str, Any]:
 
 def _config_from_options(base: SearchConfig | None, opts: dict[str, Any]) -> SearchConfig:
     """Options the user gave override `base` (a stored or --config file); others keep it."""
-    d = base.to_dict() if base else SearchConfig(objectives=("top1",)).to_dict()
+    d = base.to_dict() if base else {**SearchConfig(objectives=("top1",)).to_dict(), "algorithm": AUTO}
     space = dict(d["space"])
     for key, field in (("resolutions", "resolutions"), ("ks", "ks"), ("e", "e"), ("d", "d"), ("width", "w")):
         if opts[key] is not None:
@@ -102,7 +102,9 @@ def _summary_table(doc: dict[str, Any], folder: Path) -> Table:
 def search(
     ctx: typer.Context,
     objectives: Optional[str] = typer.Option(None, "--objectives", help="Comma-separated: top1, latency:<device>, macs, params, peak-mem."),
-    algo: Optional[str] = typer.Option(None, "--algo", help=f"One of: {', '.join(ALGORITHMS)} (default nsga2)."),
+    algo: Optional[str] = typer.Option(
+        None, "--algo", help=f"auto (default: NSGA-II for 2 objectives, SMS-EMOA for 3+), or one of {', '.join(ALGORITHMS)}."
+    ),
     pop: Optional[int] = typer.Option(None, "--pop", help="Population size (default 100)."),
     gens: Optional[int] = typer.Option(None, "--gens", help="Generations (default 1000)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed: the same seed gives the same front (default 1)."),

@@ -33,9 +33,10 @@ from ofa2_edge.errors import InvalidInputError, Ofa2EdgeError, SchemaError
 from ofa2_edge.persist import atomic_write_text, read_json
 from ofa2_edge.search import runstore as rs
 from ofa2_edge.search.algorithms import (
-    DEFAULT_ALGORITHM,
+    AUTO,
     BuildContext,
     OperatorConfig,
+    default_algorithm,
     get_algorithm,
     restore_survival_state,
     survival_state,
@@ -65,7 +66,7 @@ class SearchConfig:
     objectives: tuple[str, ...]
     constraints: tuple[str, ...] = ()
     space: SearchSpace = field(default_factory=SearchSpace)
-    algorithm: str = DEFAULT_ALGORITHM
+    algorithm: str = AUTO  # resolved by the number of objectives: see `default_algorithm`
     pop_size: int = 100
     n_gen: int = 1000
     seed: int = 1
@@ -80,6 +81,8 @@ class SearchConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "objectives", tuple(self.objectives))
         object.__setattr__(self, "constraints", tuple(self.constraints))
+        if self.algorithm == AUTO:  # stored resolved, so a run folder always names its algorithm
+            object.__setattr__(self, "algorithm", default_algorithm(len(self.objectives)))
         if self.pop_size < 2:
             raise InvalidInputError(f"population size {self.pop_size} must be at least 2")
         if self.n_gen < 1:
@@ -312,7 +315,7 @@ class SearchRun:
         self.done = 0
         self.timers = {"hypervolume_s": 0.0, "checkpoint_s": 0.0, "loop_s": 0.0, "finish_s": 0.0, "plot_s": 0.0}
         self._prior = {"evaluation_s": 0.0, "record_s": 0.0}  # from sessions before a resume
-        self._snapshot: dict[str, Any] | None = None
+        self.last_checkpoint = 0  # the generation a resume would continue from
 
     # ---------------------------------------------------------------- pieces
     def _feasible(self, idx: np.ndarray) -> np.ndarray:
@@ -411,7 +414,7 @@ class SearchRun:
         rs.truncate_lines(self.run.file(rs.EVALUATIONS_FILE), 1 + int(ck["archive_rows"]))
         self.archive.load(self.run)
         self.hv_rows = list(ck["hv_rows"])
-        self.done = int(ck["gen"])
+        self.done = self.last_checkpoint = int(ck["gen"])
         self.timers.update({k: float(v) for k, v in ck["timers"].items() if k in self.timers})
         self._prior = {k: float(ck["timers"].get(k, 0.0)) for k in self._prior}
         if status.get("state") in ("completed", "infeasible") and self.done >= self.pymoo_n_gen:
@@ -442,17 +445,6 @@ class SearchRun:
         return True
 
     # ---------------------------------------------------------------- stepping
-    def _take_snapshot(self) -> None:
-        algo = self.algorithm
-        self._snapshot = {
-            "gen": self.done,
-            "n_evals": int(algo.evaluator.n_eval),
-            "rng_state": algo.random_state.bit_generator.state,
-            "pop": _pop_state(algo),
-            "survival": survival_state(algo),
-            "archive_rows": self.archive.n_rows,
-        }
-
     def checkpoint(self) -> None:
         """Persist the generation just completed: new archive rows, then the checkpoint
         (population, RNG, counters, hypervolume rows), then the status.
@@ -460,14 +452,22 @@ class SearchRun:
         Called between generations only, where pymoo's state is consistent; an
         interruption in the middle of a generation resumes from the last checkpoint.
         Rows appended after the last checkpoint are dropped on resume."""
-        self._take_snapshot()
-        snap = self._snapshot
+        algo = self.algorithm
+        state = {
+            "gen": self.done,
+            "n_evals": int(algo.evaluator.n_eval),
+            "rng_state": algo.random_state.bit_generator.state,  # a dict of ints: JSON as it is
+            "pop": _pop_state(algo),
+            "survival": survival_state(algo),
+            "archive_rows": self.archive.n_rows,
+        }
         self.archive.flush(self.run.file(rs.EVALUATIONS_FILE))
         rs.write_doc(
             self.run.file(rs.CHECKPOINT_FILE),
             rs.CHECKPOINT_SCHEMA,
-            {**snap, "hv_rows": self.hv_rows, "timers": self._timings(), "saved_at": _now()},
+            {**state, "hv_rows": self.hv_rows, "timers": self._timings(), "saved_at": _now()},
         )
+        self.last_checkpoint = self.done
         self._status("running")
 
     def step(self) -> Progress:
@@ -562,8 +562,9 @@ def run_search(
 ) -> dict[str, Any]:
     """Run (or resume) a search into `folder`; return the final status document.
 
-    With `resume`, the stored config is used; a `config` given as well must match it.
-    Ctrl-C writes a checkpoint of the last completed generation before re-raising.
+    With `resume`, the stored config is used; a `config` given as well must match it
+    (the checkpoint interval may differ). Ctrl-C marks the run interrupted and re-raises;
+    a resume continues from the last checkpoint, bit-identical to an uninterrupted run.
     """
     from threadpoolctl import threadpool_limits
 
@@ -594,7 +595,6 @@ def run_search(
                 if progress is not None:
                     progress(p)
         except KeyboardInterrupt:
-            last = run._snapshot["gen"] if run._snapshot else 0
-            run._status("interrupted", message=f"interrupted; --resume continues from generation {last} (the last checkpoint)")
+            run._status("interrupted", message=f"interrupted; --resume continues from generation {run.last_checkpoint} (the last checkpoint)")
             raise
         return run.finish(plot=plot)
