@@ -3,11 +3,12 @@
 
 One command (from the repository root):
 
-    OFA2_EDGE_ASSETS=../shared/ofa_assets python benchmarks/search_reference.py
-    python benchmarks/search_reference.py --quick          # a smoke run in about a minute
-    python benchmarks/search_reference.py --study --study-seeds 1-10   # algorithm/operator study
+    OFA2_EDGE_ASSETS=../shared/ofa_assets python benchmarks/search_reference.py   # ~25 min here
+    python benchmarks/search_reference.py --quick          # a smoke run in a few minutes
+    python benchmarks/search_reference.py --study --study-set broad --study-seeds 1-5
+    python benchmarks/search_reference.py --study --study-set finalists --study-seeds 1-10
 
-Everything runs through the toolkit's own code path (`SearchRun`: objectives, pymoo
+Everything runs through the toolkit's own entry point (`run_search`: objectives, pymoo
 problem, algorithms registry, run store) in a temporary workspace whose
 `latency_tables/note10/surrogate.json` is OFA's Samsung Note10 lookup table
 (`LutSurrogate.from_folder(assets/note10)`), with OFA's official accuracy predictor.
@@ -18,9 +19,11 @@ Setting (OFA²): space w1.2, resolutions {160,176,192,208,224}; minimise (Note10
 on the lead's machine: 756.4 / 759.8 / 756.7 (seeds 1/2/3) in ~21 s.
 
 The floor is pymoo alone (`pymoo.optimize.minimize`) with the same algorithm, encoding and
-operators on trivial vectorised objectives (two random linear forms of the genome, which
-keep several non-dominated fronts for the survival to sort), measured in the same process,
-so the ratio is meaningful on a busy machine even when absolute seconds are not.
+operators on trivial vectorised objectives (pseudo-random functions of the genome, see
+`TrivialProblem`), measured just before each run in the same process. On a shared
+machine single pairs are noisy: the report gives every pair and the ratio of the fastest
+run to the fastest floor. Run time is the whole search loop plus writing the run folder
+(without the plot and without loading the predictors).
 
 Many devices: the only public device table here is Note10's; the second device is
 "roofline", an analytic per-layer model (MACs at 10 GMAC/s + weight and activation bytes

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from ofa2_edge.accuracy._asset_standin import find_asset
 from ofa2_edge.accuracy.fit import GENE_COLUMNS, AccuracyData, fit_accuracy_predictor, read_accuracy_csv
-from ofa2_edge.accuracy.official import EXPECTED_SHAPES, load_official_predictor, official_predictor
+from ofa2_edge.accuracy.official import EXPECTED_SHAPES, find_asset, load_official_predictor, official_predictor
 from ofa2_edge.accuracy.predictor import DenseAccuracyPredictor, load_accuracy_predictor
 from ofa2_edge.errors import AssetError, InvalidArchError, InvalidInputError, SchemaError
 from ofa2_edge.space import Arch, SearchSpace, archs_of, genomes_of, predictor_features
@@ -92,13 +91,15 @@ def test_corrupt_and_foreign_files_are_refused(tmp_path: Path, assets_dir: Path)
     assert set(EXPECTED_SHAPES) == {f"{i}.{p}" for i in (0, 2, 4, 6) for p in ("weight", "bias")}
 
 
-def test_asset_lookup_names_the_file_and_the_fixes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_asset_lookup_names_the_file_and_the_fixes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, assets_dir: Path) -> None:
+    # `find_asset` as the official loader sees it (the private stand-in until ofa2_edge.assets is merged)
     monkeypatch.delenv("OFA2_EDGE_ASSETS", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    with pytest.raises(AssetError, match=r"acc_predictor.pth not found.*assets fetch.*OFA2_EDGE_ASSETS"):
-        find_asset("acc_predictor.pth", tmp_path / "empty")
+    monkeypatch.setenv("OFA2_EDGE_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(AssetError, match=r"acc_predictor.pth.*assets fetch.*OFA2_EDGE_ASSETS"):
+        official_predictor(tmp_path / "empty")
     (tmp_path / "mine").mkdir()
-    (tmp_path / "mine" / "acc_predictor.pth").write_bytes(b"x")
+    (tmp_path / "mine" / "acc_predictor.pth").write_bytes((assets_dir / "acc_predictor.pth").read_bytes())
     assert find_asset("acc_predictor.pth", tmp_path / "mine") == tmp_path / "mine" / "acc_predictor.pth"
 
 

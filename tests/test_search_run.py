@@ -210,7 +210,7 @@ def test_algorithm_objective_counts_are_checked(workspace: Workspace, tmp_path: 
     with pytest.raises(InvalidInputError, match="give --constraint"):
         search(workspace, tmp_path / "b", objectives=("top1",))  # auto: one objective means OFA's finder
     assert SearchConfig(objectives=("top1", "macs")).algorithm == "nsga2"
-    assert SearchConfig(objectives=("top1", "macs", "params")).algorithm == "sms-emoa"
+    assert SearchConfig(objectives=("top1", "macs", "params")).algorithm == "spea2"
     with pytest.raises(InvalidInputError, match="unknown parameter"):
         search(workspace, tmp_path / "c", algorithm="nsga2", algorithm_params={"parent_ratio": 0.3})
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -103,7 +103,7 @@ def search(
     ctx: typer.Context,
     objectives: Optional[str] = typer.Option(None, "--objectives", help="Comma-separated: top1, latency:<device>, macs, params, peak-mem."),
     algo: Optional[str] = typer.Option(
-        None, "--algo", help=f"auto (default: NSGA-II for 2 objectives, SMS-EMOA for 3+), or one of {', '.join(ALGORITHMS)}."
+        None, "--algo", help=f"auto (default: NSGA-II for 2 objectives, SPEA2 for 3+), or one of {', '.join(ALGORITHMS)}."
     ),
     pop: Optional[int] = typer.Option(None, "--pop", help="Population size (default 100)."),
     gens: Optional[int] = typer.Option(None, "--gens", help="Generations (default 1000)."),
@@ -167,7 +167,8 @@ def search(
         def on_gen(p) -> None:
             progress.update(task, completed=p.gen, total=p.n_gen, hv=p.hv, front=p.front_size, evals=p.n_evals)
 
-        doc = run_search(cfg, output, workspace=ws, assets_dir=assets, resume=resume, progress=on_gen, plot=not no_plot)
+        assets_dir = assets or getattr(state(ctx), "assets_dir", None)  # the root --assets, where the CLI has one
+        doc = run_search(cfg, output, workspace=ws, assets_dir=assets_dir, resume=resume, progress=on_gen, plot=not no_plot)
     folder = Path(output)
     if as_json:
         emit_json({**doc, "folder": str(folder.resolve())})

@@ -2,7 +2,8 @@
 
 OFA² used uniform sampling of every gene, uniform crossover and per-gene random mutation
 over the choice values; these are those operators on index genomes, vectorised over the
-population, plus what the benchmark (`benchmarks/search_reference.py`) showed to help:
+population (crossover is pymoo's own `UniformCrossover`), plus what the benchmark
+(`benchmarks/search_reference.py`, numbers in `OperatorConfig`) showed to help:
 
 - duplicate elimination on the *network* (canonical genome), not on the raw genome, so two
   genomes that differ only in unbuilt slots never both take a place in the population;
