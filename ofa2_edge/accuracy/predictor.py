@@ -63,6 +63,8 @@ class DenseAccuracyPredictor:
         self.output_scale = float(output_scale)
         self.output_offset = float(output_offset)
         self.resolutions = tuple(sorted({int(r) for r in resolutions}))
+        self._known_r = np.zeros(max(self.resolutions) + 2, dtype=bool)
+        self._known_r[list(self.resolutions)] = True
         self.source = dict(source or {})
         self.report = dict(report or {})
 
@@ -79,7 +81,8 @@ class DenseAccuracyPredictor:
     def predict(self, genomes: np.ndarray) -> np.ndarray:
         """Top-1 in percent for a (n, 46) genome batch, shape (n,), float64."""
         g = as_genomes(genomes)
-        if g.shape[0] and not np.isin(g[:, R_GENE], self.resolutions).all():
+        r = np.clip(g[:, R_GENE], 0, len(self._known_r) - 1)
+        if not self._known_r[r].all():
             self.check_resolutions(np.unique(g[:, R_GENE]).tolist())
         h = predictor_features(g)
         last = len(self.weights) - 1

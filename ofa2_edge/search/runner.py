@@ -370,7 +370,7 @@ class SearchRun:
             "minimised": [m.describe()["minimised_as"] for m in self.objectives.objectives],
             "reference_point": {m.name: float(m.natural(np.float64(r))) for m, r in zip(self.objectives.objectives, self.ref)},
             "reference_point_minimised": self.ref.tolist(),
-            "indicator": "pymoo.indicators.hv.HV on the population's non-dominated feasible set, minimised objectives, raw values",
+            "indicator": "hypervolume (moocore, what pymoo's HV computes) of the population's non-dominated feasible set; minimised objectives, raw values",
             "rows": self.hv_rows,
         }
 
@@ -582,13 +582,15 @@ def run_search(
             config = stored
     if config is None:
         raise InvalidInputError("a new search needs a config")
-    run = SearchRun(config, folder, workspace, assets_dir)
-    if resume and run.run.file(rs.CHECKPOINT_FILE).is_file():
-        if not run.resume():
-            return run.run.status()
-    else:
-        run.start(restart=resume)  # resuming a run stopped before its first checkpoint starts it over
+    # One BLAS thread throughout, including the re-evaluation on resume: the same summation
+    # order every time, so a resumed run reproduces the floats of an uninterrupted one.
     with threadpool_limits(limits=1, user_api="blas"):
+        run = SearchRun(config, folder, workspace, assets_dir)
+        if resume and run.run.file(rs.CHECKPOINT_FILE).is_file():
+            if not run.resume():
+                return run.run.status()
+        else:
+            run.start(restart=resume)  # resuming a run stopped before its first checkpoint starts it over
         try:
             while run.algorithm.has_next():
                 p = run.step()
