@@ -12,7 +12,8 @@ from rich.logging import RichHandler
 from rich.text import Text
 
 from ofa2_edge import __version__
-from ofa2_edge.cli import arch, assets, devices, export, latency, measure
+from ofa2_edge.cli import arch, assets, devices, export, latency, measure, runs
+from ofa2_edge.cli import search as search_cli
 from ofa2_edge.cli.common import CliState, err_console
 from ofa2_edge.errors import EXIT_FAILURE, Ofa2EdgeError
 from ofa2_edge.workspace import Workspace
@@ -33,6 +34,9 @@ app.command(name="calibrate")(latency.calibrate)
 app.command(name="fit")(latency.fit)
 app.command(name="predict")(latency.predict)
 app.add_typer(latency.tables_app, name="tables")
+app.command("search")(search_cli.search)
+app.command("fit-accuracy")(search_cli.fit_accuracy)
+app.add_typer(runs.app, name="runs")
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,1 @@
+"""Predicted ImageNet top-1 of subnets: OFA's official predictor and user-fitted ones."""

@@ -1,0 +1,123 @@
+"""`ofa2-edge runs list|show|compare`: look at search run folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from ofa2_edge.cli.common import JSON_OPTION, emit_json, out_console, state
+from ofa2_edge.errors import InvalidInputError
+from ofa2_edge.search.compare import compare_runs
+from ofa2_edge.search.runstore import RunFolder, list_runs
+from ofa2_edge.workspace import Workspace
+
+app = typer.Typer(help="List, inspect and compare search runs.", no_args_is_help=True)
+
+
+def resolve_run(text: str, workspace: Workspace) -> RunFolder:
+    """A run folder path, or a run id under the workspace's runs/."""
+    for candidate in (Path(text), workspace.runs_dir / text):
+        run = RunFolder(candidate)
+        if run.exists():
+            return run
+    known = ", ".join(r.run_id for r in list_runs(workspace.runs_dir)) or "none"
+    raise InvalidInputError(f"no run {text!r} (not a run folder, nor a run id under {workspace.runs_dir}; runs there: {known})")
+
+
+def _brief(run: RunFolder) -> dict[str, Any]:
+    cfg, status = run.config(), run.status()
+    summary = status.get("summary") or {}
+    return {
+        "run_id": run.run_id,
+        "path": str(run.path),
+        "state": status.get("state"),
+        "algorithm": cfg["algorithm"],
+        "objectives": cfg["objectives"],
+        "constraints": cfg["constraints"],
+        "seed": cfg["seed"],
+        "gen": status.get("gen"),
+        "n_gen": status.get("n_gen"),
+        "front_size": summary.get("front_size"),
+        "hv": summary.get("hv_archive"),
+        "created_at": cfg.get("created_at"),
+    }
+
+
+@app.command("list")
+def list_(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
+    """Runs under the workspace's runs/ folder."""
+    runs = [_brief(r) for r in list_runs(state(ctx).workspace.runs_dir)]
+    if as_json:
+        emit_json(runs)
+        return
+    table = Table("run", "state", "algorithm", "objectives", "constraints", "gens", "front", "HV")
+    for r in runs:
+        hv = "" if r["hv"] is None else f"{r['hv']:.2f}"
+        table.add_row(
+            r["run_id"], r["state"], r["algorithm"], ",".join(r["objectives"]), ",".join(r["constraints"]),
+            f"{r['gen']}/{r['n_gen']}", str(r["front_size"] or ""), hv,
+        )  # fmt: skip
+    out_console.print(table if runs else "no runs yet: start one with `ofa2-edge search`")
+
+
+@app.command()
+def show(
+    ctx: typer.Context,
+    run: str = typer.Argument(..., help="Run folder or run id."),
+    top: int = typer.Option(15, "--top", help="How many front rows to print."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """A run's settings, state, timings and front."""
+    folder = resolve_run(run, state(ctx).workspace)
+    brief, status = _brief(folder), folder.status()
+    front = folder.front() if (folder.path / "front.json").is_file() else None
+    if as_json:
+        emit_json({**brief, "status": status, "config": folder.config(), "front": front})
+        return
+    cfg = folder.config()
+    head = Table(title=f"run {folder.run_id}", show_header=False)
+    head.add_row("state", f"{status.get('state')}  gen {status.get('gen')}/{status.get('n_gen')}, {status.get('n_evals')} evaluations")
+    head.add_row("search", f"{cfg['algorithm']} pop {cfg['pop_size']} seed {cfg['seed']}; space {cfg['space']}")
+    head.add_row("objectives", ", ".join(cfg["objectives"]) + (f"; constraints {', '.join(cfg['constraints'])}" if cfg["constraints"] else ""))
+    summary, timings = status.get("summary") or {}, status.get("timings") or {}
+    if summary:
+        head.add_row("front", f"{summary['front_size']} archs; HV {summary['hv_archive']:.2f} (final population {summary['hv_population']:.2f})")
+    if timings:
+        head.add_row("time", f"{timings['total_s']:.1f} s (objective evaluation {timings['evaluation_s']:.1f} s, pymoo {timings['algorithm_s']:.1f} s)")
+    if status.get("message"):
+        head.add_row("message", status["message"])
+    out_console.print(head)
+    if front and front["rows"]:
+        fields = front["fields"]
+        table = Table("arch id", *fields, "r", "depths")
+        for row in front["rows"][:top]:
+            table.add_row(row["arch_id"], *(f"{row[f]:.3f}" for f in fields), str(row["arch"]["r"]), "-".join(map(str, row["arch"]["d"])))
+        out_console.print(table)
+        if len(front["rows"]) > top:
+            out_console.print(f"... {len(front['rows']) - top} more rows in {folder.path / 'front.csv'}")
+
+
+@app.command()
+def compare(
+    ctx: typer.Context,
+    run_a: str = typer.Argument(..., help="First run (folder or id)."),
+    run_b: str = typer.Argument(..., help="Second run (folder or id)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Hypervolume, front sizes and mutual coverage of two runs' fronts (common reference point)."""
+    ws = state(ctx).workspace
+    a, b = resolve_run(run_a, ws), resolve_run(run_b, ws)
+    doc = compare_runs(a, b)
+    if as_json:
+        emit_json(doc)
+        return
+    ref = ", ".join(f"{k}={v:g}" for k, v in doc["reference_point"].items())
+    table = Table("run", "front size", "HV", "covers other", title=f"on {', '.join(doc['objectives'])} (reference {ref})")
+    for rid, r in doc["runs"].items():
+        table.add_row(rid, str(r["front_size"]), f"{r['hv']:.3f}", f"{100 * r['coverage_of_other']:.1f} %")
+    out_console.print(table)
+    if doc["projected"]:
+        out_console.print("the runs have different objectives: fronts were projected onto the shared ones")

@@ -1,0 +1,1 @@
+"""Deployment: pick a trade-off from a run, build verified per-device bundles, dashboard."""

@@ -1,0 +1,146 @@
+"""pymoo operators for the categorical arch genome (index genomes of `GenomeCodec`).
+
+OFA² used uniform sampling of every gene, uniform crossover and per-gene random mutation
+over the choice values; these are those operators on index genomes, vectorised over the
+population (crossover is pymoo's own `UniformCrossover`), plus what the benchmark
+(`benchmarks/search_reference.py`, numbers in `OperatorConfig`) showed to help:
+
+- duplicate elimination on the *network* (canonical genome), not on the raw genome, so two
+  genomes that differ only in unbuilt slots never both take a place in the population;
+- a mutation that always moves a mutated gene to a *different* choice (a resample that
+  lands on the same value is a wasted mutation: 1/3 of them with three choices);
+- an initial population that contains the smallest and largest arch of every
+  resolution, so the ends of the front are present from generation 1.
+
+All randomness comes from the `random_state` pymoo passes in (the algorithm's seeded
+`numpy.random.Generator`); nothing touches global RNG state.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+from pymoo.core.duplicate import DuplicateElimination
+from pymoo.core.mutation import Mutation
+from pymoo.core.sampling import Sampling
+
+from ofa2_edge.search.encoding import GenomeCodec
+from ofa2_edge.space import N_BLOCKS, N_STAGES, R_GENE
+
+
+class ChoiceSampling(Sampling):
+    """Every gene uniform over its choices; optionally the space's corner archs first."""
+
+    def __init__(self, codec: GenomeCodec, corners: bool = False) -> None:
+        super().__init__()
+        self.codec = codec
+        self.corners = corners
+
+    def corner_indices(self) -> np.ndarray:
+        """Smallest and largest arch at every resolution, as index genomes."""
+        nc = self.codec.n_choices
+        rows = []
+        for r_idx in range(int(nc[R_GENE])):
+            small = np.zeros(len(nc), dtype=np.int64)
+            large = nc - 1
+            small[R_GENE] = large[R_GENE] = r_idx
+            rows += [small, large.copy()]
+        return self.codec.canonical(np.stack(rows))
+
+    def _do(self, problem, n_samples, random_state=None, **kwargs):
+        x = np.floor(random_state.random((n_samples, self.codec.n_var)) * self.codec.n_choices[None, :]).astype(np.int64)
+        if self.corners:
+            c = self.corner_indices()[:n_samples]
+            x[: len(c)] = c
+        return x
+
+
+class ChoiceMutation(Mutation):
+    """Per-gene random resampling with probability `prob_var` per gene.
+
+    With ``different=True`` a mutated gene moves to one of its *other* choices (OFA's
+    `random.choice` may redraw the same value). Genes with a single choice never change.
+    """
+
+    def __init__(
+        self, codec: GenomeCodec, prob_var: float | None = None, different: bool = True, active_only: bool = False, **kwargs
+    ) -> None:
+        super().__init__(prob=1.0, prob_var=prob_var, **kwargs)
+        self.codec = codec
+        self.different = different
+        self.active_only = active_only
+
+    def _do(self, problem, X, random_state=None, **kwargs):
+        X = np.asarray(X, dtype=np.int64).copy()
+        n, m = X.shape
+        nc = np.broadcast_to(self.codec.n_choices[None, :], (n, m))
+        p = np.asarray(self.get_prob_var(problem, size=n), dtype=np.float64).reshape(-1, 1)
+        eligible = nc > 1
+        if self.active_only:
+            # Only genes that build something: the same expected number of changes, all of them real.
+            slots = self.codec.active(X)
+            eligible = eligible & np.concatenate([slots, slots, np.ones((n, m - 2 * slots.shape[1]), dtype=bool)], axis=1)
+            p = np.minimum(1.0, p * m / np.maximum(eligible.sum(axis=1, keepdims=True), 1))
+        mask = (random_state.random((n, m)) < p) & eligible
+        u = random_state.random((n, m))
+        if self.different:
+            step = 1 + np.floor(u * (nc - 1)).astype(np.int64)  # 1 .. nc-1
+            new = (X + step) % nc
+        else:
+            new = np.floor(u * nc).astype(np.int64)
+        X[mask] = new[mask]
+        return X
+
+
+class OfaMutation(Mutation):
+    """OFA's `EvolutionFinder.mutate_sample`: each block slot resamples its kernel and expand
+    together with probability `prob`, each stage its depth, the net its resolution; a
+    resample may redraw the same value."""
+
+    def __init__(self, codec: GenomeCodec, mutate_prob: float = 0.1) -> None:
+        super().__init__(prob=1.0)
+        self.codec = codec
+        self.mutate_prob = mutate_prob
+
+    def _do(self, problem, X, random_state=None, **kwargs):
+        X = np.asarray(X, dtype=np.int64).copy()
+        n = len(X)
+        block = random_state.random((n, N_BLOCKS)) < self.mutate_prob
+        depth = random_state.random((n, N_STAGES)) < self.mutate_prob
+        res = random_state.random((n, 1)) < self.mutate_prob
+        mask = np.concatenate([block, block, depth, res], axis=1)
+        new = np.floor(random_state.random(X.shape) * self.codec.n_choices[None, :]).astype(np.int64)
+        X[mask] = new[mask]
+        return X
+
+
+class CanonicalDuplicateElimination(DuplicateElimination):
+    """Offspring that build the same network as another offspring or a member of the
+    population are dropped (and regenerated by pymoo's mating loop)."""
+
+    def __init__(self, codec: GenomeCodec) -> None:
+        super().__init__()
+        self.codec = codec
+        # An individual's genome never changes once it is offered for elimination (mutation
+        # and repair come first), so its key is computed once: the population is compared
+        # against on every mating round, and recomputing its keys dominated the cost.
+        self._cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def _keys(self, pop) -> list[bytes]:
+        keys = [self._cache.get(ind) for ind in pop]
+        missing = [i for i, k in enumerate(keys) if k is None]
+        if missing:
+            x = self.codec.canonical(np.array([pop[i].X for i in missing], dtype=np.int64))
+            for i, row in zip(missing, x.astype(np.int8)):
+                keys[i] = self._cache[pop[i]] = row.tobytes()
+        return keys  # type: ignore[return-value]
+
+    def _do(self, pop, other, is_duplicate):
+        seen = set(self._keys(other)) if other is not None else set()
+        for i, key in enumerate(self._keys(pop)):
+            if key in seen:
+                is_duplicate[i] = True
+            else:
+                seen.add(key)
+        return is_duplicate

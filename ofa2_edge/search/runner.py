@@ -1,0 +1,602 @@
+"""Run a search end to end: resolve, search with pymoo, record, checkpoint, resume, finish.
+
+`run_search` drives a pymoo algorithm generation by generation (``has_next()`` / ``next()``)
+so that after each one it can record the new archs, the population's hypervolume and, every
+`checkpoint_every` generations, a checkpoint. A checkpoint is plain JSON: the population's
+index genomes and per-individual survival data (rank, crowding, ...), the survival's
+carried state (NSGA-III's normalisation), the evaluation counter and the algorithm's
+``numpy.random.Generator`` bit-generator state. Resuming rebuilds the algorithm from the
+config, re-evaluates the saved population (objectives are deterministic), puts all of that
+back and continues, so an interrupted-then-resumed run is identical to an uninterrupted one.
+
+Seeding: pymoo 0.6.2 draws all randomness from ``algorithm.random_state``, a Generator
+made from the run's seed in ``setup``; it does not touch NumPy's or Python's global RNGs
+(checked by the tests). BLAS is limited to one thread while a search runs: the objective
+networks are tiny matrix products where thread start-up costs more than it saves.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import platform
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ofa2_edge import __version__
+from ofa2_edge.errors import InvalidInputError, Ofa2EdgeError, SchemaError
+from ofa2_edge.persist import atomic_write_text, read_json
+from ofa2_edge.search import runstore as rs
+from ofa2_edge.search.algorithms import (
+    AUTO,
+    BuildContext,
+    OperatorConfig,
+    default_algorithm,
+    get_algorithm,
+    restore_survival_state,
+    survival_state,
+)
+from ofa2_edge.search.encoding import GenomeCodec
+from ofa2_edge.search.indicators import hypervolume, nondominated
+from ofa2_edge.search.objectives import (
+    OFFICIAL_ACCURACY,
+    Evaluation,
+    MetricContext,
+    Objectives,
+    probe_genomes,
+    build_objectives,
+)
+from ofa2_edge.search.problem import ArchProblem
+from ofa2_edge.space import SearchSpace
+from ofa2_edge.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------- configuration
+@dataclass(frozen=True)
+class SearchConfig:
+    """Everything that defines a search; stored in the run's config.json."""
+
+    objectives: tuple[str, ...]
+    constraints: tuple[str, ...] = ()
+    space: SearchSpace = field(default_factory=SearchSpace)
+    algorithm: str = AUTO  # resolved by the number of objectives: see `default_algorithm`
+    pop_size: int = 100
+    n_gen: int = 1000
+    seed: int = 1
+    operators: OperatorConfig = field(default_factory=OperatorConfig)
+    algorithm_params: dict[str, Any] = field(default_factory=dict)
+    accuracy: str = OFFICIAL_ACCURACY
+    #: Hypervolume reference point in natural units by metric name (``{"top1": 75,
+    #: "latency:note10": 100}``); missing ones are derived from the space's corner archs.
+    reference_point: dict[str, float] = field(default_factory=dict)
+    checkpoint_every: int = 100
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "objectives", tuple(self.objectives))
+        object.__setattr__(self, "constraints", tuple(self.constraints))
+        if self.algorithm == AUTO:  # stored resolved, so a run folder always names its algorithm
+            object.__setattr__(self, "algorithm", default_algorithm(len(self.objectives)))
+        if self.pop_size < 2:
+            raise InvalidInputError(f"population size {self.pop_size} must be at least 2")
+        if self.n_gen < 1:
+            raise InvalidInputError(f"generations {self.n_gen} must be at least 1")
+        if self.seed < 0:
+            raise InvalidInputError(f"seed {self.seed} must be a non-negative integer")
+        if self.checkpoint_every < 1:
+            raise InvalidInputError("checkpoint interval must be at least 1 generation")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "objectives": list(self.objectives),
+            "constraints": list(self.constraints),
+            "space": self.space.to_dict(),
+            "algorithm": self.algorithm,
+            "pop_size": self.pop_size,
+            "n_gen": self.n_gen,
+            "seed": self.seed,
+            "operators": self.operators.to_dict(),
+            "algorithm_params": dict(self.algorithm_params),
+            "accuracy": self.accuracy,
+            "reference_point": dict(self.reference_point),
+            "checkpoint_every": self.checkpoint_every,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SearchConfig":
+        keys = set(cls.__dataclass_fields__)
+        try:
+            kw = {k: data[k] for k in keys if k in data}
+            kw["space"] = SearchSpace.from_dict(kw.get("space", {}))
+            kw["operators"] = OperatorConfig.from_dict(kw.get("operators", {}))
+            return cls(**kw)
+        except Ofa2EdgeError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise SchemaError(f"search config does not parse: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Progress:
+    gen: int
+    n_gen: int
+    n_evals: int
+    hv: float
+    front_size: int
+    elapsed_s: float
+
+
+# --------------------------------------------------------------------- the archive
+class Archive:
+    """Every distinct network evaluated (in memory), and the rows not yet on disk.
+
+    Rows arrive per population as chunks; a checkpoint formats only the chunks that came
+    since the last one, so writing the archive costs O(new rows), not O(all rows)."""
+
+    def __init__(self, objectives: Objectives, w: float) -> None:
+        self.objectives = objectives
+        self.w = w
+        self.names = list(objectives.metrics)
+        self.fields = [objectives.metrics[n].field for n in self.names]
+        self._seen: set[bytes] = set()
+        self._chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (genomes, values, gen)
+        self._pending = 0  # chunks[-pending:] are not on disk yet
+        self.n_rows = 0
+        self.n_written = 0
+        self.gen = 0
+        self.active = True
+        self.seconds = 0.0
+
+    def record(self, idx: np.ndarray, genomes: np.ndarray, ev: Evaluation) -> None:
+        if not self.active:
+            return
+        start = time.perf_counter()
+        new = np.zeros(len(genomes), dtype=bool)
+        for i, key in enumerate(row.tobytes() for row in genomes.astype(np.int16)):
+            if key not in self._seen:
+                self._seen.add(key)
+                new[i] = True
+        n = int(new.sum())
+        if n:
+            values = np.column_stack([ev.values[name][new] for name in self.names])
+            self._chunks.append((genomes[new], values, np.full(n, self.gen, dtype=np.int64)))
+            self._pending += 1
+            self.n_rows += n
+        self.seconds += time.perf_counter() - start
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(genomes, values, gen) of every row, in the order they were evaluated."""
+        if not self._chunks:
+            return np.zeros((0, 46), dtype=np.int64), np.zeros((0, len(self.names))), np.zeros(0, dtype=np.int64)
+        merged = tuple(np.concatenate(parts) for parts in zip(*self._chunks))
+        self._chunks = [merged]  # type: ignore[list-item]
+        self._pending = 1 if self.n_written < self.n_rows else 0  # flush slices unwritten rows off the end
+        return merged  # type: ignore[return-value]
+
+    def minimised(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(F, G) of archive values."""
+        cols = {n: values[:, i] for i, n in enumerate(self.names)}
+        F = np.column_stack([m.minimised(cols[m.name]) for m in self.objectives.objectives])
+        G = (
+            np.column_stack([c.g(cols[c.metric]) for c in self.objectives.constraints])
+            if self.objectives.constraints
+            else np.zeros((len(values), 0))
+        )
+        return F, G
+
+    def _format(self, g: np.ndarray, v: np.ndarray, n: np.ndarray) -> list[str]:
+        feasible = None
+        if self.objectives.constraints:
+            _, G = self.minimised(v)
+            feasible = (G <= 0).all(axis=1)
+        return rs.format_rows(g, self.w, n, self.fields, v, feasible)
+
+    def lines(self, rows: np.ndarray) -> list[str]:
+        """JSON Lines of the archive rows `rows`."""
+        g, v, n = self.arrays()
+        return self._format(g[rows], v[rows], n[rows])
+
+    def flush(self, path: Path) -> None:
+        """Append the rows evaluated since the last flush."""
+        if self._pending:
+            pending = self._chunks[-self._pending :]
+            g, v, n = (np.concatenate(parts) for parts in zip(*pending))
+            start = self.n_rows - self.n_written
+            rs.append_lines(path, self._format(g[-start:], v[-start:], n[-start:]))
+        self._pending = 0
+        self.n_written = self.n_rows
+
+    def load(self, run: rs.RunFolder) -> None:
+        """Rebuild from the run's evaluations.jsonl (on resume)."""
+        genomes, values, gens = [], [], []
+        for row in run.evaluations():
+            a = row["arch"]
+            genomes.append([*a["ks"], *a["e"], *a["d"], a["r"]])
+            values.append([row[f] for f in self.fields])
+            gens.append(row["gen"])
+        if genomes:
+            g = np.asarray(genomes, dtype=np.int64)
+            self._chunks = [(g, np.asarray(values, dtype=np.float64), np.asarray(gens, dtype=np.int64))]
+            self._seen = {row.tobytes() for row in g.astype(np.int16)}
+        self._pending = 0
+        self.n_rows = self.n_written = len(genomes)
+
+
+# --------------------------------------------------------------------- helpers
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _versions() -> dict[str, str]:
+    import pymoo
+
+    return {"ofa2_edge": __version__, "pymoo": pymoo.__version__, "numpy": np.__version__, "python": platform.python_version()}
+
+
+def reference_point(objectives: Objectives, space: SearchSpace, given: dict[str, float]) -> np.ndarray:
+    """The hypervolume reference point in minimised space.
+
+    Given values (natural units) win; others are the worst value over the space's corner
+    archs (smallest and largest at every resolution) plus 10 % of the range, so every
+    arch of the space counts."""
+    unknown = sorted(set(given) - {m.name for m in objectives.objectives})
+    if unknown:
+        raise InvalidInputError(f"reference point names {', '.join(unknown)}, which are not objectives of this search")
+    probes = probe_genomes(space, n_random=0)
+    ev = objectives.evaluate(probes)
+    ref = []
+    for j, m in enumerate(objectives.objectives):
+        if m.name in given:
+            ref.append(float(m.minimised(np.float64(given[m.name]))))
+        else:
+            lo, hi = ev.F[:, j].min(), ev.F[:, j].max()
+            ref.append(float(hi + 0.1 * max(hi - lo, 1e-9)))
+    return np.asarray(ref)
+
+
+def _pop_front(algorithm) -> np.ndarray:
+    """Minimised objectives of the population's non-dominated feasible members."""
+    pop = algorithm.pop  # attribute access per individual: ~30 % cheaper than Population.get
+    F = np.array([ind.F for ind in pop], dtype=np.float64)
+    feasible = np.array([ind.CV[0] for ind in pop], dtype=np.float64) <= 0
+    F = F[feasible]
+    return F[nondominated(F)] if len(F) else F
+
+
+def _pop_state(algorithm) -> dict[str, Any]:
+    pop = algorithm.pop
+    keys = sorted({k for ind in pop for k in ind.data})
+    data = {}
+    for k in keys:
+        vals = pop.get(k)
+        data[k] = np.asarray(vals).tolist()
+    return {"X": np.asarray(pop.get("X"), dtype=np.int64).tolist(), "data": data}
+
+
+# --------------------------------------------------------------------- the run
+class SearchRun:
+    """One run folder being written: set up, stepped, checkpointed, finished."""
+
+    def __init__(self, config: SearchConfig, folder: Path, workspace: Workspace, assets_dir: Path | None = None) -> None:
+        self.config = config
+        self.run = rs.RunFolder(Path(folder))
+        self.workspace = workspace
+        spec = get_algorithm(config.algorithm)
+        self.spec = spec
+        params = spec.resolve_params(config.algorithm_params)
+        ctx = MetricContext(workspace, config.space, accuracy=config.accuracy, assets_dir=assets_dir)
+        self.objectives = build_objectives(config.objectives, config.constraints, ctx)
+        spec.check(self.objectives.n_obj, self.objectives.n_constr)
+        self.ref = reference_point(self.objectives, config.space, config.reference_point)
+        self.codec = GenomeCodec(config.space)
+        self.archive = Archive(self.objectives, config.space.w)
+        self.problem = ArchProblem(self.codec, self.objectives, recorder=self.archive.record)
+        self.params = params
+        self.algorithm = spec.build(
+            BuildContext(
+                codec=self.codec,
+                n_obj=self.objectives.n_obj,
+                pop_size=config.pop_size,
+                seed=config.seed,
+                operators=config.operators,
+                params=params,
+                feasible=self._feasible,
+            )
+        )
+        self.pymoo_n_gen = config.n_gen + spec.extra_generations
+        self.algorithm.setup(self.problem, termination=("n_gen", self.pymoo_n_gen), seed=config.seed, verbose=False)
+        self.hv_rows: list[dict[str, Any]] = []
+        self.done = 0
+        self.timers = {"hypervolume_s": 0.0, "checkpoint_s": 0.0, "loop_s": 0.0, "finish_s": 0.0, "plot_s": 0.0}
+        self._prior = {"evaluation_s": 0.0, "record_s": 0.0}  # from sessions before a resume
+        self.last_checkpoint = 0  # the generation a resume would continue from
+
+    # ---------------------------------------------------------------- pieces
+    def _feasible(self, idx: np.ndarray) -> np.ndarray:
+        """Constraint check on index genomes without a full evaluation (for redrawing finders)."""
+        genomes = self.codec.decode(idx)
+        ok = np.ones(len(idx), dtype=bool)
+        for c in self.objectives.constraints:
+            ok &= c.g(np.asarray(self.objectives.metrics[c.metric].evaluate(genomes), dtype=np.float64)) <= 0
+        return ok
+
+    def config_doc(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run.run_id,
+            "created_at": _now(),
+            **self.config.to_dict(),
+            "algorithm_params": self.params,
+            "pymoo_n_gen": self.pymoo_n_gen,
+            "reference_point_minimised": self.ref.tolist(),
+            "workspace": str(self.workspace.root),
+            "resolved": self.objectives.describe(),
+            "versions": _versions(),
+        }
+
+    def _check_same_predictors(self, stored: dict[str, Any]) -> None:
+        now = self.objectives.describe()["metrics"]
+        for name, meta in stored.get("resolved", {}).get("metrics", {}).items():
+            old, new = meta.get("source", {}).get("sha256"), now.get(name, {}).get("source", {}).get("sha256")
+            if old != new:
+                raise InvalidInputError(
+                    f"{self.run.path}: the predictor behind {name} changed since the run started "
+                    f"(sha256 {str(old)[:12]} then, {str(new)[:12]} now); resuming would mix two predictors. "
+                    "Start a new run instead."
+                )
+
+    def _status(self, state: str, **extra: Any) -> dict[str, Any]:
+        doc = {
+            "run_id": self.run.run_id,
+            "state": state,
+            "gen": self.done,
+            "n_gen": self.config.n_gen + self.spec.extra_generations,
+            "n_evals": int(self.algorithm.evaluator.n_eval),
+            "n_archs": self.archive.n_rows,
+            "updated_at": _now(),
+            **extra,
+        }
+        rs.write_doc(self.run.file(rs.STATUS_FILE), rs.STATUS_SCHEMA, doc)
+        return doc
+
+    def _hv_doc(self) -> dict[str, Any]:
+        return {
+            "objectives": [m.name for m in self.objectives.objectives],
+            "minimised": [m.describe()["minimised_as"] for m in self.objectives.objectives],
+            "reference_point": {m.name: float(m.natural(np.float64(r))) for m, r in zip(self.objectives.objectives, self.ref)},
+            "reference_point_minimised": self.ref.tolist(),
+            "indicator": "hypervolume (moocore, what pymoo's HV computes) of the population's non-dominated feasible set; minimised objectives, raw values",
+            "rows": self.hv_rows,
+        }
+
+    def _timings(self) -> dict[str, Any]:
+        t = dict(self.timers)
+        t["evaluation_s"] = self._prior["evaluation_s"] + self.problem.eval_seconds
+        t["record_s"] = self._prior["record_s"] + self.archive.seconds
+        t["store_s"] = t["record_s"] + t["checkpoint_s"] + t["finish_s"]
+        inside = t["evaluation_s"] + t["hypervolume_s"] + t["record_s"] + t["checkpoint_s"]
+        t["algorithm_s"] = max(0.0, t["loop_s"] - inside)  # pymoo itself: mating, survival, bookkeeping
+        t["total_s"] = t["loop_s"] + t["finish_s"]
+        t["generations"] = self.done
+        t["n_evals"] = int(self.algorithm.evaluator.n_eval)
+        return t
+
+    # ---------------------------------------------------------------- start / resume
+    def start(self, restart: bool = False) -> None:
+        if restart:
+            self.run.config()  # it must be one of our run folders
+            for name in (rs.EVALUATIONS_FILE, rs.FRONT_FILE, rs.FRONT_CSV, rs.HV_FILE, rs.TIMINGS_FILE, rs.STATUS_FILE, rs.PLOT_FILE):
+                self.run.file(name).unlink(missing_ok=True)
+        elif self.run.path.exists() and any(self.run.path.iterdir()):
+            raise InvalidInputError(f"{self.run.path} already exists and is not empty; resume it with --resume or choose another -o")
+        self.run.path.mkdir(parents=True, exist_ok=True)
+        rs.write_doc(self.run.file(rs.CONFIG_FILE), rs.CONFIG_SCHEMA, self.config_doc())
+        header = {
+            "schema": rs.EVALUATIONS_SCHEMA,
+            "schema_version": rs.VERSION,
+            "fields": {f: {"metric": n, "unit": self.objectives.metrics[n].unit} for n, f in zip(self.archive.names, self.archive.fields)},
+            "width_mult": self.config.space.w,
+        }
+        atomic_write_text(self.run.file(rs.EVALUATIONS_FILE), json.dumps(header) + "\n")
+        self._status("running")
+
+    def resume(self) -> bool:
+        """Restore from the checkpoint; False if the run had already finished."""
+        stored = self.run.config()
+        self._check_same_predictors(stored)
+        status = self.run.status()
+        ck = read_json(self.run.file(rs.CHECKPOINT_FILE), rs.CHECKPOINT_SCHEMA, [rs.VERSION])
+        rs.truncate_lines(self.run.file(rs.EVALUATIONS_FILE), 1 + int(ck["archive_rows"]))
+        self.archive.load(self.run)
+        self.hv_rows = list(ck["hv_rows"])
+        self.done = self.last_checkpoint = int(ck["gen"])
+        self.timers.update({k: float(v) for k, v in ck["timers"].items() if k in self.timers})
+        self._prior = {k: float(ck["timers"].get(k, 0.0)) for k in self._prior}
+        if status.get("state") in ("completed", "infeasible") and self.done >= self.pymoo_n_gen:
+            return False
+        algo = self.algorithm
+        from pymoo.core.evaluator import Evaluator
+        from pymoo.core.population import Population
+
+        pop = Population.new("X", np.asarray(ck["pop"]["X"], dtype=np.int64))
+        self.archive.active = False
+        Evaluator().eval(self.problem, pop)  # deterministic objectives: same F, G, CV as saved
+        self.archive.active = True
+        for key, values in ck["pop"]["data"].items():
+            pop.set(key, np.asarray(values))
+        algo.pop = pop
+        algo.off = None
+        algo.is_initialized = True
+        algo.n_iter = self.done + 1
+        algo.start_time = time.time()
+        algo.evaluator.n_eval = int(ck["n_evals"])
+        restore_survival_state(algo, ck.get("survival", {}))
+        if hasattr(getattr(algo, "survival", None), "opt"):
+            algo.survival.opt = pop[np.asarray(pop.get("rank")) == 0] if "rank" in ck["pop"]["data"] else pop
+        algo._set_optimum()
+        algo.random_state.bit_generator.state = ck["rng_state"]
+        self.problem.eval_seconds = self.archive.seconds = 0.0
+        self._status("running", resumed_at=_now())
+        return True
+
+    # ---------------------------------------------------------------- stepping
+    def checkpoint(self) -> None:
+        """Persist the generation just completed: new archive rows, then the checkpoint
+        (population, RNG, counters, hypervolume rows), then the status.
+
+        Called between generations only, where pymoo's state is consistent; an
+        interruption in the middle of a generation resumes from the last checkpoint.
+        Rows appended after the last checkpoint are dropped on resume."""
+        algo = self.algorithm
+        state = {
+            "gen": self.done,
+            "n_evals": int(algo.evaluator.n_eval),
+            "rng_state": algo.random_state.bit_generator.state,  # a dict of ints: JSON as it is
+            "pop": _pop_state(algo),
+            "survival": survival_state(algo),
+            "archive_rows": self.archive.n_rows,
+        }
+        self.archive.flush(self.run.file(rs.EVALUATIONS_FILE))
+        rs.write_doc(
+            self.run.file(rs.CHECKPOINT_FILE),
+            rs.CHECKPOINT_SCHEMA,
+            {**state, "hv_rows": self.hv_rows, "timers": self._timings(), "saved_at": _now()},
+        )
+        self.last_checkpoint = self.done
+        self._status("running")
+
+    def step(self) -> Progress:
+        algo = self.algorithm
+        t0 = time.perf_counter()
+        self.archive.gen = self.done + 1
+        algo.next()
+        self.done += 1
+        t1 = time.perf_counter()
+        front = _pop_front(algo)
+        hv = hypervolume(front, self.ref)
+        self.hv_rows.append({"gen": self.done, "n_evals": int(algo.evaluator.n_eval), "hv": hv, "front_size": len(front)})
+        t2 = time.perf_counter()
+        if self.done % self.config.checkpoint_every == 0 or not algo.has_next():
+            self.checkpoint()
+        t3 = time.perf_counter()
+        self.timers["hypervolume_s"] += t2 - t1
+        self.timers["checkpoint_s"] += t3 - t2
+        self.timers["loop_s"] += t3 - t0
+        return Progress(self.done, self.pymoo_n_gen, int(algo.evaluator.n_eval), hv, len(front), self.timers["loop_s"])
+
+    # ---------------------------------------------------------------- finishing
+    def finish(self, plot: bool = True) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        g, v, n = self.archive.arrays()
+        F, G = self.archive.minimised(v)
+        feasible = (G <= 0).all(axis=1) if G.shape[1] else np.ones(len(F), dtype=bool)
+        idx = np.flatnonzero(feasible)
+        front_idx = idx[nondominated(F[idx])] if idx.size else idx
+        front_idx = front_idx[np.lexsort(F[front_idx].T[::-1])] if front_idx.size else front_idx
+        rows = [json.loads(line) for line in self.archive.lines(front_idx)]
+        meta = self.objectives.describe()
+        hv_archive = hypervolume(F[front_idx], self.ref) if front_idx.size else 0.0
+        hv_population = self.hv_rows[-1]["hv"] if self.hv_rows else 0.0
+        rs.write_doc(
+            self.run.file(rs.FRONT_FILE),
+            rs.FRONT_SCHEMA,
+            {
+                "run_id": self.run.run_id,
+                "selection": "non-dominated feasible archs among all evaluated",
+                "objectives": meta["objectives"],
+                "constraints": meta["constraints"],
+                "fields": self.archive.fields,
+                "reference_point": self._hv_doc()["reference_point"],
+                "hv": hv_archive,
+                "rows": rows,
+            },
+        )
+        rs.write_front_csv(self.run.file(rs.FRONT_CSV), rows, self.archive.fields)
+        rs.write_doc(self.run.file(rs.HV_FILE), rs.HV_SCHEMA, self._hv_doc())
+        state, message = "completed", None
+        if not feasible.any():
+            state = "infeasible"
+            message = _infeasible_message(self.objectives, v, G, self.archive.names)
+        summary = {
+            "front_size": len(rows),
+            "hv_population": hv_population,
+            "hv_archive": hv_archive,
+            "n_archs": self.archive.n_rows,
+            "n_feasible": int(feasible.sum()),
+        }
+        self.timers["finish_s"] += time.perf_counter() - t0
+        if plot:
+            t1 = time.perf_counter()
+            from ofa2_edge.search.plot import pareto_plot
+
+            pareto_plot(self.run.file(rs.PLOT_FILE), self.objectives, F, feasible, front_idx, _pop_front(self.algorithm), self.run.run_id)
+            self.timers["plot_s"] += time.perf_counter() - t1
+        timings = self._timings()
+        rs.write_doc(self.run.file(rs.TIMINGS_FILE), rs.TIMINGS_SCHEMA, {**timings, "machine": platform.node(), "blas_threads": 1})
+        return self._status(state, message=message, summary=summary, timings=timings)
+
+
+def _infeasible_message(objectives: Objectives, values: np.ndarray, G: np.ndarray, names: list[str]) -> str:
+    if not len(values):
+        return "no arch was evaluated"
+    best = int(np.argmin(np.clip(G, 0, None).sum(axis=1)))
+    have = ", ".join(f"{n} = {values[best, names.index(n)]:.4g}" for n in {c.metric for c in objectives.constraints})
+    texts = ", ".join(c.text for c in objectives.constraints)
+    return f"no evaluated arch meets {texts}; the closest had {have}. Relax the constraint(s) or enlarge the search space"
+
+
+def run_search(
+    config: SearchConfig | None,
+    folder: str | Path,
+    *,
+    workspace: Workspace | None = None,
+    assets_dir: Path | None = None,
+    resume: bool = False,
+    progress: Callable[[Progress], None] | None = None,
+    plot: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) a search into `folder`; return the final status document.
+
+    With `resume`, the stored config is used; a `config` given as well must match it
+    (the checkpoint interval may differ). Ctrl-C marks the run interrupted and re-raises;
+    a resume continues from the last checkpoint, bit-identical to an uninterrupted run.
+    """
+    from threadpoolctl import threadpool_limits
+
+    folder = Path(folder)
+    workspace = workspace or Workspace.resolve()
+    if resume:
+        stored = SearchConfig.from_dict(rs.RunFolder(folder).config())
+        if config is not None:
+            a, b = config.to_dict(), stored.to_dict()
+            diff = [k for k in a if a[k] != b[k] and k != "checkpoint_every"]  # the interval does not change results
+            if diff:
+                raise InvalidInputError(f"{folder}: --resume continues the stored run; these settings differ from it: {', '.join(diff)}")
+            config = replace(stored, checkpoint_every=config.checkpoint_every)
+        else:
+            config = stored
+    if config is None:
+        raise InvalidInputError("a new search needs a config")
+    # One BLAS thread throughout, including the re-evaluation on resume: the same summation
+    # order every time, so a resumed run reproduces the floats of an uninterrupted one.
+    with threadpool_limits(limits=1, user_api="blas"):
+        run = SearchRun(config, folder, workspace, assets_dir)
+        if resume and run.run.file(rs.CHECKPOINT_FILE).is_file():
+            if not run.resume():
+                return run.run.status()
+        else:
+            run.start(restart=resume)  # resuming a run stopped before its first checkpoint starts it over
+        try:
+            while run.algorithm.has_next():
+                p = run.step()
+                if progress is not None:
+                    progress(p)
+        except KeyboardInterrupt:
+            run._status("interrupted", message=f"interrupted; --resume continues from generation {run.last_checkpoint} (the last checkpoint)")
+            raise
+        return run.finish(plot=plot)
