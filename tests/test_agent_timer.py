@@ -45,9 +45,11 @@ def test_thread_cpu_timing_ignores_a_busy_neighbour(tmp_path: Path) -> None:
         return result.stats.median_ms
 
     # two spinning processes keep both cores of a small host busy while we measure
-    hogs = [multiprocessing.Process(target=_spin, args=(20.0,)) for _ in range(2)]
+    spawn = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch/OpenMP state
+    hogs = [spawn.Process(target=_spin, args=(20.0,)) for _ in range(2)]
     for hog in hogs:
         hog.start()
+    time.sleep(1.0)  # let them start spinning
     try:
         cpu_ms, wall_ms = measure("thread_cpu"), measure("wall")
     finally:
