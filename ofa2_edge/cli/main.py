@@ -12,7 +12,7 @@ from rich.logging import RichHandler
 from rich.text import Text
 
 from ofa2_edge import __version__
-from ofa2_edge.cli import arch, assets, devices, export, latency, measure, runs
+from ofa2_edge.cli import arch, assets, deploy, devices, export, latency, measure, runs
 from ofa2_edge.cli import search as search_cli
 from ofa2_edge.cli.common import CliState, err_console
 from ofa2_edge.errors import EXIT_FAILURE, Ofa2EdgeError
@@ -37,6 +37,8 @@ app.add_typer(latency.tables_app, name="tables")
 app.command("search")(search_cli.search)
 app.command("fit-accuracy")(search_cli.fit_accuracy)
 app.add_typer(runs.app, name="runs")
+app.command("select")(deploy.select)
+app.add_typer(deploy.bundle_app, name="bundle")
 
 
 def _version(value: bool) -> None:
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         command(args=argv, prog_name="ofa2-edge")
     except Ofa2EdgeError as exc:
-        err_console.print(Text("error: ", style="bold red") + Text(str(exc)), highlight=False)
+        err_console.print(Text("error: ", style="bold red") + Text(str(exc)), highlight=False, soft_wrap=True)
         return exc.exit_code
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_FAILURE)

@@ -70,12 +70,20 @@ def _write_sums(folder: Path, names: list[str]) -> None:
     atomic_write_text(folder / SUMS, "".join(lines))
 
 
+def read_labels(path: str | Path, n_classes: int) -> list[str]:
+    """Class names, one per line; their count must match the model's outputs."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    if len(lines) != n_classes:
+        raise InvalidInputError(f"{path}: {len(lines)} labels, but the model has {n_classes} classes")
+    return lines
+
+
 def build_bundle(
     out_root: str | Path,
     model: ExportedModel,
     facts: BundleFacts,
     tensorrt: TensorRTBuildSpec | None = None,
-    labels: str | Path | None = None,
+    labels: list[str] | None = None,
 ) -> Path:
     """Write the bundle folder and its .tar.gz under `out_root`; return the folder."""
     arch = Arch.from_dict(model.metadata["arch"])
@@ -83,6 +91,7 @@ def build_bundle(
     out_root = Path(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_root))
+    staging.chmod(0o755)  # mkdtemp's 0700 would hide the bundle from the rest of the team
     try:
         model_name = f"model{model.path.suffix}"
         key_facts = {
@@ -101,11 +110,9 @@ def build_bundle(
             atomic_write_text(staging / TENSORRT_SPEC, json.dumps(spec, indent=2) + "\n")
             files.append(TENSORRT_SPEC)
         if labels is not None:
-            lines = Path(labels).read_text(encoding="utf-8").splitlines()
-            n_classes = model.outputs[0].shape[-1]
-            if len(lines) != n_classes:
-                raise InvalidInputError(f"{labels}: {len(lines)} labels, but the model has {n_classes} classes")
-            atomic_write_text(staging / LABELS, "\n".join(lines) + "\n")
+            if len(labels) != model.outputs[0].shape[-1]:
+                raise InvalidInputError(f"{len(labels)} labels for a model of {model.outputs[0].shape[-1]} classes")
+            atomic_write_text(staging / LABELS, "\n".join(labels) + "\n")
             files.append(LABELS)
         (inp,) = model.inputs
         manifest = {

@@ -1,0 +1,226 @@
+"""`ofa2-edge select` and `ofa2-edge bundle [check]`: pick a trade-off and ship it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+from typer.core import TyperGroup
+
+from ofa2_edge.cli.common import (
+    JSON_OPTION,
+    QUICK_OPTION,
+    TIMER_OPTION,
+    TOFU_OPTION,
+    CliState,
+    emit_json,
+    err_console,
+    make_protocol,
+    out_console,
+    state,
+)
+from ofa2_edge.cli.devices import load_inventory
+from ofa2_edge.errors import InvalidInputError
+
+
+class _BuildByDefault(TyperGroup):
+    """`ofa2-edge bundle RUN ...` means `bundle build RUN ...`; `bundle check PATH` stays a subcommand."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["build", *args]
+        return super().parse_args(ctx, args)
+
+
+bundle_app = typer.Typer(cls=_BuildByDefault, help="Build per-device bundles, or check one.", no_args_is_help=True)
+
+RUN_ARG = typer.Argument(..., help="A run folder, or a run id under the workspace's runs/.")
+DEVICE_OPT = typer.Option(
+    ..., "--device", "-d", help="The device to deploy on (its fitted predictor prices the front)."
+)
+MAX_LAT = typer.Option(None, "--max-latency", help="Maximum latency on the device, ms.")
+MIN_TOP1 = typer.Option(None, "--min-top1", help="Minimum predicted top-1, %.")
+MAX_MACS = typer.Option(None, "--max-macs", help="Maximum MACs, millions.")
+SAFE = typer.Option(None, "--safe", help="Apply the latency limit to this upper quantile of the prediction (e.g. 0.9).")
+
+
+def _run(st: CliState, run: str) -> Any:
+    from ofa2_edge.search.runstore import RunFolder
+
+    path = Path(run)
+    folder = RunFolder(path if path.is_dir() else st.workspace.runs_dir / run)
+    return folder.require()
+
+
+def _priced(ctx: typer.Context, run: str, device: str, safe: Optional[float]) -> tuple[Any, list[Any]]:
+    from ofa2_edge.deploy.select import price_front
+    from ofa2_edge.latency.calibrate import load_device_surrogate
+    from ofa2_edge.latency.table import DeviceTable
+
+    st = state(ctx)
+    folder = _run(st, run)
+    surrogate = load_device_surrogate(st.workspace, device)
+    return folder, price_front(folder, surrogate, DeviceTable(st.workspace.tables_dir, device), safe)
+
+
+def select(
+    ctx: typer.Context,
+    run: str = RUN_ARG,
+    device: str = DEVICE_OPT,
+    max_latency: Optional[float] = MAX_LAT,
+    min_top1: Optional[float] = MIN_TOP1,
+    max_macs: Optional[float] = MAX_MACS,
+    top: Optional[int] = typer.Option(None, "--top", min=1, help="Show at most K candidates."),
+    safe: Optional[float] = SAFE,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Non-dominated candidates of a run that meet the limits on a device, best accuracy first."""
+    from ofa2_edge.deploy.select import Limits, nearest_tradeoffs
+    from ofa2_edge.deploy.select import select as choose
+
+    folder, cands = _priced(ctx, run, device, safe)
+    limits = Limits(max_latency, min_top1, max_macs)
+    chosen = choose(cands, limits, top)
+    if not chosen:
+        raise InvalidInputError(nearest_tradeoffs(cands, limits, safe))
+    if as_json:
+        emit_json(
+            {
+                "run": folder.run_id,
+                "device": device,
+                "limits": limits.__dict__,
+                "safe": safe,
+                "candidates": [c.to_dict() for c in chosen],
+            }
+        )
+        return
+    table = Table(title=f"{folder.run_id} on {device}: {limits.describe(safe)}")
+    table.add_column("arch id", no_wrap=True)
+    for col in ("top-1 %", "latency ms", "80% interval", *(["q bound"] if safe else []), "measured ms", "MMACs", "r"):
+        table.add_column(col, justify="right")
+    for c in chosen:
+        table.add_row(
+            c.arch.id,
+            f"{c.top1_pct:.2f}",
+            f"{c.latency_ms:.2f}",
+            f"{c.latency_lower_ms:.2f}-{c.latency_upper_ms:.2f}",
+            *([f"{c.limit_latency_ms:.2f}"] if safe else []),
+            "-" if c.measured_ms is None else f"{c.measured_ms:.2f}",
+            f"{c.macs_m:.0f}",
+            str(c.arch.r),
+        )
+    out_console.print(table)
+
+
+@bundle_app.command("build")
+def build(
+    ctx: typer.Context,
+    run: str = RUN_ARG,
+    device_key: str = DEVICE_OPT,
+    pick: Optional[str] = typer.Option(None, "--pick", help="An arch id from the run's front."),
+    max_latency: Optional[float] = MAX_LAT,
+    min_top1: Optional[float] = MIN_TOP1,
+    max_macs: Optional[float] = MAX_MACS,
+    safe: Optional[float] = SAFE,
+    fmt: Optional[str] = typer.Option(
+        None, "--format", "-f", help="onnx, tflite or tflite-int8 (default: the device's)."
+    ),
+    precision: str = typer.Option("fp16", "--precision", help="TensorRT devices: fp32, fp16 or int8."),
+    supernet: Optional[Path] = typer.Option(None, "--supernet", help="OFA supernet checkpoint (real weights)."),
+    calib_images: Optional[Path] = typer.Option(
+        None, "--calib-images", help="Image folder to recalibrate BN statistics."
+    ),
+    calib_max: int = typer.Option(2000, "--calib-max", min=1, help="At most this many images for BN recalibration."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Class names, one per line (copied as labels.txt)."),
+    verify: bool = typer.Option(False, "--verify", help="Measure the bundle on the device and record it."),
+    timer: str = TIMER_OPTION,
+    quick: bool = QUICK_OPTION,
+    trust_on_first_use: bool = TOFU_OPTION,
+    output: Path = typer.Option(Path("bundles"), "-o", "--output", help="Folder for bundles (default: bundles/)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Build a bundle (model, manifest.json, SHA256SUMS, .tar.gz) for one pick of a run."""
+    from ofa2_edge.deploy.build import make_bundle
+    from ofa2_edge.deploy.select import Limits, nearest_tradeoffs
+    from ofa2_edge.deploy.select import select as choose
+
+    st = state(ctx)
+    device = load_inventory(ctx).get(device_key)
+    folder, cands = _priced(ctx, run, device.key, safe)
+    if pick:
+        matches = [c for c in cands if c.arch.id == pick]
+        if not matches:
+            raise InvalidInputError(
+                f"{pick} is not on the front of {folder.run_id}; see `ofa2-edge select {run} --device {device.key}`"
+            )
+        chosen = matches[0]
+    else:
+        limits = Limits(max_latency, min_top1, max_macs)
+        passing = choose(cands, limits)
+        if not passing:
+            raise InvalidInputError(nearest_tradeoffs(cands, limits, safe))
+        chosen = passing[0]
+    out_root = output if output.is_absolute() else st.workspace.root / output
+    result = make_bundle(
+        chosen,
+        folder,
+        device,
+        st.workspace,
+        out_root,
+        fmt=fmt,
+        precision=precision,
+        supernet=supernet,
+        calib_images=calib_images,
+        calib_max=calib_max,
+        labels=labels,
+    )
+    summary: dict[str, Any] = {
+        "bundle": str(result.folder),
+        "archive": str(result.folder) + ".tar.gz",
+        "arch_id": chosen.arch.id,
+        "status": result.manifest["status"],
+        "top1_pct": chosen.top1_pct,
+        "predicted_latency_ms": chosen.latency_ms,
+    }
+    if result.manifest["status"] == "latency-only":
+        err_console.print(
+            "[bold yellow]LATENCY-ONLY bundle[/]: random weights (no --supernet). Its latency is real; its outputs are not."
+        )
+    if verify:
+        from ofa2_edge.deploy.verify import verify_bundle
+
+        protocol = make_protocol(device.threads, timer, quick)
+        checked = verify_bundle(result.folder, device, st.workspace, protocol, trust_on_first_use)
+        summary["measured_latency_ms"] = checked.result.estimate_ms
+        summary["within_predicted_interval"] = checked.within_interval
+        if checked.within_interval is False:
+            err_console.print(
+                f"[yellow]warning:[/] measured {checked.result.estimate_ms:.2f} ms is outside the predicted interval; "
+                f"calibrate {device.key} further"
+            )
+    if as_json:
+        emit_json(summary)
+        return
+    for key, value in summary.items():
+        out_console.print(f"{key:>26}: {value}", highlight=False, markup=False)
+
+
+@bundle_app.command("check")
+def check(path: Path = typer.Argument(..., help="A bundle folder or .tar.gz."), as_json: bool = JSON_OPTION) -> None:
+    """Verify a bundle's schema and every checksum (exit 1 on any mismatch)."""
+    from ofa2_edge.deploy.bundle import check_bundle
+
+    manifest = check_bundle(path)
+    if as_json:
+        emit_json({"ok": True, "manifest": manifest})
+        return
+    measured = manifest["latency"]["measured"]
+    err_console.print(
+        f"ok: {path} ({manifest['arch']['id']} for {manifest['device']['key']}, {manifest['status']}, "
+        f"{len(manifest['files'])} file(s) verified"
+        + (f", measured {measured['latency_ms']:.2f} ms" if measured else ", not verified on the device")
+        + ")",
+        highlight=False,
+    )
