@@ -55,12 +55,7 @@ TOFU_OPTION = typer.Option(
 
 
 def make_protocol(threads: int, timer: str = "wall", quick: bool = False) -> "Protocol":
-    """The measurement protocol from CLI options (defaults follow benchmark_model/trtexec)."""
-    from device_agents.records import Protocol
+    """The measurement protocol from CLI options."""
+    from ofa2_edge.devices.pipeline import standard_protocol
 
-    if quick:
-        return Protocol(
-            threads=threads, timer=timer, warmup_runs=3, warmup_min_s=0.1, blocks=3, runs_per_block=5,
-            block_min_s=0.05, cooldown_s=0.0, remeasure=0,
-        )
-    return Protocol(threads=threads, timer=timer)
+    return standard_protocol(threads, timer, quick)

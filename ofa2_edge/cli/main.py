@@ -12,7 +12,7 @@ from rich.logging import RichHandler
 from rich.text import Text
 
 from ofa2_edge import __version__
-from ofa2_edge.cli import arch, assets, deploy, devices, export, latency, measure, runs
+from ofa2_edge.cli import arch, assets, deploy, devices, export, latency, measure, run, runs
 from ofa2_edge.cli import search as search_cli
 from ofa2_edge.cli.common import CliState, err_console
 from ofa2_edge.errors import EXIT_FAILURE, Ofa2EdgeError
@@ -38,6 +38,8 @@ app.command("search")(search_cli.search)
 app.command("fit-accuracy")(search_cli.fit_accuracy)
 app.add_typer(runs.app, name="runs")
 app.command("select")(deploy.select)
+app.command("run")(run.run)
+app.command("demo", help="Alias of `run`: the main job.")(run.run)
 app.add_typer(deploy.bundle_app, name="bundle")
 
 

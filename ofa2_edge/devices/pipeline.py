@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Callable, Sequence
 
 from device_agents.records import FailureKind, MeasureResult, Protocol, TensorRTBuild, TensorSpec
 from exporters import ExportCache, export_subnet
@@ -70,8 +71,15 @@ def measure_archs(
     on_result: Callable[[MeasureResult], None] | None = None,
     supernet: Supernet | None = None,
     chunk: int = 8,
+    export_lock: AbstractContextManager[Any] | None = None,
+    measure_lock: AbstractContextManager[Any] | None = None,
 ) -> BatchReport:
-    """Export and measure `archs` chunk by chunk; every record reaches `on_result` as it lands."""
+    """Export and measure `archs` chunk by chunk; every record reaches `on_result` as it lands.
+
+    `export_lock` is held while exporting and `measure_lock` while measuring: give both the
+    same lock for the `local` device, so no export (of this or another device's worker)
+    competes for the CPU with a model being timed here.
+    """
     total = BatchReport()
 
     def deliver(result: MeasureResult) -> None:
@@ -83,18 +91,30 @@ def measure_archs(
     while pending:
         part, pending = pending[:chunk], pending[chunk:]
         ready: list[ShippableModel] = []
-        for arch in part:
-            try:
-                model = export_subnet(arch, plan.fmt, supernet=supernet, cache=cache)
-                ready.append(ShippableModel.from_export(model, arch, plan.tensorrt))
-            except Ofa2EdgeError as exc:
-                log.warning("%s: export failed: %s", arch.id, exc)
-                deliver(export_failure(session, arch, plan, protocol, str(exc)))
+        with export_lock or nullcontext():
+            for arch in part:
+                try:
+                    model = export_subnet(arch, plan.fmt, supernet=supernet, cache=cache)
+                    ready.append(ShippableModel.from_export(model, arch, plan.tensorrt))
+                except Ofa2EdgeError as exc:
+                    log.warning("%s: export failed: %s", arch.id, exc)
+                    deliver(export_failure(session, arch, plan, protocol, str(exc)))
         if not ready:
             continue
-        report = session.measure(ready, protocol, deliver)
+        with measure_lock or nullcontext():
+            report = session.measure(ready, protocol, deliver)
         total.reconnects += report.reconnects
         if report.not_measured:  # the link is gone for good: leave the rest for a rerun
             total.not_measured = report.not_measured + pending
             break
     return total
+
+
+def standard_protocol(threads: int, timer: str = "wall", quick: bool = False) -> Protocol:
+    """The default measurement protocol (benchmark_model/trtexec-like), or a short one for smoke tests."""
+    if quick:
+        return Protocol(
+            threads=threads, timer=timer, warmup_runs=3, warmup_min_s=0.1, blocks=3, runs_per_block=5,
+            block_min_s=0.05, cooldown_s=0.0, remeasure=0,
+        )
+    return Protocol(threads=threads, timer=timer)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -134,6 +135,8 @@ def calibrate(
     prior: LatencySurrogate | None = None,
     prior_label: str = "",
     progress: Progress | None = None,
+    export_lock: AbstractContextManager[Any] | None = None,
+    measure_lock: AbstractContextManager[Any] | None = None,
 ) -> CalibrationResult:
     """Measure a design of `budget` subnets on `device` (resuming), then fit and save its surrogate.
 
@@ -171,7 +174,9 @@ def calibrate(
                 result.measured.append(record)
                 emit("result", {"record": record})
 
-            report = measure_archs(session, todo, plan, protocol, cache, commit)
+            report = measure_archs(
+                session, todo, plan, protocol, cache, commit, export_lock=export_lock, measure_lock=measure_lock
+            )
             result.not_measured += report.not_measured
             return not report.not_measured
 

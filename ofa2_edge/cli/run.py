@@ -1,0 +1,143 @@
+"""`ofa2-edge run` (alias `demo`): the main job, with progress on stderr and a summary."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ofa2_edge.cli.common import JSON_OPTION, QUICK_OPTION, TOFU_OPTION, emit_json, err_console, out_console, state
+from ofa2_edge.errors import InvalidInputError
+
+
+def run(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", help="Job config (default: ofa2-edge.yaml in the workspace, else the embedded default)."
+    ),
+    budget: Optional[int] = typer.Option(None, "--budget", "-n", min=10, help="Calibration budget of every device."),
+    gens: Optional[int] = typer.Option(None, "--gens", min=1, help="Search generations."),
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="Name of the run folder under runs/."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Measure the bundle on its device."),
+    quick: bool = QUICK_OPTION,
+    trust_on_first_use: bool = TOFU_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """The main job: calibrate this machine (and any configured boards), search, dashboard, bundle."""
+    from ofa2_edge.job import CONFIG_FILE, JobConfig, run_job
+
+    st = state(ctx)
+    path = config or (st.workspace.root / CONFIG_FILE)
+    if config is not None and not config.exists():
+        raise InvalidInputError(f"--config {config}: no such file")
+    job = JobConfig.load(path) if path.exists() else JobConfig()
+    devices = tuple(
+        replace(d, budget=budget or d.budget, quick=quick or d.quick) for d in job.devices
+    )
+    job = replace(job, devices=devices, gens=gens or job.gens, run_id=run_id or job.run_id, verify=verify)
+
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.fields[last]}"), console=err_console, transient=False,
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def task(name: str, total: int | None) -> Any:
+            if name not in tasks:
+                tasks[name] = bar.add_task(name, total=total, last="")
+            else:
+                bar.update(tasks[name], total=total, completed=0)
+            return tasks[name]
+
+        def on_event(event: str, info: dict[str, Any]) -> None:
+            if event == "calibrate.round":
+                t = task(f"calibrate {info['device']}", info["todo"])
+                if info["skipped"]:
+                    bar.update(t, last=f"{info['skipped']} already measured")
+            elif event == "calibrate.result":
+                r = info["record"]
+                last = f"{r.arch_id} {r.estimate_ms:.2f} ms" if r.ok else f"{r.arch_id} {r.error_kind.value}"
+                bar.update(tasks[f"calibrate {info['device']}"], advance=1, last=last)
+            elif event == "calibrate.fit":
+                bar.update(tasks[f"calibrate {info['device']}"], last="fitting the predictor")
+            elif event == "device_failed":
+                err_console.print(f"[red]{info['device']} failed:[/] {info['error']}", highlight=False)
+            elif event == "search.start":
+                task("search", info["gens"])
+            elif event == "search.progress":
+                bar.update(tasks["search"], completed=info["gen"], last=f"HV {info['hv']:.4g}")
+
+        result = run_job(st.workspace, job, st.assets_dir, trust_on_first_use, on_event)
+
+    summary = _summary(result, st.workspace.root)
+    if as_json:
+        emit_json(summary)
+    else:
+        _print_summary(summary)
+    if result.failed_devices:
+        raise typer.Exit(4)
+
+
+def _summary(result: Any, root: Path) -> dict[str, Any]:
+    front = result.search_status.get("summary", {})
+    fits = {}
+    for key, cal in result.calibrations.items():
+        held = cal.report.get("held_out", {})
+        fits[key] = {
+            "surrogate": cal.report.get("name"),
+            "n_train": cal.report.get("n_train"),
+            "within_10pct": held.get("share_within_10pct"),
+            "mape_pct": held.get("mape_pct"),
+            "spearman": held.get("spearman"),
+            "measured_now": len(cal.measured),
+            "already_measured": cal.skipped,
+        }
+    run = result.run_folder
+    return {
+        "run": str(run),
+        "front_size": front.get("front_size"),
+        "hypervolume": front.get("hv"),
+        "devices": fits,
+        "failed_devices": result.failed_devices,
+        "files": {
+            "front": str(run / "front.csv"),
+            "pareto_plot": str(run / "pareto.png"),
+            "dashboard": str(result.dashboard),
+            "bundle": result.bundle.get("archive"),
+        },
+        "bundle": result.bundle,
+        "seconds": result.seconds,
+        "next": [
+            f"ofa2-edge select {run.name} --device {result.bundle.get('device')} --max-latency MS --min-top1 PCT",
+            f"ofa2-edge bundle check {result.bundle.get('archive')}",
+            "ofa2-edge devices add rpi4 --host HOST --user pi --key-file ~/.ssh/id_ed25519   # then add it to ofa2-edge.yaml",
+        ],
+    }
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    lines = [f"front: {s['front_size']} subnets, hypervolume {s['hypervolume']}"]
+    for key, f in s["devices"].items():
+        within = "n/a" if f["within_10pct"] is None else f"{f['within_10pct']:.0%}"
+        lines.append(
+            f"{key}: {f['surrogate']} predictor on {f['n_train']} measurements; held out: {within} within +-10%, "
+            f"MAPE {f['mape_pct']:.1f}%, Spearman {f['spearman']:.3f}"
+        )
+    b = s["bundle"]
+    pick = b.get("pick", {})
+    lines.append(
+        f"bundle for {b.get('device')}: {pick.get('arch_id')} ({pick.get('top1_pct', 0):.2f}% top-1, "
+        f"{pick.get('latency_ms', 0):.2f} ms predicted"
+        + (f", {b['measured_ms']:.2f} ms measured" if b.get("measured_ms") is not None else "")
+        + ")"
+        + (", LATENCY-ONLY (random weights; pass --supernet to `ofa2-edge bundle` for real ones)" if b.get("status") == "latency-only" else "")
+    )
+    lines += [f"{name}: {path}" for name, path in s["files"].items()]
+    lines.append("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in s["seconds"].items()))
+    lines.append("next:")
+    lines += [f"  {cmd}" for cmd in s["next"]]
+    for line in lines:
+        out_console.print(line, highlight=False, markup=False, soft_wrap=True)
