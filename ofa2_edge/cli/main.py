@@ -13,6 +13,7 @@ from rich.text import Text
 
 from ofa2_edge import __version__
 from ofa2_edge.cli import arch, assets, devices, export, latency, measure, runs
+from ofa2_edge.cli import dashboard as dashboard_cli
 from ofa2_edge.cli import search as search_cli
 from ofa2_edge.cli.common import CliState, err_console
 from ofa2_edge.errors import EXIT_FAILURE, Ofa2EdgeError
@@ -37,6 +38,7 @@ app.add_typer(latency.tables_app, name="tables")
 app.command("search")(search_cli.search)
 app.command("fit-accuracy")(search_cli.fit_accuracy)
 app.add_typer(runs.app, name="runs")
+app.command("dashboard")(dashboard_cli.dashboard)
 
 
 def _version(value: bool) -> None:
