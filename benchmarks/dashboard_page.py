@@ -57,7 +57,9 @@ def main() -> int:
 
     size = len(page.encode())
     print(f"run {data['run']['id']}: {data['front']['n']} candidates, {len(data['devices'])} device(s)")
-    print(f"page {size / 1e6:.2f} MB: plotly.js {len(get_plotlyjs()) / 1e6:.2f} MB, data blob {len(blob.encode()) / 1e3:.0f} kB")
+    print(
+        f"page {size / 1e6:.2f} MB: plotly.js {len(get_plotlyjs()) / 1e6:.2f} MB, data blob {len(blob.encode()) / 1e3:.0f} kB"
+    )
     print(f"build: data {t1 - t0:.2f} s, render {t2 - t1:.2f} s")
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -82,7 +84,9 @@ def main() -> int:
             first = time.perf_counter() - start
             times = tab.evaluate(UPDATE, args.updates)
             ctx.close()
-    print(f"chromium: first chart after {first:.2f} s; slider update median {statistics.median(times):.1f} ms, max {max(times):.1f} ms ({len(times)} updates)")
+    print(
+        f"chromium: first chart after {first:.2f} s; slider update median {statistics.median(times):.1f} ms, max {max(times):.1f} ms ({len(times)} updates)"
+    )
     return 0
 
 

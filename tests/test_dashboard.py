@@ -10,10 +10,12 @@ blocked, moves both sliders and checks the candidates against `front.json`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -356,18 +358,16 @@ def check_state(page: Any, front: list[dict[str, Any]], device: str, measured: d
     return want
 
 
-@pytest.mark.browser
-def test_page_in_headless_chromium(ws: Path, front: list[dict[str, Any]], tmp_path: Path) -> None:
+@contextlib.contextmanager
+def offline_page(html_file: Path, profile: Path) -> Iterator[Any]:
+    """The page in headless Chromium with every request but the file itself aborted.
+
+    Yields the Playwright page; on exit, checks that the page asked for nothing else and
+    raised no error (uncaught exception or console error)."""
     from playwright.sync_api import sync_playwright
 
     executable = chromium_path()
-    out = tmp_path / "report.html"
-    assert main(["-W", str(ws), "dashboard", "two", "-o", str(out)]) == 0
-    url = out.resolve().as_uri()
-    measured = {k: v for k, v in measured_ms(ws).items() if k in {r["arch_id"] for r in front}}
-    assert len(measured) == MEASURED
-    artifacts = REPO / "test-artifacts"
-    artifacts.mkdir(exist_ok=True)
+    url = html_file.resolve().as_uri()
     requests: list[str] = []
     errors: list[str] = []
 
@@ -380,7 +380,7 @@ def test_page_in_headless_chromium(ws: Path, front: list[dict[str, Any]], tmp_pa
 
     with sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=executable, headless=True, args=CHROMIUM_FLAGS,
+            str(profile), executable_path=executable, headless=True, args=CHROMIUM_FLAGS,
             viewport={"width": 1200, "height": 900}, offline=True,
         )  # fmt: skip
         try:
@@ -389,64 +389,111 @@ def test_page_in_headless_chromium(ws: Path, front: list[dict[str, Any]], tmp_pa
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
             page.goto(url)
-            page.wait_for_function("document.querySelectorAll('#pareto .scatterlayer .point').length > 0")
-
-            # All pass at first; the device selector offers both devices.
-            assert check_state(page, front, "note10", measured) == expected(front, "note10", np.inf, -np.inf)
-            assert page.eval_on_selector_all("#device option", "os => os.map(o => o.textContent)") == list(DEVICES)
-
-            # Latency slider: a real click 35% along it (the browser fires input/change itself).
-            box = page.locator("#max-latency").bounding_box()
-            page.mouse.click(box["x"] + 0.35 * box["width"], box["y"] + box["height"] / 2)
-            after_latency = check_state(page, front, "note10", measured)
-            assert 0 < len(after_latency) < len(front)
-
-            # Accuracy slider: set the value and dispatch input/change, as a user's drag does.
-            tops = sorted(r["top1_pct"] for r in front if r["arch_id"] in after_latency)
-            page.evaluate(SET_SLIDER, ["min-top1", f"{tops[len(tops) // 2]:.2f}"])
-            both = check_state(page, front, "note10", measured)
-            assert 0 < len(both) < len(after_latency) and set(both) < set(after_latency)
-            page.keyboard.press("Tab")  # keyboard users too: focus stays sane, the arrow keys step it
-            page.locator("#min-top1").focus()
-            page.keyboard.press("ArrowLeft")
-            check_state(page, front, "note10", measured)
-
-            # Switch to edge2: the latency slider's range follows the device, the accuracy limit stays.
-            min_top1 = page.evaluate(JS_STATE)["minTop1"]
-            page.select_option("#device", "1")
-            state = page.evaluate(JS_STATE)
-            lats = [r["latency_ms:edge2"] for r in front]
-            assert float(state["maxLatRange"][0]) <= min(lats) and float(state["maxLatRange"][1]) >= max(lats)
-            assert state["maxLat"] == state["maxLatRange"][1] and state["minTop1"] == min_top1
-            check_state(page, front, "edge2", measured)
-            page.evaluate(SET_SLIDER, ["min-top1", page.evaluate("document.getElementById('min-top1').min")])
-            page.evaluate(SET_SLIDER, ["max-latency", f"{sorted(lats)[-2]:.3f}"])
-            visible = check_state(page, front, "edge2", measured)
-            assert set(measured) & set(visible), "some measured arch should stay visible"
-
-            # Hover a measured candidate: the tooltip carries its measured latency (and a non-measured one says so).
-            gd = "document.getElementById('pareto')"
-            passing = page.evaluate(f"{gd}.data.find(t => t.meta === 'pass').ids")
-            curve = page.evaluate(f"{gd}.data.findIndex(t => t.meta === 'pass')")
-            hit = next(i for i in passing if i in measured)
-            page.evaluate(
-                f"([c, p]) => Plotly.Fx.hover({gd}, [{{curveNumber: c, pointNumber: p}}])", [curve, passing.index(hit)]
-            )
-            hover_text = "document.querySelector('#pareto .hoverlayer').textContent"
-            text = page.evaluate(hover_text)
-            assert hit in text and f"measured {measured[hit]:.2f} ms" in text and "interval" in text
-            page.screenshot(path=str(artifacts / "dashboard-hover.png"))
-            miss = next(i for i in passing if i not in measured)
-            page.evaluate(
-                f"([c, p]) => Plotly.Fx.hover({gd}, [{{curveNumber: c, pointNumber: p}}])", [curve, passing.index(miss)]
-            )
-            text = page.evaluate(hover_text)
-            assert miss in text and "not measured on edge2" in text
-
-            if os.environ.get("OFA2_EDGE_DOCS_SCREENSHOT"):  # refresh the README's picture on request
-                shutil.copyfile(artifacts / "dashboard-hover.png", REPO / "docs" / "dashboard.png")
-            page.screenshot(path=str(artifacts / "dashboard.png"), full_page=True)
+            page.wait_for_function("document.getElementById('pareto').data !== undefined")
+            yield page
         finally:
             context.close()
     assert requests == [url], f"the page asked for more than its own file: {requests}"
     assert errors == []
+
+
+@pytest.mark.browser
+def test_page_in_headless_chromium(ws: Path, front: list[dict[str, Any]], tmp_path: Path) -> None:
+    out = tmp_path / "report.html"
+    assert main(["-W", str(ws), "dashboard", "two", "-o", str(out)]) == 0
+    measured = {k: v for k, v in measured_ms(ws).items() if k in {r["arch_id"] for r in front}}
+    assert len(measured) == MEASURED
+    artifacts = REPO / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    with offline_page(out, tmp_path / "profile") as page:
+        page.wait_for_function("document.querySelectorAll('#pareto .scatterlayer .point').length > 0")
+
+        # All pass at first; the device selector offers both devices.
+        assert check_state(page, front, "note10", measured) == expected(front, "note10", np.inf, -np.inf)
+        assert page.eval_on_selector_all("#device option", "os => os.map(o => o.textContent)") == list(DEVICES)
+
+        # Latency slider: a real click 35% along it (the browser fires input/change itself).
+        box = page.locator("#max-latency").bounding_box()
+        page.mouse.click(box["x"] + 0.35 * box["width"], box["y"] + box["height"] / 2)
+        after_latency = check_state(page, front, "note10", measured)
+        assert 0 < len(after_latency) < len(front)
+
+        # Accuracy slider: set the value and dispatch input/change, as a user's drag does.
+        tops = sorted(r["top1_pct"] for r in front if r["arch_id"] in after_latency)
+        page.evaluate(SET_SLIDER, ["min-top1", f"{tops[len(tops) // 2]:.2f}"])
+        both = check_state(page, front, "note10", measured)
+        assert 0 < len(both) < len(after_latency) and set(both) < set(after_latency)
+        page.locator("#min-top1").focus()  # keyboard users too: the arrow keys step it
+        before = page.evaluate(JS_STATE)["minTop1"]
+        page.keyboard.press("ArrowLeft")
+        assert float(page.evaluate(JS_STATE)["minTop1"]) < float(before)
+        check_state(page, front, "note10", measured)
+
+        # Switch to edge2: the latency slider's range follows the device, the accuracy limit stays.
+        min_top1 = page.evaluate(JS_STATE)["minTop1"]
+        page.select_option("#device", "1")
+        state = page.evaluate(JS_STATE)
+        lats = [r["latency_ms:edge2"] for r in front]
+        assert float(state["maxLatRange"][0]) <= min(lats) and float(state["maxLatRange"][1]) >= max(lats)
+        assert state["maxLat"] == state["maxLatRange"][1] and state["minTop1"] == min_top1
+        check_state(page, front, "edge2", measured)
+        page.evaluate(SET_SLIDER, ["min-top1", page.evaluate("document.getElementById('min-top1').min")])
+        page.evaluate(SET_SLIDER, ["max-latency", f"{sorted(lats)[-2]:.3f}"])
+        visible = check_state(page, front, "edge2", measured)
+        assert set(measured) & set(visible), "some measured arch should stay visible"
+
+        # Hover a measured candidate: the tooltip carries its measured latency (and a non-measured one says so).
+        gd = "document.getElementById('pareto')"
+        passing = page.evaluate(f"{gd}.data.find(t => t.meta === 'pass').ids")
+        curve = page.evaluate(f"{gd}.data.findIndex(t => t.meta === 'pass')")
+        hover = f"([c, p]) => Plotly.Fx.hover({gd}, [{{curveNumber: c, pointNumber: p}}])"
+        hover_text = "document.querySelector('#pareto .hoverlayer').textContent"
+        hit = next(i for i in passing if i in measured)
+        page.evaluate(hover, [curve, passing.index(hit)])
+        text = page.evaluate(hover_text)
+        assert hit in text and f"measured {measured[hit]:.2f} ms" in text and "80% interval" in text
+        page.screenshot(path=str(artifacts / "dashboard-hover.png"))
+        if os.environ.get("OFA2_EDGE_DOCS_SCREENSHOT"):  # refresh the README's picture on request
+            shutil.copyfile(artifacts / "dashboard-hover.png", REPO / "docs" / "dashboard.png")
+        miss = next(i for i in passing if i not in measured)
+        page.evaluate(hover, [curve, passing.index(miss)])
+        text = page.evaluate(hover_text)
+        assert miss in text and "not measured on edge2" in text
+        page.screenshot(path=str(artifacts / "dashboard.png"), full_page=True)
+
+    # The guard itself: the same page with one CDN reference added fails it.
+    cdn = out.read_text().replace("</body>", '<script src="https://cdn.plot.ly/plotly-3.0.0.min.js"></script></body>')
+    (tmp_path / "cdn.html").write_text(cdn)
+    with (
+        pytest.raises(AssertionError, match="more than its own file"),
+        offline_page(tmp_path / "cdn.html", tmp_path / "pc"),
+    ):
+        pass
+
+
+@pytest.mark.browser
+def test_degraded_pages_in_headless_chromium(ws: Path, tmp_path: Path) -> None:
+    """An interrupted run without HV file, and an infeasible run with an empty front, still render."""
+    cut = copy_run(ws, tmp_path)
+    for name in ("front.json", "front.csv", "hypervolume.json", "checkpoint.json"):
+        (cut / name).unlink()
+    status = json.loads((cut / "status.json").read_text())
+    (cut / "status.json").write_text(json.dumps({**status, "state": "interrupted", "message": "stopped by a test"}))
+    data = build_data(RunFolder(cut), Workspace.resolve(ws))
+    assert data["front"]["provisional"] and data["hypervolume"] is None
+    (tmp_path / "cut.html").write_text(render_page(data))
+    with offline_page(tmp_path / "cut.html", tmp_path / "p1") as page:
+        n = len(data["candidates"])
+        assert page.inner_text("#count") == f"{n} of {n} candidates pass" and n > 0
+        assert "stopped by a test" in page.inner_text("#notes") and "no final front yet" in page.inner_text("#notes")
+        assert page.is_visible("#hv-empty") and not page.is_visible("#hv")
+
+    code = main(["-W", str(ws), "search", "--objectives", "top1,latency:note10", "-c", "top1>=99", "--pop", "8",
+                 "--gens", "2", "--no-plot", "-o", str(tmp_path / "runs" / "none")])  # fmt: skip
+    assert code != 0
+    assert main(["-W", str(ws), "dashboard", str(tmp_path / "runs" / "none"), "-o", str(tmp_path / "none.html")]) == 0
+    with offline_page(tmp_path / "none.html", tmp_path / "p2") as page:
+        assert page.inner_text("#count") == "0 of 0 candidates pass"
+        assert page.locator("#candidates tbody tr").count() == 0 and page.is_disabled("#max-latency")
+        assert "front is empty" in page.inner_text("#notes") and "top1>=99" in page.inner_text("#notes")
+        page.screenshot(path=str(REPO / "test-artifacts" / "dashboard-empty.png"), full_page=True)

@@ -93,7 +93,7 @@
     const layout = {
       margin: { t: 30, r: 10, b: 50, l: 60 }, hovermode: "closest", legend: { orientation: "h", y: 1.08 },
       xaxis: { title: { text: `latency on ${dev.key} (ms)` } }, yaxis: { title: { text: "top-1 (%)" } },
-      shapes: [
+      shapes: cands.length === 0 ? [] : [
         { type: "line", xref: "x", yref: "paper", x0: maxLat, x1: maxLat, y0: 0, y1: 1, line },
         { type: "line", xref: "paper", yref: "y", x0: 0, x1: 1, y0: minTop1, y1: minTop1, line },
       ],
@@ -130,8 +130,8 @@
   }
 
   function update() {
-    ui.maxLatText.textContent = `${ui.maxLat.value} ms on ${dev.key}`;
-    ui.minTop1Text.textContent = `${ui.minTop1.value} %`;
+    ui.maxLatText.textContent = ui.maxLat.disabled ? "\u2013" : `${ui.maxLat.value} ms on ${dev.key}`;
+    ui.minTop1Text.textContent = ui.minTop1.disabled ? "\u2013" : `${ui.minTop1.value} %`;
     const keep = passing();
     ui.count.textContent = `${keep.length} of ${cands.length} candidates pass`;
     ui.count.dataset.count = String(keep.length);
