@@ -173,6 +173,10 @@ def test_bad_input_is_a_clear_error_and_leaves_no_html(
     assert code != 0 and "not a readable JSON file" in err and out.read_text() == "previous page"
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".report.html")]  # no temp files left
 
+    tampered = {**doc, "rows": [{**doc["rows"][0], "arch_id": "a-000000000000"}, *doc["rows"][1:]]}
+    front_path.write_text(json.dumps(tampered))
+    code, _, err = cli(capsys, ws, "dashboard", str(run), "-o", str(out))
+    assert code != 0 and "says arch_id a-000000000000" in err and out.read_text() == "previous page"
     front_path.write_text(json.dumps(doc))
     code, _, err = cli(capsys, ws, "dashboard", str(run), "-o", str(tmp_path))
     assert code == EXIT_USAGE and "is a folder" in err
@@ -298,10 +302,15 @@ CHROMIUM_FLAGS = [
 ]  # fmt: skip
 
 
-def chromium_path() -> str:
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Chromium's path (checked before the module's run is built, so a skip is quick)."""
     path = os.environ.get("OFA2_EDGE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    if not path:
-        skip_or_fail("browser", "headless Chromium not found (Debian: apt-get install chromium)")
+    if not path or not os.access(path, os.X_OK):
+        skip_or_fail(
+            "browser",
+            f"headless Chromium not found ({path or 'no chromium on PATH'}; Debian: apt-get install chromium)",
+        )
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
@@ -359,14 +368,13 @@ def check_state(page: Any, front: list[dict[str, Any]], device: str, measured: d
 
 
 @contextlib.contextmanager
-def offline_page(html_file: Path, profile: Path) -> Iterator[Any]:
+def offline_page(executable: str, html_file: Path, profile: Path) -> Iterator[Any]:
     """The page in headless Chromium with every request but the file itself aborted.
 
     Yields the Playwright page; on exit, checks that the page asked for nothing else and
     raised no error (uncaught exception or console error)."""
     from playwright.sync_api import sync_playwright
 
-    executable = chromium_path()
     url = html_file.resolve().as_uri()
     requests: list[str] = []
     errors: list[str] = []
@@ -398,14 +406,14 @@ def offline_page(html_file: Path, profile: Path) -> Iterator[Any]:
 
 
 @pytest.mark.browser
-def test_page_in_headless_chromium(ws: Path, front: list[dict[str, Any]], tmp_path: Path) -> None:
+def test_page_in_headless_chromium(chromium: str, ws: Path, front: list[dict[str, Any]], tmp_path: Path) -> None:
     out = tmp_path / "report.html"
     assert main(["-W", str(ws), "dashboard", "two", "-o", str(out)]) == 0
     measured = {k: v for k, v in measured_ms(ws).items() if k in {r["arch_id"] for r in front}}
     assert len(measured) == MEASURED
     artifacts = REPO / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
-    with offline_page(out, tmp_path / "profile") as page:
+    with offline_page(chromium, out, tmp_path / "profile") as page:
         page.wait_for_function("document.querySelectorAll('#pareto .scatterlayer .point').length > 0")
 
         # All pass at first; the device selector offers both devices.
@@ -466,13 +474,13 @@ def test_page_in_headless_chromium(ws: Path, front: list[dict[str, Any]], tmp_pa
     (tmp_path / "cdn.html").write_text(cdn)
     with (
         pytest.raises(AssertionError, match="more than its own file"),
-        offline_page(tmp_path / "cdn.html", tmp_path / "pc"),
+        offline_page(chromium, tmp_path / "cdn.html", tmp_path / "pc"),
     ):
         pass
 
 
 @pytest.mark.browser
-def test_degraded_pages_in_headless_chromium(ws: Path, tmp_path: Path) -> None:
+def test_degraded_pages_in_headless_chromium(chromium: str, ws: Path, tmp_path: Path) -> None:
     """An interrupted run without HV file, and an infeasible run with an empty front, still render."""
     cut = copy_run(ws, tmp_path)
     for name in ("front.json", "front.csv", "hypervolume.json", "checkpoint.json"):
@@ -482,7 +490,7 @@ def test_degraded_pages_in_headless_chromium(ws: Path, tmp_path: Path) -> None:
     data = build_data(RunFolder(cut), Workspace.resolve(ws))
     assert data["front"]["provisional"] and data["hypervolume"] is None
     (tmp_path / "cut.html").write_text(render_page(data))
-    with offline_page(tmp_path / "cut.html", tmp_path / "p1") as page:
+    with offline_page(chromium, tmp_path / "cut.html", tmp_path / "p1") as page:
         n = len(data["candidates"])
         assert page.inner_text("#count") == f"{n} of {n} candidates pass" and n > 0
         assert "stopped by a test" in page.inner_text("#notes") and "no final front yet" in page.inner_text("#notes")
@@ -492,7 +500,7 @@ def test_degraded_pages_in_headless_chromium(ws: Path, tmp_path: Path) -> None:
                  "--gens", "2", "--no-plot", "-o", str(tmp_path / "runs" / "none")])  # fmt: skip
     assert code != 0
     assert main(["-W", str(ws), "dashboard", str(tmp_path / "runs" / "none"), "-o", str(tmp_path / "none.html")]) == 0
-    with offline_page(tmp_path / "none.html", tmp_path / "p2") as page:
+    with offline_page(chromium, tmp_path / "none.html", tmp_path / "p2") as page:
         assert page.inner_text("#count") == "0 of 0 candidates pass"
         assert page.locator("#candidates tbody tr").count() == 0 and page.is_disabled("#max-latency")
         assert "front is empty" in page.inner_text("#notes") and "top1>=99" in page.inner_text("#notes")

@@ -99,12 +99,15 @@ def _provisional_front(run: rs.RunFolder, config: dict[str, Any]) -> tuple[list[
     feasible = [r for r in rows if r.get("feasible", True)]
     if not feasible:
         return [], len(rows)
-    F = np.column_stack(
-        [
-            np.array([-r[m["field"]] if m["sense"] == "max" else r[m["field"]] for r in feasible], dtype=np.float64)
-            for m in objectives
-        ]
-    )
+    try:
+        F = np.column_stack(
+            [
+                np.array([-r[m["field"]] if m["sense"] == "max" else r[m["field"]] for r in feasible], dtype=np.float64)
+                for m in objectives
+            ]
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SchemaError(f"{run.file(rs.EVALUATIONS_FILE)}: a row lacks an objective value ({exc!r})") from exc
     idx = nondominated(F)
     idx = idx[np.lexsort(F[idx].T[::-1])]
     return [feasible[i] for i in idx], len(rows)
@@ -148,6 +151,8 @@ def _candidates(rows: list[dict[str, Any]], where: str) -> tuple[list[dict[str, 
             archs.append(Arch.from_dict(row["arch"]))
         except (KeyError, TypeError, Ofa2EdgeError) as exc:
             raise SchemaError(f"{where}: row {i} has no valid arch ({exc})") from exc
+        if row.get("arch_id", archs[-1].id) != archs[-1].id:
+            raise SchemaError(f"{where}: row {i} says arch_id {row['arch_id']} but its arch is {archs[-1].id}")
         if row.get(TOP1_FIELD) is None:
             raise SchemaError(f"{where}: row {i} ({row.get('arch_id')}) has no {TOP1_FIELD}")
     costs = arch_costs(archs)
