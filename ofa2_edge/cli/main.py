@@ -13,6 +13,7 @@ from rich.text import Text
 
 from ofa2_edge import __version__
 from ofa2_edge.cli import arch, assets, deploy, devices, export, latency, measure, run, runs
+from ofa2_edge.cli import dashboard as dashboard_cli
 from ofa2_edge.cli import search as search_cli
 from ofa2_edge.cli.common import CliState, err_console
 from ofa2_edge.errors import EXIT_FAILURE, Ofa2EdgeError
@@ -41,6 +42,7 @@ app.command("select")(deploy.select)
 app.command("run")(run.run)
 app.command("demo", help="Alias of `run`: the main job.")(run.run)
 app.add_typer(deploy.bundle_app, name="bundle")
+app.command("dashboard")(dashboard_cli.dashboard)
 
 
 def _version(value: bool) -> None:
