@@ -13,6 +13,8 @@ measurement batch. Remote boards measure concurrently with anything.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
 import time
@@ -32,6 +34,7 @@ from ofa2_edge.errors import InvalidInputError, Ofa2EdgeError, SchemaError
 from ofa2_edge.latency.calibrate import CalibrationResult, calibrate
 from ofa2_edge.latency.lut import LutSurrogate, read_ofa_tables, write_ofa_table
 from ofa2_edge.latency.table import DeviceTable
+from ofa2_edge.persist import sha256_file
 from ofa2_edge.space import DEFAULT_RESOLUTIONS, SearchSpace
 from ofa2_edge.workspace import Workspace
 
@@ -70,7 +73,9 @@ class JobConfig:
     def all_objectives(self) -> tuple[str, ...]:
         if self.objectives:
             return self.objectives
-        keys = [d.key for d in self.devices] + [k for k in self.reference_tables if k not in {d.key for d in self.devices}]
+        keys = [d.key for d in self.devices] + [
+            k for k in self.reference_tables if k not in {d.key for d in self.devices}
+        ]
         return ("top1", *(f"latency:{k}" for k in keys), "macs")
 
     @classmethod
@@ -82,7 +87,16 @@ class JobConfig:
             raise SchemaError(f"{path}: not readable YAML ({exc})") from exc
         if not isinstance(doc, dict) or doc.get("schema_version") != CONFIG_VERSION:
             raise SchemaError(f"{path}: expected an ofa2-edge job config with schema_version: {CONFIG_VERSION}")
-        known = {"schema_version", "devices", "reference_tables", "objectives", "search", "resolutions", "run_id", "verify"}
+        known = {
+            "schema_version",
+            "devices",
+            "reference_tables",
+            "objectives",
+            "search",
+            "resolutions",
+            "run_id",
+            "verify",
+        }
         unknown = sorted(set(doc) - known)
         if unknown:
             raise SchemaError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -151,6 +165,19 @@ def import_reference(workspace: Workspace, key: str, assets_dir: Path | None) ->
     lut.save(table.surrogate_path, device=key)
 
 
+def run_name(prefix: str, search: Any, workspace: Workspace) -> str:
+    """`<prefix>-<hash>` of the search config and every latency predictor it uses: a rerun
+    with the same inputs resumes (or reuses) its run; new measurements (which refit a
+    predictor) start a new run beside the old one instead of mixing two predictors."""
+    doc = {"search": search.to_dict(), "predictors": {}}
+    for name in search.objectives:
+        if name.startswith("latency:"):
+            key = name.split(":", 1)[1]
+            doc["predictors"][key] = sha256_file(DeviceTable(workspace.tables_dir, key).surrogate_path)
+    digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{prefix}-{digest}"
+
+
 def knee(top1: np.ndarray, latency: np.ndarray) -> int:
     """Index of the knee of an accuracy/latency front: the point farthest from the line
     joining its two extremes, after scaling both axes to [0, 1]."""
@@ -195,8 +222,16 @@ def run_job(
         protocol = _protocol(device.threads, plan)
         lock = host_cpu if device.transport == "local" else None
         return calibrate(
-            device, workspace, plan.budget, protocol, fmt=plan.format, space=space, seed=config.seed,
-            trust_on_first_use=trust_on_first_use, export_lock=host_cpu, measure_lock=lock,
+            device,
+            workspace,
+            plan.budget,
+            protocol,
+            fmt=plan.format,
+            space=space,
+            seed=config.seed,
+            trust_on_first_use=trust_on_first_use,
+            export_lock=host_cpu,
+            measure_lock=lock,
             progress=lambda event, info, key=plan.key: emit(f"calibrate.{event}", {"device": key, **info}),
         )
 
@@ -211,41 +246,65 @@ def run_job(
                     emit("device_failed", {"device": key, "error": str(exc)})
     usable = [p.key for p in config.devices if p.key in result.calibrations]
     if not usable:
-        raise InvalidInputError("no device could be calibrated: " + "; ".join(f"{k}: {v}" for k, v in result.failed_devices.items()))
-
-    objectives = tuple(o for o in config.all_objectives if not (o.startswith("latency:") and o.split(":", 1)[1] in result.failed_devices))
-    folder = workspace.runs_dir / config.run_id
-    with _Timer(result, "search"):
-        search_config = SearchConfig(
-            objectives=objectives, space=space, algorithm=config.algorithm, pop_size=config.pop, n_gen=config.gens,
-            seed=config.seed,
+        raise InvalidInputError(
+            "no device could be calibrated: " + "; ".join(f"{k}: {v}" for k, v in result.failed_devices.items())
         )
+
+    objectives = tuple(
+        o
+        for o in config.all_objectives
+        if not (o.startswith("latency:") and o.split(":", 1)[1] in result.failed_devices)
+    )
+    search_config = SearchConfig(
+        objectives=objectives,
+        space=space,
+        algorithm=config.algorithm,
+        pop_size=config.pop,
+        n_gen=config.gens,
+        seed=config.seed,
+    )
+    folder = workspace.runs_dir / run_name(config.run_id, search_config, workspace)
+    with _Timer(result, "search"):
         emit("search.start", {"objectives": objectives, "gens": config.gens})
-        resume = (folder / "checkpoint.json").exists()
         result.search_status = run_search(
-            search_config, folder, workspace=workspace, assets_dir=assets_dir, resume=resume,
+            search_config,
+            folder,
+            workspace=workspace,
+            assets_dir=assets_dir,
+            resume=folder.exists(),
             progress=lambda p: emit("search.progress", {"gen": p.gen, "n_gen": p.n_gen, "hv": p.hv}),
         )
     result.run_folder = folder
     run = RunFolder(folder)
 
     with _Timer(result, "dashboard"):
-        result.dashboard = write_dashboard(run, workspace, folder / "dashboard.html")
+        result.dashboard = Path(write_dashboard(run, folder / "dashboard.html", workspace)["output"])
 
     target = usable[0]
     with _Timer(result, "bundle"):
-        cands = non_dominated(price_front(run, load_device_surrogate(workspace, target), DeviceTable(workspace.tables_dir, target)))
+        cands = non_dominated(
+            price_front(run, load_device_surrogate(workspace, target), DeviceTable(workspace.tables_dir, target))
+        )
         pick = cands[knee(np.array([c.top1_pct for c in cands]), np.array([c.latency_ms for c in cands]))]
         with host_cpu:
             built = make_bundle(pick, run, devices[target], workspace, workspace.bundles_dir)
         result.bundle = {
-            "folder": str(built.folder), "archive": f"{built.folder}.tar.gz", "pick": pick.to_dict(), "device": target,
+            "folder": str(built.folder),
+            "archive": f"{built.folder}.tar.gz",
+            "pick": pick.to_dict(),
+            "device": target,
             "status": built.manifest["status"],
         }
         if config.verify:
             plan = next(p for p in config.devices if p.key == target)
             with host_cpu:
-                checked = verify_bundle(built.folder, devices[target], workspace, _protocol(devices[target].threads, plan), trust_on_first_use)
+                checked = verify_bundle(
+                    built.folder,
+                    devices[target],
+                    workspace,
+                    _protocol(devices[target].threads, plan),
+                    trust_on_first_use,
+                )
             result.bundle["measured_ms"] = checked.result.estimate_ms
             result.bundle["within_predicted_interval"] = checked.within_interval
     return result

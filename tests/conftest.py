@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -53,3 +54,16 @@ def export_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One export cache for the session (as `$OFA2_EDGE_CACHE`; entries under `exports/`), so
     the slow TFLite conversions of one test module are reused by the next."""
     return tmp_path_factory.mktemp("ofa2-edge-cache")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(export_cache_dir: Path) -> Iterator[None]:
+    """Every test (and every CLI it runs) caches under the session's folder, never in the
+    user's own cache: exports are shared between tests, nothing leaks out of the suite."""
+    old = os.environ.get("OFA2_EDGE_CACHE")
+    os.environ["OFA2_EDGE_CACHE"] = str(export_cache_dir)
+    yield
+    if old is None:
+        os.environ.pop("OFA2_EDGE_CACHE", None)
+    else:
+        os.environ["OFA2_EDGE_CACHE"] = old

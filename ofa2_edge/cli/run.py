@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
@@ -34,14 +35,17 @@ def run(
     if config is not None and not config.exists():
         raise InvalidInputError(f"--config {config}: no such file")
     job = JobConfig.load(path) if path.exists() else JobConfig()
-    devices = tuple(
-        replace(d, budget=budget or d.budget, quick=quick or d.quick) for d in job.devices
-    )
+    devices = tuple(replace(d, budget=budget or d.budget, quick=quick or d.quick) for d in job.devices)
     job = replace(job, devices=devices, gens=gens or job.gens, run_id=run_id or job.run_id, verify=verify)
 
     with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("{task.fields[last]}"), console=err_console, transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[last]}"),
+        console=err_console,
+        transient=False,
     ) as bar:
         tasks: dict[str, Any] = {}
 
@@ -83,6 +87,7 @@ def run(
 
 def _summary(result: Any, root: Path) -> dict[str, Any]:
     front = result.search_status.get("summary", {})
+    reference = json.loads((result.run_folder / "hypervolume.json").read_text()).get("reference_point")
     fits = {}
     for key, cal in result.calibrations.items():
         held = cal.report.get("held_out", {})
@@ -99,7 +104,7 @@ def _summary(result: Any, root: Path) -> dict[str, Any]:
     return {
         "run": str(run),
         "front_size": front.get("front_size"),
-        "hypervolume": front.get("hv"),
+        "hypervolume": {"value": front.get("hv_archive"), "reference_point": reference},
         "devices": fits,
         "failed_devices": result.failed_devices,
         "files": {
@@ -119,7 +124,10 @@ def _summary(result: Any, root: Path) -> dict[str, Any]:
 
 
 def _print_summary(s: dict[str, Any]) -> None:
-    lines = [f"front: {s['front_size']} subnets, hypervolume {s['hypervolume']}"]
+    hv = s["hypervolume"]
+    lines = [
+        f"front: {s['front_size']} subnets; hypervolume {hv['value']:.6g} (reference point {hv['reference_point']})"
+    ]
     for key, f in s["devices"].items():
         within = "n/a" if f["within_10pct"] is None else f"{f['within_10pct']:.0%}"
         lines.append(
@@ -133,7 +141,11 @@ def _print_summary(s: dict[str, Any]) -> None:
         f"{pick.get('latency_ms', 0):.2f} ms predicted"
         + (f", {b['measured_ms']:.2f} ms measured" if b.get("measured_ms") is not None else "")
         + ")"
-        + (", LATENCY-ONLY (random weights; pass --supernet to `ofa2-edge bundle` for real ones)" if b.get("status") == "latency-only" else "")
+        + (
+            ", LATENCY-ONLY (random weights; pass --supernet to `ofa2-edge bundle` for real ones)"
+            if b.get("status") == "latency-only"
+            else ""
+        )
     )
     lines += [f"{name}: {path}" for name, path in s["files"].items()]
     lines.append("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in s["seconds"].items()))

@@ -1,0 +1,135 @@
+"""The main job end to end: `ofa2-edge run` on local, resumed, and with several devices at once."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+import yaml
+from sshd import Sshd, make_sshd
+
+from ofa2_edge.cli.main import main
+from ofa2_edge.deploy.bundle import check_bundle
+from ofa2_edge.errors import EXIT_MEASUREMENT
+from ofa2_edge.job import knee
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict]:
+    capsys.readouterr()
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, (json.loads(out.out) if out.out.strip() else {"stderr": out.err})
+
+
+@pytest.mark.slow
+def test_run_on_local_then_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ws = ["-W", str(tmp_path)]
+    code, summary = run_json(capsys, *ws, "run", "--budget", "10", "--quick", "--gens", "20", "--json")
+    assert code == 0, summary
+    for name, path in summary["files"].items():
+        assert Path(path).is_file(), name
+    assert summary["front_size"] > 5 and summary["hypervolume"]["value"] > 0
+    local = summary["devices"]["local"]
+    assert local["n_train"] == 10 and local["measured_now"] == 10 and local["spearman"] > 0.8
+    manifest = check_bundle(summary["files"]["bundle"])
+    assert manifest["latency"]["measured"]["latency_ms"] > 0 and manifest["status"] == "latency-only"
+    html = Path(summary["files"]["dashboard"]).read_text()
+    assert "latency:local" in html and "latency:note10" in html
+    assert set(summary["seconds"]) == {"reference tables", "calibrate + fit", "search", "dashboard", "bundle"}
+
+    # The verified bundle added a measurement, which refits the predictor on the next run:
+    # that run starts a new search folder instead of mixing two predictors in one.
+    args = [*ws, "run", "--budget", "10", "--quick", "--gens", "20", "--no-verify", "--json"]
+    code, again = run_json(capsys, *args)
+    assert code == 0
+    assert again["devices"]["local"]["already_measured"] == 10 and again["devices"]["local"]["measured_now"] == 0
+    assert again["run"] != summary["run"] and Path(summary["run"], "front.json").is_file()
+    # Nothing new: the same inputs reuse the finished run.
+    code, third = run_json(capsys, *args)
+    assert code == 0 and third["run"] == again["run"] and third["front_size"] == again["front_size"]
+    assert third["seconds"]["search"] < again["seconds"]["search"] + 1.0
+
+
+@pytest.fixture()
+def sshd(tmp_path: Path) -> Iterator[Sshd]:
+    server = make_sshd(tmp_path / "sshd")
+    yield server
+    server.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.ssh
+def test_several_devices_at_once_and_a_failed_one(
+    tmp_path: Path, sshd: Sshd, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ws = tmp_path / "ws"
+    common = [
+        "--user",
+        sshd.user,
+        "--key-file",
+        str(sshd.client_key),
+        "--known-hosts",
+        str(sshd.known_hosts),
+        "--python",
+        sys.executable,
+    ]
+    assert (
+        main(
+            [
+                "-W",
+                str(ws),
+                "devices",
+                "add",
+                "pi",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(sshd.port),
+                *common,
+                "--work-dir",
+                str(tmp_path / "pi-work"),
+            ]
+        )
+        == 0
+    )
+    dead_port = str(sshd.port + 1 if sshd.port < 65000 else sshd.port - 1)
+    assert main(["-W", str(ws), "devices", "add", "ghost", "--host", "127.0.0.1", "--port", dead_port, *common]) == 0
+    (ws / "ofa2-edge.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "schema_version": 1,
+                "devices": [
+                    {"key": "local", "budget": 10, "quick": True},
+                    {"key": "pi", "budget": 10, "quick": True},
+                    {"key": "ghost", "budget": 10, "quick": True},
+                ],
+                "search": {"pop": 30, "gens": 15, "seed": 2},
+            }
+        )
+    )
+    code, summary = run_json(capsys, "-W", str(ws), "run", "--json")
+    assert code == EXIT_MEASUREMENT  # one device failed ...
+    assert set(summary["failed_devices"]) == {"ghost"} and "cannot reach" in summary["failed_devices"]["ghost"]
+    assert set(summary["devices"]) == {"local", "pi"}  # ... the others finished
+    config = json.loads((Path(summary["run"]) / "config.json").read_text())
+    assert config["objectives"] == ["top1", "latency:local", "latency:pi", "latency:note10", "macs"]
+    assert summary["devices"]["pi"]["measured_now"] == 10
+
+
+def test_config_errors_name_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "ofa2-edge.yaml").write_text("schema_version: 1\ndevices: [{key: local, budgit: 3}]\n")
+    assert main(["-W", str(tmp_path), "run"]) != 0
+    assert "unknown key(s) budgit" in capsys.readouterr().err
+    (tmp_path / "ofa2-edge.yaml").write_text("schema_version: 1\ndevices: [nosuch]\n")
+    assert main(["-W", str(tmp_path), "run"]) != 0
+    assert "unknown device 'nosuch'" in capsys.readouterr().err
+
+
+def test_knee_is_the_corner_of_a_front() -> None:
+    latency = np.array([1.0, 2.0, 3.0, 10.0])
+    top1 = np.array([70.0, 78.0, 79.0, 80.0])
+    assert knee(top1, latency) == 1
