@@ -11,6 +11,12 @@
    measures); beside them, the kind `fit_best` chooses with and without the block table.
    Figures: share within +-10 % and +-5 %, MAPE, Spearman, and the mean LUT/measured ratio.
 
+End-to-end subnets are measured in a seeded random order (train and test archs mixed), so
+drift in the machine's state hits both alike; with `--retest` a second session measures them
+again in another order, and the test-retest agreement (the noise floor a predictor cannot
+beat) is printed beside the accuracy figures. Each session has its own table
+(`bench-a`, `bench-b`; the block table is `local`'s).
+
 Every measurement goes through the agent with one protocol (default: the full protocol with
 `--timer thread_cpu`, which times each run by the runtime thread's CPU time and so leaves out
 the time slices other processes take on this shared machine; `--timer wall` for the wall
@@ -18,7 +24,7 @@ clock). The machine load (1-minute load average at each phase, and the agent's t
 and the per-record CV are printed: on this shared VM, absolute times are noisy; compare
 figures within one run. A `--workspace` is reused: a rerun resumes and re-measures nothing.
 
-    python benchmarks/block_table.py [--workspace DIR] [--timer thread_cpu|wall] [--quick] [--json OUT]
+    python benchmarks/block_table.py [--workspace DIR] [--timer thread_cpu|wall] [--quick] [--retest] [--json OUT]
 """
 
 from __future__ import annotations
@@ -106,9 +112,11 @@ def build_block_tables(ws: Workspace, device: Device, protocol: Any, space: Sear
 
 
 def measure_end_to_end(
-    ws: Workspace, device: Device, protocol: Any, archs: list[Arch]
+    ws: Workspace, device: Device, protocol: Any, archs: list[Arch], order_seed: int
 ) -> tuple[dict[str, float], dict[str, Any]]:
-    """Measure `archs` (resuming) through the same session/agent path as calibration."""
+    """Measure `archs` (resuming) through the same session/agent path as calibration, in a
+    seeded random order."""
+    archs = [archs[i] for i in np.random.default_rng(order_seed).permutation(len(archs))]
     table = DeviceTable(ws.tables_dir, device.key)
     plan = MeasurePlan.for_device(device)
     cache = ExportCache(ws.exports_dir)
@@ -144,7 +152,8 @@ def accuracy(lut: LutSurrogate, designs: dict[int, list[Arch]], test: list[Arch]
         y_train = np.array([y[a.id] for a in train])
         row: dict[str, Any] = {}
         for link in ("add", "log"):
-            model = HybridSurrogate(lut.width_mult, prior=lut, link=link).fit(train, y_train, rng=np.random.default_rng(0))
+            model = HybridSurrogate(lut.width_mult, prior=lut, link=link)
+            model.fit(train, y_train, rng=np.random.default_rng(0))
             row[f"hybrid[{link}]"] = figures(y_test, model.predict(test))
         for label, table in (("chosen_with_lut", lut), ("chosen_without_lut", None)):
             model, _ = fit_best(train, y_train, lut=table, rng=np.random.default_rng(0), nested=False)
@@ -168,6 +177,14 @@ def print_report(doc: dict[str, Any]) -> None:
         print(f"  load during {name}: 1-min load avg {part['load1_before']} -> {part['load1_after']}, agent saw median "
               f"{r['load1_median']} max {r['load1_max']}; per-record CV median {r['cv_median']:.3f} "
               f"p90 {r['cv_p90']:.3f}; flagged {r['flagged']}")
+    if "end_to_end_retest" in doc:
+        r = doc["end_to_end_retest"]["records"]
+        t = doc["test_retest"]
+        print(f"  retest session: agent saw load median {r['load1_median']} max {r['load1_max']}; CV median "
+              f"{r['cv_median']:.3f}")
+        print(f"  test-retest (noise floor), {t['n']} subnets in two sessions: "
+              f"within +-10% {t['share_within_10pct']:.1%}, within +-5% {t['share_within_5pct']:.1%}, "
+              f"median |diff| {t['median_abs_rel_diff']:.1%}, mean ratio {t['mean_ratio_b_to_a']:.3f}")
     acc = doc["accuracy"]
     print(f"\naccuracy on {acc['n_test']} held-out subnets (measured end to end):")
     head = f"  {'predictor':<34}{'+-10%':>8}{'+-5%':>8}{'MAPE%':>8}{'rho':>8}{'pred/meas':>11}"
@@ -189,6 +206,7 @@ def main() -> int:
     parser.add_argument("--workspace", type=Path, help="Reuse (resume) this workspace; default: a fresh temp dir.")
     parser.add_argument("--timer", default="thread_cpu", choices=("thread_cpu", "wall"))
     parser.add_argument("--quick", action="store_true", help="The quick protocol (smoke runs only).")
+    parser.add_argument("--retest", action="store_true", help="Measure the subnets again in a second session.")
     parser.add_argument("--json", type=Path, help="Also write the figures here.")
     args = parser.parse_args()
     root = args.workspace or Path(tempfile.mkdtemp(prefix="block-table-bench-"))
@@ -206,11 +224,23 @@ def main() -> int:
     pool = archs_of(size_stratified_genomes(3 * N_TEST, np.random.default_rng(TEST_SEED), space, False), w=space.w)
     test = [a for a in dict((a.id, a) for a in pool).values() if a.id not in train_ids][:N_TEST]
     union = list({a.id: a for d in designs.values() for a in d}.values()) + test
-    y, doc["end_to_end"] = measure_end_to_end(ws, device, protocol, union)
-    missing = [a.id for a in union if a.id not in y]
+    y, doc["end_to_end"] = measure_end_to_end(ws, Device("bench-a"), protocol, union, order_seed=1)
+    if args.retest:
+        y_b, doc["end_to_end_retest"] = measure_end_to_end(ws, Device("bench-b"), protocol, union, order_seed=2)
+    missing = [a.id for a in union if a.id not in y or (args.retest and a.id not in y_b)]
     if missing:
         print(f"{len(missing)} subnets have no measurement; rerun with --workspace {root}", file=sys.stderr)
         return 1
+    if args.retest:
+        first, second = np.array([y[a.id] for a in union]), np.array([y_b[a.id] for a in union])
+        rel = np.abs(second / first - 1)
+        doc["test_retest"] = {
+            "n": len(union),
+            "share_within_10pct": float(np.mean(rel <= 0.10)),
+            "share_within_5pct": float(np.mean(rel <= 0.05)),
+            "median_abs_rel_diff": float(np.median(rel)),
+            "mean_ratio_b_to_a": float(np.mean(second / first)),
+        }
     lut = LutSurrogate.from_folder(DeviceTable(ws.tables_dir, device.key).folder)
     doc["accuracy"] = accuracy(lut, designs, test, y)
     print_report(doc)

@@ -328,3 +328,13 @@ def test_block_calibration_on_local_survives_kill_9_and_prices_archs(tmp_path: P
     assert isinstance(load_surrogate(table.surrogate_path), LutSurrogate)
     with pytest.raises(InvalidArchError, match="covers resolutions 160, not 224"):
         lut.predict([Arch.largest(224)])
+
+    # with a budget, the subnets measured end to end fit the predictor, now with the hybrid on offer
+    both = subprocess.run([*args, "--budget", "4"], env=env, capture_output=True, text=True, timeout=900)
+    assert both.returncode == 0, both.stderr[-2000:]
+    summary = json.loads(both.stdout)
+    assert summary["blocks"]["already_measured"] == 96 and summary["blocks"]["measured_now"] == 0
+    assert summary["measured_now"] == 4 and summary["blocks"]["lut_vs_end_to_end"]["n"] == 4
+    assert summary["fit"]["table"]["block_table"]["used"] is True
+    assert "hybrid[add]" in {row["name"] for row in summary["fit"]["selection"]["candidates"]}
+    assert len(list(blocks.records())) == 96 and len(list(table.records())) == 4

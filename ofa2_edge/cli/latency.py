@@ -69,11 +69,12 @@ def calibrate(
     blocks: bool = typer.Option(
         False,
         "--blocks",
-        help="Block mode (OFA LatencyTable style): time each distinct layer shape once per resolution and write "
-        "OFA-format <r>_lookup_table.yaml files. Alone, the LUT sum becomes the predictor (or, if the table "
-        "already holds end-to-end measurements, the predictor is refitted, now also trying the LUT hybrid); with "
-        "--budget N, N subnets are then measured end to end and the hybrid learns what the sum misses "
-        "(per-call overheads, effects between layers). Both parts resume where a killed run stopped.",
+        help="Block mode (OFA LatencyTable style; ONNX runtimes): time every distinct layer shape of the "
+        "resolutions once, alone, and write OFA-format <r>_lookup_table.yaml files. Alone, the LUT sum becomes "
+        "the predictor (or, if the table already holds end-to-end measurements, the predictor is refitted, now "
+        "also trying the LUT hybrid); with --budget N, N subnets are then measured end to end and the hybrid "
+        "learns what the sum misses (effects between layers, per-call costs). Both parts resume where a killed "
+        "run stopped.",
     ),
     fmt: Optional[str] = typer.Option(
         None, "--format", "-f", help="onnx, tflite or tflite-int8 (default: the runtime's)."
