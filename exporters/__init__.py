@@ -10,13 +10,14 @@ cached by content, so calibration never exports the same subnet twice::
 The TFLite converters are imported only when a TFLite format is asked for (``[tflite]`` extra).
 """
 
-from exporters.api import export_module, export_subnet, random_supernet
+from exporters.api import LAYER_FORMATS, export_layer, export_module, export_subnet, random_supernet
 from exporters.cache import ExportCache
 from exporters.records import MODEL_FORMATS, ExportedModel, TensorSpec, read_sidecar, sidecar_path
 from exporters.representative import RepresentativeSet
 from exporters.tensorrt import PRECISIONS, TensorRTBuildSpec, build_spec, trtexec_argv
 
 __all__ = [
+    "LAYER_FORMATS",
     "MODEL_FORMATS",
     "PRECISIONS",
     "ExportCache",
@@ -25,6 +26,7 @@ __all__ = [
     "TensorRTBuildSpec",
     "TensorSpec",
     "build_spec",
+    "export_layer",
     "export_module",
     "export_subnet",
     "random_supernet",

@@ -8,7 +8,8 @@ process and reused), and the subnet's BatchNorm statistics are recalibrated on s
 noise so its activations are O(1) and the parity checks mean something. With a
 checkpoint's supernet the statistics stored in the supernet are kept unless asked
 otherwise. A subnet prepared by the caller (e.g. BN recalibrated on an image folder for a
-bundle) goes through :func:`export_module`, keyed by a hash of its tensors.
+bundle) goes through :func:`export_module`, keyed by a hash of its tensors. One layer of
+the plan (an entry of a block latency table) goes through :func:`export_layer`.
 """
 
 from __future__ import annotations
@@ -25,11 +26,15 @@ from exporters.records import MODEL_FORMATS, BuiltModel, ExportedModel
 from exporters.representative import RepresentativeSet
 from ofa2_edge import __version__
 from ofa2_edge.errors import ExportError, InvalidArchError, InvalidInputError
+from ofa2_edge.netplan import Layer
 from ofa2_edge.space import Arch
 from ofa2_edge.supernet import StaticSubnet, Supernet, noise_batches, recalibrate_bn
+from ofa2_edge.supernet.layer import extract_layer, layer_id
 
 #: BN statistics recipes of `export_subnet`.
 BN_RECIPES = ("auto", "noise", "supernet")
+#: Formats a single layer exports to (int8 would need a representative set of feature maps).
+LAYER_FORMATS = ("onnx",)
 #: Seed and size of the noise batch that recalibrates random-weight subnets.
 BN_NOISE_SEED = 0
 BN_NOISE_IMAGES = 4
@@ -189,3 +194,57 @@ def export_module(
         "state_sha256": state_digest(subnet),
     }
     return _export(subnet_key, lambda: subnet, fmt, cache or ExportCache.default(), representative)
+
+
+def export_layer(
+    layer: Layer,
+    w: float,
+    fmt: str = "onnx",
+    supernet: Supernet | None = None,
+    cache: ExportCache | None = None,
+) -> ExportedModel:
+    """Export one layer of the w`w` plan on its own (a block lookup-table entry), cached.
+
+    Its weights are the supernet's (seeded random ones by default, as :func:`export_subnet`
+    uses), and with random weights its BatchNorm statistics are recalibrated on seeded
+    noise *of the layer's input shape*, so its outputs are O(1) and the parity check means
+    something. (Latency does not depend on the values, as long as they are finite and not
+    denormal; runtimes fold BN into the convolution either way.) Raises
+    :class:`ExportError` if the export fails its parity check; nothing is cached then.
+    """
+    if not isinstance(layer, Layer):
+        raise InvalidInputError(f"export_layer: expected a netplan Layer, got {type(layer).__name__}")
+    if fmt not in LAYER_FORMATS:
+        raise InvalidInputError(
+            f"a single layer exports to {', '.join(LAYER_FORMATS)}, not {fmt!r} "
+            "(block tables are measured in ONNX runtimes)"
+        )
+    net = supernet if supernet is not None else random_supernet(w)
+    if net.width_mult != w:
+        raise InvalidArchError(f"the layer is of the w{w} network but the supernet is w{net.width_mult}")
+    recalibrate = net.weights_source.startswith("random:")
+    bn_key: dict[str, Any] = {"recipe": "supernet"}
+    if recalibrate:
+        bn_key = {"recipe": "noise", "seed": BN_NOISE_SEED, "images": BN_NOISE_IMAGES}
+
+    def build() -> BuiltModel:
+        from exporters.onnx_export import build_layer_onnx
+
+        model = extract_layer(net, layer)
+        if recalibrate and model.has_batch_norm:
+            _, channels, size, _ = model.input_shape
+            batches = noise_batches(size, BN_NOISE_SEED, batch_size=BN_NOISE_IMAGES, channels=channels)
+            recalibrate_bn(model, batches, channels=channels)
+            model.bn_stats_source = f"noise:{BN_NOISE_SEED} ({BN_NOISE_IMAGES} maps)"
+        return build_layer_onnx(model)
+
+    key_doc = {
+        "layer_id": layer_id(layer),
+        "layer": layer.lut_key(),
+        "w": w,
+        "weights_source": net.weights_source,
+        "bn_stats": bn_key,
+        "format": fmt,
+        "versions": _versions(fmt),
+    }
+    return (cache or ExportCache.default()).get_or_build(key_doc, build)

@@ -16,6 +16,7 @@ from exporters.records import TensorSpec
 from ofa2_edge import __version__
 from ofa2_edge.errors import SchemaError
 from ofa2_edge.supernet import StaticSubnet
+from ofa2_edge.supernet.layer import LayerNet
 
 METADATA_VERSION = 1
 #: Keys written into every model's metadata, in this order.
@@ -55,6 +56,35 @@ def model_metadata(
         "weights_source": subnet.weights_source,
         "bn_stats_source": subnet.bn_stats_source,
         "latency_only": subnet.weights_source.startswith("random:"),
+        "toolkit": {"name": "ofa2-edge", "version": __version__},
+        "exporter": dict(exporter),
+    }
+
+
+def layer_metadata(
+    net: LayerNet,
+    inputs: tuple[TensorSpec, ...],
+    outputs: tuple[TensorSpec, ...],
+    exporter: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The metadata of one exported plan layer (a block-table entry), under the same keys.
+
+    `arch_id` is the layer's id (``l-...``) and `arch` names the layer by its lookup-table
+    key; there is no preprocessing (its input is a feature map) and it is latency-only.
+    """
+    (inp,) = inputs
+    (out,) = outputs
+    return {
+        "ofa2_edge_metadata_version": METADATA_VERSION,
+        "arch_id": net.id,
+        "arch": {"layer": net.layer.lut_key(), "w": net.w},
+        "resolution": None,
+        "input": inp.to_dict(),
+        "output": out.to_dict(),
+        "preprocessing": None,
+        "weights_source": net.weights_source,
+        "bn_stats_source": net.bn_stats_source,
+        "latency_only": True,
         "toolkit": {"name": "ofa2-edge", "version": __version__},
         "exporter": dict(exporter),
     }

@@ -25,15 +25,18 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from exporters.metadata import from_props, model_metadata, to_props
-from exporters.parity import check_parity, parity_inputs, torch_outputs
+from exporters.metadata import from_props, layer_metadata, model_metadata, to_props
+from exporters.parity import check_parity, parity_tensors, torch_outputs
 from exporters.records import BuiltModel, TensorSpec
 from ofa2_edge.errors import ExportError, SchemaError
 from ofa2_edge.supernet import StaticSubnet
+from ofa2_edge.supernet.layer import LayerNet
 
 OPSET = 17
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+#: The output of a single exported layer (block tables).
+LAYER_OUTPUT_NAME = "output"
 #: Parity: onnxruntime vs torch, max abs diff <= ATOL (+ RTOL x output scale).
 ATOL = 1e-4
 RTOL = 1e-5
@@ -55,8 +58,8 @@ def ort_session(model: bytes | str | Path, threads: int = 1) -> ort.InferenceSes
     )
 
 
-def _trace(subnet: StaticSubnet) -> bytes:
-    sample = torch.zeros(subnet.input_shape)
+def _trace(module: torch.nn.Module, input_shape: tuple[int, ...], output_name: str, what: str) -> bytes:
+    sample = torch.zeros(input_shape)
     buf = io.BytesIO()
     with warnings.catch_warnings():
         # the TorchScript exporter announces its deprecation on every call; the choice is deliberate (module doc)
@@ -64,18 +67,47 @@ def _trace(subnet: StaticSubnet) -> bytes:
         warnings.filterwarnings("ignore", category=FutureWarning)
         try:
             torch.onnx.export(
-                subnet,
+                module,
                 (sample,),
                 buf,
                 dynamo=False,
                 opset_version=OPSET,
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
+                output_names=[output_name],
                 do_constant_folding=True,
             )
         except Exception as exc:  # the exporter raises many types; all mean "could not export"
-            raise ExportError(f"ONNX export of {subnet.arch.id} failed: {type(exc).__name__}: {exc}") from exc
+            raise ExportError(f"ONNX export of {what} failed: {type(exc).__name__}: {exc}") from exc
     return buf.getvalue()
+
+
+def _build(
+    module: torch.nn.Module,
+    inputs: tuple[TensorSpec, ...],
+    outputs: tuple[TensorSpec, ...],
+    metadata: dict[str, Any],
+    doc: str,
+    what: str,
+) -> BuiltModel:
+    """Trace `module`, attach `metadata`, run the full checker and the parity check."""
+    (inp,), (out,) = inputs, outputs
+    model = onnx.load_from_string(_trace(module, inp.shape, out.name, what))
+    del model.metadata_props[:]
+    for key, value in to_props(metadata).items():
+        model.metadata_props.add(key=key, value=value)
+    model.doc_string = doc
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ExportError(f"ONNX checker rejected the export of {what}: {exc}") from exc
+    data = model.SerializeToString()
+
+    images = parity_tensors(inp.shape[1:])
+    session = ort_session(data)
+    got = np.concatenate([session.run([out.name], {INPUT_NAME: x[None]})[0] for x in images])
+    parity = check_parity(torch_outputs(module, images), got, ATOL, RTOL, f"ONNX export of {what}")
+    parity["runtime"] = f"onnxruntime {ort.__version__}"
+    return BuiltModel(data, "onnx", metadata, inputs, outputs, parity)
 
 
 def build_onnx(subnet: StaticSubnet) -> BuiltModel:
@@ -88,24 +120,22 @@ def build_onnx(subnet: StaticSubnet) -> BuiltModel:
     inputs = (TensorSpec(INPUT_NAME, subnet.input_shape, "float32", "NCHW"),)
     outputs = (TensorSpec(OUTPUT_NAME, (1, subnet.classifier.linear.out_features), "float32", None),)
     metadata = model_metadata(subnet, inputs, outputs, exporter_info())
+    doc = f"OFA-MobileNetV3 subnet {subnet.arch.id} at {r}px, exported by ofa2-edge"
+    return _build(subnet, inputs, outputs, metadata, doc, subnet.arch.id)
 
-    model = onnx.load_from_string(_trace(subnet))
-    del model.metadata_props[:]
-    for key, value in to_props(metadata).items():
-        model.metadata_props.add(key=key, value=value)
-    model.doc_string = f"OFA-MobileNetV3 subnet {subnet.arch.id} at {r}px, exported by ofa2-edge"
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise ExportError(f"ONNX checker rejected the export of {subnet.arch.id}: {exc}") from exc
-    data = model.SerializeToString()
 
-    images = parity_inputs(r)
-    session = ort_session(data)
-    got = np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: x[None]})[0] for x in images])
-    parity = check_parity(torch_outputs(subnet, images), got, ATOL, RTOL, f"ONNX export of {subnet.arch.id}")
-    parity["runtime"] = f"onnxruntime {ort.__version__}"
-    return BuiltModel(data, "onnx", metadata, inputs, outputs, parity)
+def build_layer_onnx(net: LayerNet) -> BuiltModel:
+    """Export one plan layer (a block-table entry) like a subnet: checker, parity, metadata.
+
+    Its output is named ``output`` (it is a feature map, or the logits for the classifier).
+    """
+    net.eval()
+    inputs = (TensorSpec(INPUT_NAME, net.input_shape, "float32", "NCHW"),)
+    layout = "NCHW" if len(net.output_shape) == 4 else None
+    outputs = (TensorSpec(LAYER_OUTPUT_NAME, net.output_shape, "float32", layout),)
+    metadata = layer_metadata(net, inputs, outputs, exporter_info())
+    doc = f"OFA-MobileNetV3 layer {net.layer.lut_key()} (w{net.w}), exported by ofa2-edge for a block latency table"
+    return _build(net, inputs, outputs, metadata, doc, f"layer {net.id} ({net.layer.lut_key()})")
 
 
 def read_onnx_metadata(path: str | Path) -> dict[str, Any]:

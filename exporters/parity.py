@@ -30,8 +30,13 @@ WEAK_SCALE = 1e-2
 
 def parity_inputs(resolution: int, n: int = 1, seed: int = PARITY_SEED) -> np.ndarray:
     """`n` seeded N(0, 1) images (n, 3, r, r) float32, drawn from a private generator."""
+    return parity_tensors((3, resolution, resolution), n, seed)
+
+
+def parity_tensors(shape: tuple[int, ...], n: int = 1, seed: int = PARITY_SEED) -> np.ndarray:
+    """`n` seeded N(0, 1) inputs of one sample's `shape` (a single layer takes feature maps)."""
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 3, resolution, resolution, generator=gen).numpy()
+    return torch.randn(n, *shape, generator=gen).numpy()
 
 
 def torch_outputs(module: torch.nn.Module, images: np.ndarray) -> np.ndarray:

@@ -45,10 +45,37 @@ def _prior(ctx: typer.Context, key: Optional[str]) -> Any:
     return load_device_surrogate(state(ctx).workspace, key)
 
 
+DEFAULT_BUDGET = 60
+
+
+def _record_label(record: Any) -> str:
+    """A record for the progress line: the arch id, or the layer's table key."""
+    layer = (record.arch or {}).get("layer") if isinstance(record.arch, dict) else None
+    name = layer if isinstance(layer, str) else record.arch_id
+    name = name if len(name) <= 60 else name[:57] + "..."
+    return f"{name} {record.estimate_ms:.3f} ms" if record.ok else f"{name} {record.error_kind.value}"
+
+
 def calibrate(
     ctx: typer.Context,
     device_key: str = typer.Option("local", "--device", "-d", help="Device key (default: local, this machine)."),
-    budget: int = typer.Option(60, "--budget", "-n", min=1, help="How many subnets to measure."),
+    budget: Optional[int] = typer.Option(
+        None,
+        "--budget",
+        "-n",
+        min=0,
+        help=f"How many subnets to measure end to end (default {DEFAULT_BUDGET}; with --blocks, 0).",
+    ),
+    blocks: bool = typer.Option(
+        False,
+        "--blocks",
+        help="Block mode (OFA LatencyTable style; ONNX runtimes): time every distinct layer shape of the "
+        "resolutions once, alone, and write OFA-format <r>_lookup_table.yaml files. Alone, the LUT sum becomes "
+        "the predictor (or, if the table already holds end-to-end measurements, the predictor is refitted, now "
+        "also trying the LUT hybrid); with --budget N, N subnets are then measured end to end and the hybrid "
+        "learns what the sum misses (effects between layers, per-call costs). Both parts resume where a killed "
+        "run stopped.",
+    ),
     fmt: Optional[str] = typer.Option(
         None, "--format", "-f", help="onnx, tflite or tflite-int8 (default: the runtime's)."
     ),
@@ -69,14 +96,21 @@ def calibrate(
     trust_on_first_use: bool = TOFU_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Measure a space-filling set of subnets on a device (resumable), then fit its latency predictor."""
+    """Measure a space-filling set of subnets (and/or, with --blocks, every layer shape) on a device,
+    resumably, then fit its latency predictor."""
     from ofa2_edge.latency.calibrate import calibrate as run_calibration
-    from ofa2_edge.latency.select import format_report
 
     st = state(ctx)
     device = load_inventory(ctx).get(device_key)
     protocol = make_protocol(threads or device.threads, timer, quick)
     space = SearchSpace(resolutions=parse_resolutions(resolutions))
+    budget = budget if budget is not None else (0 if blocks else DEFAULT_BUDGET)
+    if budget == 0 and not blocks:
+        raise InvalidInputError("--budget 0 measures nothing; give a budget, or --blocks for the block tables")
+    block_summary: Optional[dict[str, Any]] = None
+    e2e_summary: Optional[dict[str, Any]] = None
+    report: dict[str, Any] = {}
+    incomplete = False
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -95,50 +129,155 @@ def calibrate(
                 if info["skipped"]:
                     err_console.print(f"{info['skipped']} of {info['total']} already measured (resuming)")
             elif event == "result":
-                r = info["record"]
-                last = f"{r.arch_id} {r.estimate_ms:.2f} ms" if r.ok else f"{r.arch_id} {r.error_kind.value}"
-                bar.update(task, advance=1, last=last)
+                bar.update(task, advance=1, last=_record_label(info["record"]))
+            elif event == "tables":
+                for r, path in sorted(info["written"].items()):
+                    err_console.print(f"wrote {path}")
+                for r, keys in sorted(info["incomplete"].items()):
+                    err_console.print(f"[yellow]{r} px: {len(keys)} layer(s) without a measurement; no table written")
             elif event == "fit":
                 bar.update(task, description=f"{device.key}: fitting the predictor", last="")
 
-        result = run_calibration(
-            device,
-            st.workspace,
-            budget,
-            protocol,
-            fmt=fmt,
-            space=space,
-            seed=seed,
-            adaptive_rounds=adaptive_rounds,
-            reuse_table=reuse_table,
-            trust_on_first_use=trust_on_first_use,
-            prior=_prior(ctx, prior),
-            prior_label=prior or "",
-            progress=on_event,
-        )
+        if blocks:
+            block_summary, incomplete = _run_blocks(
+                ctx, device, protocol, fmt, space, reuse_table, trust_on_first_use, on_event
+            )
+        if budget > 0:
+            result = run_calibration(
+                device,
+                st.workspace,
+                budget,
+                protocol,
+                fmt=fmt,
+                space=space,
+                seed=seed,
+                adaptive_rounds=adaptive_rounds,
+                reuse_table=reuse_table,
+                trust_on_first_use=trust_on_first_use,
+                prior=_prior(ctx, prior),
+                prior_label=prior or "",
+                progress=on_event,
+            )
+            report = result.report
+            incomplete = incomplete or bool(result.not_measured)
+            e2e_summary = {
+                "design": len(result.design),
+                "measured_now": len(result.measured) - len(result.failed),
+                "failed": [
+                    {"arch_id": r.arch_id, "error": r.error_kind.value, "message": r.error_msg} for r in result.failed
+                ],
+                "already_measured": result.skipped,
+                "not_measured": [a.id for a in result.not_measured],
+                "seconds": result.seconds,
+            }
+            fingerprint = result.fingerprint
+        else:
+            from ofa2_edge.latency.blocks import fit_after_blocks
+            from ofa2_edge.latency.table import DeviceTable
+
+            on_event("fit", {})
+            table = DeviceTable(st.workspace.tables_dir, device.key)
+            _, report = fit_after_blocks(table, space.w, _prior(ctx, prior), prior or "", seed)
+            fingerprint = block_summary["fingerprint"] if block_summary else None
+    if block_summary is not None:
+        block_summary["lut_vs_end_to_end"] = _lut_comparison(st, device.key)
     summary = {
-        "device": result.device,
-        "fingerprint": result.fingerprint,
-        "design": len(result.design),
-        "measured_now": len(result.measured) - len(result.failed),
-        "failed": [{"arch_id": r.arch_id, "error": r.error_kind.value, "message": r.error_msg} for r in result.failed],
-        "already_measured": result.skipped,
-        "not_measured": [a.id for a in result.not_measured],
+        "device": device.key,
+        "fingerprint": fingerprint,
+        **(e2e_summary or {}),  # the end-to-end figures stay at the top level, as without --blocks
         "table": str(st.workspace.tables_dir / device.key),
-        "seconds": result.seconds,
-        "fit": result.report,
+        "blocks": block_summary,
+        "fit": report,
     }
     if as_json:
         emit_json(summary)
     else:
-        err_console.print(
-            f"{device.key}: {summary['measured_now']} measured now, {summary['already_measured']} already in the table, "
-            f"{len(summary['failed'])} failed, {len(summary['not_measured'])} not reached"
-        )
-        out_console.print(format_report(result.report), highlight=False, markup=False)
-        out_console.print(f"table: {summary['table']}")
-    if result.not_measured:
+        _print_calibration(summary)
+    if incomplete:
         raise typer.Exit(EXIT_MEASUREMENT)
+
+
+def _run_blocks(
+    ctx: typer.Context,
+    device: Any,
+    protocol: Any,
+    fmt: Optional[str],
+    space: SearchSpace,
+    reuse_table: bool,
+    trust_on_first_use: bool,
+    on_event: Any,
+) -> tuple[dict[str, Any], bool]:
+    from ofa2_edge.latency.blocks import calibrate_blocks
+
+    res = calibrate_blocks(
+        device,
+        state(ctx).workspace,
+        protocol,
+        fmt=fmt,
+        space=space,
+        reuse_table=reuse_table,
+        trust_on_first_use=trust_on_first_use,
+        progress=on_event,
+    )
+    summary = {
+        "fingerprint": res.fingerprint,
+        "layers": res.layers,
+        "measured_now": len(res.measured) - len(res.failed),
+        "failed": [
+            {"layer": (r.arch or {}).get("layer"), "error": r.error_kind.value, "message": r.error_msg}
+            for r in res.failed
+        ],
+        "already_measured": res.skipped,
+        "not_measured": res.not_measured,
+        "tables": {str(r): str(p) for r, p in sorted(res.tables.items())},
+        "incomplete": {str(r): len(keys) for r, keys in sorted(res.incomplete.items())},
+        "seconds": res.seconds,
+    }
+    return summary, bool(res.incomplete)
+
+
+def _lut_comparison(st: Any, key: str) -> Optional[dict[str, Any]]:
+    from ofa2_edge.latency.blocks import lut_vs_measured
+    from ofa2_edge.latency.calibrate import device_lut
+    from ofa2_edge.latency.table import DeviceTable
+
+    table = DeviceTable(st.workspace.tables_dir, key)
+    lut = device_lut(table)
+    return lut_vs_measured(table, lut) if lut is not None else None
+
+
+def _print_calibration(summary: dict[str, Any]) -> None:
+    from ofa2_edge.latency.select import format_report
+
+    device = summary["device"]
+    b = summary["blocks"]
+    if b is not None:
+        err_console.print(
+            f"{device} block tables: {b['measured_now']} layers measured now, {b['already_measured']} already in the "
+            f"table, {len(b['failed'])} failed, {len(b['not_measured'])} not reached; "
+            f"tables for {', '.join(b['tables']) or 'no resolution'}"
+        )
+        cmp = b.get("lut_vs_end_to_end")
+        if cmp:
+            out_console.print(
+                f"LUT sum alone vs {cmp['n']} end-to-end measurements: within +-10% {cmp['share_within_10pct']:.1%}, "
+                f"MAPE {cmp['mape_pct']:.1f}%, Spearman {cmp['spearman']:.3f}, "
+                f"LUT/measured {cmp['mean_ratio_lut_to_measured']:.2f}x",
+                highlight=False,
+            )
+    if "design" in summary:
+        err_console.print(
+            f"{device}: {summary['measured_now']} subnets measured now, {summary['already_measured']} already in "
+            f"the table, {len(summary['failed'])} failed, {len(summary['not_measured'])} not reached"
+        )
+    report = summary["fit"]
+    if report.get("held_out"):
+        out_console.print(format_report(report), highlight=False, markup=False)
+    elif report:
+        out_console.print(f"predictor: {report.get('name')} ({report.get('note', '')})", highlight=False, markup=False)
+    else:
+        out_console.print("no predictor: no complete block table and no end-to-end measurements", highlight=False)
+    out_console.print(f"table: {summary['table']}")
 
 
 def fit(
@@ -200,6 +339,7 @@ def predict(
 
 # ---------------------------------------------------------------------------- tables
 def _table_summary(folder: Path) -> dict[str, Any]:
+    from ofa2_edge.latency.blocks import BlockRecords
     from ofa2_edge.latency.table import DeviceTable
 
     table = DeviceTable(folder.parent, folder.name)
@@ -219,6 +359,7 @@ def _table_summary(folder: Path) -> dict[str, Any]:
             "mape_pct": held.get("mape_pct"),
         }
     luts = sorted(int(p.name.split("_")[0]) for p in folder.glob("*_lookup_table.yaml"))
+    block_layers = len({r.arch_id for r in BlockRecords(table).records() if r.ok})
     return {
         "key": folder.name,
         "fingerprint": info.get("fingerprint"),
@@ -229,6 +370,7 @@ def _table_summary(folder: Path) -> dict[str, Any]:
         "flagged": flagged,
         "surrogate": surrogate,
         "block_tables": luts,
+        "block_layers_measured": block_layers,
     }
 
 
@@ -375,9 +517,15 @@ def tables_import(
     if not source.name.endswith(".tar.gz") or not source.is_file():
         raise InvalidInputError(f"{source}: expected a table .tar.gz or a folder of OFA lookup tables")
 
-    def validate(folder: Path) -> None:  # every record must read back before the table lands
-        DeviceTable(folder.parent, folder.name).device_info()
-        sum(1 for _ in DeviceTable(folder.parent, folder.name).records())
+    def validate(folder: Path) -> None:  # every record and block table must read back before the table lands
+        from ofa2_edge.latency.blocks import BlockRecords
+
+        incoming = DeviceTable(folder.parent, folder.name)
+        incoming.device_info()
+        sum(1 for _ in incoming.records())
+        sum(1 for _ in BlockRecords(incoming).records())
+        if any(folder.glob("*_lookup_table.yaml")):
+            read_ofa_tables(folder)
 
     imported = unpack_folder(source, root, rename_to=key, replace=replace, validate=validate)
     count = sum(1 for _ in DeviceTable(root, imported).records())

@@ -10,17 +10,19 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 from device_agents.records import FailureKind, MeasureResult, Protocol, TensorRTBuild, TensorSpec
 from exporters import ExportCache, export_subnet
 from ofa2_edge.devices.inventory import Device
-from ofa2_edge.devices.session import BatchReport, DeviceSession, ShippableModel
+from ofa2_edge.devices.session import BatchReport, DeviceSession, ShippableModel, Subject
 from ofa2_edge.errors import InvalidInputError, Ofa2EdgeError
 from ofa2_edge.space import Arch
 from ofa2_edge.supernet import Supernet
 
 log = logging.getLogger(__name__)
+
+S = TypeVar("S", bound=Subject)
 
 #: What each runtime measures, and the export format it reads.
 RUNTIME_FORMATS = {"onnxruntime": ("onnx",), "litert": ("tflite", "tflite-int8"), "tensorrt": ("onnx",)}
@@ -80,6 +82,33 @@ def measure_archs(
     same lock for the `local` device, so no export (of this or another device's worker)
     competes for the CPU with a model being timed here.
     """
+
+    def ship(arch: Arch) -> ShippableModel:
+        model = export_subnet(arch, plan.fmt, supernet=supernet, cache=cache)
+        return ShippableModel.from_export(model, arch, plan.tensorrt)
+
+    def failed(arch: Arch, msg: str) -> MeasureResult:
+        return export_failure(session, arch, plan, protocol, msg)
+
+    return measure_models(
+        session, archs, ship, failed, protocol, on_result, chunk, export_lock, measure_lock
+    )
+
+
+def measure_models(
+    session: DeviceSession,
+    items: Sequence[S],
+    ship: Callable[[S], ShippableModel],
+    export_failed: Callable[[S, str], MeasureResult],
+    protocol: Protocol,
+    on_result: Callable[[MeasureResult], None] | None = None,
+    chunk: int = 8,
+    export_lock: AbstractContextManager[Any] | None = None,
+    measure_lock: AbstractContextManager[Any] | None = None,
+) -> BatchReport:
+    """Export (`ship`) and measure `items` chunk by chunk; an export that raises becomes the
+    record `export_failed` makes. Every record reaches `on_result` as it lands. Locks as in
+    `measure_archs`."""
     total = BatchReport()
 
     def deliver(result: MeasureResult) -> None:
@@ -87,25 +116,24 @@ def measure_archs(
         if on_result:
             on_result(result)
 
-    pending = list(archs)
+    pending = list(items)
     while pending:
         part, pending = pending[:chunk], pending[chunk:]
         ready: list[ShippableModel] = []
         with export_lock or nullcontext():
-            for arch in part:
+            for item in part:
                 try:
-                    model = export_subnet(arch, plan.fmt, supernet=supernet, cache=cache)
-                    ready.append(ShippableModel.from_export(model, arch, plan.tensorrt))
+                    ready.append(ship(item))
                 except Ofa2EdgeError as exc:
-                    log.warning("%s: export failed: %s", arch.id, exc)
-                    deliver(export_failure(session, arch, plan, protocol, str(exc)))
+                    log.warning("%s: export failed: %s", item.id, exc)
+                    deliver(export_failed(item, str(exc)))
         if not ready:
             continue
         with measure_lock or nullcontext():
             report = session.measure(ready, protocol, deliver)
         total.reconnects += report.reconnects
         if report.not_measured:  # the link is gone for good: leave the rest for a rerun
-            total.not_measured = report.not_measured + pending
+            total.not_measured = report.not_measured + list(pending)
             break
     return total
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import typing
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -37,7 +38,6 @@ from ofa2_edge.devices.connect import transport_for
 from ofa2_edge.devices.inventory import Device
 from ofa2_edge.devices.transport import Transport, UploadCorruptedError
 from ofa2_edge.errors import DeviceUnreachableError, MeasurementError
-from ofa2_edge.space import Arch
 
 if TYPE_CHECKING:
     from exporters.records import ExportedModel
@@ -48,11 +48,21 @@ AGENT_NAME = "agent.pyz"
 PROBE_TIMEOUT_S = 120.0
 
 
+class Subject(typing.Protocol):
+    """What a model file stands for: an `Arch`, or one layer of a block table. It needs an
+    id the agent accepts (``a-...``, ``l-...``) and a JSON description for the records."""
+
+    @property
+    def id(self) -> str: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
 @dataclass(frozen=True)
 class ShippableModel:
     """A model file on the host plus what the agent must know to measure it."""
 
-    arch: Arch
+    arch: Subject
     path: Path
     sha256: str
     runtime: str
@@ -65,7 +75,9 @@ class ShippableModel:
         return f"{self.arch.id}-{self.sha256[:12]}{self.path.suffix}"
 
     @classmethod
-    def from_export(cls, model: "ExportedModel", arch: Arch, tensorrt: TensorRTBuild | None = None) -> "ShippableModel":
+    def from_export(
+        cls, model: "ExportedModel", arch: Subject, tensorrt: TensorRTBuild | None = None
+    ) -> "ShippableModel":
         """The agent's view of an exported file: onnx runs in onnxruntime (or TensorRT when
         a build is given), tflite in LiteRT."""
         runtime = "tensorrt" if tensorrt else ("onnxruntime" if model.format == "onnx" else "litert")
@@ -95,7 +107,7 @@ class BatchReport:
     """What became of each model of a batch: a record (ok or failed), or nothing (link lost)."""
 
     results: list[MeasureResult] = field(default_factory=list)
-    not_measured: list[Arch] = field(default_factory=list)
+    not_measured: list[Subject] = field(default_factory=list)
     reconnects: int = 0
 
     @property

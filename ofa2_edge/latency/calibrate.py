@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from device_agents.records import MeasureResult, Protocol
+from device_agents.records import MeasureResult, ProbeReport, Protocol, RuntimeInfo
 from exporters import ExportCache
 from ofa2_edge.devices.inventory import Device
 from ofa2_edge.devices.pipeline import MeasurePlan, measure_archs
@@ -82,11 +82,42 @@ def most_uncertain(surrogate: LatencySurrogate, n: int, seed: int, space: Search
     return picked
 
 
+def check_runtime(device: Device, probe: ProbeReport, runtime_name: str) -> RuntimeInfo:
+    """The probed runtime the plan measures with; refuse a device that lacks it."""
+    runtime = probe.runtimes.get(runtime_name)
+    if runtime is None or not runtime.available:
+        package = "onnxruntime" if runtime_name == "onnxruntime" else "ai-edge-litert"
+        raise InvalidInputError(
+            f"device {device.key} has no {runtime_name} ({runtime.detail if runtime else 'not reported'}); "
+            f"install it there (e.g. pip install {package})"
+        )
+    return runtime
+
+
 def device_lut(table: DeviceTable) -> LutSurrogate | None:
     """This device's block table (block-mode calibration or an import), if it has one."""
     if not table.exists() or not any(table.folder.glob("*_lookup_table.yaml")):
         return None
     return LutSurrogate(read_ofa_tables(table.folder))
+
+
+def usable_lut(
+    table: DeviceTable, archs: list[Arch], width_mult: float
+) -> tuple[LutSurrogate | None, dict[str, Any]]:
+    """The device's block table if it can price every arch (width, and every layer at each
+    resolution), else None; and a note on why, for the fit report."""
+    lut = device_lut(table)
+    if lut is None:
+        return None, {"used": False, "reason": "this device has no block table (calibrate --blocks)"}
+    note: dict[str, Any] = {"resolutions": list(lut.resolutions)}
+    if lut.width_mult != width_mult:
+        return None, {**note, "used": False, "reason": f"the block table is for w{lut.width_mult}, not w{width_mult}"}
+    missing = sorted(r for r in {a.r for a in archs} if not lut.covers(r))
+    if missing:
+        reason = f"it does not cover the measured resolution(s) {', '.join(map(str, missing))}"
+        log.info("not trying the LUT hybrid: %s", reason)
+        return None, {**note, "used": False, "reason": reason}
+    return lut, {**note, "used": True}
 
 
 def fit_table(
@@ -104,18 +135,19 @@ def fit_table(
         raise InvalidInputError(
             f"latency_tables/{table.key} has no successful w{width_mult} measurements to fit; run calibrate first"
         )
+    lut, lut_note = usable_lut(table, [a for a, _ in archs_w], width_mult)
     model, report = fit_best(
         [a for a, _ in archs_w],
         np.array([y for _, y in archs_w]),
         prior=prior,
-        lut=device_lut(table),
+        lut=lut,
         rng=np.random.default_rng(seed),
         nested=nested,
         width_mult=width_mult,
         prior_label=prior_label,
     )
     flagged = sum(1 for r in records if r.flags)
-    report["table"] = {"measurements": len(archs_w), "flagged": flagged}
+    report["table"] = {"measurements": len(archs_w), "flagged": flagged, "block_table": lut_note}
     model.report = report
     model.save(table.surrogate_path, device=table.key)
     return model, report
@@ -154,12 +186,7 @@ def calibrate(
         probe = session.probe
         assert probe is not None
         table.bind(probe, plan.runtime, reuse=reuse_table)
-        runtime = probe.runtimes.get(plan.runtime)
-        if runtime is None or not runtime.available:
-            raise InvalidInputError(
-                f"device {device.key} has no {plan.runtime} ({runtime.detail if runtime else 'not reported'}); "
-                f"install it there (e.g. pip install {'onnxruntime' if plan.runtime == 'onnxruntime' else 'ai-edge-litert'})"
-            )
+        runtime = check_runtime(device, probe, plan.runtime)
         result = CalibrationResult(device.key, probe.fingerprint, design)
         key = MeasureKey(probe.fingerprint, plan.runtime, runtime.version, protocol)
 

@@ -7,6 +7,8 @@
   writer per device, a torn last line after a crash is detectable and skipped, and the
   file diffs, merges and travels back from the field as plain text);
 - `surrogate.json`: the fitted latency predictor the search uses;
+- `blocks.jsonl`: block mode's per-layer records (:mod:`ofa2_edge.latency.blocks`), apart
+  from the arch records above;
 - `<r>_lookup_table.yaml`: OFA-format block tables (block mode or imported).
 """
 

@@ -42,8 +42,11 @@ class _Accumulator:
         self.count += n
 
 
-def noise_batches(resolution: int, seed: int, batch_size: int = 4, n_batches: int = 1) -> Iterator[torch.Tensor]:
-    """Seeded N(0, 1) image batches: the statistics source for subnets with random weights.
+def noise_batches(
+    resolution: int, seed: int, batch_size: int = 4, n_batches: int = 1, channels: int = 3
+) -> Iterator[torch.Tensor]:
+    """Seeded N(0, 1) image batches: the statistics source for subnets with random weights
+    (`channels` other than 3: feature maps, for a single layer timed on its own).
 
     Random weights have no training data; recalibrating on noise gives every BN layer the
     statistics of its actual input, so a latency-only subnet has O(1) activations
@@ -52,16 +55,19 @@ def noise_batches(resolution: int, seed: int, batch_size: int = 4, n_batches: in
     """
     gen = torch.Generator().manual_seed(seed)
     for _ in range(n_batches):
-        yield torch.randn(batch_size, 3, resolution, resolution, generator=gen)
+        yield torch.randn(batch_size, channels, resolution, resolution, generator=gen)
 
 
-def recalibrate_bn(subnet: nn.Module, images: Iterable[torch.Tensor], source: str = "images") -> int:
+def recalibrate_bn(
+    subnet: nn.Module, images: Iterable[torch.Tensor], source: str = "images", channels: int = 3
+) -> int:
     """Re-estimate every BatchNorm2d's running statistics of `subnet` from `images`.
 
     `images` yields preprocessed (B, 3, r, r) float batches (e.g. from
     :func:`ofa2_edge.imagefolder.image_batches`, or :func:`noise_batches`). The passes run
     on a copy, so if reading the images fails half-way the subnet is left untouched; on
-    success its statistics are replaced and it is returned to eval mode. A
+    success its statistics are replaced and it is returned to eval mode. `channels` is
+    what the model's input has (3 for a subnet; a single layer takes feature maps). A
     `StaticSubnet` records ``"<source> (<n> images)"`` as its `bn_stats_source`, for
     metadata. Returns the number of images used.
     """
@@ -78,11 +84,13 @@ def recalibrate_bn(subnet: nn.Module, images: Iterable[torch.Tensor], source: st
                 if (
                     not isinstance(batch, torch.Tensor)
                     or batch.ndim != 4
-                    or batch.shape[1] != 3
+                    or batch.shape[1] != channels
                     or not batch.is_floating_point()
                 ):
                     shape = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
-                    raise InvalidInputError(f"recalibrate_bn: expected (B, 3, H, W) float image batches, got {shape}")
+                    raise InvalidInputError(
+                        f"recalibrate_bn: expected (B, {channels}, H, W) float image batches, got {shape}"
+                    )
                 work(batch)
                 n_batches += 1
                 n_images += batch.shape[0]
