@@ -39,21 +39,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from benchlib import load1, machine_info, measure_end_to_end, record_load
 
-from device_agents.records import MeasureResult
 from exporters import ExportCache, export_layer
 from ofa2_edge.cli.common import make_protocol
 from ofa2_edge.devices.inventory import Device
-from ofa2_edge.devices.pipeline import MeasurePlan, measure_archs
-from ofa2_edge.devices.session import DeviceSession
 from ofa2_edge.latency.blocks import BlockRecords, calibrate_blocks, distinct_layers, table_layers
-from ofa2_edge.latency.calibrate import check_runtime, design_archs
+from ofa2_edge.latency.calibrate import design_archs
 from ofa2_edge.latency.design import size_stratified_genomes
 from ofa2_edge.latency.lut import LutSurrogate
 from ofa2_edge.latency.metrics import latency_metrics
 from ofa2_edge.latency.prior import HybridSurrogate
 from ofa2_edge.latency.select import fit_best
-from ofa2_edge.latency.table import DeviceTable, MeasureKey
+from ofa2_edge.latency.table import DeviceTable
 from ofa2_edge.space import Arch, SearchSpace, archs_of
 from ofa2_edge.workspace import Workspace
 
@@ -61,23 +59,6 @@ KS = (10, 20, 30)
 N_TEST = 50
 TEST_SEED = 99
 FIGURES = ("share_within_10pct", "share_within_5pct", "mape_pct", "spearman")
-
-
-def load1() -> float:
-    return round(os.getloadavg()[0], 2)
-
-
-def record_load(records: list[MeasureResult]) -> dict[str, Any]:
-    """Median 1-minute load the agent saw before each model, and the per-record CV."""
-    loads = [r.telemetry_before.load_avg[0] for r in records if r.telemetry_before and r.telemetry_before.load_avg]
-    cvs = [r.stats.cv for r in records if r.stats]
-    return {
-        "load1_median": float(np.median(loads)) if loads else None,
-        "load1_max": float(np.max(loads)) if loads else None,
-        "cv_median": float(np.median(cvs)) if cvs else None,
-        "cv_p90": float(np.percentile(cvs, 90)) if cvs else None,
-        "flagged": sum(1 for r in records if r.flags),
-    }
 
 
 def build_block_tables(ws: Workspace, device: Device, protocol: Any, space: SearchSpace) -> dict[str, Any]:
@@ -109,35 +90,6 @@ def build_block_tables(ws: Workspace, device: Device, protocol: Any, space: Sear
     if res.measured:
         out["measure_s_per_layer"] = out["measure_s"] / len(res.measured)
     return out
-
-
-def measure_end_to_end(
-    ws: Workspace, device: Device, protocol: Any, archs: list[Arch], order_seed: int
-) -> tuple[dict[str, float], dict[str, Any]]:
-    """Measure `archs` (resuming) through the same session/agent path as calibration, in a
-    seeded random order."""
-    archs = [archs[i] for i in np.random.default_rng(order_seed).permutation(len(archs))]
-    table = DeviceTable(ws.tables_dir, device.key)
-    plan = MeasurePlan.for_device(device)
-    cache = ExportCache(ws.exports_dir)
-    info: dict[str, Any] = {"load1_before": load1()}
-    t0 = time.perf_counter()
-    with DeviceSession(device, ws.cache_dir) as session:
-        assert session.probe is not None
-        table.bind(session.probe, plan.runtime)
-        runtime = check_runtime(device, session.probe, plan.runtime)
-        key = MeasureKey(session.probe.fingerprint, plan.runtime, runtime.version, protocol)
-        todo = [a for a in archs if a.id not in table.measured(key)]
-        print(f"end to end: {len(todo)} of {len(archs)} subnets to measure", file=sys.stderr)
-        report = measure_archs(session, todo, plan, protocol, cache, table.append)
-        done = table.measured(key)
-    info["seconds"] = time.perf_counter() - t0
-    info["measured_now"] = len(report.results)
-    if report.results:
-        info["seconds_per_subnet"] = info["seconds"] / len(report.results)
-    info["load1_after"] = load1()
-    info["records"] = record_load([done[a.id] for a in archs if a.id in done])
-    return {a.id: done[a.id].estimate_ms for a in archs if a.id in done}, info
 
 
 def figures(y: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
@@ -216,7 +168,7 @@ def main() -> int:
     space = SearchSpace()
     print(f"workspace {root}; load {load1()} on {os.cpu_count()} cores", file=sys.stderr)
 
-    doc: dict[str, Any] = {"resolutions": list(space.resolutions), "timer": args.timer, "quick": args.quick}
+    doc: dict[str, Any] = {"machine": machine_info(), "resolutions": list(space.resolutions), "timer": args.timer, "quick": args.quick}
     doc["block_table"] = build_block_tables(ws, device, protocol, space)
 
     designs = {k: design_archs(k, 0, space) for k in KS}
@@ -224,9 +176,11 @@ def main() -> int:
     pool = archs_of(size_stratified_genomes(3 * N_TEST, np.random.default_rng(TEST_SEED), space, False), w=space.w)
     test = [a for a in dict((a.id, a) for a in pool).values() if a.id not in train_ids][:N_TEST]
     union = list({a.id: a for d in designs.values() for a in d}.values()) + test
-    y, doc["end_to_end"] = measure_end_to_end(ws, Device("bench-a"), protocol, union, order_seed=1)
+    rec, doc["end_to_end"] = measure_end_to_end(ws, Device("bench-a"), protocol, union, order_seed=1)
+    y = {i: r.estimate_ms for i, r in rec.items()}
     if args.retest:
-        y_b, doc["end_to_end_retest"] = measure_end_to_end(ws, Device("bench-b"), protocol, union, order_seed=2)
+        rec_b, doc["end_to_end_retest"] = measure_end_to_end(ws, Device("bench-b"), protocol, union, order_seed=2)
+        y_b = {i: r.estimate_ms for i, r in rec_b.items()}
     missing = [a.id for a in union if a.id not in y or (args.retest and a.id not in y_b)]
     if missing:
         print(f"{len(missing)} subnets have no measurement; rerun with --workspace {root}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """How repeatable are the agent's latencies on this machine? Protocol vs a naive one.
 
-Builds conv nets of graded size with onnx.helper (the real OFA subnets come from the
-exporters later), ships them to the real agent (the built zipapp, run as a separate
+Exports real OFA subnets (random weights: latency only; the min net, size-stratified ones,
+the max net), ships them to the real agent (the built zipapp, run as a separate
 process per session, exactly as a device runs it) and reports, with onnxruntime, one thread:
 
 * the CV of 50 timed runs for a small, a middle and a large model (raw, and after the
@@ -23,22 +23,19 @@ hit both. Timings depend on what else runs: compare the ratios printed by one ru
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from benchlib import machine_info
 
 from device_agents.build import build_pyz
 from device_agents.records import (
@@ -46,10 +43,14 @@ from device_agents.records import (
     MeasureResult,
     ModelSpec,
     Protocol,
-    TensorSpec,
     parse_agent_line,
 )
 from device_agents.stats import percentile
+from exporters import ExportCache, export_subnet
+from ofa2_edge.costs import macs_m
+from ofa2_edge.devices.session import ShippableModel
+from ofa2_edge.latency.design import size_stratified_genomes
+from ofa2_edge.space import Arch, SearchSpace, archs_of, genomes_of
 
 PROTOCOL = Protocol(keep_samples=True)
 NAIVE = Protocol(warmup_runs=5, warmup_min_s=0.0, blocks=1, runs_per_block=30, block_min_s=0.0, block_warmup_runs=0,
@@ -58,43 +59,24 @@ CV50 = Protocol(warmup_runs=10, warmup_min_s=0.5, blocks=5, runs_per_block=10, b
                 cooldown_s=0.0, remeasure=0, keep_samples=True)  # exactly 50 timed runs
 
 
-def conv_net(channels: int, depth: int, size: int, seed: int) -> onnx.ModelProto:
-    rng = np.random.default_rng(seed)
-    nodes, inits, prev, c_in = [], [], "x", 3
-    for i in range(depth):
-        inits.append(numpy_helper.from_array((rng.standard_normal((channels, c_in, 3, 3)) * 0.1).astype(np.float32),
-                                             f"w{i}"))
-        stride = 2 if i in (0, depth // 2) else 1
-        nodes += [helper.make_node("Conv", [prev, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1], strides=[stride, stride]),
-                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
-        prev, c_in = f"r{i}", channels
-    inits.append(numpy_helper.from_array((rng.standard_normal((channels, 1000)) * 0.1).astype(np.float32), "fc"))
-    nodes += [helper.make_node("GlobalAveragePool", [prev], ["gap"]), helper.make_node("Flatten", ["gap"], ["flat"]),
-              helper.make_node("MatMul", ["flat", "fc"], ["y"])]
-    graph = helper.make_graph(nodes, "convnet", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1000])], initializer=inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+def ofa_subnets(n: int) -> list[Arch]:
+    """The min net, n - 2 size-stratified subnets (one seed) and the max net of the default space,
+    ordered by MACs, so that picks at 0, n // 2 and -1 are the min, a middle and the max subnet."""
+    space = SearchSpace()
+    archs = archs_of(size_stratified_genomes(n, np.random.default_rng(0), space, False), w=space.w)[: n - 2]
+    archs = list({a.id: a for a in [space.smallest(), *archs, space.largest()]}.values())
+    order = np.argsort(macs_m(genomes_of(archs), space.w), kind="stable")
+    return [archs[i] for i in order]
 
 
-def model_grid(n: int) -> list[dict[str, int]]:
-    """n nets from small to large: width 16..64, depth 4..12, resolution 96..224."""
-    out = []
-    for i in range(n):
-        t = i / max(n - 1, 1)
-        out.append({"channels": round(16 + 48 * t), "depth": round(4 + 8 * t),
-                    "size": round((96 + 128 * t) / 16) * 16})
-    return out
-
-
-def write_models(work: Path, n: int) -> list[ModelSpec]:
+def write_models(work: Path, archs: list[Arch]) -> list[ModelSpec]:
+    """Export each subnet (seeded random weights: latency only; verified, cached) next to the agent."""
+    cache = ExportCache(work / "exports")
     specs = []
-    for i, cfg in enumerate(model_grid(n)):
-        path = work / f"net{i:02d}.onnx"
-        path.write_bytes(conv_net(seed=i, **cfg).SerializeToString())
-        sha = hashlib.sha256(path.read_bytes()).hexdigest()
-        specs.append(ModelSpec(arch_id=f"net{i:02d}", arch=cfg, model_file=path.name, sha256=sha, runtime="onnxruntime",
-                               inputs=(TensorSpec(None, (1, 3, cfg["size"], cfg["size"]), "float32"),),
-                               outputs=(TensorSpec(None, (1, 1000), "float32"),)))
+    for arch in archs:
+        model = ShippableModel.from_export(export_subnet(arch, "onnx", cache=cache), arch)
+        shutil.copyfile(model.path, work / model.remote_name)
+        specs.append(model.spec())
     return specs
 
 
@@ -132,73 +114,85 @@ def raw_cv(r: MeasureResult) -> float:
     return statistics.stdev(flat) / statistics.mean(flat)
 
 
+def study(pyz: Path, work: Path, specs: list[ModelSpec], timer: str) -> dict[str, object]:
+    """CV of 50 runs, session-to-session agreement and overhead, all with one timer."""
+    proto, naive, cv50 = (replace(p, timer=timer) for p in (PROTOCOL, NAIVE, CV50))
+    picks = [specs[0], specs[len(specs) // 2], specs[-1]]
+    report: dict[str, object] = {}
+    print(f"\n# timer: {timer}")
+    cv = session(pyz, work, picks, cv50, f"cv50_{timer}")["results"]
+    print("\n## CV of 50 timed runs (5 blocks x 10)")
+    print(f"{'model':8} {'subnet':24} {'median ms':>10} {'CV raw':>8} {'CV inliers':>11} {'outliers':>9}")
+    report["cv50"] = {}
+    for s, label in zip(picks, ("small", "middle", "large")):
+        r = cv[s.arch_id]
+        cfg = f"{s.arch_id} r{s.arch['r']}"
+        print(f"{label:8} {cfg:24} {r.stats.median_ms:10.3f} {raw_cv(r):8.1%} {r.stats.cv:11.1%} "
+              f"{r.stats.n_outliers:>5}/{r.stats.n_total}")
+        report["cv50"][label] = {"arch_id": s.arch_id, "median_ms": r.stats.median_ms, "cv_raw": raw_cv(r), "cv_inliers": r.stats.cv}
+
+    runs = {}
+    for name, p in (("protocol-1", proto), ("naive-1", naive), ("protocol-2", proto), ("naive-2", naive)):
+        runs[name] = session(pyz, work, specs, p, f"{name.replace('-', '_')}_{timer}")
+        print(f"  session {name}: {runs[name]['wall_s']:.1f} s", file=sys.stderr, flush=True)
+
+    print(f"\n## Two separate sessions of the same {len(specs)} models (goal: median difference <= 3%)")
+    print(f"{'protocol / estimator':34} {'median diff':>12} {'within 3%':>10} {'within 10%':>11} {'max diff':>9}")
+    report["sessions"] = {}
+    rows = [("agent protocol", "protocol", lambda r: r.stats.estimate_ms),
+            ("naive (5 warm-up, 30 runs, median)", "naive", lambda r: r.stats.estimate_ms)]
+    for label, kind, get in rows:
+        a = {k: get(v) for k, v in runs[f"{kind}-1"]["results"].items()}
+        b = {k: get(v) for k, v in runs[f"{kind}-2"]["results"].items()}
+        g = agreement(a, b)
+        report["sessions"][label] = g
+        print(f"{label:34} {g['median_rel_diff']:12.2%} {g['within_3pct']:10.0%} {g['within_10pct']:11.0%} "
+              f"{g['max_rel_diff']:9.1%}")
+    print("  estimators on the agent protocol's own samples:")
+    for est in estimators(next(iter(runs["protocol-1"]["results"].values()))):
+        a = {k: estimators(v)[est] for k, v in runs["protocol-1"]["results"].items()}
+        b = {k: estimators(v)[est] for k, v in runs["protocol-2"]["results"].items()}
+        g = agreement(a, b)
+        report["sessions"][f"protocol samples: {est}"] = g
+        print(f"  {est:32} {g['median_rel_diff']:12.2%} {g['within_3pct']:10.0%} {g['within_10pct']:11.0%} "
+              f"{g['max_rel_diff']:9.1%}")
+    report["per_model"] = {k: {m: {"estimate_ms": r.stats.estimate_ms, "cv": r.stats.cv,
+                                   "block_min_spread": r.stats.block_min_spread, "attempts": r.attempts,
+                                   "flags": [f.value for f in r.flags]}
+                               for m, r in runs[k]["results"].items()} for k in runs}
+    flagged = {k: sum(1 for r in runs[k]["results"].values() if r.flags) for k in ("protocol-1", "protocol-2")}
+    attempts = {k: sum(r.attempts for r in runs[k]["results"].values()) for k in ("protocol-1", "protocol-2")}
+    print(f"  flagged results (unstable after re-measure): {flagged}; attempts used: {attempts} "
+          f"for {len(specs)} models per session")
+
+    print("\n## Overhead: whole measure command vs the timed inference loop")
+    report["overhead"] = {}
+    for k in ("protocol-1", "naive-1"):
+        w, t = runs[k]["wall_s"], runs[k]["timed_s"]
+        report["overhead"][k] = {"wall_s": w, "timed_s": t, "ratio": w / t}
+        print(f"  {k:12} wall {w:6.1f} s, timed runs {t:6.2f} s, ratio {w / t:5.1f}x")
+    return report
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", type=int, default=12, help="models per session (>= 3)")
+    parser.add_argument("--models", type=int, default=20, help="OFA subnets per session (>= 3)")
+    parser.add_argument("--timers", default="wall,thread_cpu",
+                        help="timers to study, one after the other: wall (a dedicated board's figure) and thread_cpu "
+                             "(the runtime thread's CPU time: leaves out what other processes take on a shared host)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
-    report: dict[str, object] = {"load_avg_start": os.getloadavg(), "cpus": os.cpu_count()}
+    report: dict[str, object] = {"machine": machine_info(), "load_avg_start": os.getloadavg(), "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         pyz = work / "agent.pyz"
         build_pyz(str(pyz))
-        specs = write_models(work, max(args.models, 3))
-        picks = [specs[0], specs[len(specs) // 2], specs[-1]]
-        print(f"# agent measure stability: onnxruntime, 1 thread, {len(specs)} conv nets, "
+        specs = write_models(work, ofa_subnets(max(args.models, 3)))
+        print(f"# agent measure stability: onnxruntime, 1 thread, {len(specs)} OFA subnets (random weights), "
               f"load average at start {report['load_avg_start'][0]:.2f} on {report['cpus']} CPUs", flush=True)
 
-        cv = session(pyz, work, picks, CV50, "cv50")["results"]
-        print("\n## CV of 50 timed runs (5 blocks x 10)")
-        print(f"{'model':8} {'cfg':24} {'median ms':>10} {'CV raw':>8} {'CV inliers':>11} {'outliers':>9}")
-        report["cv50"] = {}
-        for s, label in zip(picks, ("small", "middle", "large")):
-            r = cv[s.arch_id]
-            cfg = f"w{s.arch['channels']} d{s.arch['depth']} r{s.arch['size']}"
-            print(f"{label:8} {cfg:24} {r.stats.median_ms:10.3f} {raw_cv(r):8.1%} {r.stats.cv:11.1%} "
-                  f"{r.stats.n_outliers:>5}/{r.stats.n_total}")
-            report["cv50"][label] = {"median_ms": r.stats.median_ms, "cv_raw": raw_cv(r), "cv_inliers": r.stats.cv}
-
-        runs = {}
-        for name, proto in (("protocol-1", PROTOCOL), ("naive-1", NAIVE), ("protocol-2", PROTOCOL),
-                            ("naive-2", NAIVE)):
-            runs[name] = session(pyz, work, specs, proto, name.replace("-", "_"))
-            print(f"  session {name}: {runs[name]['wall_s']:.1f} s", file=sys.stderr, flush=True)
-
-        print(f"\n## Two separate sessions of the same {len(specs)} models (goal: median difference <= 3%)")
-        print(f"{'protocol / estimator':34} {'median diff':>12} {'within 3%':>10} {'within 10%':>11} {'max diff':>9}")
-        report["sessions"] = {}
-        rows = [("agent protocol", "protocol", lambda r: r.stats.estimate_ms),
-                ("naive (5 warm-up, 30 runs, median)", "naive", lambda r: r.stats.estimate_ms)]
-        for label, kind, get in rows:
-            a = {k: get(v) for k, v in runs[f"{kind}-1"]["results"].items()}
-            b = {k: get(v) for k, v in runs[f"{kind}-2"]["results"].items()}
-            g = agreement(a, b)
-            report["sessions"][label] = g
-            print(f"{label:34} {g['median_rel_diff']:12.2%} {g['within_3pct']:10.0%} {g['within_10pct']:11.0%} "
-                  f"{g['max_rel_diff']:9.1%}")
-        print("  estimators on the agent protocol's own samples:")
-        for est in estimators(next(iter(runs["protocol-1"]["results"].values()))):
-            a = {k: estimators(v)[est] for k, v in runs["protocol-1"]["results"].items()}
-            b = {k: estimators(v)[est] for k, v in runs["protocol-2"]["results"].items()}
-            g = agreement(a, b)
-            report["sessions"][f"protocol samples: {est}"] = g
-            print(f"  {est:32} {g['median_rel_diff']:12.2%} {g['within_3pct']:10.0%} {g['within_10pct']:11.0%} "
-                  f"{g['max_rel_diff']:9.1%}")
-        report["per_model"] = {k: {m: {"estimate_ms": r.stats.estimate_ms, "cv": r.stats.cv,
-                                       "block_min_spread": r.stats.block_min_spread, "attempts": r.attempts,
-                                       "flags": [f.value for f in r.flags]}
-                                   for m, r in runs[k]["results"].items()} for k in runs}
-        flagged = {k: sum(1 for r in runs[k]["results"].values() if r.flags) for k in ("protocol-1", "protocol-2")}
-        attempts = {k: sum(r.attempts for r in runs[k]["results"].values()) for k in ("protocol-1", "protocol-2")}
-        print(f"  flagged results (unstable after re-measure): {flagged}; attempts used: {attempts} "
-              f"for {len(specs)} models per session")
-
-        print("\n## Overhead: whole measure command vs the timed inference loop")
-        report["overhead"] = {}
-        for k in ("protocol-1", "naive-1"):
-            w, t = runs[k]["wall_s"], runs[k]["timed_s"]
-            report["overhead"][k] = {"wall_s": w, "timed_s": t, "ratio": w / t}
-            print(f"  {k:12} wall {w:6.1f} s, timed runs {t:6.2f} s, ratio {w / t:5.1f}x")
+        for timer in args.timers.split(","):
+            report[timer] = study(pyz, work, specs, timer)
     report["load_avg_end"] = os.getloadavg()
     print(f"\nload average at end {report['load_avg_end'][0]:.2f} (this machine is shared: numbers move with it)")
     if args.json:

@@ -4,13 +4,15 @@ Two datasets:
 - **Note10 (clean)**: the official Samsung Note10 lookup table gives a clean, additive
   latency for any arch; the surrogates see only (arch, latency) pairs. Training sets come
   from the size-stratified design, the test set is 1,000 other archs from the same design.
-- **This CPU (noisy, real)**: onnxruntime latencies measured by the stopgap collector
-  (`benchmarks/_collect_cpu_latency.py`): a first session (default C) for training and
-  testing and a second, separate session (default D) on a subset of the same archs for the
-  test-retest floor. The test set is 100 archs measured in both sessions; training sets are
-  drawn from the other archs of the first. `--target` picks the per-model statistic (default:
-  the minimum of per-run thread-CPU times, which excludes preemption by other processes; the
-  wall-clock minimum and median are reported beside it, with their own test-retest floors).
+- **This CPU (noisy, real)**: onnxruntime latencies of OFA subnets (random weights) measured
+  on `local` through the toolkit's own path (export, ship, the device agent, the standard
+  protocol with the thread-CPU timer, which leaves out the time slices other processes take on
+  this shared 2-core VM) into two device tables of a benchmark workspace: session A (`cpu-a`)
+  measures a 300-arch size-stratified pool and 100 held-out test archs in one seeded mixed
+  order; session B (`cpu-b`), later and separately, measures the 100 test archs again. The
+  test-retest agreement of A and B on those 100 archs is the noise floor. Training sets are
+  drawn from the pool; the test set is the 100 archs as measured in session A. Collection is
+  resumable (rerun with the same `--workspace`) and takes ~30 min here.
 
 For each K in {10, 20, 30, 50, 100, 200} and each kind (and the CV-selected one), `--repeats`
 training sets are drawn and the held-out figures averaged. Few-shot transfer is evaluated in
@@ -18,7 +20,7 @@ both directions (Note10 table as the prior for the CPU, and a CPU-fitted predict
 prior for Note10) at K = 5, 10 and 20. Prediction speed for 10,000 archs (features included) is
 the minimum of repeated runs, also given as a ratio to the LUT sum measured in the same run.
 
-    python benchmarks/surrogate_accuracy.py [--data /work/data/cpu_latency] [--json OUT]
+    python benchmarks/surrogate_accuracy.py [--workspace DIR] [--json OUT]
 """
 
 from __future__ import annotations
@@ -27,13 +29,17 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from benchlib import machine_info, measure_end_to_end
 from scipy.stats import spearmanr
 
+from ofa2_edge.devices.inventory import Device
+from ofa2_edge.devices.pipeline import standard_protocol
 from ofa2_edge.latency.design import size_stratified_genomes
 from ofa2_edge.latency.learned import LearnedSurrogate
 from ofa2_edge.latency.linear import LinearSurrogate
@@ -42,42 +48,35 @@ from ofa2_edge.latency.metrics import latency_metrics
 from ofa2_edge.latency.prior import TransferSurrogate
 from ofa2_edge.latency.select import fit_best
 from ofa2_edge.latency.trees import TreeSurrogate
-from ofa2_edge.persist import iter_jsonl
-from ofa2_edge.space import Arch, SearchSpace
+from ofa2_edge.space import Arch, SearchSpace, archs_of
+from ofa2_edge.workspace import Workspace
+
+REPO = Path(__file__).resolve().parents[1]
 
 KS = (10, 20, 30, 50, 100, 200)
 FEW_SHOT_KS = (5, 10, 20)
 N_CPU_TEST = 100
-#: Per-model statistics whose test-retest agreement is reported.
-FLOOR_FIELDS = (
-    "min_ms",
-    "median_ms",
-    "cpu_min_ms",
-    "cpu_p10_ms",
-    "cpu_median_ms",
-    "cpu_min_refnorm_ms",
-    "cpu_median_refnorm_ms",
-)
+#: Per-model statistics of the agent whose test-retest agreement is reported.
+FLOOR_FIELDS = ("estimate_ms", "min_ms", "p10_ms", "median_ms")
 FIGURES = ("share_within_10pct", "share_within_5pct", "mape_pct", "spearman")
 
 
-def load_session(path: Path, target: str) -> dict[str, tuple[np.ndarray, float, dict[str, Any]]]:
-    """arch id -> (genome, latency, record); the first record of an arch measured twice wins.
+def collect_cpu(ws: Workspace, pool_n: int, test_n: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Measure (resuming) the pool and test archs in session A and the test archs in session B."""
+    space = SearchSpace()
+    pool = archs_of(size_stratified_genomes(pool_n, np.random.default_rng(1), space), w=space.w)
+    pool_ids = {a.id for a in pool}
+    extra = archs_of(size_stratified_genomes(3 * test_n, np.random.default_rng(99), space, False), w=space.w)
+    test = [a for a in {a.id: a for a in extra}.values() if a.id not in pool_ids][:test_n]
+    protocol = standard_protocol(threads=1, timer="thread_cpu")
+    a, info_a = measure_end_to_end(ws, Device("cpu-a"), protocol, pool + test, order_seed=1)
+    b, info_b = measure_end_to_end(ws, Device("cpu-b"), protocol, test, order_seed=2)
+    return a, b, {"pool": [x.id for x in pool], "test": [x.id for x in test], "session_a": info_a, "session_b": info_b}
 
-    A target ``X_refnorm_ms`` is field ``X_ms`` rescaled by the reference net timed in the
-    same group: times (session median of ``ref_X_ms``) / (the group's ``ref_X_ms``).
-    """
-    records: dict[str, dict[str, Any]] = {}
-    for rec in iter_jsonl(path):
-        if rec.get("kind") == "measurement" and rec["arch_id"] not in records:
-            records[rec["arch_id"]] = rec
-    if target.endswith("_refnorm_ms"):
-        field = target.replace("_refnorm", "")
-        ref_median = float(np.median([r[f"ref_{field}"] for r in records.values()]))
-        value = lambda r: r[field] * ref_median / r[f"ref_{field}"]
-    else:
-        value = lambda r: r[target]
-    return {i: (Arch.from_dict(r["arch"]).to_genome(), float(value(r)), r) for i, r in records.items()}
+
+def stat(records: dict[str, Any], field: str) -> dict[str, float]:
+    """arch id -> one per-model statistic of the agent's records (estimate_ms, min_ms, ...)."""
+    return {i: float(getattr(r.stats, field)) for i, r in records.items()}
 
 
 def floor(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
@@ -91,21 +90,6 @@ def floor(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
         "mean_rel_diff_pct": float(100 * rel.mean()),
         "median_ratio_b_over_a": float(np.median(b / a)),
         "spearman": float(spearmanr(a, b).statistic),
-    }
-
-
-def session_load(records: list[dict[str, Any]]) -> dict[str, float]:
-    load = np.array([r["loadavg_after"][0] for r in records])
-    ratio = np.array([np.median(r["cpu_wall_ratio"]) for r in records])
-    cv = np.array([np.std(r["runs_ms"]) / np.mean(r["runs_ms"]) for r in records])
-    span = (max(r["time"] for r in records) - min(r["time"] for r in records)) / 60
-    return {
-        "loadavg_1min_median": float(np.median(load)),
-        "loadavg_1min_max": float(load.max()),
-        "within_model_cv_median_pct": float(100 * np.median(cv)),
-        "within_model_cv_p90_pct": float(100 * np.percentile(cv, 90)),
-        "cpu_over_wall_median": float(np.median(ratio)),
-        "minutes": float(span),
     }
 
 
@@ -191,28 +175,19 @@ def print_curve(title: str, curve: dict[str, dict[int, dict[str, Any]]], ks: tup
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=Path("/work/data/cpu_latency"))
+    ap.add_argument(
+        "--workspace",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "ofa2-edge-bench" / "cpu-latency",
+        help="benchmark workspace holding the measured CPU tables (reused: a rerun measures only what is missing)",
+    )
     ap.add_argument("--assets", type=Path, default=Path(os.environ.get("OFA2_EDGE_ASSETS", "../shared/ofa_assets")))
-    ap.add_argument(
-        "--target",
-        default="cpu_min_ms",
-        help="which per-model statistic is 'the latency' (cpu_median_ms, min_ms, median_ms, cpu_median_refnorm_ms, ...)",
-    )
-    ap.add_argument(
-        "--extra-targets",
-        nargs="*",
-        default=["cpu_min_refnorm_ms", "cpu_median_ms", "min_ms"],
-        help="other statistics to report the CV-selected surrogate's curve for",
-    )
-    ap.add_argument("--train-session", default="C", help="CPU session for training and testing")
-    ap.add_argument("--retest-session", default="D", help="second session of the same archs: the test-retest floor")
-    ap.add_argument(
-        "--also-retest", nargs="*", default=["A"], help="earlier sessions of the same archs to compare (wall clock)"
-    )
+    ap.add_argument("--pool", type=int, default=300, help="CPU training pool size (session A)")
+    ap.add_argument("--test", type=int, default=N_CPU_TEST, help="CPU test archs (sessions A and B)")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--json", type=Path, default=Path("/work/data/cpu_latency/surrogate_accuracy.json"))
+    ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "surrogate_accuracy.json")
     args = ap.parse_args()
-    result: dict[str, Any] = {"target": args.target, "repeats": args.repeats, "loadavg_at_start": os.getloadavg()}
+    result: dict[str, Any] = {"machine": machine_info(), "repeats": args.repeats, "loadavg_at_start": os.getloadavg()}
 
     note10 = LutSurrogate.from_folder(args.assets / "note10")
     feature_kinds: dict[str, Maker | None] = {
@@ -237,57 +212,36 @@ def main() -> None:
     )
 
     # ---------------------------------------------------------------- CPU (noisy, real)
-    a = load_session(args.data / f"{args.train_session}.jsonl", args.target)
-    retest = args.data / f"{args.retest_session}.jsonl"
-    b = load_session(retest, args.target) if retest.exists() else {}
-    both = sorted(set(a) & set(b))
-    rng = np.random.default_rng(7)
-    test_ids = [both[i] for i in rng.permutation(len(both))[:N_CPU_TEST]] if len(both) >= N_CPU_TEST else []
-    if not test_ids:
-        print(
-            "no second session with >= 100 shared archs: CPU test set drawn from the first session only",
-            file=sys.stderr,
-        )
-        test_ids = [sorted(a)[i] for i in rng.permutation(len(a))[:N_CPU_TEST]]
-    pool_ids = sorted(set(a) - set(test_ids))
+    print("CPU: collecting (resumable) in", args.workspace, file=sys.stderr)
+    ws = Workspace.resolve(args.workspace, cache_dir=args.workspace / "cache")
+    rec_a, rec_b, info = collect_cpu(ws, args.pool, args.test)
+    a = {i: (Arch.from_dict(r.arch).to_genome(), r.estimate_ms) for i, r in rec_a.items()}
+    pool_ids = [i for i in info["pool"] if i in a]
+    test_ids = [i for i in info["test"] if i in a and i in rec_b]
     g_pool = np.stack([a[i][0] for i in pool_ids])
     y_pool = np.array([a[i][1] for i in pool_ids])
     g_cpu_test = np.stack([a[i][0] for i in test_ids])
     y_cpu_test = np.array([a[i][1] for i in test_ids])
     cpu_ks = tuple(k for k in KS if k <= len(pool_ids))
     result["cpu_data"] = {
-        "sessions": [args.train_session, args.retest_session],
-        "first": len(a),
-        "second": len(b),
-        "shared": len(both),
+        "protocol": "standard, 1 thread, thread_cpu timer, estimator block_min_median",
         "pool": len(pool_ids),
         "test": len(test_ids),
-        "load_first": session_load([r for _, _, r in a.values()]),
+        "session_a": info["session_a"],
+        "session_b": info["session_b"],
     }
-    if b:
-        result["cpu_data"]["load_second"] = session_load([r for _, _, r in b.values()])
-        fields = [f for f in FLOOR_FIELDS if f.replace("_refnorm", "") in next(iter(a.values()))[2]]
-        result["floor"] = {}
-        for field in fields:
-            fa = load_session(args.data / f"{args.train_session}.jsonl", field)
-            fb = load_session(retest, field)
-            result["floor"][field] = floor(np.array([fa[i][1] for i in both]), np.array([fb[i][1] for i in both]))
-    for older in args.also_retest:
-        # the same archs measured in an earlier session (e.g. under a wall-clock-only protocol)
-        path = args.data / f"{older}.jsonl"
-        if path.exists():
-            for field in ("min_ms", "median_ms"):
-                fo, fa = load_session(path, field), load_session(args.data / f"{args.train_session}.jsonl", field)
-                shared = sorted(set(fo) & set(fa))
-                result.setdefault("floor_other_sessions", {})[f"{older}-vs-{args.train_session}:{field}"] = floor(
-                    np.array([fo[i][1] for i in shared]), np.array([fa[i][1] for i in shared])
-                )
+    result["floor"] = {
+        field: floor(
+            np.array([stat(rec_a, field)[i] for i in test_ids]), np.array([stat(rec_b, field)[i] for i in test_ids])
+        )
+        for field in FLOOR_FIELDS
+    }
 
     def draw_cpu(k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         idx = rng.choice(len(pool_ids), size=k, replace=False)
         return g_pool[idx], y_pool[idx]
 
-    print(f"CPU ({len(pool_ids)} pool, {len(test_ids)} test, target {args.target})", file=sys.stderr)
+    print(f"CPU ({len(pool_ids)} pool, {len(test_ids)} test)", file=sys.stderr)
     cpu_kinds = dict(feature_kinds)
     cpu_kinds["cv-selected+note10-prior"] = None
     cpu_kinds["transfer[log] from note10"] = lambda: TransferSurrogate(prior=note10, prior_label="note10")
@@ -300,28 +254,11 @@ def main() -> None:
         args.repeats,
         {"cv-selected": {}, "cv-selected+note10-prior": {"prior": note10, "prior_label": "note10"}},
     )
-    if b and set(test_ids) <= set(b):
-        # the same trained models, scored against the test archs as measured in the second session
-        y_b = np.array([b[i][1] for i in test_ids])
-        result["cpu_vs_second_session"] = evaluate_curve(
-            {"cv-selected": None}, draw_cpu, g_cpu_test, y_b, cpu_ks, args.repeats, {"cv-selected": {}}
-        )
-
-    for extra in args.extra_targets:
-        ea = load_session(args.data / f"{args.train_session}.jsonl", extra)
-        ey_pool = np.array([ea[i][1] for i in pool_ids])
-        ey_test = np.array([ea[i][1] for i in test_ids])
-
-        def draw_extra(
-            k: int, rng: np.random.Generator, ey_pool: np.ndarray = ey_pool
-        ) -> tuple[np.ndarray, np.ndarray]:
-            idx = rng.choice(len(pool_ids), size=k, replace=False)
-            return g_pool[idx], ey_pool[idx]
-
-        print(f"CPU, target {extra}", file=sys.stderr)
-        result.setdefault("cpu_other_targets", {})[extra] = evaluate_curve(
-            {"cv-selected": None}, draw_extra, g_cpu_test, ey_test, cpu_ks, args.repeats, {"cv-selected": {}}
-        )["cv-selected"]
+    # the same trained models, scored against the test archs as measured in the second session
+    y_b = np.array([rec_b[i].estimate_ms for i in test_ids])
+    result["cpu_vs_second_session"] = evaluate_curve(
+        {"cv-selected": None}, draw_cpu, g_cpu_test, y_b, cpu_ks, args.repeats, {"cv-selected": {}}
+    )
 
     # ---------------------------------------------------------------- few-shot transfer
     print("few-shot transfer", file=sys.stderr)
@@ -336,7 +273,7 @@ def main() -> None:
             draw_cpu,
             g_cpu_test,
             y_cpu_test,
-            FEW_SHOT_KS,
+            tuple(k for k in FEW_SHOT_KS if k <= len(pool_ids)),
             args.repeats,
             {},
         ),
@@ -375,36 +312,27 @@ def main() -> None:
     print_curve(
         "Note10 LUT data (clean), 1000 held-out archs: share within +-10% / Spearman / MAPE %", result["note10"], KS
     )
-    print_curve(f"CPU onnxruntime ({args.target}), {len(test_ids)} held-out archs", result["cpu"], cpu_ks)
+    print_curve(f"CPU onnxruntime (agent estimate, thread-CPU timer), {len(test_ids)} held-out archs", result["cpu"], cpu_ks)
     if "cpu_vs_second_session" in result:
         print_curve(
             "CPU: same models scored against the second session's measurement of the test archs",
             result["cpu_vs_second_session"],
             cpu_ks,
         )
-    if "cpu_other_targets" in result:
-        print_curve(
-            "CPU: the CV-selected surrogate with other per-model statistics as the target",
-            {f"cv-selected on {t}": c for t, c in result["cpu_other_targets"].items()},
-            cpu_ks,
-        )
-    if "floor" in result:
-        print("\nCPU test-retest floor (same archs, two separate sessions):")
-        for field, f in result["floor"].items():
-            print(
-                f"  {field:<16} n={f['n']}  within +-10%: {f['share_within_10pct']:.3f}  within +-5%: {f['share_within_5pct']:.3f}  "
-                f"median rel. diff: {f['median_rel_diff_pct']:.2f}%  rho: {f['spearman']:.4f}"
-            )
-        for s in ("load_first", "load_second"):
-            ld = result["cpu_data"][s]
-            print(
-                f"  {s.replace('load_', '')} session: loadavg median {ld['loadavg_1min_median']:.2f} (max {ld['loadavg_1min_max']:.2f}), "
-                f"within-model CV median {ld['within_model_cv_median_pct']:.1f}% (p90 {ld['within_model_cv_p90_pct']:.1f}%), "
-                f"{ld['minutes']:.0f} min"
-            )
-    for name, f in result.get("floor_other_sessions", {}).items():
+    print(f"\nCPU test-retest floor (the {len(test_ids)} test archs, two separate sessions):")
+    for field, f in result["floor"].items():
         print(
-            f"  {name:<28} n={f['n']}  within +-10%: {f['share_within_10pct']:.3f}  median rel. diff: {f['median_rel_diff_pct']:.2f}%"
+            f"  {field:<12} n={f['n']}  within +-10%: {f['share_within_10pct']:.3f}  "
+            f"within +-5%: {f['share_within_5pct']:.3f}  median rel. diff: {f['median_rel_diff_pct']:.2f}%  "
+            f"rho: {f['spearman']:.4f}"
+        )
+    for name in ("session_a", "session_b"):
+        d = result["cpu_data"][name]
+        r = d["records"]
+        print(
+            f"  {name}: agent saw load median {r['load1_median']} (max {r['load1_max']}), per-record CV median "
+            f"{r['cv_median']:.3f} (p90 {r['cv_p90']:.3f}), flagged {r['flagged']}; "
+            f"{d.get('seconds_per_subnet', float('nan')):.1f} s/subnet measured now ({d['measured_now']})"
         )
     for direction, curve in result["transfer"].items():
         if (

@@ -1,0 +1,102 @@
+"""What several benchmarks share: the machine they ran on, the load they saw, and measuring
+subnets end to end on `local` through the same session/agent path as calibration."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from device_agents.records import MeasureResult, Protocol
+from exporters import ExportCache
+from ofa2_edge.devices.inventory import Device
+from ofa2_edge.devices.pipeline import MeasurePlan, measure_archs
+from ofa2_edge.devices.session import DeviceSession
+from ofa2_edge.latency.calibrate import check_runtime
+from ofa2_edge.latency.table import DeviceTable, MeasureKey
+from ofa2_edge.space import Arch
+from ofa2_edge.workspace import Workspace
+
+PACKAGES = ("ofa2-edge", "torch", "onnx", "onnxruntime", "pymoo", "scikit-learn", "numpy", "ai-edge-litert", "litert-torch")
+
+
+def load1() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine and package versions a figure was measured on (figures from different
+    machines are not comparable)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": platform.node(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "load1_at_start": load1(),
+        "versions": versions,
+    }
+
+
+def record_load(records: list[MeasureResult]) -> dict[str, Any]:
+    """Median 1-minute load the agent saw before each model, and the per-record CV."""
+    loads = [r.telemetry_before.load_avg[0] for r in records if r.telemetry_before and r.telemetry_before.load_avg]
+    cvs = [r.stats.cv for r in records if r.stats]
+    return {
+        "load1_median": float(np.median(loads)) if loads else None,
+        "load1_max": float(np.max(loads)) if loads else None,
+        "cv_median": float(np.median(cvs)) if cvs else None,
+        "cv_p90": float(np.percentile(cvs, 90)) if cvs else None,
+        "flagged": sum(1 for r in records if r.flags),
+    }
+
+
+def measure_end_to_end(
+    ws: Workspace, device: Device, protocol: Protocol, archs: list[Arch], order_seed: int
+) -> tuple[dict[str, MeasureResult], dict[str, Any]]:
+    """Measure `archs` (resuming: archs already in the device's table are skipped) through
+    the same session/agent path as calibration, in a seeded random order so that drift in the
+    machine's state hits every group of archs alike. Returns arch id -> record, and timings."""
+    archs = [archs[i] for i in np.random.default_rng(order_seed).permutation(len(archs))]
+    table = DeviceTable(ws.tables_dir, device.key)
+    plan = MeasurePlan.for_device(device)
+    cache = ExportCache(ws.exports_dir)
+    info: dict[str, Any] = {"load1_before": load1()}
+    t0 = time.perf_counter()
+    with DeviceSession(device, ws.cache_dir) as session:
+        assert session.probe is not None
+        table.bind(session.probe, plan.runtime)
+        runtime = check_runtime(device, session.probe, plan.runtime)
+        key = MeasureKey(session.probe.fingerprint, plan.runtime, runtime.version, protocol)
+        todo = [a for a in archs if a.id not in table.measured(key)]
+        print(f"{device.key}: {len(todo)} of {len(archs)} subnets to measure", file=sys.stderr, flush=True)
+        report = measure_archs(session, todo, plan, protocol, cache, table.append)
+        done = table.measured(key)
+    info["seconds"] = time.perf_counter() - t0
+    info["measured_now"] = len(report.results)
+    if report.results:
+        info["seconds_per_subnet"] = info["seconds"] / len(report.results)
+    info["load1_after"] = load1()
+    info["records"] = record_load([done[a.id] for a in archs if a.id in done])
+    return {a.id: done[a.id] for a in archs if a.id in done}, info
