@@ -4,7 +4,9 @@ Runs the console script in a fresh workspace with an empty export cache (nothing
 nothing exported before), and prints the wall time of the whole command beside the job's own
 split per step (probe, calibration per device, fits, reference tables, search, dashboard,
 bundle, verify) taken from `--json`. Goal (issue 8): under 10 minutes on this 2-core machine.
-Timings on a shared machine move with its load, printed before and after.
+Then it runs `dashboard_page.py` on that run's page (size, build time, first chart and slider
+update times in headless Chromium). Timings on a shared machine move with its load, printed
+before and after.
 
     OFA2_EDGE_ASSETS=../shared/ofa_assets python benchmarks/run_time.py [--json OUT]
 """
@@ -46,6 +48,13 @@ def main() -> int:
             print(done.stderr[-4000:], file=sys.stderr)
             raise SystemExit(f"ofa2-edge run failed with exit code {done.returncode}")
         summary = json.loads(done.stdout)
+        page_bench = str(Path(__file__).with_name("dashboard_page.py"))
+        page = subprocess.run(
+            [sys.executable, page_bench, summary["run"], "-W", str(Path(tmp) / "ws")],
+            capture_output=True,
+            text=True,
+        )
+        doc["dashboard_page"] = page.stdout.strip() if page.returncode == 0 else f"failed: {page.stderr[-2000:]}"
     doc["seconds"] = summary["seconds"]
     doc["front_size"] = summary["front_size"]
     doc["hypervolume"] = summary["hypervolume"]
@@ -62,6 +71,7 @@ def main() -> int:
         print(f"surrogate on {key}: {fit['surrogate']} from {fit['n_train']} samples, held-out within +-10% "
               f"{fit['within_10pct']}, MAPE {fit['mape_pct']}, Spearman {fit['spearman']}")
     print(f"front size {doc['front_size']}, HV {doc['hypervolume']}")
+    print(f"\ndashboard of this run:\n{doc['dashboard_page']}")
     if args.json:
         args.json.write_text(json.dumps(doc, indent=2) + "\n")
     return 0
