@@ -33,8 +33,9 @@ def test_protocol_refuses_thread_cpu_where_it_would_lie() -> None:
 def test_thread_cpu_timing_ignores_a_busy_neighbour(tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
-    sha = save(conv_net(channels=16, depth=3, size=48), work / "m.onnx")
-    model = spec("a-000000000001", "m.onnx", sha, in_shape=(1, 3, 48, 48))
+    # a few ms per run, so scheduler time slices land inside runs and sub-ms jitter is small
+    sha = save(conv_net(channels=32, depth=6, size=96), work / "m.onnx")
+    model = spec("a-000000000001", "m.onnx", sha, in_shape=(1, 3, 96, 96))
 
     def measure(timer: str) -> float:
         protocol = dataclasses.replace(FAST, timer=timer, blocks=3, runs_per_block=20)
@@ -55,4 +56,6 @@ def test_thread_cpu_timing_ignores_a_busy_neighbour(tmp_path: Path) -> None:
     finally:
         for hog in hogs:
             hog.kill()
-    assert 0 < cpu_ms <= wall_ms * 1.05  # preempted time counts on the wall clock, not as CPU time
+    # Preempted time counts on the wall clock, not as CPU time. The two figures come from two
+    # sessions, which differ by a few percent on a noisy host even without preemption.
+    assert 0 < cpu_ms <= wall_ms * 1.10
