@@ -445,7 +445,7 @@ def main() -> int:
     report: dict[str, Any] = {
         "schema": "ofa2-edge/benchmark-search-reference",
         "schema_version": 1,
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "command": "python " + " ".join(a.replace(f"{REPO}/", "") for a in [Path(sys.argv[0]).resolve().as_posix(), *sys.argv[1:]]),
         "machine": f"{platform.node()} {platform.processor() or platform.machine()} x{os.cpu_count()}",
         "load_at_start": os.getloadavg(),
         "quick": args.quick,

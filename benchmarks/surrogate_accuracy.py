@@ -64,7 +64,7 @@ FIGURES = ("share_within_10pct", "share_within_5pct", "mape_pct", "spearman")
 def collect_cpu(ws: Workspace, pool_n: int, test_n: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Measure (resuming) the pool and test archs in session A and the test archs in session B."""
     space = SearchSpace()
-    pool = archs_of(size_stratified_genomes(pool_n, np.random.default_rng(1), space), w=space.w)
+    pool = list({a.id: a for a in archs_of(size_stratified_genomes(pool_n, np.random.default_rng(1), space), w=space.w)}.values())
     pool_ids = {a.id for a in pool}
     extra = archs_of(size_stratified_genomes(3 * test_n, np.random.default_rng(99), space, False), w=space.w)
     test = [a for a in {a.id: a for a in extra}.values() if a.id not in pool_ids][:test_n]
