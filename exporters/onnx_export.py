@@ -37,9 +37,9 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 #: The output of a single exported layer (block tables).
 LAYER_OUTPUT_NAME = "output"
-#: Parity: onnxruntime vs torch, max abs diff <= ATOL (+ RTOL x output scale).
+#: Parity: onnxruntime vs torch, max abs diff <= max(ATOL, RTOL x output scale).
 ATOL = 1e-4
-RTOL = 1e-5
+RTOL = 5e-5
 EXPORTER_NAME = "torch.onnx.export (TorchScript)"
 
 

@@ -4,10 +4,11 @@ An export that the target runtime does not compute like torch is an error, not a
 The check input is a fixed seeded N(0, 1) image (what the preprocessed, normalised input
 looks like in scale), so the same export always checks the same numbers.
 
-The tolerance is ``atol + rtol * max|reference|`` (numpy's `allclose` on the output's
-scale): with O(1) logits, as a noise-recalibrated random-weight subnet or a trained one
-gives, it is the plain ``atol``; a subnet whose outputs reach 1e3 gets the float32
-rounding room it needs instead of a spurious failure.
+The tolerance is ``max(atol, rtol * max|reference|)``: with outputs up to O(1) logits (a
+noise-recalibrated random-weight subnet, a trained one) it is the plain ``atol``; larger
+outputs get float32 rounding room in proportion to their scale instead of a spurious failure
+(a subnet with real-checkpoint weights recalibrated on a few images reached outputs of 167 and
+differed from torch by 2.9e-3 in onnxruntime, 1.7e-5 of its scale).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def check_parity(
         raise ExportError(f"{what}: the exported model produced NaN or infinite outputs")
     scale = float(np.max(np.abs(reference)))
     diff = float(np.max(np.abs(candidate.astype(np.float64) - reference.astype(np.float64))))
-    tol = atol + rtol * scale
+    tol = max(atol, rtol * scale)
     figures = {
         "max_abs_diff": diff,
         "reference_max_abs": scale,

@@ -31,6 +31,7 @@ from ofa2_edge.deploy.dashboard import build_data, embed_json, render_page
 from ofa2_edge.errors import EXIT_USAGE, InvalidInputError, SchemaError
 from ofa2_edge.latency.lut import LutSurrogate
 from ofa2_edge.latency.table import DeviceTable
+from ofa2_edge.search.algorithms import default_algorithm
 from ofa2_edge.search.runstore import RunFolder
 from ofa2_edge.space import Arch, SearchSpace
 from ofa2_edge.workspace import Workspace
@@ -105,7 +106,7 @@ def test_blob_holds_the_front_predictions_and_measurements(ws: Path, front: list
     assert data["schema"] == "ofa2-edge/dashboard-data" and data["schema_version"] == 1
     assert data["run"]["objectives"] == ["top1", "latency:note10", "latency:edge2", "macs"]
     assert (data["run"]["algorithm"], data["run"]["seed"], data["run"]["n_gen"], data["run"]["state"]) == (
-        "spea2",
+        default_algorithm(4),
         3,
         20,
         "completed",

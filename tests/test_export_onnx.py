@@ -13,6 +13,7 @@ import torch
 from exporters import ExportCache, export_module, export_subnet, onnx_export, random_supernet, read_sidecar
 from exporters.cache import META_NAME
 from exporters.onnx_export import ort_session, read_onnx_metadata
+from exporters.parity import check_parity
 from ofa2_edge.errors import ExportError, InvalidArchError, InvalidInputError, SchemaError
 from ofa2_edge.imagefolder import image_batches
 from ofa2_edge.space import Arch, SearchSpace
@@ -162,3 +163,15 @@ def test_foreign_or_future_files_are_refused(tmp_path: Path, cache: ExportCache)
     (tmp_path / "meta.json").write_text(json.dumps(side))
     with pytest.raises(SchemaError, match="schema_version 2"):
         read_sidecar(tmp_path / "meta.json", verify=False)
+
+
+def test_parity_tolerance_is_absolute_for_logits_and_relative_for_large_outputs() -> None:
+    ref = np.array([[0.5, -1.0, 0.25]], dtype=np.float32)
+    assert check_parity(ref, ref + 9e-5, onnx_export.ATOL, onnx_export.RTOL, "x")["tolerance"] == onnx_export.ATOL
+    with pytest.raises(ExportError, match="exceeds the tolerance"):
+        check_parity(ref, ref + 2e-4, onnx_export.ATOL, onnx_export.RTOL, "x")  # O(1) outputs: 1e-4 holds
+    big = ref * 400  # outputs up to 400: float32 rounding grows with them
+    figures = check_parity(big, big + 3e-3, onnx_export.ATOL, onnx_export.RTOL, "x")
+    assert figures["tolerance"] == pytest.approx(onnx_export.RTOL * 400)
+    with pytest.raises(ExportError):
+        check_parity(big, big + 0.1, onnx_export.ATOL, onnx_export.RTOL, "x")
