@@ -20,7 +20,13 @@ from pymoo.operators.crossover.ux import UniformCrossover
 from ofa2_edge.errors import InvalidInputError
 from ofa2_edge.search.encoding import GenomeCodec
 from ofa2_edge.search.finder import Feasible, OfaEvolutionFinder
-from ofa2_edge.search.operators import CanonicalDuplicateElimination, ChoiceMutation, ChoiceSampling
+from ofa2_edge.search.operators import (
+    REFINE_ANCHORS,
+    CanonicalDuplicateElimination,
+    ChoiceMutation,
+    ChoiceSampling,
+    FrontRefinement,
+)
 
 AUTO = "auto"
 
@@ -64,12 +70,17 @@ class OperatorConfig:
     mutation: str = "choice-different"
     mutation_prob_var: float | None = None  # None: pymoo's default 1 / n_var per gene
     dedupe: str = "canonical"
+    #: Memetic step (`FrontRefinement`): the share of each generation's offspring that are
+    #: single-gene neighbours of the front (0: off), and where on the front they go.
+    refine: float = 0.0
+    refine_anchors: str = "extremes"
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
             ("sampling", self.sampling, SAMPLINGS),
             ("mutation", self.mutation, MUTATIONS),
             ("dedupe", self.dedupe, DEDUPES),
+            ("refine_anchors", self.refine_anchors, REFINE_ANCHORS),
         ):
             if value not in allowed:
                 raise InvalidInputError(f"operator {name} {value!r} is unknown; choose from {', '.join(allowed)}")
@@ -77,6 +88,8 @@ class OperatorConfig:
             raise InvalidInputError(f"crossover probability {self.crossover_prob} must be in [0, 1]")
         if self.mutation_prob_var is not None and not 0.0 < self.mutation_prob_var <= 1.0:
             raise InvalidInputError(f"per-gene mutation probability {self.mutation_prob_var} must be in (0, 1]")
+        if not 0.0 <= self.refine < 1.0:
+            raise InvalidInputError(f"refinement share {self.refine} must be in [0, 1): the rest of the offspring come from mating")
 
     @classmethod
     def ofa2(cls) -> "OperatorConfig":
@@ -119,6 +132,12 @@ class BuildContext:
             if ops.dedupe == "canonical"
             else NoDuplicateElimination(),
         }
+
+    def refined(self, algorithm: Algorithm) -> Algorithm:
+        """The algorithm with its mating wrapped in the memetic step, if the operators ask for it."""
+        if self.operators.refine > 0:
+            algorithm.mating = FrontRefinement(algorithm.mating, self.codec, self.operators.refine, self.operators.refine_anchors)
+        return algorithm
 
 
 @dataclass(frozen=True)
@@ -170,14 +189,14 @@ def get_algorithm(name: str) -> AlgorithmSpec:
 def _nsga2(ctx: BuildContext) -> Algorithm:
     from pymoo.algorithms.moo.nsga2 import NSGA2
 
-    return NSGA2(pop_size=ctx.pop_size, **ctx.ga_operators())
+    return ctx.refined(NSGA2(pop_size=ctx.pop_size, **ctx.ga_operators()))
 
 
 @register_algorithm("sms-emoa", "SMS-EMOA")
 def _sms(ctx: BuildContext) -> Algorithm:
     from pymoo.algorithms.moo.sms import SMSEMOA
 
-    return SMSEMOA(pop_size=ctx.pop_size, **ctx.ga_operators())
+    return ctx.refined(SMSEMOA(pop_size=ctx.pop_size, **ctx.ga_operators()))
 
 
 @register_algorithm("spea2", "SPEA2")
@@ -187,7 +206,7 @@ def _spea2(ctx: BuildContext) -> Algorithm:
     # pymoo's default survival is one SPEA2Survival instance shared by every SPEA2 in the
     # process, and it keeps normalisation bounds across runs: a second search would start
     # from the first one's ideal/nadir points. A fresh one per run keeps runs independent.
-    return SPEA2(pop_size=ctx.pop_size, survival=SPEA2Survival(normalize=True), **ctx.ga_operators())
+    return ctx.refined(SPEA2(pop_size=ctx.pop_size, survival=SPEA2Survival(normalize=True), **ctx.ga_operators()))
 
 
 @register_algorithm("nsga3", "NSGA-III")
@@ -197,7 +216,7 @@ def _nsga3(ctx: BuildContext) -> Algorithm:
 
     # Riesz s-energy directions, one per population member, fixed by the run's seed.
     ref_dirs = get_reference_directions("energy", ctx.n_obj, ctx.pop_size, seed=ctx.seed)
-    return NSGA3(ref_dirs=ref_dirs, pop_size=ctx.pop_size, **ctx.ga_operators())
+    return ctx.refined(NSGA3(ref_dirs=ref_dirs, pop_size=ctx.pop_size, **ctx.ga_operators()))
 
 
 @register_algorithm("age-moea", "AGE-MOEA")
@@ -208,7 +227,7 @@ def _agemoea(ctx: BuildContext) -> Algorithm:
         raise InvalidInputError(
             "AGE-MOEA needs numba (pymoo compiles its survival with it): pip install 'ofa2-edge[agemoea]'"
         ) from exc
-    return AGEMOEA(pop_size=ctx.pop_size, **ctx.ga_operators())
+    return ctx.refined(AGEMOEA(pop_size=ctx.pop_size, **ctx.ga_operators()))
 
 
 @register_algorithm("random", "random search (same evaluation budget)")

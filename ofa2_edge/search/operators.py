@@ -10,7 +10,10 @@ population (crossover is pymoo's own `UniformCrossover`), plus what the benchmar
 - a mutation that always moves a mutated gene to a *different* choice (a resample that
   lands on the same value is a wasted mutation: 1/3 of them with three choices);
 - an initial population that contains the smallest and largest arch of every
-  resolution, so the ends of the front are present from generation 1.
+  resolution, so the ends of the front are present from generation 1;
+- optionally, a memetic step (`FrontRefinement`): a share of each generation's offspring
+  are single-gene neighbours of the population's non-dominated members, chiefly of the
+  front's extremes, taken from the same evaluation budget.
 
 All randomness comes from the `random_state` pymoo passes in (the algorithm's seeded
 `numpy.random.Generator`); nothing touches global RNG state.
@@ -22,11 +25,14 @@ import weakref
 
 import numpy as np
 from pymoo.core.duplicate import DuplicateElimination
+from pymoo.core.infill import InfillCriterion
 from pymoo.core.mutation import Mutation
+from pymoo.core.population import Population
 from pymoo.core.sampling import Sampling
 
 from ofa2_edge.search.encoding import GenomeCodec
-from ofa2_edge.space import N_BLOCKS, N_STAGES, R_GENE
+from ofa2_edge.search.indicators import nondominated
+from ofa2_edge.space import D_GENES, N_BLOCKS, N_STAGES, R_GENE
 
 
 class ChoiceSampling(Sampling):
@@ -144,3 +150,107 @@ class CanonicalDuplicateElimination(DuplicateElimination):
             else:
                 seen.add(key)
         return is_duplicate
+
+
+REFINE_ANCHORS = ("extremes", "front", "mixed")
+
+
+def one_gene_neighbours(codec: GenomeCodec, X: np.ndarray, random_state: np.random.Generator) -> np.ndarray:
+    """One neighbour per row: a single gene that builds something (a kernel or expand of
+    an active slot, a depth, the resolution) moved to another of its choices."""
+    X = np.asarray(X, dtype=np.int64)
+    n, m = X.shape
+    nc = codec.n_choices
+    slots = codec.active(X)
+    eligible = np.zeros((n, m), dtype=bool)
+    eligible[:, :N_BLOCKS] = slots
+    eligible[:, N_BLOCKS : 2 * N_BLOCKS] = slots
+    eligible[:, D_GENES] = True
+    eligible[:, R_GENE] = True
+    eligible &= nc[None, :] > 1
+    keys = np.where(eligible, random_state.random((n, m)), -1.0)
+    gene = np.argmax(keys, axis=1)
+    out = X.copy()
+    movable = keys[np.arange(n), gene] >= 0
+    rows, genes = np.flatnonzero(movable), gene[movable]
+    step = 1 + np.floor(random_state.random(len(rows)) * (nc[genes] - 1)).astype(np.int64)  # 1 .. nc-1
+    out[rows, genes] = (out[rows, genes] + step) % nc[genes]
+    return out
+
+
+class FrontRefinement(InfillCriterion):
+    """Memetic local search inside the evolutionary loop, on the same evaluation budget.
+
+    Of each generation's `n_offsprings`, ``share`` are single-gene neighbours
+    (`one_gene_neighbours`) of the population's feasible non-dominated members; the rest
+    come from the algorithm's own mating. All of them are evaluated in the same batch and
+    merged before survival, so an improving neighbour simply survives; the run makes no
+    extra evaluations.
+
+    Where the neighbours go (``anchors``):
+    - ``extremes``: the front's best member on each objective, unless it is one of the
+      space's corner archs (the smallest net is the exact optimum of every cost, and its
+      neighbours are all costlier). On top-1 vs costs this is the most accurate net found,
+      the end of the front that crossover rarely moves: the largest nets are not the
+      most accurate, so that end is found only by search, and crowding keeps it but
+      seldom breeds from it alone;
+    - ``front``: uniformly drawn front members;
+    - ``mixed``: half each.
+
+    Deterministic given the population and the algorithm's generator, so resumed runs are
+    exact; duplicates (on the built network) of the population or of each other are
+    dropped before the mating fills the remaining places.
+    """
+
+    def __init__(self, mating: InfillCriterion, codec: GenomeCodec, share: float, anchors: str = "extremes") -> None:
+        super().__init__(repair=mating.repair, eliminate_duplicates=mating.eliminate_duplicates, n_max_iterations=mating.n_max_iterations)
+        if anchors not in REFINE_ANCHORS:
+            raise ValueError(f"refine anchors {anchors!r}: choose from {', '.join(REFINE_ANCHORS)}")
+        self.mating = mating
+        self.codec = codec
+        self.share = share
+        self.anchors = anchors
+        self._corners = {row.tobytes() for row in ChoiceSampling(codec).corner_indices().astype(np.int8)}
+
+    def anchor_rows(self, pop, k: int, random_state: np.random.Generator) -> np.ndarray:
+        """k population indices to take neighbours of (may repeat); empty if nothing is feasible."""
+        F = np.asarray(pop.get("F"), dtype=np.float64)
+        cv = np.asarray(pop.get("CV"), dtype=np.float64).reshape(len(pop), -1)[:, 0]
+        feasible = np.flatnonzero(cv <= 0)
+        if not len(feasible):
+            return np.zeros(0, dtype=np.int64)
+        front = feasible[nondominated(F[feasible])]
+        canon = self.codec.canonical(np.asarray(pop.get("X"), dtype=np.int64)[front]).astype(np.int8)
+        ends: list[int] = []
+        for j in range(F.shape[1]):
+            keys = [F[front, i] for i in reversed(range(F.shape[1])) if i != j] + [F[front, j]]
+            best = int(np.lexsort(keys)[0])  # best on objective j, ties broken by the others
+            if canon[best].tobytes() not in self._corners and front[best] not in ends:
+                ends.append(int(front[best]))
+        n_ends = {"extremes": k, "front": 0, "mixed": k // 2}[self.anchors] if ends else 0
+        rows = np.resize(np.asarray(ends, dtype=np.int64), n_ends)  # the extremes in turn
+        spread = front[random_state.integers(0, len(front), size=k - n_ends)]
+        return np.concatenate([rows, spread])
+
+    def neighbours(self, pop, k: int, random_state: np.random.Generator) -> Population:
+        rows = self.anchor_rows(pop, 2 * k, random_state)  # twice as many: some will be duplicates
+        if not len(rows):
+            return Population.create()
+        rows = np.concatenate([rows[0::2], rows[1::2]])  # the first k keep the anchors' shares
+        X = one_gene_neighbours(self.codec, np.asarray(pop.get("X"), dtype=np.int64)[rows], random_state)
+        off = self.eliminate_duplicates.do(Population.new("X", X), pop)
+        return off[:k]
+
+    def do(self, problem, pop, n_offsprings, random_state=None, **kwargs):
+        k = int(self.share * n_offsprings)
+        off = self.neighbours(pop, k, random_state) if k > 0 else Population.create()
+        for _ in range(self.n_max_iterations):
+            if len(off) >= n_offsprings:
+                break
+            bred = self.mating.do(problem, pop, n_offsprings - len(off), random_state=random_state, **kwargs)
+            if len(bred) == 0:
+                break
+            if len(off):
+                bred = self.eliminate_duplicates.do(bred, off, to_itself=False)
+            off = Population.merge(off, bred[: n_offsprings - len(off)])
+        return off
