@@ -326,22 +326,24 @@ def projections(ws: Workspace, algorithms: list[str], two_algorithm: str, pop: i
     return out
 
 
-FINALISTS = [("nsga2", OperatorConfig.ofa2()), ("nsga2", OperatorConfig()), ("spea2", OperatorConfig())]
+FINALISTS = [("nsga2", OperatorConfig.ofa2()), ("nsga2", OperatorConfig(refine=0.0)), ("nsga2", OperatorConfig()), ("spea2", OperatorConfig())]
 
 
 def study(ws: Workspace, seeds: list[int], pop: int, gens: int, which: str) -> list[dict[str, Any]]:
     """Algorithms x operators on the reference problem, HV of the final population."""
     broad = [
         ("nsga2", OperatorConfig.ofa2()),
-        ("nsga2", OperatorConfig(sampling="uniform", mutation="choice", dedupe="canonical")),
-        ("nsga2", OperatorConfig(sampling="uniform", mutation="choice-different", dedupe="canonical")),
+        # operator ablations without the memetic step, then the step on top (the default)
+        ("nsga2", OperatorConfig(sampling="uniform", mutation="choice", dedupe="canonical", refine=0.0)),
+        ("nsga2", OperatorConfig(sampling="uniform", mutation="choice-different", dedupe="canonical", refine=0.0)),
+        ("nsga2", OperatorConfig(refine=0.0)),
+        ("nsga2", OperatorConfig(mutation_prob_var=2 / 46, refine=0.0)),
         ("nsga2", OperatorConfig()),
-        ("nsga2", OperatorConfig(mutation_prob_var=2 / 46)),
         ("sms-emoa", OperatorConfig()),
         ("spea2", OperatorConfig.ofa2()),
-        ("spea2", OperatorConfig(sampling="uniform", mutation="choice", dedupe="canonical")),
+        ("spea2", OperatorConfig(sampling="uniform", mutation="choice", dedupe="canonical", refine=0.0)),
         ("spea2", OperatorConfig()),
-        ("spea2", OperatorConfig(mutation_prob_var=2 / 46)),
+        ("spea2", OperatorConfig(mutation_prob_var=2 / 46, refine=0.0)),
         ("age-moea", OperatorConfig()),
         ("nsga3", OperatorConfig()),
     ]

@@ -55,6 +55,10 @@ def _population(codec: GenomeCodec, X: np.ndarray, F: np.ndarray, cv: np.ndarray
     return pop
 
 
+def _arrays(pop: Population) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return np.asarray(pop.get("X"), dtype=np.int64), np.asarray(pop.get("F")), np.asarray(pop.get("CV"))[:, 0]
+
+
 def _mating(codec: GenomeCodec) -> Mating:
     ops = BuildContext(codec, 2, 10, 1, OperatorConfig(), {}).ga_operators()
     return Mating(RandomSelection(), ops["crossover"], ops["mutation"], eliminate_duplicates=ops["eliminate_duplicates"])
@@ -71,12 +75,19 @@ def test_extremes_skip_the_space_corners_and_infeasible_members() -> None:
     cv = np.array([0, 0, 0, 0, 1, 0], dtype=np.float64)
     pop = _population(codec, X, F, cv)
     ref = FrontRefinement(_mating(codec), codec, 0.1, anchors="extremes")
-    assert set(ref.anchor_rows(pop, 8, rng).tolist()) == {2}
-    front = FrontRefinement(_mating(codec), codec, 0.1, anchors="front").anchor_rows(pop, 200, rng)
+    assert set(ref.anchor_rows(*_arrays(pop), 8, rng).tolist()) == {2}
+    front = FrontRefinement(_mating(codec), codec, 0.1, anchors="front").anchor_rows(*_arrays(pop), 200, rng)
     assert set(front.tolist()) == {0, 1, 2, 3}
-    mixed = FrontRefinement(_mating(codec), codec, 0.1, anchors="mixed").anchor_rows(pop, 10, rng)
+    mixed = FrontRefinement(_mating(codec), codec, 0.1, anchors="mixed").anchor_rows(*_arrays(pop), 10, rng)
     assert (mixed[:5] == 2).all() and set(mixed[5:].tolist()) <= {0, 1, 2, 3}
-    assert len(ref.anchor_rows(_population(codec, X, F, np.ones(6)), 8, rng)) == 0  # nothing feasible: no anchors
+    assert len(ref.anchor_rows(*_arrays(_population(codec, X, F, np.ones(6))), 8, rng)) == 0  # nothing feasible: no anchors
+    # ends: the most accurate most often, then the next ones on the front by accuracy, halving
+    ends = FrontRefinement(_mating(codec), codec, 0.1, anchors="ends").anchor_rows(*_arrays(pop), 4000, rng)
+    counts = np.bincount(ends, minlength=6)
+    assert counts[4] == counts[5] == 0 and counts[2] > counts[3] > counts[1] > 0
+    assert 0.45 < counts[2] / 4000 < 0.55 and 0.2 < counts[3] / 4000 < 0.3
+    mixed_ends = FrontRefinement(_mating(codec), codec, 0.1, anchors="mixed-ends").anchor_rows(*_arrays(pop), 10, rng)
+    assert set(mixed_ends[:5].tolist()) <= {0, 1, 2, 3} and len(mixed_ends) == 10
 
 
 def test_offspring_are_the_budget_neighbours_first_and_all_distinct() -> None:
@@ -129,8 +140,10 @@ def test_config_checks_and_the_wrapping() -> None:
     with pytest.raises(InvalidInputError, match="refine_anchors 'middle' is unknown"):
         OperatorConfig(refine_anchors="middle")
     codec = GenomeCodec(SearchSpace())
-    off = get_algorithm("nsga2").build(BuildContext(codec, 2, 10, 1, OperatorConfig(), {}))
-    on = get_algorithm("spea2").build(BuildContext(codec, 2, 10, 1, OperatorConfig(refine=0.1), {}))
+    off = get_algorithm("nsga2").build(BuildContext(codec, 2, 10, 1, OperatorConfig(refine=0.0), {}))
+    on = get_algorithm("spea2").build(BuildContext(codec, 2, 10, 1, OperatorConfig(), {}))
     assert isinstance(off, NSGA2) and not isinstance(off.mating, FrontRefinement)
-    assert isinstance(on.mating, FrontRefinement) and on.mating.share == 0.1
-    assert OperatorConfig.from_dict({"refine": 0.1}).refine_anchors == "extremes"
+    assert isinstance(on.mating, FrontRefinement) and on.mating.share == 0.1 and on.mating.anchors == "mixed-ends"
+    assert OperatorConfig.ofa2().refine == 0.0  # OFA²'s own operators have no memetic step
+    assert OperatorConfig.from_dict({"refine": 0.2}).refine_anchors == "mixed-ends"
+    assert OperatorConfig.from_dict({"sampling": "uniform"}).refine == 0.0  # a config from before the step ran without it

@@ -114,12 +114,13 @@ GENETIC = [name for name in ALGORITHMS if name not in ("random", "ofa-evolution"
 
 
 @pytest.mark.parametrize(
-    ("algorithm", "refine"), [(name, 0.0) for name in ALGORITHMS] + [(name, 0.2) for name in GENETIC]
+    ("algorithm", "refine"),  # None: the default operators (with the memetic step for the genetic algorithms)
+    [(name, None) for name in ALGORITHMS] + [(name, 0.0) for name in GENETIC] + [(name, 0.3) for name in GENETIC],
 )
-def test_interrupted_then_resumed_equals_uninterrupted(workspace: Workspace, tmp_path: Path, algorithm: str, refine: float) -> None:
+def test_interrupted_then_resumed_equals_uninterrupted(workspace: Workspace, tmp_path: Path, algorithm: str, refine: float | None) -> None:
     kw: dict = {"algorithm": algorithm}
-    if refine:
-        kw["operators"] = OperatorConfig(refine=refine, refine_anchors="mixed")
+    if refine is not None:
+        kw["operators"] = OperatorConfig(refine=refine, refine_anchors="mixed" if refine else "mixed-ends")
     if algorithm == "ofa-evolution":
         kw.update(objectives=("top1",), constraints=("latency:note10<=30",))
     elif algorithm in ("nsga3", "age-moea"):

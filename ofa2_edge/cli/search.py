@@ -125,9 +125,9 @@ def search(
     crossover_prob: Optional[float] = typer.Option(None, "--crossover-prob", help="Uniform crossover probability (default 0.9)."),
     dedupe: Optional[str] = typer.Option(None, "--dedupe", help=f"Duplicate elimination: {', '.join(DEDUPES)}."),
     refine: Optional[float] = typer.Option(
-        None, "--refine", help="Memetic step: share of each generation's offspring spent on one-gene neighbours of the front (default 0: off)."
+        None, "--refine", help="Memetic step: share of each generation's offspring that are one-gene neighbours of the front (default 0.1; 0 turns it off)."
     ),
-    refine_anchors: Optional[str] = typer.Option(None, "--refine-anchors", help=f"Where the neighbours go: {', '.join(REFINE_ANCHORS)}."),
+    refine_anchors: Optional[str] = typer.Option(None, "--refine-anchors", help=f"Where the neighbours go: {', '.join(REFINE_ANCHORS)} (default mixed-ends)."),
     param: list[str] = typer.Option([], "--param", help="Algorithm parameter KEY=VALUE, e.g. parent_ratio=0.25 (ofa-evolution)."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Checkpoint every N generations (default 100)."),
     config: Optional[Path] = typer.Option(None, "--config", help="Repeat a run: start from its config.json."),

@@ -152,7 +152,7 @@ class CanonicalDuplicateElimination(DuplicateElimination):
         return is_duplicate
 
 
-REFINE_ANCHORS = ("extremes", "front", "mixed")
+REFINE_ANCHORS = ("extremes", "ends", "front", "mixed", "mixed-ends")
 
 
 def one_gene_neighbours(codec: GenomeCodec, X: np.ndarray, random_state: np.random.Generator) -> np.ndarray:
@@ -194,8 +194,11 @@ class FrontRefinement(InfillCriterion):
       the end of the front that crossover rarely moves: the largest nets are not the
       most accurate, so that end is found only by search, and crowding keeps it but
       seldom breeds from it alone;
+    - ``ends``: as ``extremes``, but the next-best front members on that objective get a
+      share too (the best half the neighbours, the second a quarter, ...): once the best
+      is a local optimum its neighbours are all worse, and the runners-up can still climb;
     - ``front``: uniformly drawn front members;
-    - ``mixed``: half each.
+    - ``mixed`` / ``mixed-ends``: half ``extremes`` / ``ends``, half ``front``.
 
     Deterministic given the population and the algorithm's generator, so resumed runs are
     exact; duplicates (on the built network) of the population or of each other are
@@ -212,33 +215,44 @@ class FrontRefinement(InfillCriterion):
         self.anchors = anchors
         self._corners = {row.tobytes() for row in ChoiceSampling(codec).corner_indices().astype(np.int8)}
 
-    def anchor_rows(self, pop, k: int, random_state: np.random.Generator) -> np.ndarray:
-        """k population indices to take neighbours of (may repeat); empty if nothing is feasible."""
-        F = np.asarray(pop.get("F"), dtype=np.float64)
-        cv = np.asarray(pop.get("CV"), dtype=np.float64).reshape(len(pop), -1)[:, 0]
+    def anchor_rows(self, X: np.ndarray, F: np.ndarray, cv: np.ndarray, k: int, random_state: np.random.Generator) -> np.ndarray:
+        """k row indices (of the population's X, F, CV) to take neighbours of, may repeat;
+        empty if nothing is feasible."""
         feasible = np.flatnonzero(cv <= 0)
         if not len(feasible):
             return np.zeros(0, dtype=np.int64)
         front = feasible[nondominated(F[feasible])]
-        canon = self.codec.canonical(np.asarray(pop.get("X"), dtype=np.int64)[front]).astype(np.int8)
-        ends: list[int] = []
+        ends: list[np.ndarray] = []  # per objective whose best member is not a corner: the front, best first
         for j in range(F.shape[1]):
             keys = [F[front, i] for i in reversed(range(F.shape[1])) if i != j] + [F[front, j]]
-            best = int(np.lexsort(keys)[0])  # best on objective j, ties broken by the others
-            if canon[best].tobytes() not in self._corners and front[best] not in ends:
-                ends.append(int(front[best]))
-        n_ends = {"extremes": k, "front": 0, "mixed": k // 2}[self.anchors] if ends else 0
-        rows = np.resize(np.asarray(ends, dtype=np.int64), n_ends)  # the extremes in turn
+            order = front[np.lexsort(keys)]  # best on objective j first, ties broken by the others
+            corner = self.codec.canonical(X[order[:1]]).astype(np.int8)[0].tobytes() in self._corners
+            if not corner and not any(e[0] == order[0] for e in ends):
+                ends.append(order)
+        share = {"extremes": 1.0, "ends": 1.0, "front": 0.0, "mixed": 0.5, "mixed-ends": 0.5}[self.anchors]
+        n_ends = int(k * share) if ends else 0
+        if self.anchors.endswith("ends"):
+            # the best member most often, the next ones geometrically less (1/2, 1/4, ...)
+            ranks = np.floor(np.log2(1.0 / (1.0 - random_state.random(n_ends)))).astype(np.int64)
+        else:
+            ranks = np.zeros(n_ends, dtype=np.int64)
+        rows = np.empty(n_ends, dtype=np.int64)
+        which = np.arange(n_ends) % max(len(ends), 1)  # the objectives' ends in turn
+        for e, order in enumerate(ends):
+            rows[which == e] = order[np.minimum(ranks[which == e], len(order) - 1)]
         spread = front[random_state.integers(0, len(front), size=k - n_ends)]
         return np.concatenate([rows, spread])
 
     def neighbours(self, pop, k: int, random_state: np.random.Generator) -> Population:
-        rows = self.anchor_rows(pop, 2 * k, random_state)  # twice as many: some will be duplicates
+        # attribute access per individual: several times cheaper than Population.get here
+        X = np.array([ind.X for ind in pop], dtype=np.int64)
+        F = np.array([ind.F for ind in pop], dtype=np.float64)
+        cv = np.array([ind.CV[0] for ind in pop], dtype=np.float64)
+        rows = self.anchor_rows(X, F, cv, 2 * k, random_state)  # twice as many: some will be duplicates
         if not len(rows):
             return Population.create()
         rows = np.concatenate([rows[0::2], rows[1::2]])  # the first k keep the anchors' shares
-        X = one_gene_neighbours(self.codec, np.asarray(pop.get("X"), dtype=np.int64)[rows], random_state)
-        off = self.eliminate_duplicates.do(Population.new("X", X), pop)
+        off = self.eliminate_duplicates.do(Population.new("X", one_gene_neighbours(self.codec, X[rows], random_state)), pop)
         return off[:k]
 
     def do(self, problem, pop, n_offsprings, random_state=None, **kwargs):
