@@ -43,7 +43,9 @@ def default_algorithm(n_obj: int) -> str:
     +1.30 % (seeds 1-6), NSGA-III ~6 %; a projection-aware survival (branch
     `proj-survival`) did no better. The latencies and MACs are strongly correlated, so the
     front stays close to two-dimensional, where NSGA-II's crowding works well. What decides
-    the gaps is how far a run gets at the top-1 end, for every algorithm."""
+    the gaps is how far a run gets at the top-1 end, for every algorithm; the memetic step
+    (`OperatorConfig.refine`, default since) moves that end: 11 of 12 projections within
+    1 % (seeds 1-6, both runs with the step), mean gap -0.77 %."""
     if n_obj <= 1:
         return "ofa-evolution"
     return "nsga2"

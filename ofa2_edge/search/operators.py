@@ -200,8 +200,9 @@ class FrontRefinement(InfillCriterion):
     - ``front``: uniformly drawn front members;
     - ``mixed`` / ``mixed-ends``: half ``extremes`` / ``ends``, half ``front``.
 
-    Deterministic given the population and the algorithm's generator, so resumed runs are
-    exact; duplicates (on the built network) of the population or of each other are
+    The share is of `n_offsprings` rounded down, so a steady-state algorithm (SMS-EMOA:
+    one offspring a generation) gets no neighbours. Deterministic given the population and
+    the algorithm's generator, so resumed runs are exact; duplicates (on the built network) of the population or of each other are
     dropped before the mating fills the remaining places.
     """
 
