@@ -66,6 +66,8 @@ AUTHORS_HV = {1: 756.4, 2: 759.8, 3: 756.7}
 REFERENCE = {"latency:note10": 100.0, "top1": 75.0}  # (100 ms, 25 % error)
 BUDGETS = tuple(range(15, 60, 5))
 DEFAULT = "default"
+OPS = "ops"  # our default operators with the --ops overrides
+OPS_CONFIG: OperatorConfig | None = None
 
 
 def log(msg: str) -> None:
@@ -100,7 +102,15 @@ def make_workspace(root: Path, assets: Path) -> Workspace:
 
 # --------------------------------------------------------------------- runs
 def operators(variant: str) -> OperatorConfig:
+    if variant == OPS:
+        assert OPS_CONFIG is not None, "the ops variant needs --ops"
+        return OPS_CONFIG
     return OperatorConfig.ofa2() if variant == "ofa2" else OperatorConfig()
+
+
+def ours() -> tuple[str, OperatorConfig]:
+    """The variant the budget and many-devices parts run: our default, or --ops if given."""
+    return (OPS, OPS_CONFIG) if OPS_CONFIG is not None else (DEFAULT, OperatorConfig())
 
 
 def run(ws: Workspace, name: str, **kw: Any) -> tuple[RunFolder, dict[str, Any]]:
@@ -277,7 +287,8 @@ def projections(ws: Workspace, algorithms: list[str], two_algorithm: str, pop: i
     for seed in seeds:
         dedicated = {}
         for dev in devices:
-            r2, d2 = run(ws, f"two-{dev}-{two_algorithm}-s{seed}", objectives=(f"latency:{dev}", "top1"), algorithm=two_algorithm, pop_size=pop, n_gen=gens, seed=seed)
+            r2, d2 = run(ws, f"two-{dev}-{two_algorithm}-{ours()[0]}-s{seed}", objectives=(f"latency:{dev}", "top1"), algorithm=two_algorithm,
+                         operators=ours()[1], pop_size=pop, n_gen=gens, seed=seed)  # fmt: skip
             field = f"latency_ms:{dev}"
             F2 = np.array([[row[field], 100 - row["top1_pct"]] for row in r2.front()["rows"]])
             ref = np.asarray(r2.hypervolume()["reference_point_minimised"])  # the dedicated run's, (latency, error)
@@ -286,8 +297,9 @@ def projections(ws: Workspace, algorithms: list[str], two_algorithm: str, pop: i
         for algorithm in algorithms:
             r4, d4 = run(
                 ws,
-                f"four-{algorithm}-s{seed}",
+                f"four-{algorithm}-{ours()[0]}-s{seed}",
                 objectives=("top1", *(f"latency:{d}" for d in devices), "macs"),
+                operators=ours()[1],
                 algorithm=algorithm,
                 pop_size=pop,
                 n_gen=gens,
@@ -314,22 +326,24 @@ def projections(ws: Workspace, algorithms: list[str], two_algorithm: str, pop: i
     return out
 
 
-FINALISTS = [("nsga2", OperatorConfig.ofa2()), ("nsga2", OperatorConfig()), ("spea2", OperatorConfig())]
+FINALISTS = [("nsga2", OperatorConfig.ofa2()), ("nsga2", OperatorConfig(refine=0.0)), ("nsga2", OperatorConfig()), ("spea2", OperatorConfig())]
 
 
 def study(ws: Workspace, seeds: list[int], pop: int, gens: int, which: str) -> list[dict[str, Any]]:
     """Algorithms x operators on the reference problem, HV of the final population."""
     broad = [
         ("nsga2", OperatorConfig.ofa2()),
-        ("nsga2", OperatorConfig(sampling="uniform", mutation="choice", dedupe="canonical")),
-        ("nsga2", OperatorConfig(sampling="uniform", mutation="choice-different", dedupe="canonical")),
+        # operator ablations without the memetic step, then the step on top (the default)
+        ("nsga2", OperatorConfig(sampling="uniform", mutation="choice", dedupe="canonical", refine=0.0)),
+        ("nsga2", OperatorConfig(sampling="uniform", mutation="choice-different", dedupe="canonical", refine=0.0)),
+        ("nsga2", OperatorConfig(refine=0.0)),
+        ("nsga2", OperatorConfig(mutation_prob_var=2 / 46, refine=0.0)),
         ("nsga2", OperatorConfig()),
-        ("nsga2", OperatorConfig(mutation_prob_var=2 / 46)),
         ("sms-emoa", OperatorConfig()),
         ("spea2", OperatorConfig.ofa2()),
-        ("spea2", OperatorConfig(sampling="uniform", mutation="choice", dedupe="canonical")),
+        ("spea2", OperatorConfig(sampling="uniform", mutation="choice", dedupe="canonical", refine=0.0)),
         ("spea2", OperatorConfig()),
-        ("spea2", OperatorConfig(mutation_prob_var=2 / 46)),
+        ("spea2", OperatorConfig(mutation_prob_var=2 / 46, refine=0.0)),
         ("age-moea", OperatorConfig()),
         ("nsga3", OperatorConfig()),
     ]
@@ -430,10 +444,18 @@ def main() -> int:
     ap.add_argument("--seeds", default="1-3")
     ap.add_argument("--default-algo", default=default_algorithm(2), help="our default for two objectives")
     ap.add_argument("--many-algo", default=default_algorithm(4), help="comma list of algorithms for the 4-objective check; the first is reported as the default")
+    ap.add_argument("--ops", default="", help="operator overrides KEY=VALUE,... (e.g. refine=0.1,refine_anchors=front): an extra "
+                    "reference variant 'ops', also used by the budget and many-devices parts instead of the default")
+    ap.add_argument("--ref-variants", default="", help="comma list ALGO/VARIANT (variants: ofa2, default, ops) for the reference part")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: reference,budgets,projections")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     ap.add_argument("--keep", type=Path, default=None, help="keep run folders here instead of a temporary folder")
     args = ap.parse_args()
+    global OPS_CONFIG
+    if args.ops:
+        pairs = dict(part.split("=", 1) for part in args.ops.split(","))
+        typed = {k: (v if k in ("sampling", "mutation", "dedupe", "refine_anchors") else float(v)) for k, v in pairs.items()}
+        OPS_CONFIG = OperatorConfig.from_dict({**OperatorConfig().to_dict(), **typed})
     MatingRounds.install()
     assets = Path(os.environ.get("OFA2_EDGE_ASSETS", REPO.parent / "shared" / "ofa_assets"))
     gens, finder_gens, seeds = (100, 50, [1]) if args.quick else (1000, 500, seeds_of(args.seeds))
@@ -450,6 +472,7 @@ def main() -> int:
         "load_at_start": os.getloadavg(),
         "quick": args.quick,
         "generations": gens,
+        "ops": None if OPS_CONFIG is None else OPS_CONFIG.to_dict(),
     }
     if args.study:
         report["study"] = study(ws, seeds_of(args.study_seeds), 100, gens, args.study_set)
@@ -457,6 +480,10 @@ def main() -> int:
         if "reference" not in skip:
             # OFA²'s own setting, our default, and the alternatives the study found strongest
             algos = [("nsga2", "ofa2"), (args.default_algo, DEFAULT), ("nsga2", DEFAULT), ("spea2", DEFAULT)]
+            if OPS_CONFIG is not None:
+                algos.append((args.default_algo, OPS))
+            if args.ref_variants:
+                algos = [tuple(v.split("/", 1)) for v in args.ref_variants.split(",")]  # type: ignore[misc]
             algos = list(dict.fromkeys(algos))
             report["reference"] = reference_runs(ws, algos, seeds, 100, gens)
             means = {}
@@ -477,9 +504,10 @@ def main() -> int:
         if "budgets" not in skip:
             folders = {}
             for seed in seeds:
-                mo = ws.runs_dir / f"ref-{args.default_algo}-{DEFAULT}-s{seed}"
+                mo = ws.runs_dir / f"ref-{args.default_algo}-{ours()[0]}-s{seed}"
                 if not (mo / "front.json").is_file():
-                    run(ws, mo.name, objectives=("latency:note10", "top1"), algorithm=args.default_algo, pop_size=100, n_gen=gens, seed=seed, reference_point=REFERENCE)
+                    run(ws, mo.name, objectives=("latency:note10", "top1"), algorithm=args.default_algo, operators=ours()[1],
+                        pop_size=100, n_gen=gens, seed=seed, reference_point=REFERENCE)  # fmt: skip
                 folders[seed] = mo
             report["budgets"] = budget_table(ws, folders, finder_gens, budgets)
         if "projections" not in skip:

@@ -92,6 +92,8 @@ def test_resume_and_repeat_from_config(capsys: pytest.CaptureFixture[str], ws: P
         (["--objectives", "top1,macs", "--ref-point", "top1"], "KEY=VALUE"),
         (["--objectives", "top1,macs", "--ref-point", "latency:note10=5"], "not objectives of this search"),
         (["--objectives", "top1,macs", "--mutation", "gaussian"], "operator mutation 'gaussian' is unknown"),
+        (["--objectives", "top1,macs", "--refine", "1"], "refinement share 1.0 must be in [0, 1)"),
+        (["--objectives", "top1,macs", "--refine-anchors", "middle"], "operator refine_anchors 'middle' is unknown"),
         (["--pop", "10"], "give --objectives"),
     ],
 )
@@ -152,3 +154,11 @@ def test_runs_show_an_interrupted_run(capsys: pytest.CaptureFixture[str], ws: Pa
     assert code == EXIT_USAGE and "has no front yet" in err
     code, _, err = cli(capsys, ws, "runs", "show", "nope")
     assert code == EXIT_USAGE and "no run 'nope'" in err
+
+
+def test_refinement_options_reach_the_run_config(capsys: pytest.CaptureFixture[str], ws: Path) -> None:
+    code, out, _ = cli(capsys, ws, "search", "--objectives", "top1,latency:note10", *SMALL, "--refine", "0.25",
+                       "--refine-anchors", "mixed", "-o", "runs/m", "--no-plot", "--json")  # fmt: skip
+    assert code == 0 and json.loads(out)["n_evals"] == 16 * 8  # the same budget: neighbours replace offspring
+    ops = json.loads((ws / "runs" / "m" / "config.json").read_text())["operators"]
+    assert ops["refine"] == 0.25 and ops["refine_anchors"] == "mixed"

@@ -110,9 +110,17 @@ def test_same_seed_same_front_and_no_global_rng_use(workspace: Workspace, tmp_pa
     assert front["a"] != front["c"]
 
 
-@pytest.mark.parametrize("algorithm", list(ALGORITHMS))
-def test_interrupted_then_resumed_equals_uninterrupted(workspace: Workspace, tmp_path: Path, algorithm: str) -> None:
+GENETIC = [name for name in ALGORITHMS if name not in ("random", "ofa-evolution")]  # those with a mating step
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "refine"),  # None: the default operators (with the memetic step for the genetic algorithms)
+    [(name, None) for name in ALGORITHMS] + [(name, 0.0) for name in GENETIC] + [(name, 0.3) for name in GENETIC],
+)
+def test_interrupted_then_resumed_equals_uninterrupted(workspace: Workspace, tmp_path: Path, algorithm: str, refine: float | None) -> None:
     kw: dict = {"algorithm": algorithm}
+    if refine is not None:
+        kw["operators"] = OperatorConfig(refine=refine, refine_anchors="mixed" if refine else "mixed-ends")
     if algorithm == "ofa-evolution":
         kw.update(objectives=("top1",), constraints=("latency:note10<=30",))
     elif algorithm in ("nsga3", "age-moea"):
@@ -225,6 +233,20 @@ def test_arch_level_constraints_hold(workspace: Workspace, tmp_path: Path) -> No
     search(workspace, tmp_path / "s", space=space)
     for row in rows_of(tmp_path / "s"):
         space.validate(Arch.from_dict(row["arch"]))
+
+
+def test_refinement_keeps_the_budget_and_records_its_evaluations(workspace: Workspace, tmp_path: Path) -> None:
+    status = search(workspace, tmp_path / "m", operators=OperatorConfig(refine=0.3))
+    assert status["n_evals"] == 20 * 12  # neighbours replace offspring: no extra evaluations
+    rows = rows_of(tmp_path / "m")
+    assert len(rows) == status["n_archs"] and len({r["arch_id"] for r in rows}) == len(rows)
+    genomes = np.array([[*r["arch"]["ks"], *r["arch"]["e"], *r["arch"]["d"], r["arch"]["r"]] for r in rows])
+    gens = np.array([r["gen"] for r in rows])
+    # from generation 2 on, every generation has archs one built gene away from an earlier one
+    one_away = [
+        bool(((genomes[gens < g][None, :, :] != genomes[gens == g][:, None, :]).sum(axis=2) == 1).any()) for g in range(2, 13)
+    ]
+    assert all(one_away)
 
 
 def test_random_search_and_compare(workspace: Workspace, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from rich.table import Table
 from ofa2_edge.cli.common import JSON_OPTION, emit_json, err_console, out_console, state
 from ofa2_edge.errors import InvalidInputError
 from ofa2_edge.search import runstore as rs
-from ofa2_edge.search.algorithms import ALGORITHMS, AUTO, DEDUPES, MUTATIONS, SAMPLINGS
+from ofa2_edge.search.algorithms import ALGORITHMS, AUTO, DEDUPES, MUTATIONS, REFINE_ANCHORS, SAMPLINGS
 from ofa2_edge.search.runner import SearchConfig, run_search
 from ofa2_edge.space import DEFAULT_RESOLUTIONS, SearchSpace
 
@@ -58,6 +58,8 @@ def _config_from_options(base: SearchConfig | None, opts: dict[str, Any]) -> Sea
         ("mutation_prob", "mutation_prob_var"),
         ("crossover_prob", "crossover_prob"),
         ("dedupe", "dedupe"),
+        ("refine", "refine"),
+        ("refine_anchors", "refine_anchors"),
     ):
         if opts[key] is not None:
             ops[field] = opts[key]
@@ -122,6 +124,10 @@ def search(
     mutation_prob: Optional[float] = typer.Option(None, "--mutation-prob", help="Per-gene mutation probability (default 1/46)."),
     crossover_prob: Optional[float] = typer.Option(None, "--crossover-prob", help="Uniform crossover probability (default 0.9)."),
     dedupe: Optional[str] = typer.Option(None, "--dedupe", help=f"Duplicate elimination: {', '.join(DEDUPES)}."),
+    refine: Optional[float] = typer.Option(
+        None, "--refine", help="Memetic step: share of each generation's offspring that are one-gene neighbours of the front (default 0.1; 0 turns it off)."
+    ),
+    refine_anchors: Optional[str] = typer.Option(None, "--refine-anchors", help=f"Where the neighbours go: {', '.join(REFINE_ANCHORS)} (default mixed-ends)."),
     param: list[str] = typer.Option([], "--param", help="Algorithm parameter KEY=VALUE, e.g. parent_ratio=0.25 (ofa-evolution)."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Checkpoint every N generations (default 100)."),
     config: Optional[Path] = typer.Option(None, "--config", help="Repeat a run: start from its config.json."),
@@ -137,7 +143,7 @@ def search(
         "resolutions": _ints(resolutions, "resolutions"), "ks": _ints(ks, "ks"), "e": _ints(e, "e"), "d": _ints(d, "d"),
         "width": width, "accuracy": accuracy, "ref_point": _pairs(ref_point, "ref-point"), "sampling": sampling,
         "mutation": mutation, "mutation_prob": mutation_prob, "crossover_prob": crossover_prob, "dedupe": dedupe,
-        "param": _pairs(param, "param"), "checkpoint_every": checkpoint_every,
+        "refine": refine, "refine_anchors": refine_anchors, "param": _pairs(param, "param"), "checkpoint_every": checkpoint_every,
     }  # fmt: skip
     given = any(v not in (None, [], {}) for v in opts.values())
     if resume:

@@ -10,7 +10,10 @@ population (crossover is pymoo's own `UniformCrossover`), plus what the benchmar
 - a mutation that always moves a mutated gene to a *different* choice (a resample that
   lands on the same value is a wasted mutation: 1/3 of them with three choices);
 - an initial population that contains the smallest and largest arch of every
-  resolution, so the ends of the front are present from generation 1.
+  resolution, so the ends of the front are present from generation 1;
+- optionally, a memetic step (`FrontRefinement`): a share of each generation's offspring
+  are single-gene neighbours of the population's non-dominated members, chiefly of the
+  front's extremes, taken from the same evaluation budget.
 
 All randomness comes from the `random_state` pymoo passes in (the algorithm's seeded
 `numpy.random.Generator`); nothing touches global RNG state.
@@ -22,11 +25,14 @@ import weakref
 
 import numpy as np
 from pymoo.core.duplicate import DuplicateElimination
+from pymoo.core.infill import InfillCriterion
 from pymoo.core.mutation import Mutation
+from pymoo.core.population import Population
 from pymoo.core.sampling import Sampling
 
 from ofa2_edge.search.encoding import GenomeCodec
-from ofa2_edge.space import N_BLOCKS, N_STAGES, R_GENE
+from ofa2_edge.search.indicators import nondominated
+from ofa2_edge.space import D_GENES, N_BLOCKS, N_STAGES, R_GENE
 
 
 class ChoiceSampling(Sampling):
@@ -144,3 +150,122 @@ class CanonicalDuplicateElimination(DuplicateElimination):
             else:
                 seen.add(key)
         return is_duplicate
+
+
+REFINE_ANCHORS = ("extremes", "ends", "front", "mixed", "mixed-ends")
+
+
+def one_gene_neighbours(codec: GenomeCodec, X: np.ndarray, random_state: np.random.Generator) -> np.ndarray:
+    """One neighbour per row: a single gene that builds something (a kernel or expand of
+    an active slot, a depth, the resolution) moved to another of its choices."""
+    X = np.asarray(X, dtype=np.int64)
+    n, m = X.shape
+    nc = codec.n_choices
+    slots = codec.active(X)
+    eligible = np.zeros((n, m), dtype=bool)
+    eligible[:, :N_BLOCKS] = slots
+    eligible[:, N_BLOCKS : 2 * N_BLOCKS] = slots
+    eligible[:, D_GENES] = True
+    eligible[:, R_GENE] = True
+    eligible &= nc[None, :] > 1
+    keys = np.where(eligible, random_state.random((n, m)), -1.0)
+    gene = np.argmax(keys, axis=1)
+    out = X.copy()
+    movable = keys[np.arange(n), gene] >= 0
+    rows, genes = np.flatnonzero(movable), gene[movable]
+    step = 1 + np.floor(random_state.random(len(rows)) * (nc[genes] - 1)).astype(np.int64)  # 1 .. nc-1
+    out[rows, genes] = (out[rows, genes] + step) % nc[genes]
+    return out
+
+
+class FrontRefinement(InfillCriterion):
+    """Memetic local search inside the evolutionary loop, on the same evaluation budget.
+
+    Of each generation's `n_offsprings`, ``share`` are single-gene neighbours
+    (`one_gene_neighbours`) of the population's feasible non-dominated members; the rest
+    come from the algorithm's own mating. All of them are evaluated in the same batch and
+    merged before survival, so an improving neighbour simply survives; the run makes no
+    extra evaluations.
+
+    Where the neighbours go (``anchors``):
+    - ``extremes``: the front's best member on each objective, unless it is one of the
+      space's corner archs (the smallest net is the exact optimum of every cost, and its
+      neighbours are all costlier). On top-1 vs costs this is the most accurate net found,
+      the end of the front that crossover rarely moves: the largest nets are not the
+      most accurate, so that end is found only by search, and crowding keeps it but
+      seldom breeds from it alone;
+    - ``ends``: as ``extremes``, but the next-best front members on that objective get a
+      share too (the best half the neighbours, the second a quarter, ...): once the best
+      is a local optimum its neighbours are all worse, and the runners-up can still climb;
+    - ``front``: uniformly drawn front members;
+    - ``mixed`` / ``mixed-ends``: half ``extremes`` / ``ends``, half ``front``.
+
+    The share is of `n_offsprings` rounded down, so a steady-state algorithm (SMS-EMOA:
+    one offspring a generation) gets no neighbours. Deterministic given the population and
+    the algorithm's generator, so resumed runs are exact; duplicates (on the built network) of the population or of each other are
+    dropped before the mating fills the remaining places.
+    """
+
+    def __init__(self, mating: InfillCriterion, codec: GenomeCodec, share: float, anchors: str = "extremes") -> None:
+        super().__init__(repair=mating.repair, eliminate_duplicates=mating.eliminate_duplicates, n_max_iterations=mating.n_max_iterations)
+        if anchors not in REFINE_ANCHORS:
+            raise ValueError(f"refine anchors {anchors!r}: choose from {', '.join(REFINE_ANCHORS)}")
+        self.mating = mating
+        self.codec = codec
+        self.share = share
+        self.anchors = anchors
+        self._corners = {row.tobytes() for row in ChoiceSampling(codec).corner_indices().astype(np.int8)}
+
+    def anchor_rows(self, X: np.ndarray, F: np.ndarray, cv: np.ndarray, k: int, random_state: np.random.Generator) -> np.ndarray:
+        """k row indices (of the population's X, F, CV) to take neighbours of, may repeat;
+        empty if nothing is feasible."""
+        feasible = np.flatnonzero(cv <= 0)
+        if not len(feasible):
+            return np.zeros(0, dtype=np.int64)
+        front = feasible[nondominated(F[feasible])]
+        ends: list[np.ndarray] = []  # per objective whose best member is not a corner: the front, best first
+        for j in range(F.shape[1]):
+            keys = [F[front, i] for i in reversed(range(F.shape[1])) if i != j] + [F[front, j]]
+            order = front[np.lexsort(keys)]  # best on objective j first, ties broken by the others
+            corner = self.codec.canonical(X[order[:1]]).astype(np.int8)[0].tobytes() in self._corners
+            if not corner and not any(e[0] == order[0] for e in ends):
+                ends.append(order)
+        share = {"extremes": 1.0, "ends": 1.0, "front": 0.0, "mixed": 0.5, "mixed-ends": 0.5}[self.anchors]
+        n_ends = int(k * share) if ends else 0
+        if self.anchors.endswith("ends"):
+            # the best member most often, the next ones geometrically less (1/2, 1/4, ...)
+            ranks = np.floor(np.log2(1.0 / (1.0 - random_state.random(n_ends)))).astype(np.int64)
+        else:
+            ranks = np.zeros(n_ends, dtype=np.int64)
+        rows = np.empty(n_ends, dtype=np.int64)
+        which = np.arange(n_ends) % max(len(ends), 1)  # the objectives' ends in turn
+        for e, order in enumerate(ends):
+            rows[which == e] = order[np.minimum(ranks[which == e], len(order) - 1)]
+        spread = front[random_state.integers(0, len(front), size=k - n_ends)]
+        return np.concatenate([rows, spread])
+
+    def neighbours(self, pop, k: int, random_state: np.random.Generator) -> Population:
+        # attribute access per individual: several times cheaper than Population.get here
+        X = np.array([ind.X for ind in pop], dtype=np.int64)
+        F = np.array([ind.F for ind in pop], dtype=np.float64)
+        cv = np.array([ind.CV[0] for ind in pop], dtype=np.float64)
+        rows = self.anchor_rows(X, F, cv, 2 * k, random_state)  # twice as many: some will be duplicates
+        if not len(rows):
+            return Population.create()
+        rows = np.concatenate([rows[0::2], rows[1::2]])  # the first k keep the anchors' shares
+        off = self.eliminate_duplicates.do(Population.new("X", one_gene_neighbours(self.codec, X[rows], random_state)), pop)
+        return off[:k]
+
+    def do(self, problem, pop, n_offsprings, random_state=None, **kwargs):
+        k = int(self.share * n_offsprings)
+        off = self.neighbours(pop, k, random_state) if k > 0 else Population.create()
+        for _ in range(self.n_max_iterations):
+            if len(off) >= n_offsprings:
+                break
+            bred = self.mating.do(problem, pop, n_offsprings - len(off), random_state=random_state, **kwargs)
+            if len(bred) == 0:
+                break
+            if len(off):
+                bred = self.eliminate_duplicates.do(bred, off, to_itself=False)
+            off = Population.merge(off, bred[: n_offsprings - len(off)])
+        return off

@@ -1,0 +1,149 @@
+"""The memetic step (`FrontRefinement`): one-gene neighbours of the front, inside the budget."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pymoo.algorithms.moo.nsga2 import NSGA2
+from pymoo.core.mating import Mating
+from pymoo.core.population import Population
+from pymoo.core.problem import Problem
+from pymoo.operators.selection.rnd import RandomSelection
+from pymoo.optimize import minimize
+
+from ofa2_edge.errors import InvalidInputError
+from ofa2_edge.search.algorithms import BuildContext, OperatorConfig, get_algorithm
+from ofa2_edge.search.encoding import GenomeCodec
+from ofa2_edge.search.operators import ChoiceSampling, FrontRefinement, one_gene_neighbours
+from ofa2_edge.space import Arch, SearchSpace
+
+SPACES = [
+    SearchSpace(),
+    SearchSpace(resolutions=(96, 128, 224, 320), ks=(5, 7), e=(4,), d=(3, 4)),
+    SearchSpace(resolutions=(64,), ks=(3,), e=(3, 6), d=(2,), w=1.0),
+]
+
+
+def _canon_keys(codec: GenomeCodec, X: np.ndarray) -> list[bytes]:
+    return [row.tobytes() for row in codec.canonical(np.asarray(X, dtype=np.int64)).astype(np.int8)]
+
+
+@pytest.mark.parametrize("space", SPACES)
+@given(seed=st.integers(0, 2**32 - 1))
+@settings(max_examples=25, deadline=None)
+def test_a_neighbour_is_another_network_one_built_gene_away(space: SearchSpace, seed: int) -> None:
+    codec = GenomeCodec(space)
+    rng = np.random.default_rng(seed)
+    X = ChoiceSampling(codec)._do(None, 200, random_state=rng)
+    Y = one_gene_neighbours(codec, X, rng)
+    changed = Y != X
+    assert (changed.sum(axis=1) == 1).all()
+    gene = changed.argmax(axis=1)
+    built = np.concatenate([codec.active(X)] * 2 + [np.ones((len(X), 6), dtype=bool)], axis=1)
+    assert built[np.arange(len(X)), gene].all()  # never a gene of an unbuilt slot
+    assert all(a != b for a, b in zip(_canon_keys(codec, X), _canon_keys(codec, Y)))  # a different network
+    for arch in codec.archs(Y):
+        assert space.validate(arch) is arch
+
+
+def _population(codec: GenomeCodec, X: np.ndarray, F: np.ndarray, cv: np.ndarray | None = None) -> Population:
+    pop = Population.new("X", np.asarray(X, dtype=np.int64))
+    pop.set("F", np.asarray(F, dtype=np.float64))
+    pop.set("CV", (np.zeros(len(X)) if cv is None else np.asarray(cv, dtype=np.float64)).reshape(-1, 1))
+    return pop
+
+
+def _arrays(pop: Population) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return np.asarray(pop.get("X"), dtype=np.int64), np.asarray(pop.get("F")), np.asarray(pop.get("CV"))[:, 0]
+
+
+def _mating(codec: GenomeCodec) -> Mating:
+    ops = BuildContext(codec, 2, 10, 1, OperatorConfig(), {}).ga_operators()
+    return Mating(RandomSelection(), ops["crossover"], ops["mutation"], eliminate_duplicates=ops["eliminate_duplicates"])
+
+
+def test_extremes_skip_the_space_corners_and_infeasible_members() -> None:
+    codec = GenomeCodec(SearchSpace())
+    rng = np.random.default_rng(0)
+    smallest = codec.encode(np.array([Arch.smallest(160).to_genome()]))[0]
+    X = np.stack([smallest, *ChoiceSampling(codec)._do(None, 5, random_state=rng)])
+    # (latency, error): 0 is the smallest net (the latency extreme), 2 the most accurate feasible one,
+    # 4 more accurate still but infeasible, 5 dominated
+    F = np.array([[10, 24], [20, 20], [40, 15], [30, 18], [50, 10], [45, 22]], dtype=np.float64)
+    cv = np.array([0, 0, 0, 0, 1, 0], dtype=np.float64)
+    pop = _population(codec, X, F, cv)
+    ref = FrontRefinement(_mating(codec), codec, 0.1, anchors="extremes")
+    assert set(ref.anchor_rows(*_arrays(pop), 8, rng).tolist()) == {2}
+    front = FrontRefinement(_mating(codec), codec, 0.1, anchors="front").anchor_rows(*_arrays(pop), 200, rng)
+    assert set(front.tolist()) == {0, 1, 2, 3}
+    mixed = FrontRefinement(_mating(codec), codec, 0.1, anchors="mixed").anchor_rows(*_arrays(pop), 10, rng)
+    assert (mixed[:5] == 2).all() and set(mixed[5:].tolist()) <= {0, 1, 2, 3}
+    assert len(ref.anchor_rows(*_arrays(_population(codec, X, F, np.ones(6))), 8, rng)) == 0  # nothing feasible: no anchors
+    # ends: the most accurate most often, then the next ones on the front by accuracy, halving
+    ends = FrontRefinement(_mating(codec), codec, 0.1, anchors="ends").anchor_rows(*_arrays(pop), 4000, rng)
+    counts = np.bincount(ends, minlength=6)
+    assert counts[4] == counts[5] == 0 and counts[2] > counts[3] > counts[1] > 0
+    assert 0.45 < counts[2] / 4000 < 0.55 and 0.2 < counts[3] / 4000 < 0.3
+    mixed_ends = FrontRefinement(_mating(codec), codec, 0.1, anchors="mixed-ends").anchor_rows(*_arrays(pop), 10, rng)
+    assert set(mixed_ends[:5].tolist()) <= {0, 1, 2, 3} and len(mixed_ends) == 10
+
+
+def test_offspring_are_the_budget_neighbours_first_and_all_distinct() -> None:
+    codec = GenomeCodec(SearchSpace())
+    rng = np.random.default_rng(1)
+    X = ChoiceSampling(codec, corners=True)._do(None, 40, random_state=rng)
+    F = np.column_stack([rng.random(40), rng.random(40)])
+    pop = _population(codec, X, F)
+    problem = Problem(n_var=codec.n_var, n_obj=2, xl=np.zeros(codec.n_var), xu=codec.n_choices - 1, vtype=int)
+    ref = FrontRefinement(_mating(codec), codec, 0.25, anchors="mixed")
+    off = ref.do(problem, pop, 40, random_state=rng)
+    Y = np.asarray(off.get("X"), dtype=np.int64)
+    assert len(Y) == 40
+    keys = _canon_keys(codec, Y)
+    assert len(set(keys)) == 40 and not set(keys) & set(_canon_keys(codec, X))
+    # the first 10 are one-gene neighbours of the population's members
+    assert all(((X != y).sum(axis=1) == 1).any() for y in Y[:10])
+
+
+def test_same_seed_same_run_and_the_top1_end_gains() -> None:
+    """On a smooth landscape whose best point is an interior one, the refined run reaches
+    further at the accurate end with the same evaluations (a check that could fail: the
+    step must merge improving neighbours into survival)."""
+    codec = GenomeCodec(SearchSpace())
+    target = ChoiceSampling(codec)._do(None, 1, random_state=np.random.default_rng(5))[0]
+
+    class P(Problem):
+        def _evaluate(self, x, out, *args, **kwargs):
+            x = codec.canonical(np.asarray(x, dtype=np.int64))
+            size = x.sum(axis=1).astype(np.float64)
+            out["F"] = np.column_stack([size, (x != target).sum(axis=1).astype(np.float64)])
+
+    def best(refine: float, seed: int) -> tuple[float, np.ndarray]:
+        ops = OperatorConfig(refine=refine)
+        algo = get_algorithm("nsga2").build(BuildContext(codec, 2, 40, seed, ops, {}))
+        problem = P(n_var=codec.n_var, n_obj=2, xl=np.zeros(codec.n_var), xu=codec.n_choices - 1, vtype=int)
+        res = minimize(problem, algo, ("n_gen", 60), seed=seed, verbose=False)
+        assert res.algorithm.evaluator.n_eval == 40 * 60
+        return float(res.F[:, 1].min()), res.F
+
+    a, Fa = best(0.2, 1)
+    b, Fb = best(0.2, 1)
+    assert a == b and np.array_equal(Fa, Fb)
+    assert np.mean([best(0.2, s)[0] for s in (1, 2, 3)]) < np.mean([best(0.0, s)[0] for s in (1, 2, 3)])
+
+
+def test_config_checks_and_the_wrapping() -> None:
+    with pytest.raises(InvalidInputError, match="refinement share 1.0"):
+        OperatorConfig(refine=1.0)
+    with pytest.raises(InvalidInputError, match="refine_anchors 'middle' is unknown"):
+        OperatorConfig(refine_anchors="middle")
+    codec = GenomeCodec(SearchSpace())
+    off = get_algorithm("nsga2").build(BuildContext(codec, 2, 10, 1, OperatorConfig(refine=0.0), {}))
+    on = get_algorithm("spea2").build(BuildContext(codec, 2, 10, 1, OperatorConfig(), {}))
+    assert isinstance(off, NSGA2) and not isinstance(off.mating, FrontRefinement)
+    assert isinstance(on.mating, FrontRefinement) and on.mating.share == 0.1 and on.mating.anchors == "mixed-ends"
+    assert OperatorConfig.ofa2().refine == 0.0  # OFA²'s own operators have no memetic step
+    assert OperatorConfig.from_dict({"refine": 0.2}).refine_anchors == "mixed-ends"
+    assert OperatorConfig.from_dict({"sampling": "uniform"}).refine == 0.0  # a config from before the step ran without it
