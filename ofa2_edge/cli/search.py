@@ -105,7 +105,7 @@ def search(
     ctx: typer.Context,
     objectives: Optional[str] = typer.Option(None, "--objectives", help="Comma-separated: top1, latency:<device>, macs, params, peak-mem."),
     algo: Optional[str] = typer.Option(
-        None, "--algo", help=f"auto (default: NSGA-II for 2 objectives, SPEA2 for 3+), or one of {', '.join(ALGORITHMS)}."
+        None, "--algo", help=f"auto (default: NSGA-II for 2+ objectives, OFA's finder for 1), or one of {', '.join(ALGORITHMS)}."
     ),
     pop: Optional[int] = typer.Option(None, "--pop", help="Population size (default 100)."),
     gens: Optional[int] = typer.Option(None, "--gens", help="Generations (default 1000)."),
