@@ -18,12 +18,14 @@ from exporters import ExportCache
 from ofa2_edge.devices.inventory import Device
 from ofa2_edge.devices.pipeline import MeasurePlan, measure_archs
 from ofa2_edge.devices.session import DeviceSession
-from ofa2_edge.latency.calibrate import check_runtime
-from ofa2_edge.latency.table import DeviceTable, MeasureKey
+from ofa2_edge.latency.calibrate import bind_table
+from ofa2_edge.latency.table import DeviceTable
 from ofa2_edge.space import Arch
 from ofa2_edge.workspace import Workspace
 
-PACKAGES = ("ofa2-edge", "torch", "onnx", "onnxruntime", "pymoo", "scikit-learn", "numpy", "ai-edge-litert", "litert-torch")
+PACKAGES = (
+    "ofa2-edge", "torch", "onnx", "onnxruntime", "pymoo", "scikit-learn", "numpy", "ai-edge-litert", "litert-torch",
+)
 
 
 def load1() -> float:
@@ -85,10 +87,7 @@ def measure_end_to_end(
     info: dict[str, Any] = {"load1_before": load1()}
     t0 = time.perf_counter()
     with DeviceSession(device, ws.cache_dir) as session:
-        assert session.probe is not None
-        table.bind(session.probe, plan.runtime)
-        runtime = check_runtime(device, session.probe, plan.runtime)
-        key = MeasureKey(session.probe.fingerprint, plan.runtime, runtime.version, protocol)
+        key = bind_table(session, table, device, plan, protocol)
         todo = [a for a in archs if a.id not in table.measured(key)]
         print(f"{device.key}: {len(todo)} of {len(archs)} subnets to measure", file=sys.stderr, flush=True)
         report = measure_archs(session, todo, plan, protocol, cache, table.append)

@@ -37,7 +37,7 @@ from ofa2_edge.devices.pipeline import MeasurePlan, measure_models
 from ofa2_edge.devices.session import DeviceSession, ShippableModel
 from ofa2_edge.errors import InvalidInputError, SchemaError
 from ofa2_edge.latency.base import LatencySurrogate
-from ofa2_edge.latency.calibrate import check_runtime, device_lut, fit_table
+from ofa2_edge.latency.calibrate import bind_table, device_lut, fit_table
 from ofa2_edge.latency.lut import LayerStat, LutSurrogate, write_ofa_table
 from ofa2_edge.latency.metrics import latency_metrics
 from ofa2_edge.latency.table import DeviceTable, MeasureKey
@@ -252,12 +252,8 @@ def calibrate_blocks(
     cache = ExportCache(workspace.exports_dir)
     t0 = time.perf_counter()
     with DeviceSession(device, workspace.cache_dir, trust_on_first_use=trust_on_first_use) as session:
-        probe = session.probe
-        assert probe is not None
-        table.bind(probe, plan.runtime, reuse=reuse_table)
-        runtime = check_runtime(device, probe, plan.runtime)
-        key = MeasureKey(probe.fingerprint, plan.runtime, runtime.version, protocol)
-        result = BlockCalibrationResult(device.key, probe.fingerprint, len(distinct))
+        key = bind_table(session, table, device, plan, protocol, reuse_table)
+        result = BlockCalibrationResult(device.key, key.fingerprint, len(distinct))
         done = blocks.measured(key)
         todo = [t for t in distinct if t.id not in done]
         result.skipped = len(distinct) - len(todo)

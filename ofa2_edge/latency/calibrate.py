@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from device_agents.records import MeasureResult, ProbeReport, Protocol, RuntimeInfo
+from device_agents.records import MeasureResult, Protocol
 from exporters import ExportCache
 from ofa2_edge.devices.inventory import Device
 from ofa2_edge.devices.pipeline import MeasurePlan, measure_archs
@@ -82,16 +82,27 @@ def most_uncertain(surrogate: LatencySurrogate, n: int, seed: int, space: Search
     return picked
 
 
-def check_runtime(device: Device, probe: ProbeReport, runtime_name: str) -> RuntimeInfo:
-    """The probed runtime the plan measures with; refuse a device that lacks it."""
-    runtime = probe.runtimes.get(runtime_name)
+def bind_table(
+    session: DeviceSession,
+    table: DeviceTable,
+    device: Device,
+    plan: MeasurePlan,
+    protocol: Protocol,
+    reuse: bool = False,
+) -> MeasureKey:
+    """Bind `table` to the probed device (another device's table is refused unless `reuse`),
+    check the device has the plan's runtime, and return the key its records are kept under."""
+    probe = session.probe
+    assert probe is not None
+    table.bind(probe, plan.runtime, reuse=reuse)
+    runtime = probe.runtimes.get(plan.runtime)
     if runtime is None or not runtime.available:
-        package = "onnxruntime" if runtime_name == "onnxruntime" else "ai-edge-litert"
+        package = "onnxruntime" if plan.runtime == "onnxruntime" else "ai-edge-litert"
         raise InvalidInputError(
-            f"device {device.key} has no {runtime_name} ({runtime.detail if runtime else 'not reported'}); "
+            f"device {device.key} has no {plan.runtime} ({runtime.detail if runtime else 'not reported'}); "
             f"install it there (e.g. pip install {package})"
         )
-    return runtime
+    return MeasureKey(probe.fingerprint, plan.runtime, runtime.version, protocol)
 
 
 def device_lut(table: DeviceTable) -> LutSurrogate | None:
@@ -183,12 +194,8 @@ def calibrate(
     design = design_archs(budget, seed, space)
     t0 = time.perf_counter()
     with DeviceSession(device, workspace.cache_dir, trust_on_first_use=trust_on_first_use) as session:
-        probe = session.probe
-        assert probe is not None
-        table.bind(probe, plan.runtime, reuse=reuse_table)
-        runtime = check_runtime(device, probe, plan.runtime)
-        result = CalibrationResult(device.key, probe.fingerprint, design)
-        key = MeasureKey(probe.fingerprint, plan.runtime, runtime.version, protocol)
+        key = bind_table(session, table, device, plan, protocol, reuse_table)
+        result = CalibrationResult(device.key, key.fingerprint, design)
 
         def run_round(archs: list[Arch], label: str) -> bool:
             done = table.measured(key)
