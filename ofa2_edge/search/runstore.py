@@ -62,79 +62,92 @@ PLOT_FILE = "pareto.png"
 
 
 # --------------------------------------------------------------------- arch rows, fast
-def _digits(values: np.ndarray) -> np.ndarray:
-    return (values + ord("0")).astype(np.uint8)
+def _arch_layout(n_digits: int, w_text: str) -> tuple[bytes, list[int], list[int], int]:
+    """The canonical arch JSON with a resolution of `n_digits` digits, as a template: its
+    bytes, the byte offsets of the single-digit genes (d, e, ks in that order), those
+    genes' columns, and the offset of the resolution's first digit."""
+    text, offsets, columns = "{", [], []
+    for name, genes in (("d", D_GENES), ("e", E_GENES), ("ks", KS_GENES)):
+        text += ("," if name != "d" else "") + f'"{name}":['
+        for k, col in enumerate(range(genes.start, genes.stop)):
+            text += "," if k else ""
+            offsets.append(len(text))
+            columns.append(col)
+            text += "0"
+        text += "]"
+    text += ',"r":'
+    r_offset = len(text)
+    text += "0" * n_digits + f',"w":{w_text}}}'
+    return text.encode(), offsets, columns, r_offset
+
+
+def _arch_json_bytes(genomes: np.ndarray, w: float) -> list[bytes]:
+    g = np.asarray(genomes, dtype=np.int64)
+    out: list[bytes] = [b""] * len(g)
+    w_text = json.dumps(float(w))
+    r = g[:, R_GENE]
+    lengths = np.char.str_len(r.astype(str))
+    for n_digits in np.unique(lengths).tolist():
+        rows = np.flatnonzero(lengths == n_digits)
+        template, offsets, columns, r_offset = _arch_layout(n_digits, w_text)
+        buf = np.frombuffer(template, dtype=np.uint8)[None, :].repeat(len(rows), axis=0)
+        buf[:, offsets] = g[np.ix_(rows, columns)] + ord("0")
+        place = 10 ** np.arange(n_digits - 1, -1, -1)
+        buf[:, r_offset : r_offset + n_digits] = r[rows, None] // place % 10 + ord("0")
+        texts = buf.view(f"S{buf.shape[1]}").ravel().tolist()  # bytes objects, no numpy scalar per row
+        if len(rows) == len(g):
+            return texts
+        for i, t in zip(rows.tolist(), texts):
+            out[i] = t
+    return out
 
 
 def arch_json_batch(genomes: np.ndarray, w: float) -> list[str]:
     """`Arch.canonical_json()` of every canonical value genome, without building `Arch`s.
 
     Kernel, expand and depth values are single digits, so all archs with the same number
-    of resolution digits share one byte layout: the texts are filled in column-wise with
-    numpy. `arch_json_batch(g)[i] == Arch.from_genome(g[i]).canonical_json()` (tested).
+    of resolution digits share one byte layout: the digits are written into a template
+    with one numpy assignment per layout (a run store formats ~100k rows per search).
+    `arch_json_batch(g)[i] == Arch.from_genome(g[i]).canonical_json()` (tested).
     """
-    g = np.asarray(genomes, dtype=np.int64)
-    out: list[str] = [""] * len(g)
-    w_text = json.dumps(float(w))
-    r = g[:, R_GENE]
-    for n_digits in np.unique(np.char.str_len(r.astype(str))):
-        rows = np.flatnonzero(np.char.str_len(r.astype(str)) == n_digits)
-        parts: list[tuple[str, np.ndarray | None]] = [('{"d":[', None)]
-        for name, genes in (("d", D_GENES), ("e", E_GENES), ("ks", KS_GENES)):
-            if name != "d":
-                parts.append((f'],"{name}":[', None))
-            cols = range(genes.start, genes.stop)
-            for k, c in enumerate(cols):
-                parts.append(("," if k else "", c))
-        parts.append(('],"r":', None))
-        template = "".join(p + ("0" if c is not None else "") for p, c in parts) + "0" * n_digits + f',"w":{w_text}}}'
-        buf = np.frombuffer(template.encode(), dtype=np.uint8)[None, :].repeat(len(rows), axis=0)
-        pos = 0
-        for text, col in parts:
-            pos += len(text)
-            if col is not None:
-                buf[:, pos] = _digits(g[rows, col])
-                pos += 1
-        for k in range(n_digits):
-            buf[:, pos + k] = _digits((r[rows] // 10 ** (n_digits - 1 - k)) % 10)
-        texts = buf.view(f"S{buf.shape[1]}").ravel()
-        for i, t in zip(rows, texts):
-            out[i] = t.decode()
-    return out
+    return [t.decode() for t in _arch_json_bytes(genomes, w)]
 
 
-def arch_id_of(arch_json: str) -> str:
+def arch_id_of(arch_json: str | bytes) -> str:
     """`Arch.id` from a canonical arch JSON text."""
-    return "a-" + hashlib.sha256(arch_json.encode()).hexdigest()[:12]
+    data = arch_json.encode() if isinstance(arch_json, str) else arch_json
+    return "a-" + hashlib.sha256(data).hexdigest()[:12]
 
 
-def format_rows(genomes: np.ndarray, w: float, gen: np.ndarray, fields: Sequence[str], values: np.ndarray, feasible: np.ndarray | None) -> list[str]:
-    """JSON Lines of evaluated archs: arch_id, arch, gen, each field, feasible (if any).
+def format_rows(genomes: np.ndarray, w: float, gen: np.ndarray, fields: Sequence[str], values: np.ndarray, feasible: np.ndarray | None) -> list[bytes]:
+    """JSON Lines (UTF-8, no newline) of evaluated archs: arch_id, arch, gen, each field,
+    feasible (if any).
 
-    One %-format per row (the run store writes ~100k rows per 100 x 1000 search); a finite
-    float's repr is its JSON text."""
-    texts = arch_json_batch(genomes, w)
+    Bytes throughout and one %-format per row (the run store writes ~100k rows per
+    100 x 1000 search); a finite float's repr is its JSON text."""
+    texts = _arch_json_bytes(genomes, w)
+    ids = [hashlib.sha256(t).hexdigest()[:12].encode() for t in texts]
     cells = ",".join(f"{json.dumps(f)}:%r" for f in fields)
     tail = ',"feasible":%s' if feasible is not None else ""
-    template = '{"arch_id":"%s","arch":%s,"gen":%d,' + cells + tail + "}"
+    template = ('{"arch_id":"a-%s","arch":%s,"gen":%d,' + cells + tail + "}").encode()
     vals = values.tolist()
     gens = np.asarray(gen).tolist()
     if not np.isfinite(values).all():  # write NaN/inf as json.dumps does, never as repr's 'nan'
-        template = template.replace("%r", "%s")
-        vals = [[json.dumps(v) for v in row] for row in vals]
+        template = template.replace(b"%r", b"%s")
+        vals = [[json.dumps(v).encode() for v in row] for row in vals]
     if feasible is None:
-        return [template % (arch_id_of(t), t, g, *v) for t, g, v in zip(texts, gens, vals)]
-    flags = ["true" if f else "false" for f in np.asarray(feasible).tolist()]
-    return [template % (arch_id_of(t), t, g, *v, f) for t, g, v, f in zip(texts, gens, vals, flags)]
+        return [template % (i, t, g, *v) for i, t, g, v in zip(ids, texts, gens, vals)]
+    flags = [b"true" if f else b"false" for f in np.asarray(feasible).tolist()]
+    return [template % (i, t, g, *v, f) for i, t, g, v, f in zip(ids, texts, gens, vals, flags)]
 
 
 # --------------------------------------------------------------------- appending
-def append_lines(path: Path, lines: Sequence[str]) -> None:
+def append_lines(path: Path, lines: Sequence[bytes]) -> None:
     """Append complete JSON lines in one write, then flush and fsync (one sync per batch)."""
     if not lines:
         return
     with open(path, "ab") as fh:
-        fh.write(("\n".join(lines) + "\n").encode("utf-8"))
+        fh.write(b"\n".join(lines) + b"\n")
         fh.flush()
         os.fsync(fh.fileno())
 
