@@ -11,11 +11,12 @@ back and continues, so an interrupted-then-resumed run is identical to an uninte
 
 Seeding: pymoo 0.6.2 draws all randomness from ``algorithm.random_state``, a Generator
 made from the run's seed in ``setup``; it does not touch NumPy's or Python's global RNGs
-(checked by the tests). BLAS runs with a fixed `BLAS_THREADS` while a search runs: a
-population through the accuracy MLP is a (100 x 400) @ (400 x 400) product, which a second
-thread makes ~1.5x faster (pymoo's own work is single-threaded, so the core is free), while
-more threads only add start-up cost. A fixed count also fixes the summation order, so a
-resumed run reproduces the floats of an uninterrupted one on the same machine.
+(checked by the tests). BLAS runs on one thread while a search runs (`BLAS_THREADS`): a
+second thread makes a population's pass through the accuracy MLP ~1.5x faster on an idle
+machine, but when another process competes for the cores OpenBLAS's waiting threads spin
+and the same evaluation became 20x slower (measured: 1.3 s -> 29 s per 100 x 1000 run). One
+thread also fixes the summation order, so a resumed run reproduces the floats of an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
-import os
 import platform
 import time
 from dataclasses import dataclass, field, replace
@@ -61,7 +61,7 @@ from ofa2_edge.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-BLAS_THREADS = min(2, os.cpu_count() or 1)
+BLAS_THREADS = 1
 
 
 # --------------------------------------------------------------------- configuration
