@@ -65,15 +65,11 @@ def per_slot_costs(genomes: np.ndarray, table_of: Callable[[int], SlotTable]) ->
     """(fixed cost per genome (n,), cost of each slot (n, 20) with inactive slots at 0)."""
     g = as_genomes(genomes)
     active, k_idx, e_idx = slot_choice_indices(g)
-    fixed = np.empty(g.shape[0], dtype=np.float64)
-    slots = np.zeros((g.shape[0], N_BLOCKS), dtype=np.float64)
-    slot_ids = np.arange(N_BLOCKS)[None, :]
-    for r in np.unique(g[:, R_GENE]):
-        rows = g[:, R_GENE] == r
-        table = table_of(int(r))
-        fixed[rows] = table.fixed
-        slots[rows] = np.where(active[rows], table.slots[slot_ids, k_idx[rows], e_idx[rows]], 0.0)
-    return fixed, slots
+    resolutions, r_idx = np.unique(g[:, R_GENE], return_inverse=True)
+    tables = [table_of(int(r)) for r in resolutions]
+    fixed = np.array([t.fixed for t in tables], dtype=np.float64)[r_idx]
+    slots = np.stack([t.slots for t in tables])[r_idx[:, None], np.arange(N_BLOCKS)[None, :], k_idx, e_idx]
+    return fixed, np.where(active, slots, 0.0)
 
 
 def evaluate(genomes: np.ndarray, table_of: Callable[[int], SlotTable], reduce: Reduce = "sum") -> np.ndarray:

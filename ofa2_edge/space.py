@@ -15,6 +15,7 @@ value layout (kernel sizes in genes 0-19, expand ratios 20-39, depths 40-44, res
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -236,13 +237,22 @@ def canonicalize_genomes(genomes: np.ndarray) -> np.ndarray:
     return g
 
 
-def choice_indices(values: np.ndarray, choices: Sequence[int], name: str) -> np.ndarray:
-    """Map gene values to their index in `choices`; unknown values raise, naming the field."""
+@functools.lru_cache(maxsize=64)
+def _choice_lut(choices: tuple[int, ...]) -> np.ndarray:
     lut = np.full(max(choices) + 1, -1, dtype=np.int64)
     lut[list(choices)] = np.arange(len(choices))
+    lut.flags.writeable = False
+    return lut
+
+
+def choice_indices(values: np.ndarray, choices: Sequence[int], name: str) -> np.ndarray:
+    """Map gene values to their index in `choices`; unknown values raise, naming the field."""
+    lut = _choice_lut(tuple(int(c) for c in choices))  # the search calls this a few times per population
     v = np.asarray(values, dtype=np.int64)
-    bad = (v < 0) | (v >= lut.size)
-    idx = np.where(bad, -1, lut[np.clip(v, 0, lut.size - 1)])
+    if v.size and (v.min() < 0 or v.max() >= lut.size):
+        bad = v[(v < 0) | (v >= lut.size)]
+        raise InvalidArchError(f"{name}: value {int(bad.flat[0])} is not allowed; choose from {_choices_text(choices)}")
+    idx = lut[v]
     if (idx < 0).any():
         raise InvalidArchError(
             f"{name}: value {int(v[idx < 0].flat[0])} is not allowed; choose from {_choices_text(choices)}"

@@ -249,6 +249,29 @@ def test_refinement_keeps_the_budget_and_records_its_evaluations(workspace: Work
     assert all(one_away)
 
 
+def test_networks_met_again_are_not_evaluated_again(workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The archive is the problem's memo: OFA²'s operators (no duplicate elimination) breed
+    the same network many times, and each distinct one goes through the predictor once."""
+    from ofa2_edge.accuracy.predictor import DenseAccuracyPredictor
+    from ofa2_edge.search.objectives import probe_genomes
+
+    predicted: list[bytes] = []
+    real_predict = DenseAccuracyPredictor.predict
+
+    def counting_predict(self, genomes):
+        predicted.extend(row.tobytes() for row in np.atleast_2d(genomes).astype(np.int16))
+        return real_predict(self, genomes)
+
+    monkeypatch.setattr(DenseAccuracyPredictor, "predict", counting_predict)
+    status = search(workspace, tmp_path / "memo", operators=OperatorConfig.ofa2(), n_gen=30)
+    # before the search: the objectives' sanity probe, and the reference point's corner archs
+    n_probes = len(probe_genomes(SearchSpace())) + len(probe_genomes(SearchSpace(), n_random=0))
+    assert status["n_evals"] == 20 * 30 and status["n_evals"] - status["n_archs"] >= 10  # repeats happened
+    assert len(predicted) == status["n_archs"] + n_probes
+    rows = rows_of(tmp_path / "memo")
+    assert len({r["arch_id"] for r in rows}) == len(rows) == status["n_archs"]
+
+
 def test_random_search_and_compare(workspace: Workspace, tmp_path: Path) -> None:
     search(workspace, tmp_path / "ga", n_gen=20)
     search(workspace, tmp_path / "rnd", algorithm="random", n_gen=20)

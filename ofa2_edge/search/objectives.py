@@ -220,13 +220,13 @@ class Objectives:
         return len(self.constraints)
 
     def evaluate(self, genomes: np.ndarray) -> Evaluation:
-        values = {name: np.asarray(m.evaluate(genomes), dtype=np.float64) for name, m in self.metrics.items()}
-        F = np.column_stack([m.minimised(values[m.name]) for m in self.objectives]) if self.objectives else np.zeros((len(genomes), 0))
-        G = (
-            np.column_stack([c.g(values[c.metric]) for c in self.constraints])
-            if self.constraints
-            else np.zeros((len(genomes), 0))
-        )
+        return self.from_values({name: np.asarray(m.evaluate(genomes), dtype=np.float64) for name, m in self.metrics.items()})
+
+    def from_values(self, values: dict[str, np.ndarray]) -> Evaluation:
+        """F and G from every metric's natural values (as `evaluate` computes them)."""
+        n = len(next(iter(values.values()))) if values else 0
+        F = np.column_stack([m.minimised(values[m.name]) for m in self.objectives]) if self.objectives else np.zeros((n, 0))
+        G = np.column_stack([c.g(values[c.metric]) for c in self.constraints]) if self.constraints else np.zeros((n, 0))
         return Evaluation(values, F, G)
 
     def describe(self) -> dict[str, Any]:

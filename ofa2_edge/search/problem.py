@@ -2,14 +2,19 @@
 
 One `_evaluate` call per population: decode the batch, evaluate every metric vectorised,
 hand pymoo F and G. The time spent here is accumulated separately, so a run can report
-objective evaluation apart from the algorithm's own overhead. An optional `recorder`
-sees every evaluated batch (the run store writes them to the run's archive).
+objective evaluation apart from the algorithm's own overhead.
+
+With a `memo` (the run's archive of every network evaluated so far), networks met before
+take their stored values instead of being evaluated again: pymoo's duplicate elimination
+only looks at the current population, so ~12 % of a 100 x 1000 run's offspring are
+networks an earlier generation already had. The same network then always gets the very
+same values, and only new ones reach the memo's `record`.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Protocol
 
 import numpy as np
 from pymoo.core.problem import Problem
@@ -17,13 +22,21 @@ from pymoo.core.problem import Problem
 from ofa2_edge.search.encoding import GenomeCodec
 from ofa2_edge.search.objectives import Evaluation, Objectives
 
-Recorder = Callable[[np.ndarray, np.ndarray, Evaluation], None]
+
+class Memo(Protocol):
+    def lookup(self, genomes: np.ndarray) -> tuple[list[bytes], np.ndarray, np.ndarray]:
+        """(key per genome, mask of those known, their values (n_known, n_metrics))."""
+        ...
+
+    def record(self, keys: list[bytes], genomes: np.ndarray, ev: Evaluation) -> None:
+        """Store networks not known before (`keys` and `ev` rows line up with `genomes`)."""
+        ...
 
 
 class ArchProblem(Problem):
     """Minimise the objectives of `objectives` over the archs of `codec.space`."""
 
-    def __init__(self, codec: GenomeCodec, objectives: Objectives, recorder: Recorder | None = None) -> None:
+    def __init__(self, codec: GenomeCodec, objectives: Objectives, memo: Memo | None = None) -> None:
         super().__init__(
             n_var=codec.n_var,
             n_obj=objectives.n_obj,
@@ -34,19 +47,31 @@ class ArchProblem(Problem):
         )
         self.codec = codec
         self.objectives = objectives
-        self.recorder = recorder
+        self.memo = memo
         self.eval_seconds = 0.0
         self.n_evaluated = 0
 
     def _evaluate(self, x, out, *args, **kwargs):
         start = time.perf_counter()
-        idx = np.asarray(x, dtype=np.int64)
-        genomes = self.codec.decode(idx)
-        ev = self.objectives.evaluate(genomes)
+        genomes = self.codec.decode(np.asarray(x, dtype=np.int64))
+        if self.memo is None:
+            ev, keys, new = self.objectives.evaluate(genomes), [], None
+        else:
+            keys, known, stored = self.memo.lookup(genomes)
+            new = ~known
+            fresh = self.objectives.evaluate(genomes[new]).values if new.any() else {}
+            values = {}
+            for j, name in enumerate(self.objectives.metrics):
+                values[name] = np.empty(len(genomes), dtype=np.float64)
+                values[name][known] = stored[:, j]
+                if new.any():
+                    values[name][new] = fresh[name]
+            ev = self.objectives.from_values(values)
         out["F"] = ev.F
         if self.n_ieq_constr:
             out["G"] = ev.G
         self.eval_seconds += time.perf_counter() - start
-        self.n_evaluated += len(idx)
-        if self.recorder is not None:
-            self.recorder(idx, genomes, ev)
+        self.n_evaluated += len(genomes)
+        if self.memo is not None and new.any():
+            ev_new = Evaluation({k: v[new] for k, v in ev.values.items()}, ev.F[new], ev.G[new])
+            self.memo.record([k for k, is_new in zip(keys, new) if is_new], genomes[new], ev_new)

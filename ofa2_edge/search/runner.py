@@ -56,7 +56,7 @@ from ofa2_edge.search.objectives import (
     build_objectives,
 )
 from ofa2_edge.search.problem import ArchProblem
-from ofa2_edge.space import SearchSpace
+from ofa2_edge.space import N_GENES, SearchSpace
 from ofa2_edge.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -140,9 +140,10 @@ class Progress:
 
 # --------------------------------------------------------------------- the archive
 class Archive:
-    """Every distinct network evaluated (in memory), and the rows not yet on disk.
+    """Every distinct network evaluated, in memory, and which rows are not on disk yet.
 
-    Rows arrive per population as chunks; a checkpoint formats only the chunks that came
+    It is the problem's memo (`ArchProblem`): a network met again takes its stored values.
+    Rows live in arrays that double when full; a checkpoint formats only the rows that came
     since the last one, so writing the archive costs O(new rows), not O(all rows)."""
 
     def __init__(self, objectives: Objectives, w: float) -> None:
@@ -150,51 +151,51 @@ class Archive:
         self.w = w
         self.names = list(objectives.metrics)
         self.fields = [objectives.metrics[n].field for n in self.names]
-        self._seen: set[bytes] = set()
-        self._chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (genomes, values, gen)
-        self._pending = 0  # chunks[-pending:] are not on disk yet
+        self._row_of: dict[bytes, int] = {}  # genome bytes (int16) -> row
+        self._genomes = np.zeros((0, N_GENES), dtype=np.int64)
+        self._values = np.zeros((0, len(self.names)), dtype=np.float64)
+        self._gens = np.zeros(0, dtype=np.int64)
         self.n_rows = 0
         self.n_written = 0
         self.gen = 0
-        self.active = True
         self.seconds = 0.0
 
-    def record(self, idx: np.ndarray, genomes: np.ndarray, ev: Evaluation) -> None:
-        if not self.active:
-            return
+    def lookup(self, genomes: np.ndarray) -> tuple[list[bytes], np.ndarray, np.ndarray]:
+        keys = [row.tobytes() for row in genomes.astype(np.int16)]
+        rows = [self._row_of.get(k, -1) for k in keys]
+        known = np.fromiter((r >= 0 for r in rows), dtype=bool, count=len(rows))
+        return keys, known, self._values[[r for r in rows if r >= 0]]
+
+    def record(self, keys: list[bytes], genomes: np.ndarray, ev: Evaluation) -> None:
         start = time.perf_counter()
-        new = np.zeros(len(genomes), dtype=bool)
-        for i, key in enumerate(row.tobytes() for row in genomes.astype(np.int16)):
-            if key not in self._seen:
-                self._seen.add(key)
-                new[i] = True
-        n = int(new.sum())
-        if n:
+        new = []
+        for i, key in enumerate(keys):
+            if key not in self._row_of:  # a batch may hold one network twice (no duplicate elimination)
+                self._row_of[key] = self.n_rows + len(new)
+                new.append(i)
+        if new:
             values = np.column_stack([ev.values[name][new] for name in self.names])
-            self._chunks.append((genomes[new], values, np.full(n, self.gen, dtype=np.int64)))
-            self._pending += 1
-            self.n_rows += n
+            self._append(genomes[new], values, np.full(len(new), self.gen, dtype=np.int64))
         self.seconds += time.perf_counter() - start
+
+    def _append(self, genomes: np.ndarray, values: np.ndarray, gens: np.ndarray) -> None:
+        end = self.n_rows + len(genomes)
+        if end > len(self._gens):
+            cap = max(end, 2 * len(self._gens), 1024)
+            self._genomes, self._values, self._gens = (_grown(a, cap) for a in (self._genomes, self._values, self._gens))
+        self._genomes[self.n_rows : end] = genomes
+        self._values[self.n_rows : end] = values
+        self._gens[self.n_rows : end] = gens
+        self.n_rows = end
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(genomes, values, gen) of every row, in the order they were evaluated."""
-        if not self._chunks:
-            return np.zeros((0, 46), dtype=np.int64), np.zeros((0, len(self.names))), np.zeros(0, dtype=np.int64)
-        merged = tuple(np.concatenate(parts) for parts in zip(*self._chunks))
-        self._chunks = [merged]  # type: ignore[list-item]
-        self._pending = 1 if self.n_written < self.n_rows else 0  # flush slices unwritten rows off the end
-        return merged  # type: ignore[return-value]
+        return self._genomes[: self.n_rows], self._values[: self.n_rows], self._gens[: self.n_rows]
 
     def minimised(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(F, G) of archive values."""
-        cols = {n: values[:, i] for i, n in enumerate(self.names)}
-        F = np.column_stack([m.minimised(cols[m.name]) for m in self.objectives.objectives])
-        G = (
-            np.column_stack([c.g(cols[c.metric]) for c in self.objectives.constraints])
-            if self.objectives.constraints
-            else np.zeros((len(values), 0))
-        )
-        return F, G
+        ev = self.objectives.from_values({n: values[:, i] for i, n in enumerate(self.names)})
+        return ev.F, ev.G
 
     def _format(self, g: np.ndarray, v: np.ndarray, n: np.ndarray) -> list[bytes]:
         feasible = None
@@ -210,12 +211,9 @@ class Archive:
 
     def flush(self, path: Path) -> None:
         """Append the rows evaluated since the last flush."""
-        if self._pending:
-            pending = self._chunks[-self._pending :]
-            g, v, n = (np.concatenate(parts) for parts in zip(*pending))
-            start = self.n_rows - self.n_written
-            rs.append_lines(path, self._format(g[-start:], v[-start:], n[-start:]))
-        self._pending = 0
+        if self.n_written < self.n_rows:
+            g, v, n = (a[self.n_written :] for a in self.arrays())
+            rs.append_lines(path, self._format(g, v, n))
         self.n_written = self.n_rows
 
     def load(self, run: rs.RunFolder) -> None:
@@ -226,15 +224,22 @@ class Archive:
             genomes.append([*a["ks"], *a["e"], *a["d"], a["r"]])
             values.append([row[f] for f in self.fields])
             gens.append(row["gen"])
+        self._row_of.clear()
+        self.n_rows = 0
         if genomes:
             g = np.asarray(genomes, dtype=np.int64)
-            self._chunks = [(g, np.asarray(values, dtype=np.float64), np.asarray(gens, dtype=np.int64))]
-            self._seen = {row.tobytes() for row in g.astype(np.int16)}
-        self._pending = 0
-        self.n_rows = self.n_written = len(genomes)
+            self._row_of = {row.tobytes(): i for i, row in enumerate(g.astype(np.int16))}
+            self._append(g, np.asarray(values, dtype=np.float64), np.asarray(gens, dtype=np.int64))
+        self.n_written = self.n_rows
 
 
 # --------------------------------------------------------------------- helpers
+def _grown(a: np.ndarray, rows: int) -> np.ndarray:
+    out = np.zeros((rows, *a.shape[1:]), dtype=a.dtype)
+    out[: len(a)] = a
+    return out
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -302,7 +307,7 @@ class SearchRun:
         self.ref = reference_point(self.objectives, config.space, config.reference_point)
         self.codec = GenomeCodec(config.space)
         self.archive = Archive(self.objectives, config.space.w)
-        self.problem = ArchProblem(self.codec, self.objectives, recorder=self.archive.record)
+        self.problem = ArchProblem(self.codec, self.objectives, memo=self.archive)
         self.params = params
         self.algorithm = spec.build(
             BuildContext(
@@ -430,9 +435,7 @@ class SearchRun:
         from pymoo.core.population import Population
 
         pop = Population.new("X", np.asarray(ck["pop"]["X"], dtype=np.int64))
-        self.archive.active = False
-        Evaluator().eval(self.problem, pop)  # deterministic objectives: same F, G, CV as saved
-        self.archive.active = True
+        Evaluator().eval(self.problem, pop)  # every member is in the archive: the stored F, G, CV
         for key, values in ck["pop"]["data"].items():
             pop.set(key, np.asarray(values))
         algo.pop = pop
