@@ -4,8 +4,8 @@ One `_evaluate` call per population: decode the batch, evaluate every metric vec
 hand pymoo F and G. The time spent here is accumulated separately, so a run can report
 objective evaluation apart from the algorithm's own overhead.
 
-With a `memo` (the run's archive of every network evaluated so far), networks met before
-take their stored values instead of being evaluated again: pymoo's duplicate elimination
+The `memo` (the run's archive of every network evaluated so far) gives networks met
+before their stored values instead of evaluating them again: pymoo's duplicate elimination
 only looks at the current population, so ~12 % of a 100 x 1000 run's offspring are
 networks an earlier generation already had. The same network then always gets the very
 same values, and only new ones reach the memo's `record`.
@@ -36,7 +36,7 @@ class Memo(Protocol):
 class ArchProblem(Problem):
     """Minimise the objectives of `objectives` over the archs of `codec.space`."""
 
-    def __init__(self, codec: GenomeCodec, objectives: Objectives, memo: Memo | None = None) -> None:
+    def __init__(self, codec: GenomeCodec, objectives: Objectives, memo: Memo) -> None:
         super().__init__(
             n_var=codec.n_var,
             n_obj=objectives.n_obj,
@@ -54,24 +54,21 @@ class ArchProblem(Problem):
     def _evaluate(self, x, out, *args, **kwargs):
         start = time.perf_counter()
         genomes = self.codec.decode(np.asarray(x, dtype=np.int64))
-        if self.memo is None:
-            ev, keys, new = self.objectives.evaluate(genomes), [], None
-        else:
-            keys, known, stored = self.memo.lookup(genomes)
-            new = ~known
-            fresh = self.objectives.evaluate(genomes[new]).values if new.any() else {}
-            values = {}
-            for j, name in enumerate(self.objectives.metrics):
-                values[name] = np.empty(len(genomes), dtype=np.float64)
-                values[name][known] = stored[:, j]
-                if new.any():
-                    values[name][new] = fresh[name]
-            ev = self.objectives.from_values(values)
+        keys, known, stored = self.memo.lookup(genomes)
+        new = ~known
+        fresh = self.objectives.evaluate(genomes[new]).values if new.any() else {}
+        values = {}
+        for j, name in enumerate(self.objectives.metrics):
+            values[name] = np.empty(len(genomes), dtype=np.float64)
+            values[name][known] = stored[:, j]
+            if new.any():
+                values[name][new] = fresh[name]
+        ev = self.objectives.from_values(values)
         out["F"] = ev.F
         if self.n_ieq_constr:
             out["G"] = ev.G
         self.eval_seconds += time.perf_counter() - start
         self.n_evaluated += len(genomes)
-        if self.memo is not None and new.any():
+        if new.any():
             ev_new = Evaluation({k: v[new] for k, v in ev.values.items()}, ev.F[new], ev.G[new])
             self.memo.record([k for k, is_new in zip(keys, new) if is_new], genomes[new], ev_new)
