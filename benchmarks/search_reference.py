@@ -283,7 +283,7 @@ def projections(ws: Workspace, algorithms: list[str], two_algorithm: str, pop: i
     dedicated 2-objective search (`two_algorithm`, run once per seed and device) for that
     device, on the dedicated run's reference point. The first algorithm is the default."""
     devices = ("note10", "roofline")
-    out: dict[str, Any] = {"algorithm": algorithms[0], "algorithms": algorithms, "two_objective_algorithm": two_algorithm, "seeds": {}}
+    out: dict[str, Any] = {"algorithm": algorithms[0], "algorithms": algorithms, "two_objective_algorithm": two_algorithm, "seeds": {}, "dedicated": {}}
     for seed in seeds:
         dedicated = {}
         for dev in devices:
@@ -293,6 +293,7 @@ def projections(ws: Workspace, algorithms: list[str], two_algorithm: str, pop: i
             F2 = np.array([[row[field], 100 - row["top1_pct"]] for row in r2.front()["rows"]])
             ref = np.asarray(r2.hypervolume()["reference_point_minimised"])  # the dedicated run's, (latency, error)
             dedicated[dev] = (ref, hypervolume(F2, ref), d2["timings"]["total_s"])
+        out["dedicated"][seed] = {dev: hv for dev, (_, hv, _) in dedicated.items()}
         out["seeds"][seed] = {}
         for algorithm in algorithms:
             r4, d4 = run(
@@ -414,10 +415,7 @@ def markdown(report: dict[str, Any]) -> str:
                 for dev, d in rec["devices"].items():
                     lines.append(f"| {algorithm} | {seed} | {dev} | {d['hv_dedicated']:.2f} | {d['hv_projection']:.2f} | {100 * d['relative_gap']:+.2f} % | {d['pass']} | {rec['four_objective_time_s']:.1f} |")
         lines.append("")
-        for algorithm in p["algorithms"]:
-            gaps = [d["relative_gap"] for per_algo in p["seeds"].values() for d in per_algo[algorithm]["devices"].values()]
-            times = [per_algo[algorithm]["four_objective_time_s"] for per_algo in p["seeds"].values()]
-            lines.append(f"- {algorithm}: {sum(g <= 0.01 for g in gaps)} of {len(gaps)} projections within 1 %; mean gap {100 * np.mean(gaps):+.2f} %, worst {100 * max(gaps):+.2f} %; mean 4-obj run {np.mean(times):.1f} s")
+        lines += projection_summary(p)
         lines.append("")
     if report.get("study"):
         lines += ["## Algorithm / operator study (HV of the final population)", "", "| algorithm | operators | mean HV | sd | s/run |", "|---|---|---|---|---|"]
@@ -426,6 +424,41 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append("")
     lines += ["Reproduce: `" + report["command"] + "`", ""]
     return "\n".join(lines)
+
+
+def projection_summary(p: dict[str, Any]) -> list[str]:
+    """Per-seed pass counts, the same check between two dedicated runs (its noise floor),
+    and the comparison of the means over seeds.
+
+    A dedicated run's HV itself varies by about 1 % from seed to seed (mostly how far it
+    gets at the high-accuracy end), so a per-seed 1 % test fails now and then even between
+    two searches that are equally good: the dedicated run of seed s against that of the
+    next seed shows how often. The mean over seeds is the comparison of the two searches."""
+    seeds = list(p["seeds"])
+    devices = list(next(iter(p["dedicated"].values())))
+    lines = []
+    floor = [
+        p["dedicated"][b][dev] >= 0.99 * p["dedicated"][a][dev] for a, b in zip(seeds, seeds[1:] + seeds[:1]) for dev in devices
+    ] if len(seeds) > 1 else []  # fmt: skip
+    if floor:
+        lines.append(f"- noise floor: a dedicated run within 1 % of the dedicated run of the previous seed (cyclic): {sum(floor)} of {len(floor)}")
+    for algorithm in p["algorithms"]:
+        recs = {seed: p["seeds"][seed][algorithm] for seed in seeds}
+        gaps = [d["relative_gap"] for rec in recs.values() for d in rec["devices"].values()]
+        first = [d["relative_gap"] for seed in seeds[:3] for d in recs[seed]["devices"].values()]
+        means = []
+        for dev in devices:
+            hv2 = float(np.mean([p["dedicated"][seed][dev] for seed in seeds]))
+            hv4 = float(np.mean([recs[seed]["devices"][dev]["hv_projection"] for seed in seeds]))
+            means.append(f"{dev} {hv4:.2f} vs {hv2:.2f} ({100 * (hv2 - hv4) / hv2:+.2f} %)")
+        times = [rec["four_objective_time_s"] for rec in recs.values()]
+        lines.append(
+            f"- {algorithm}: {sum(g <= 0.01 for g in gaps)} of {len(gaps)} projections within 1 % (seeds {seeds[0]}-{seeds[-1]}; "
+            f"first three seeds {sum(g <= 0.01 for g in first)} of {len(first)}); mean gap {100 * np.mean(gaps):+.2f} %, "
+            f"worst {100 * max(gaps):+.2f} %; mean over seeds, 4-obj projection vs dedicated: {'; '.join(means)}; "
+            f"mean 4-obj run {np.mean(times):.1f} s"
+        )
+    return lines
 
 
 def seeds_of(text: str) -> list[int]:
@@ -442,6 +475,7 @@ def main() -> int:
     ap.add_argument("--study-seeds", default="1-5")
     ap.add_argument("--study-set", choices=("broad", "finalists"), default="broad", help="broad: 12 algorithm/operator variants; finalists: 3")
     ap.add_argument("--seeds", default="1-3")
+    ap.add_argument("--projection-seeds", default="1-10", help="seeds of the many-devices part (a 1 %% test per seed needs many seeds)")
     ap.add_argument("--default-algo", default=default_algorithm(2), help="our default for two objectives")
     ap.add_argument("--many-algo", default=default_algorithm(4), help="comma list of algorithms for the 4-objective check; the first is reported as the default")
     ap.add_argument("--ops", default="", help="operator overrides KEY=VALUE,... (e.g. refine=0.1,refine_anchors=front): an extra "
@@ -511,7 +545,8 @@ def main() -> int:
                 folders[seed] = mo
             report["budgets"] = budget_table(ws, folders, finder_gens, budgets)
         if "projections" not in skip:
-            report["projections"] = projections(ws, args.many_algo.split(","), args.default_algo, 100, gens, seeds)
+            projection_seeds = seeds if args.quick else seeds_of(args.projection_seeds)
+            report["projections"] = projections(ws, args.many_algo.split(","), args.default_algo, 100, gens, projection_seeds)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"search_study_{args.study_set}" if args.study else ("search_reference_quick" if args.quick else "search_reference")
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
