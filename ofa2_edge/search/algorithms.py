@@ -26,6 +26,8 @@ from ofa2_edge.search.operators import (
     ChoiceMutation,
     ChoiceSampling,
     FrontRefinement,
+    NeighbourSelection,
+    UnitCrossover,
 )
 
 AUTO = "auto"
@@ -51,6 +53,7 @@ def default_algorithm(n_obj: int) -> str:
     return "nsga2"
 
 SAMPLINGS = ("uniform", "uniform+corners")
+CROSSOVERS = ("uniform", "block", "stage")  # uniform: pymoo's, per gene; block/stage: `UnitCrossover`
 MUTATIONS = ("choice", "choice-different", "active-different")
 DEDUPES = ("canonical", "none")
 
@@ -78,6 +81,7 @@ class OperatorConfig:
     """
 
     sampling: str = "uniform+corners"
+    crossover: str = "uniform"
     crossover_prob: float = 0.9
     mutation: str = "choice-different"
     mutation_prob_var: float | None = None  # None: pymoo's default 1 / n_var per gene
@@ -86,10 +90,15 @@ class OperatorConfig:
     #: single-gene neighbours of the front (0: off), and where on the front they go.
     refine: float = 0.1
     refine_anchors: str = "mixed-ends"
+    #: Mating restriction (`NeighbourSelection`): the probability that a pair's second
+    #: parent is one of the first's `mate_neighbours` nearest members (0: off).
+    mate_near: float = 0.0
+    mate_neighbours: int = 10
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
             ("sampling", self.sampling, SAMPLINGS),
+            ("crossover", self.crossover, CROSSOVERS),
             ("mutation", self.mutation, MUTATIONS),
             ("dedupe", self.dedupe, DEDUPES),
             ("refine_anchors", self.refine_anchors, REFINE_ANCHORS),
@@ -116,8 +125,9 @@ class OperatorConfig:
         unknown = sorted(set(data) - set(cls.__dataclass_fields__))
         if unknown:
             raise InvalidInputError(f"unknown operator setting(s): {', '.join(unknown)}")
-        # A stored config without `refine` predates the memetic step: it ran without it.
-        return cls(**{"refine": 0.0, **data})
+        # A stored config without `refine` predates the memetic step: it ran without it;
+        # one without `crossover` predates the choice: it ran pymoo's uniform crossover.
+        return cls(**{"refine": 0.0, "crossover": "uniform", **data})
 
 
 @dataclass
@@ -134,7 +144,9 @@ class BuildContext:
         ops = self.operators
         return {
             "sampling": ChoiceSampling(self.codec, corners=ops.sampling == "uniform+corners"),
-            "crossover": UniformCrossover(prob=ops.crossover_prob),
+            "crossover": UniformCrossover(prob=ops.crossover_prob)
+            if ops.crossover == "uniform"
+            else UnitCrossover(ops.crossover, prob=ops.crossover_prob),
             "mutation": ChoiceMutation(
                 self.codec,
                 prob_var=ops.mutation_prob_var,
@@ -148,6 +160,9 @@ class BuildContext:
 
     def refined(self, algorithm: Algorithm) -> Algorithm:
         """The algorithm with its mating wrapped in the memetic step, if the operators ask for it."""
+        if self.operators.mate_near > 0:
+            mating = algorithm.mating
+            mating.selection = NeighbourSelection(mating.selection, self.operators.mate_near, self.operators.mate_neighbours)
         if self.operators.refine > 0:
             algorithm.mating = FrontRefinement(algorithm.mating, self.codec, self.operators.refine, self.operators.refine_anchors)
         return algorithm
