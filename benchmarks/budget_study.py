@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -28,14 +29,14 @@ import search_reference as ref  # noqa: E402
 
 from ofa2_edge.search.algorithms import OperatorConfig  # noqa: E402
 
-STRINGS = ("sampling", "crossover", "mutation", "dedupe", "refine_anchors")
+STRINGS = ("sampling", "mutation", "dedupe", "refine_anchors")
 
 
 def config_of(variant: str) -> OperatorConfig:
     if variant == "default":
         return OperatorConfig()
     pairs = dict(part.split("=", 1) for part in variant.split(","))
-    typed = {k: (v if k in STRINGS else int(v) if k == "mate_neighbours" else float(v)) for k, v in pairs.items()}
+    typed = {k: (v if k in STRINGS else float(v)) for k, v in pairs.items()}
     return OperatorConfig.from_dict({**OperatorConfig().to_dict(), **typed})
 
 
@@ -59,7 +60,6 @@ def main() -> int:
     ap.add_argument("--gens", type=int, default=1000)
     ap.add_argument("--finder-gens", type=int, default=500)
     args = ap.parse_args()
-    import os
 
     assets = Path(os.environ.get("OFA2_EDGE_ASSETS", ref.REPO.parent / "shared" / "ofa_assets"))
     seeds = ref.seeds_of(args.seeds)
@@ -99,6 +99,8 @@ def main() -> int:
             f"{sum(r['passed'] for r in rows if r['seed'] <= 3)}/{9 * sum(r['seed'] <= 3 for r in rows)} | "
             f"{np.mean([d for r in rows for d in r['diffs'].values()]):+.3f} | {np.mean([r['time_s'] for r in rows]):.1f} |"
         )
+    command = "python benchmarks/budget_study.py " + " ".join(sys.argv[1:])
+    lines += ["", f"Load average at the end {os.getloadavg()}: times are from a shared machine.", "", f"Reproduce: `{command}`"]
     text = "\n".join(lines) + "\n"
     (args.out / "budget_study.md").write_text(text)
     (args.out / "budget_study.json").write_text(json.dumps(results, indent=1) + "\n")

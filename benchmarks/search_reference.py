@@ -454,7 +454,7 @@ def main() -> int:
     global OPS_CONFIG
     if args.ops:
         pairs = dict(part.split("=", 1) for part in args.ops.split(","))
-        typed = {k: (v if k in ("sampling", "crossover", "mutation", "dedupe", "refine_anchors") else float(v)) for k, v in pairs.items()}
+        typed = {k: (v if k in ("sampling", "mutation", "dedupe", "refine_anchors") else float(v)) for k, v in pairs.items()}
         OPS_CONFIG = OperatorConfig.from_dict({**OperatorConfig().to_dict(), **typed})
     MatingRounds.install()
     assets = Path(os.environ.get("OFA2_EDGE_ASSETS", REPO.parent / "shared" / "ofa_assets"))

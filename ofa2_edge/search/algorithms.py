@@ -26,8 +26,6 @@ from ofa2_edge.search.operators import (
     ChoiceMutation,
     ChoiceSampling,
     FrontRefinement,
-    NeighbourSelection,
-    UnitCrossover,
 )
 
 AUTO = "auto"
@@ -53,7 +51,6 @@ def default_algorithm(n_obj: int) -> str:
     return "nsga2"
 
 SAMPLINGS = ("uniform", "uniform+corners")
-CROSSOVERS = ("uniform", "block", "stage")  # uniform: pymoo's, per gene; block/stage: `UnitCrossover`
 MUTATIONS = ("choice", "choice-different", "active-different")
 DEDUPES = ("canonical", "none")
 
@@ -78,10 +75,24 @@ class OperatorConfig:
     within 1 % of the dedicated runs (both with these operators) 11 of 12 vs 10 of 12,
     mean gap -0.77 % vs +0.05 %; the same run time (the step costs ~0.5 ms a generation,
     offset by fewer new archs to record).
+
+    Where the non-end half of the neighbours goes (branch `budgets`,
+    `benchmarks/budget_study.py`, seeds 1-12, final-population HV and the 9 budgets vs
+    OFA's finder): ``mixed-sparse`` (in proportion to crowding distance, where the front is
+    thin) against ``mixed-ends`` (uniform over the front): HV 789.2 vs 782.7 (1-12; better
+    on 8 of 12 seeds, paired mean +6.4 +- 9.9), 792.2 vs 785.7 (1-6), 797.5 vs 788.1
+    (1-3); budgets within 0.05 points 27/27 vs 26/27 (seeds 1-3), 51/54 vs 49/54 (1-6),
+    100/108 vs 98/108 (1-12), mean margin +0.24 vs +0.18 points; the same run time
+    (interleaved pairs 5.7 s both; 92k distinct archs of the 100k offspring vs 88k).
+    Not adopted there (no gain on the budgets, on seeds 1-6): a crossover that hands down
+    whole blocks (kernel + expand) or whole stages (depth + its blocks) instead of single
+    genes, 45/54 and 45/54 budgets vs 49/54, HV 787.7 and 786.0 vs 785.7; mating
+    restriction (MOEA/D-style: the second parent among the first's 10 or 20 nearest on the
+    front, probability 0.5-0.9), 47-50/54, HV 785.9-788.1, but ~35 % slower (near parents
+    breed duplicates: 3.3 mating rounds a generation vs 2.3).
     """
 
     sampling: str = "uniform+corners"
-    crossover: str = "uniform"
     crossover_prob: float = 0.9
     mutation: str = "choice-different"
     mutation_prob_var: float | None = None  # None: pymoo's default 1 / n_var per gene
@@ -90,15 +101,10 @@ class OperatorConfig:
     #: single-gene neighbours of the front (0: off), and where on the front they go.
     refine: float = 0.1
     refine_anchors: str = "mixed-ends"
-    #: Mating restriction (`NeighbourSelection`): the probability that a pair's second
-    #: parent is one of the first's `mate_neighbours` nearest members (0: off).
-    mate_near: float = 0.0
-    mate_neighbours: int = 10
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
             ("sampling", self.sampling, SAMPLINGS),
-            ("crossover", self.crossover, CROSSOVERS),
             ("mutation", self.mutation, MUTATIONS),
             ("dedupe", self.dedupe, DEDUPES),
             ("refine_anchors", self.refine_anchors, REFINE_ANCHORS),
@@ -125,9 +131,8 @@ class OperatorConfig:
         unknown = sorted(set(data) - set(cls.__dataclass_fields__))
         if unknown:
             raise InvalidInputError(f"unknown operator setting(s): {', '.join(unknown)}")
-        # A stored config without `refine` predates the memetic step: it ran without it;
-        # one without `crossover` predates the choice: it ran pymoo's uniform crossover.
-        return cls(**{"refine": 0.0, "crossover": "uniform", **data})
+        # A stored config without `refine` predates the memetic step: it ran without it.
+        return cls(**{"refine": 0.0, **data})
 
 
 @dataclass
@@ -144,9 +149,7 @@ class BuildContext:
         ops = self.operators
         return {
             "sampling": ChoiceSampling(self.codec, corners=ops.sampling == "uniform+corners"),
-            "crossover": UniformCrossover(prob=ops.crossover_prob)
-            if ops.crossover == "uniform"
-            else UnitCrossover(ops.crossover, prob=ops.crossover_prob),
+            "crossover": UniformCrossover(prob=ops.crossover_prob),
             "mutation": ChoiceMutation(
                 self.codec,
                 prob_var=ops.mutation_prob_var,
@@ -160,9 +163,6 @@ class BuildContext:
 
     def refined(self, algorithm: Algorithm) -> Algorithm:
         """The algorithm with its mating wrapped in the memetic step, if the operators ask for it."""
-        if self.operators.mate_near > 0:
-            mating = algorithm.mating
-            mating.selection = NeighbourSelection(mating.selection, self.operators.mate_near, self.operators.mate_neighbours)
         if self.operators.refine > 0:
             algorithm.mating = FrontRefinement(algorithm.mating, self.codec, self.operators.refine, self.operators.refine_anchors)
         return algorithm

@@ -24,17 +24,16 @@ from __future__ import annotations
 import weakref
 
 import numpy as np
-from pymoo.core.crossover import Crossover
 from pymoo.core.duplicate import DuplicateElimination
 from pymoo.core.infill import InfillCriterion
 from pymoo.core.mutation import Mutation
 from pymoo.core.population import Population
 from pymoo.core.sampling import Sampling
-from pymoo.core.selection import Selection
+from pymoo.operators.survival.rank_and_crowding.metrics import calc_crowding_distance
 
 from ofa2_edge.search.encoding import GenomeCodec
 from ofa2_edge.search.indicators import nondominated
-from ofa2_edge.space import D_GENES, MAX_DEPTH, N_BLOCKS, N_STAGES, R_GENE
+from ofa2_edge.space import D_GENES, N_BLOCKS, N_STAGES, R_GENE
 
 
 class ChoiceSampling(Sampling):
@@ -62,49 +61,6 @@ class ChoiceSampling(Sampling):
             c = self.corner_indices()[:n_samples]
             x[: len(c)] = c
         return x
-
-
-CROSSOVER_UNITS = ("gene", "block", "stage")
-
-
-def crossover_units(unit: str) -> np.ndarray:
-    """(46,) unit id of every gene: the genes one parent hands down together.
-
-    ``gene``: every gene alone (uniform crossover); ``block``: a slot's kernel and expand
-    together, each depth and the resolution alone; ``stage``: a stage's depth with its
-    four slots' kernels and expands, the resolution alone."""
-    slot = np.arange(N_BLOCKS)
-    if unit == "gene":
-        return np.arange(2 * N_BLOCKS + N_STAGES + 1)
-    if unit == "block":
-        return np.concatenate([slot, slot, N_BLOCKS + np.arange(N_STAGES), [N_BLOCKS + N_STAGES]])
-    if unit == "stage":
-        stage = slot // MAX_DEPTH
-        return np.concatenate([stage, stage, np.arange(N_STAGES), [N_STAGES]])
-    raise ValueError(f"crossover unit {unit!r}: choose from {', '.join(CROSSOVER_UNITS)}")
-
-
-class UnitCrossover(Crossover):
-    """Uniform crossover over units of genes (`crossover_units`) instead of single genes.
-
-    Each unit of a child comes whole from one parent (fair coin per unit; the second child
-    takes the other parent's), so a block keeps its kernel/expand pair or a stage its
-    depth with the blocks that depth builds: a child inherits working parts, not a mix of
-    genes that were selected in different contexts."""
-
-    def __init__(self, unit: str = "block", **kwargs) -> None:
-        super().__init__(2, 2, **kwargs)
-        self.unit = unit
-        self._units = crossover_units(unit)
-
-    def _do(self, problem, X, random_state=None, **kwargs):
-        _, n_matings, n_var = X.shape
-        take = random_state.random((n_matings, int(self._units.max()) + 1)) < 0.5
-        M = take[:, self._units]
-        out = np.empty_like(X)
-        out[0] = np.where(M, X[0], X[1])
-        out[1] = np.where(M, X[1], X[0])
-        return out
 
 
 class ChoiceMutation(Mutation):
@@ -243,7 +199,10 @@ class FrontRefinement(InfillCriterion):
       share too (the best half the neighbours, the second a quarter, ...): once the best
       is a local optimum its neighbours are all worse, and the runners-up can still climb;
     - ``front``: uniformly drawn front members;
-    - ``mixed`` / ``mixed-ends``: half ``extremes`` / ``ends``, half ``front``.
+    - ``mixed`` / ``mixed-ends``: half ``extremes`` / ``ends``, half ``front``;
+    - ``mixed-sparse``: half ``ends``, half front members drawn in proportion to their
+      crowding distance: local search goes where the front is thin, so the gaps between
+      members (what a latency budget falling in one costs) close faster.
 
     The share is of `n_offsprings` rounded down, so a steady-state algorithm (SMS-EMOA:
     one offspring a generation) gets no neighbours. Deterministic given the population and
@@ -286,18 +245,27 @@ class FrontRefinement(InfillCriterion):
         which = np.arange(n_ends) % max(len(ends), 1)  # the objectives' ends in turn
         for e, order in enumerate(ends):
             rows[which == e] = order[np.minimum(ranks[which == e], len(order) - 1)]
-        if self.anchors == "mixed-sparse" and len(front) > 2:
-            # where the front is thin: members drawn in proportion to their crowding distance
-            from pymoo.operators.survival.rank_and_crowding.metrics import calc_crowding_distance
-
-            cd = calc_crowding_distance(F[front])
-            finite = np.isfinite(cd)
-            cd = np.where(finite, cd, cd[finite].max() if finite.any() else 1.0)
-            cum = np.cumsum(cd) / cd.sum() if cd.sum() > 0 else np.arange(1, len(front) + 1) / len(front)
-            spread = front[np.minimum(np.searchsorted(cum, random_state.random(k - n_ends), side="right"), len(front) - 1)]
-        else:
+        weights = self._spread_weights(F[front])
+        if weights is None:
             spread = front[random_state.integers(0, len(front), size=k - n_ends)]
+        else:
+            spread = front[random_state.choice(len(front), size=k - n_ends, p=weights)]
         return np.concatenate([rows, spread])
+
+    def _spread_weights(self, F: np.ndarray) -> np.ndarray | None:
+        """How the non-end neighbours are spread over the front's members (None: uniformly).
+
+        ``mixed-sparse``: in proportion to the member's crowding distance (NSGA-II's, on
+        the front alone), i.e. where the front is thin; the extremes (infinite distance)
+        weigh as much as the most isolated interior member."""
+        if self.anchors != "mixed-sparse" or len(F) < 3:
+            return None
+        cd = calc_crowding_distance(F)
+        finite = np.isfinite(cd)
+        if not finite.any() or cd[finite].max() <= 0:
+            return None
+        cd = np.where(finite, cd, cd[finite].max())
+        return cd / cd.sum()
 
     def neighbours(self, pop, k: int, random_state: np.random.Generator) -> Population:
         # attribute access per individual: several times cheaper than Population.get here
@@ -324,36 +292,3 @@ class FrontRefinement(InfillCriterion):
                 bred = self.eliminate_duplicates.do(bred, off, to_itself=False)
             off = Population.merge(off, bred[: n_offsprings - len(off)])
         return off
-
-
-class NeighbourSelection(Selection):
-    """Mating restriction: with probability `prob` a pair's second parent is one of the
-    `size` members nearest to the first one in (range-normalised) objective space.
-
-    Wraps the algorithm's own selection (NSGA-II's binary tournament), which still picks
-    the first parent. Two parents from the same part of the front breed children in that
-    part; two from opposite ends (a 15 ms and an 80 ms net) breed a random middle net that
-    is rarely competitive there. This is MOEA/D's neighbourhood mating (delta, T) on a
-    Pareto-ranking algorithm."""
-
-    def __init__(self, selection: Selection, prob: float, size: int) -> None:
-        super().__init__()
-        self.selection = selection
-        self.prob = prob
-        self.size = size
-
-    def _do(self, problem, pop, n_select, n_parents, random_state=None, **kwargs):
-        P = np.array(self.selection.do(problem, pop, n_select, n_parents, to_pop=False, random_state=random_state, **kwargs))
-        k = min(self.size, len(pop) - 1)
-        if n_parents < 2 or k < 1:
-            return P
-        F = np.array([ind.F for ind in pop], dtype=np.float64)
-        span = F.max(axis=0) - F.min(axis=0)
-        Z = (F - F.min(axis=0)) / np.where(span > 0, span, 1.0)
-        D = ((Z[:, None, :] - Z[None, :, :]) ** 2).sum(axis=2)
-        np.fill_diagonal(D, np.inf)
-        near = np.argsort(D, axis=1, kind="stable")[:, :k]
-        restrict = random_state.random(len(P)) < self.prob
-        mate = near[P[:, 0], random_state.integers(0, k, size=len(P))]
-        P[restrict, 1] = mate[restrict]
-        return P
