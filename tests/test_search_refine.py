@@ -171,7 +171,7 @@ def test_config_checks_and_the_wrapping() -> None:
     off = get_algorithm("nsga2").build(BuildContext(codec, 2, 10, 1, OperatorConfig(refine=0.0), {}))
     on = get_algorithm("spea2").build(BuildContext(codec, 2, 10, 1, OperatorConfig(), {}))
     assert isinstance(off, NSGA2) and not isinstance(off.mating, FrontRefinement)
-    assert isinstance(on.mating, FrontRefinement) and on.mating.share == 0.1 and on.mating.anchors == "mixed-ends"
+    assert isinstance(on.mating, FrontRefinement) and on.mating.share == 0.1 and on.mating.anchors == "mixed-sparse"
     assert OperatorConfig.ofa2().refine == 0.0  # OFA²'s own operators have no memetic step
-    assert OperatorConfig.from_dict({"refine": 0.2}).refine_anchors == "mixed-ends"
+    assert OperatorConfig.from_dict({"refine": 0.2}).refine_anchors == "mixed-sparse"
     assert OperatorConfig.from_dict({"sampling": "uniform"}).refine == 0.0  # a config from before the step ran without it
