@@ -90,6 +90,34 @@ def test_extremes_skip_the_space_corners_and_infeasible_members() -> None:
     assert set(mixed_ends[:5].tolist()) <= {0, 1, 2, 3} and len(mixed_ends) == 10
 
 
+def test_sparse_anchors_go_where_the_front_is_thin() -> None:
+    """``mixed-sparse``: the non-end half of the anchors is drawn in proportion to crowding
+    distance, so the two members that border the front's one wide gap get the most."""
+    codec = GenomeCodec(SearchSpace())
+    rng = np.random.default_rng(3)
+    X = ChoiceSampling(codec)._do(None, 7, random_state=rng)
+    # a front of 6 (latency, error) with one wide gap between members 3 and 4; member 6 is dominated
+    F = np.array([[10, 24], [11, 23], [12, 22], [13, 21], [30, 12], [31, 11], [40, 20]], dtype=np.float64)
+    pop = _population(codec, X, F)
+    k = 6000
+    rows = FrontRefinement(_mating(codec), codec, 0.1, anchors="mixed-sparse").anchor_rows(*_arrays(pop), k, rng)
+    spread = np.bincount(rows[k // 2 :], minlength=7)
+    assert spread[6] == 0  # only front members
+    assert min(spread[3], spread[4]) > 4 * max(spread[1], spread[2]) > 0  # the gap's borders, far more than the packed middle
+    # the extremes weigh as much as the most isolated interior member, not infinitely more
+    assert 0.5 < spread[0] / max(spread[3], spread[4]) < 1.5
+    # the end half is as with ``mixed-ends``: each objective's best member (none is a corner here) most often
+    ends = np.bincount(rows[: k // 2], minlength=7)
+    assert set(np.argsort(ends)[-2:].tolist()) == {0, 5} and ends[6] == 0
+    # repeatable from the generator's state
+    again = FrontRefinement(_mating(codec), codec, 0.1, anchors="mixed-sparse")
+    a = again.anchor_rows(*_arrays(pop), 50, np.random.default_rng(9))
+    assert np.array_equal(a, again.anchor_rows(*_arrays(pop), 50, np.random.default_rng(9)))
+    # a front of two has no interior: spread uniformly, no failure
+    two = _population(codec, X[:2], F[[0, 5]])
+    assert set(again.anchor_rows(*_arrays(two), 40, rng).tolist()) == {0, 1}
+
+
 def test_offspring_are_the_budget_neighbours_first_and_all_distinct() -> None:
     codec = GenomeCodec(SearchSpace())
     rng = np.random.default_rng(1)
@@ -143,7 +171,7 @@ def test_config_checks_and_the_wrapping() -> None:
     off = get_algorithm("nsga2").build(BuildContext(codec, 2, 10, 1, OperatorConfig(refine=0.0), {}))
     on = get_algorithm("spea2").build(BuildContext(codec, 2, 10, 1, OperatorConfig(), {}))
     assert isinstance(off, NSGA2) and not isinstance(off.mating, FrontRefinement)
-    assert isinstance(on.mating, FrontRefinement) and on.mating.share == 0.1 and on.mating.anchors == "mixed-ends"
+    assert isinstance(on.mating, FrontRefinement) and on.mating.share == 0.1 and on.mating.anchors == "mixed-sparse"
     assert OperatorConfig.ofa2().refine == 0.0  # OFA²'s own operators have no memetic step
-    assert OperatorConfig.from_dict({"refine": 0.2}).refine_anchors == "mixed-ends"
+    assert OperatorConfig.from_dict({"refine": 0.2}).refine_anchors == "mixed-sparse"
     assert OperatorConfig.from_dict({"sampling": "uniform"}).refine == 0.0  # a config from before the step ran without it

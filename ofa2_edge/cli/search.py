@@ -13,7 +13,7 @@ from rich.table import Table
 from ofa2_edge.cli.common import JSON_OPTION, emit_json, err_console, out_console, state
 from ofa2_edge.errors import InvalidInputError
 from ofa2_edge.search import runstore as rs
-from ofa2_edge.search.algorithms import ALGORITHMS, AUTO, DEDUPES, MUTATIONS, REFINE_ANCHORS, SAMPLINGS
+from ofa2_edge.search.algorithms import ALGORITHMS, AUTO, DEDUPES, MUTATIONS, REFINE_ANCHORS, SAMPLINGS, OperatorConfig
 from ofa2_edge.search.runner import SearchConfig, run_search
 from ofa2_edge.space import DEFAULT_RESOLUTIONS, SearchSpace
 
@@ -127,7 +127,7 @@ def search(
     refine: Optional[float] = typer.Option(
         None, "--refine", help="Memetic step: share of each generation's offspring that are one-gene neighbours of the front (default 0.1; 0 turns it off)."
     ),
-    refine_anchors: Optional[str] = typer.Option(None, "--refine-anchors", help=f"Where the neighbours go: {', '.join(REFINE_ANCHORS)} (default mixed-ends)."),
+    refine_anchors: Optional[str] = typer.Option(None, "--refine-anchors", help=f"Where the neighbours go: {', '.join(REFINE_ANCHORS)} (default {OperatorConfig().refine_anchors})."),
     param: list[str] = typer.Option([], "--param", help="Algorithm parameter KEY=VALUE, e.g. parent_ratio=0.25 (ofa-evolution)."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Checkpoint every N generations (default 100)."),
     config: Optional[Path] = typer.Option(None, "--config", help="Repeat a run: start from its config.json."),

@@ -29,6 +29,7 @@ from pymoo.core.infill import InfillCriterion
 from pymoo.core.mutation import Mutation
 from pymoo.core.population import Population
 from pymoo.core.sampling import Sampling
+from pymoo.operators.survival.rank_and_crowding.metrics import calc_crowding_distance
 
 from ofa2_edge.search.encoding import GenomeCodec
 from ofa2_edge.search.indicators import nondominated
@@ -152,7 +153,7 @@ class CanonicalDuplicateElimination(DuplicateElimination):
         return is_duplicate
 
 
-REFINE_ANCHORS = ("extremes", "ends", "front", "mixed", "mixed-ends")
+REFINE_ANCHORS = ("extremes", "ends", "front", "mixed", "mixed-ends", "mixed-sparse")
 
 
 def one_gene_neighbours(codec: GenomeCodec, X: np.ndarray, random_state: np.random.Generator) -> np.ndarray:
@@ -198,7 +199,10 @@ class FrontRefinement(InfillCriterion):
       share too (the best half the neighbours, the second a quarter, ...): once the best
       is a local optimum its neighbours are all worse, and the runners-up can still climb;
     - ``front``: uniformly drawn front members;
-    - ``mixed`` / ``mixed-ends``: half ``extremes`` / ``ends``, half ``front``.
+    - ``mixed`` / ``mixed-ends``: half ``extremes`` / ``ends``, half ``front``;
+    - ``mixed-sparse``: half ``ends``, half front members drawn in proportion to their
+      crowding distance: local search goes where the front is thin, so the gaps between
+      members (what a latency budget falling in one costs) close faster.
 
     The share is of `n_offsprings` rounded down, so a steady-state algorithm (SMS-EMOA:
     one offspring a generation) gets no neighbours. Deterministic given the population and
@@ -230,9 +234,9 @@ class FrontRefinement(InfillCriterion):
             corner = self.codec.canonical(X[order[:1]]).astype(np.int8)[0].tobytes() in self._corners
             if not corner and not any(e[0] == order[0] for e in ends):
                 ends.append(order)
-        share = {"extremes": 1.0, "ends": 1.0, "front": 0.0, "mixed": 0.5, "mixed-ends": 0.5}[self.anchors]
+        share = {"extremes": 1.0, "ends": 1.0, "front": 0.0, "mixed": 0.5, "mixed-ends": 0.5, "mixed-sparse": 0.5}[self.anchors]
         n_ends = int(k * share) if ends else 0
-        if self.anchors.endswith("ends"):
+        if self.anchors.endswith(("ends", "sparse")):
             # the best member most often, the next ones geometrically less (1/2, 1/4, ...)
             ranks = np.floor(np.log2(1.0 / (1.0 - random_state.random(n_ends)))).astype(np.int64)
         else:
@@ -241,8 +245,27 @@ class FrontRefinement(InfillCriterion):
         which = np.arange(n_ends) % max(len(ends), 1)  # the objectives' ends in turn
         for e, order in enumerate(ends):
             rows[which == e] = order[np.minimum(ranks[which == e], len(order) - 1)]
-        spread = front[random_state.integers(0, len(front), size=k - n_ends)]
+        weights = self._spread_weights(F[front])
+        if weights is None:
+            spread = front[random_state.integers(0, len(front), size=k - n_ends)]
+        else:
+            spread = front[random_state.choice(len(front), size=k - n_ends, p=weights)]
         return np.concatenate([rows, spread])
+
+    def _spread_weights(self, F: np.ndarray) -> np.ndarray | None:
+        """How the non-end neighbours are spread over the front's members (None: uniformly).
+
+        ``mixed-sparse``: in proportion to the member's crowding distance (NSGA-II's, on
+        the front alone), i.e. where the front is thin; the extremes (infinite distance)
+        weigh as much as the most isolated interior member."""
+        if self.anchors != "mixed-sparse" or len(F) < 3:
+            return None
+        cd = calc_crowding_distance(F)
+        finite = np.isfinite(cd)
+        if not finite.any() or cd[finite].max() <= 0:
+            return None
+        cd = np.where(finite, cd, cd[finite].max())
+        return cd / cd.sum()
 
     def neighbours(self, pop, k: int, random_state: np.random.Generator) -> Population:
         # attribute access per individual: several times cheaper than Population.get here
