@@ -3,7 +3,7 @@
 
 One command (from the repository root):
 
-    OFA2_EDGE_ASSETS=../shared/ofa_assets python benchmarks/search_reference.py   # ~25 min here
+    OFA2_EDGE_ASSETS=../shared/ofa_assets python benchmarks/search_reference.py   # ~8 min here
     python benchmarks/search_reference.py --quick          # a smoke run in a few minutes
     python benchmarks/search_reference.py --study --study-set broad --study-seeds 1-5
     python benchmarks/search_reference.py --study --study-set finalists --study-seeds 1-10
