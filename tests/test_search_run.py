@@ -272,6 +272,22 @@ def test_networks_met_again_are_not_evaluated_again(workspace: Workspace, tmp_pa
     assert len({r["arch_id"] for r in rows}) == len(rows) == status["n_archs"]
 
 
+def test_search_leaves_the_garbage_collector_as_it_found_it(workspace: Workspace, tmp_path: Path) -> None:
+    import gc
+
+    seen: list[int] = []
+    cfg = SearchConfig(objectives=("latency:note10", "top1"), **{**SMALL, "n_gen": 2})
+    run_search(cfg, tmp_path / "gc1", workspace=workspace, plot=False, progress=lambda p: seen.append(gc.get_freeze_count()))
+    assert seen and all(n > 0 for n in seen)  # the heap was frozen while the search ran
+    assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        search(workspace, tmp_path / "gc2", n_gen=2)
+        assert gc.get_freeze_count() > 0  # a caller's own freeze is left in place
+    finally:
+        gc.unfreeze()
+
+
 def test_random_search_and_compare(workspace: Workspace, tmp_path: Path) -> None:
     search(workspace, tmp_path / "ga", n_gen=20)
     search(workspace, tmp_path / "rnd", algorithm="random", n_gen=20)

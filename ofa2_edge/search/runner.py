@@ -21,14 +21,16 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import gc
 import json
 import logging
 import platform
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -599,12 +601,33 @@ def run_search(
                 return run.run.status()
         else:
             run.start(restart=resume)  # resuming a run stopped before its first checkpoint starts it over
-        try:
-            while run.algorithm.has_next():
-                p = run.step()
-                if progress is not None:
-                    progress(p)
-        except KeyboardInterrupt:
-            run._status("interrupted", message=f"interrupted; --resume continues from generation {run.last_checkpoint} (the last checkpoint)")
-            raise
-        return run.finish(plot=plot)
+        with _frozen_heap():
+            try:
+                while run.algorithm.has_next():
+                    p = run.step()
+                    if progress is not None:
+                        progress(p)
+            except KeyboardInterrupt:
+                run._status("interrupted", message=f"interrupted; --resume continues from generation {run.last_checkpoint} (the last checkpoint)")
+                raise
+            return run.finish(plot=plot)
+
+
+@contextlib.contextmanager
+def _frozen_heap() -> Iterator[None]:
+    """Keep the objects alive when the search starts out of the garbage collector's scans.
+
+    The predictors bring torch and scikit-learn along (~240k tracked objects), and a search
+    allocates millions of short-lived pymoo objects plus a growing archive, which triggers
+    full collections that walk all of them: freezing them made a 100 x 1000 run ~8 %
+    faster (measured in alternating pairs; pymoo alone was unaffected). A frozen object
+    that turns into cyclic garbage meanwhile is collected after the search; a caller that
+    froze the heap itself keeps its own state."""
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
