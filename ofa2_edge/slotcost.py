@@ -65,6 +65,8 @@ def per_slot_costs(genomes: np.ndarray, table_of: Callable[[int], SlotTable]) ->
     """(fixed cost per genome (n,), cost of each slot (n, 20) with inactive slots at 0)."""
     g = as_genomes(genomes)
     active, k_idx, e_idx = slot_choice_indices(g)
+    if not len(g):
+        return np.zeros(0), np.zeros((0, N_BLOCKS))
     resolutions, r_idx = np.unique(g[:, R_GENE], return_inverse=True)
     tables = [table_of(int(r)) for r in resolutions]
     fixed = np.array([t.fixed for t in tables], dtype=np.float64)[r_idx]

@@ -250,9 +250,11 @@ def choice_indices(values: np.ndarray, choices: Sequence[int], name: str) -> np.
     lut = _choice_lut(tuple(int(c) for c in choices))  # the search calls this a few times per population
     v = np.asarray(values, dtype=np.int64)
     if v.size and (v.min() < 0 or v.max() >= lut.size):
-        bad = v[(v < 0) | (v >= lut.size)]
-        raise InvalidArchError(f"{name}: value {int(bad.flat[0])} is not allowed; choose from {_choices_text(choices)}")
-    idx = lut[v]
+        idx = np.full(v.shape, -1, dtype=np.int64)
+        inside = (v >= 0) & (v < lut.size)
+        idx[inside] = lut[v[inside]]
+    else:
+        idx = lut[v]
     if (idx < 0).any():
         raise InvalidArchError(
             f"{name}: value {int(v[idx < 0].flat[0])} is not allowed; choose from {_choices_text(choices)}"

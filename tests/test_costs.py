@@ -61,3 +61,10 @@ def test_width_multipliers_can_mix_in_one_call() -> None:
     a10, a12 = Arch.largest(224, w=1.0), Arch.largest(224, w=1.2)
     c10, c12 = arch_costs([a12, a10])[::-1]
     assert c10["macs_m"] < c12["macs_m"]
+
+
+def test_an_empty_batch_costs_nothing() -> None:
+    empty = np.zeros((0, 46), dtype=np.int64)
+    for fn in (macs_m, params_m, peak_mem_mb):
+        out = fn(empty)
+        assert out.shape == (0,)
