@@ -220,7 +220,11 @@ class Objectives:
         return len(self.constraints)
 
     def evaluate(self, genomes: np.ndarray) -> Evaluation:
-        return self.from_values({name: np.asarray(m.evaluate(genomes), dtype=np.float64) for name, m in self.metrics.items()})
+        return self.from_values(self.values(genomes))
+
+    def values(self, genomes: np.ndarray) -> dict[str, np.ndarray]:
+        """Every metric's natural values for a genome batch."""
+        return {name: np.asarray(m.evaluate(genomes), dtype=np.float64) for name, m in self.metrics.items()}
 
     def from_values(self, values: dict[str, np.ndarray]) -> Evaluation:
         """F and G from every metric's natural values (as `evaluate` computes them)."""

@@ -33,7 +33,7 @@ from pymoo.operators.survival.rank_and_crowding.metrics import calc_crowding_dis
 
 from ofa2_edge.search.encoding import GenomeCodec
 from ofa2_edge.search.indicators import nondominated
-from ofa2_edge.space import D_GENES, N_BLOCKS, N_STAGES, R_GENE
+from ofa2_edge.space import N_BLOCKS, N_STAGES, R_GENE
 
 
 class ChoiceSampling(Sampling):
@@ -86,8 +86,7 @@ class ChoiceMutation(Mutation):
         eligible = nc > 1
         if self.active_only:
             # Only genes that build something: the same expected number of changes, all of them real.
-            slots = self.codec.active(X)
-            eligible = eligible & np.concatenate([slots, slots, np.ones((n, m - 2 * slots.shape[1]), dtype=bool)], axis=1)
+            eligible = eligible & built_genes(self.codec, X)
             p = np.minimum(1.0, p * m / np.maximum(eligible.sum(axis=1, keepdims=True), 1))
         mask = (random_state.random((n, m)) < p) & eligible
         u = random_state.random((n, m))
@@ -156,19 +155,20 @@ class CanonicalDuplicateElimination(DuplicateElimination):
 REFINE_ANCHORS = ("extremes", "ends", "front", "mixed", "mixed-ends", "mixed-sparse")
 
 
+def built_genes(codec: GenomeCodec, X: np.ndarray) -> np.ndarray:
+    """(n, n_var) bool: the genes that build something, i.e. a kernel or expand of an
+    active slot, every depth, the resolution (an inactive slot's genes change nothing)."""
+    slots = codec.active(X)
+    return np.concatenate([slots, slots, np.ones((len(slots), codec.n_var - 2 * N_BLOCKS), dtype=bool)], axis=1)
+
+
 def one_gene_neighbours(codec: GenomeCodec, X: np.ndarray, random_state: np.random.Generator) -> np.ndarray:
-    """One neighbour per row: a single gene that builds something (a kernel or expand of
-    an active slot, a depth, the resolution) moved to another of its choices."""
+    """One neighbour per row: a single gene that builds something (`built_genes`) moved to
+    another of its choices."""
     X = np.asarray(X, dtype=np.int64)
     n, m = X.shape
     nc = codec.n_choices
-    slots = codec.active(X)
-    eligible = np.zeros((n, m), dtype=bool)
-    eligible[:, :N_BLOCKS] = slots
-    eligible[:, N_BLOCKS : 2 * N_BLOCKS] = slots
-    eligible[:, D_GENES] = True
-    eligible[:, R_GENE] = True
-    eligible &= nc[None, :] > 1
+    eligible = built_genes(codec, X) & (nc[None, :] > 1)
     keys = np.where(eligible, random_state.random((n, m)), -1.0)
     gene = np.argmax(keys, axis=1)
     out = X.copy()

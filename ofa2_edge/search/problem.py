@@ -56,7 +56,7 @@ class ArchProblem(Problem):
         genomes = self.codec.decode(np.asarray(x, dtype=np.int64))
         keys, known, stored = self.memo.lookup(genomes)
         new = ~known
-        fresh = self.objectives.evaluate(genomes[new]).values if new.any() else {}
+        fresh = self.objectives.values(genomes[new]) if new.any() else {}
         values = {}
         for j, name in enumerate(self.objectives.metrics):
             values[name] = np.empty(len(genomes), dtype=np.float64)
