@@ -29,24 +29,16 @@ import search_reference as ref  # noqa: E402
 
 from ofa2_edge.search.algorithms import OperatorConfig  # noqa: E402
 
-STRINGS = ("sampling", "mutation", "dedupe", "refine_anchors")
-
 
 def config_of(variant: str) -> OperatorConfig:
-    if variant == "default":
-        return OperatorConfig()
-    pairs = dict(part.split("=", 1) for part in variant.split(","))
-    typed = {k: (v if k in STRINGS else float(v)) for k, v in pairs.items()}
-    return OperatorConfig.from_dict({**OperatorConfig().to_dict(), **typed})
+    return OperatorConfig() if variant == "default" else ref.operator_overrides(variant)
 
 
 def finder_top1(ws, cache: Path, seed: int, budget: int, gens: int) -> float:
     data = json.loads(cache.read_text()) if cache.is_file() else {}
     key = f"{seed}:{budget}:{gens}"
     if key not in data:
-        r, _ = ref.run(ws, f"finder-{budget}ms-s{seed}", objectives=("top1",), constraints=(f"latency:note10<={budget}",),
-                       algorithm="ofa-evolution", pop_size=100, n_gen=gens, seed=seed)  # fmt: skip
-        data[key] = max(row["top1_pct"] for row in r.front()["rows"])
+        data[key], _ = ref.finder_best(ws, seed, budget, gens)
         cache.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     return float(data[key])
 

@@ -242,6 +242,21 @@ def best_under(front: dict[str, Any], budget: float, latency_field: str = "laten
     return max(vals) if vals else None
 
 
+def finder_best(ws: Workspace, seed: int, budget: float, gens: int) -> tuple[float, dict[str, Any]]:
+    """OFA's finder (population 100, parent ratio 0.25, mutation ratio 0.5, mutation
+    probability 0.1) under a Note10 latency budget: its best top-1 and the run's status."""
+    r, doc = run(ws, f"finder-{budget}ms-s{seed}", objectives=("top1",), constraints=(f"latency:note10<={budget}",),
+                 algorithm="ofa-evolution", pop_size=100, n_gen=gens, seed=seed)  # fmt: skip
+    return max(row["top1_pct"] for row in r.front()["rows"]), doc
+
+
+def operator_overrides(text: str) -> OperatorConfig:
+    """Our default operators with KEY=VALUE,... overrides (numbers for the numeric settings)."""
+    pairs = dict(part.split("=", 1) for part in text.split(","))
+    typed = {k: (v if k in ("sampling", "mutation", "dedupe", "refine_anchors") else float(v)) for k, v in pairs.items()}
+    return OperatorConfig.from_dict({**OperatorConfig().to_dict(), **typed})
+
+
 def budget_table(ws: Workspace, mo_folders: dict[int, Path], finder_gens: int, budgets: tuple[int, ...]) -> list[dict[str, Any]]:
     """Per seed: one multi-objective run's best top-1 under each budget vs OFA's finder
     (population 100, `finder_gens` generations, parent ratio 0.25, mutation ratio 0.5,
@@ -250,17 +265,7 @@ def budget_table(ws: Workspace, mo_folders: dict[int, Path], finder_gens: int, b
     for seed, folder in mo_folders.items():
         front = RunFolder(folder).front()
         for b in budgets:
-            r, doc = run(
-                ws,
-                f"finder-{b}ms-s{seed}",
-                objectives=("top1",),
-                constraints=(f"latency:note10<={b}",),
-                algorithm="ofa-evolution",
-                pop_size=100,
-                n_gen=finder_gens,
-                seed=seed,
-            )
-            finder = max(row["top1_pct"] for row in r.front()["rows"])
+            finder, doc = finder_best(ws, seed, b, finder_gens)
             ours = best_under(front, b)
             rows.append(
                 {
@@ -487,9 +492,7 @@ def main() -> int:
     args = ap.parse_args()
     global OPS_CONFIG
     if args.ops:
-        pairs = dict(part.split("=", 1) for part in args.ops.split(","))
-        typed = {k: (v if k in ("sampling", "mutation", "dedupe", "refine_anchors") else float(v)) for k, v in pairs.items()}
-        OPS_CONFIG = OperatorConfig.from_dict({**OperatorConfig().to_dict(), **typed})
+        OPS_CONFIG = operator_overrides(args.ops)
     MatingRounds.install()
     assets = Path(os.environ.get("OFA2_EDGE_ASSETS", REPO.parent / "shared" / "ofa_assets"))
     gens, finder_gens, seeds = (100, 50, [1]) if args.quick else (1000, 500, seeds_of(args.seeds))
