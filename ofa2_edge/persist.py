@@ -46,10 +46,13 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def write_json(path: str | Path, kind: str, version: int, payload: Mapping[str, Any]) -> Path:
-    """Write a versioned JSON document: ``{"schema": kind, "schema_version": version, ...}``."""
+def write_json(path: str | Path, kind: str, version: int, payload: Mapping[str, Any], *, indent: int | None = 2) -> Path:
+    """Write a versioned JSON document: ``{"schema": kind, "schema_version": version, ...}``.
+
+    ``indent=None`` writes one compact line with the json module's C encoder (the indented
+    form goes through its pure-Python encoder): for large machine-read documents."""
     doc = {"schema": kind, "schema_version": version, **payload}
-    return atomic_write_text(path, json.dumps(doc, indent=2, sort_keys=False) + "\n")
+    return atomic_write_text(path, json.dumps(doc, indent=indent, sort_keys=False) + "\n")
 
 
 def check_schema(doc: Any, kind: str, versions: Iterable[int], where: str) -> dict[str, Any]:

@@ -48,6 +48,7 @@ from ofa2_edge.search.algorithms import (
     survival_state,
 )
 from ofa2_edge.search.encoding import GenomeCodec
+from ofa2_edge.search.formatter import PendingRows, submit_rows
 from ofa2_edge.search.indicators import hypervolume, nondominated
 from ofa2_edge.search.objectives import (
     OFFICIAL_ACCURACY,
@@ -142,11 +143,12 @@ class Progress:
 
 # --------------------------------------------------------------------- the archive
 class Archive:
-    """Every distinct network evaluated, in memory, and which rows are not on disk yet.
+    """Every distinct network evaluated, in memory, and which rows are not handed over for
+    writing yet.
 
     It is the problem's memo (`ArchProblem`): a network met again takes its stored values.
-    Rows live in arrays that double when full; a checkpoint formats only the rows that came
-    since the last one, so writing the archive costs O(new rows), not O(all rows)."""
+    Rows live in arrays that double when full; a checkpoint hands over only the rows that
+    came since the last one, so writing the archive costs O(new rows), not O(all rows)."""
 
     def __init__(self, objectives: Objectives, w: float) -> None:
         self.objectives = objectives
@@ -158,7 +160,7 @@ class Archive:
         self._values = np.zeros((0, len(self.names)), dtype=np.float64)
         self._gens = np.zeros(0, dtype=np.int64)
         self.n_rows = 0
-        self.n_written = 0
+        self.n_handed = 0
         self.gen = 0
         self.seconds = 0.0
 
@@ -199,24 +201,26 @@ class Archive:
         ev = self.objectives.from_values({n: values[:, i] for i, n in enumerate(self.names)})
         return ev.F, ev.G
 
-    def _format(self, g: np.ndarray, v: np.ndarray, n: np.ndarray) -> list[bytes]:
+    def _row_args(self, rows: slice | np.ndarray) -> tuple:
+        """`runstore.format_rows` arguments for the archive rows `rows`."""
+        g, v, n = (a[rows] for a in self.arrays())
         feasible = None
         if self.objectives.constraints:
             _, G = self.minimised(v)
             feasible = (G <= 0).all(axis=1)
-        return rs.format_rows(g, self.w, n, self.fields, v, feasible)
+        return g, self.w, n, self.fields, v, feasible
 
     def lines(self, rows: np.ndarray) -> list[bytes]:
         """JSON Lines of the archive rows `rows`."""
-        g, v, n = self.arrays()
-        return self._format(g[rows], v[rows], n[rows])
+        return rs.format_rows(*self._row_args(rows))
 
-    def flush(self, path: Path) -> None:
-        """Append the rows evaluated since the last flush."""
-        if self.n_written < self.n_rows:
-            g, v, n = (a[self.n_written :] for a in self.arrays())
-            rs.append_lines(path, self._format(g, v, n))
-        self.n_written = self.n_rows
+    def hand_over(self) -> PendingRows | None:
+        """Start formatting the rows evaluated since the last hand-over (`formatter`)."""
+        if self.n_handed == self.n_rows:
+            return None
+        args = self._row_args(slice(self.n_handed, self.n_rows))
+        self.n_handed = self.n_rows
+        return submit_rows(*args)
 
     def load(self, run: rs.RunFolder) -> None:
         """Rebuild from the run's evaluations.jsonl (on resume)."""
@@ -232,7 +236,7 @@ class Archive:
             g = np.asarray(genomes, dtype=np.int64)
             self._row_of = {row.tobytes(): i for i, row in enumerate(g.astype(np.int16))}
             self._append(g, np.asarray(values, dtype=np.float64), np.asarray(gens, dtype=np.int64))
-        self.n_written = self.n_rows
+        self.n_handed = self.n_rows
 
 
 # --------------------------------------------------------------------- helpers
@@ -329,6 +333,7 @@ class SearchRun:
         self.timers = {"hypervolume_s": 0.0, "checkpoint_s": 0.0, "loop_s": 0.0, "finish_s": 0.0, "plot_s": 0.0}
         self._prior = {"evaluation_s": 0.0, "record_s": 0.0}  # from sessions before a resume
         self.last_checkpoint = 0  # the generation a resume would continue from
+        self._unlanded: list[tuple[PendingRows | None, dict[str, Any]]] = []  # checkpoints taken, not yet on disk
 
     # ---------------------------------------------------------------- pieces
     def _feasible(self, idx: np.ndarray) -> np.ndarray:
@@ -457,29 +462,38 @@ class SearchRun:
 
     # ---------------------------------------------------------------- stepping
     def checkpoint(self) -> None:
-        """Persist the generation just completed: new archive rows, then the checkpoint
-        (population, RNG, counters, hypervolume rows), then the status.
+        """Take a checkpoint of the generation just completed: the archive rows evaluated
+        since the last one go to the formatter, and the state (population, RNG, counters,
+        hypervolume rows) waits with them until `land` writes both.
 
         Called between generations only, where pymoo's state is consistent; an
-        interruption in the middle of a generation resumes from the last checkpoint.
-        Rows appended after the last checkpoint are dropped on resume."""
+        interruption in the middle of a generation resumes from the last checkpoint that
+        landed. Rows appended after it are dropped on resume."""
         algo = self.algorithm
-        state = {
+        doc = {
             "gen": self.done,
             "n_evals": int(algo.evaluator.n_eval),
             "rng_state": algo.random_state.bit_generator.state,  # a dict of ints: JSON as it is
             "pop": _pop_state(algo),
             "survival": survival_state(algo),
             "archive_rows": self.archive.n_rows,
+            "hv_rows": list(self.hv_rows),
+            "timers": self._timings(),
+            "saved_at": _now(),
         }
-        self.archive.flush(self.run.file(rs.EVALUATIONS_FILE))
-        rs.write_doc(
-            self.run.file(rs.CHECKPOINT_FILE),
-            rs.CHECKPOINT_SCHEMA,
-            {**state, "hv_rows": self.hv_rows, "timers": self._timings(), "saved_at": _now()},
-        )
-        self.last_checkpoint = self.done
-        self._status("running")
+        self._unlanded.append((self.archive.hand_over(), doc))
+
+    def land(self, wait: bool = True) -> None:
+        """Write the checkpoints taken so far, oldest first: each one's rows appended, then
+        the checkpoint that counts them, then the status, so a checkpoint on disk never
+        names rows that are not. Without `wait`, only those whose rows are formatted."""
+        while self._unlanded and (wait or self._unlanded[0][0] is None or self._unlanded[0][0].ready()):
+            rows, doc = self._unlanded.pop(0)
+            if rows is not None:
+                rs.append_bytes(self.run.file(rs.EVALUATIONS_FILE), rows.blob())
+            rs.write_doc(self.run.file(rs.CHECKPOINT_FILE), rs.CHECKPOINT_SCHEMA, doc, indent=None)
+            self.last_checkpoint = int(doc["gen"])
+            self._status("running")
 
     def step(self) -> Progress:
         algo = self.algorithm
@@ -494,6 +508,7 @@ class SearchRun:
         t2 = time.perf_counter()
         if self.done % self.config.checkpoint_every == 0 or not algo.has_next():
             self.checkpoint()
+        self.land(wait=False)
         t3 = time.perf_counter()
         self.timers["hypervolume_s"] += t2 - t1
         self.timers["checkpoint_s"] += t3 - t2
@@ -503,6 +518,7 @@ class SearchRun:
     # ---------------------------------------------------------------- finishing
     def finish(self, plot: bool = True) -> dict[str, Any]:
         t0 = time.perf_counter()
+        self.land()
         g, v, n = self.archive.arrays()
         F, G = self.archive.minimised(v)
         feasible = (G <= 0).all(axis=1) if G.shape[1] else np.ones(len(F), dtype=bool)
@@ -607,8 +623,11 @@ def run_search(
                     p = run.step()
                     if progress is not None:
                         progress(p)
-            except KeyboardInterrupt:
-                run._status("interrupted", message=f"interrupted; --resume continues from generation {run.last_checkpoint} (the last checkpoint)")
+            except BaseException as exc:
+                with contextlib.suppress(Exception):
+                    run.land()  # the checkpoints already taken reach the disk
+                if isinstance(exc, KeyboardInterrupt):
+                    run._status("interrupted", message=f"interrupted; --resume continues from generation {run.last_checkpoint} (the last checkpoint)")
                 raise
             return run.finish(plot=plot)
 

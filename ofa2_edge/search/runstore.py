@@ -16,11 +16,13 @@ with a flush per batch; no pickle):
   generation the evaluations so far, the hypervolume of the population's non-dominated
   feasible set and its size.
 - ``timings.json`` (`ofa2-edge/search-timings`): objective evaluation vs algorithm overhead
-  vs run-store and hypervolume bookkeeping.
+  vs run-store and hypervolume bookkeeping, as time the search's own process spent
+  (evaluation rows are formatted by a child process meanwhile: `formatter`).
 - ``status.json`` (`ofa2-edge/search-status`): state (running / completed / interrupted /
   infeasible), progress, and the final summary.
 - ``checkpoint.json`` (`ofa2-edge/search-checkpoint`): population, RNG state and counters,
-  to resume after an interruption.
+  to resume after an interruption (one compact line: it is rewritten at every checkpoint
+  and read only by a resume).
 - ``pareto.png``: the static Pareto plot.
 """
 
@@ -142,12 +144,18 @@ def format_rows(genomes: np.ndarray, w: float, gen: np.ndarray, fields: Sequence
 
 
 # --------------------------------------------------------------------- appending
-def append_lines(path: Path, lines: Sequence[bytes]) -> None:
+def rows_blob(genomes: np.ndarray, w: float, gen: np.ndarray, fields: Sequence[str], values: np.ndarray, feasible: np.ndarray | None) -> bytes:
+    """`format_rows` as the bytes to append: each row then a newline (empty for no rows)."""
+    lines = format_rows(genomes, w, gen, fields, values, feasible)
+    return b"\n".join(lines) + b"\n" if lines else b""
+
+
+def append_bytes(path: Path, data: bytes) -> None:
     """Append complete JSON lines in one write, then flush and fsync (one sync per batch)."""
-    if not lines:
+    if not data:
         return
     with open(path, "ab") as fh:
-        fh.write(b"\n".join(lines) + b"\n")
+        fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
 
@@ -251,8 +259,8 @@ def write_front_csv(path: Path, rows: Sequence[dict[str, Any]], fields: Sequence
     atomic_write_text(path, buf.getvalue())
 
 
-def write_doc(path: Path, schema: str, payload: dict[str, Any]) -> Path:
-    return write_json(path, schema, VERSION, payload)
+def write_doc(path: Path, schema: str, payload: dict[str, Any], *, indent: int | None = 2) -> Path:
+    return write_json(path, schema, VERSION, payload, indent=indent)
 
 
 def list_runs(runs_dir: Path) -> list[RunFolder]:
