@@ -23,7 +23,10 @@ operators on trivial vectorised objectives (pseudo-random functions of the genom
 `TrivialProblem`), measured just before each run in the same process. On a shared
 machine single pairs are noisy: the report gives every pair and the ratio of the fastest
 run to the fastest floor. Run time is the whole search loop plus writing the run folder
-(without the plot and without loading the predictors).
+(without the plot and without loading the predictors); "store" is the time the search's own
+process spends on it (the evaluation rows are formatted by a child process meanwhile,
+`ofa2_edge.search.formatter`, so on a machine with a second core that work is off the
+search's path).
 
 Many devices: the only public device table here is Note10's; the second device is
 "roofline", an analytic per-layer model (MACs at 10 GMAC/s + weight and activation bytes
@@ -237,6 +240,35 @@ def reference_runs(ws: Workspace, algos: list[tuple[str, str]], seeds: list[int]
     return out
 
 
+def speed_pairs(ws: Workspace, algorithm: str, variant: str, seed: int, pop: int, gens: int, repeats: int) -> dict[str, Any]:
+    """The same run and its floor `repeats` times, alternating which goes first (floor-run,
+    run-floor, ...) so a slow spell of a shared machine does not always land on one side.
+    The median of the per-pair ratios and the ratio of the minimums are the figures."""
+    pairs = []
+    for i in range(repeats):
+        first_floor = i % 2 == 0
+        if first_floor:
+            floor, _ = floor_time(ws, algorithm, variant, pop, gens, seed)
+        _, doc = run(ws, f"speed-{algorithm}-{variant}-{i}", objectives=("latency:note10", "top1"), algorithm=algorithm,
+                     operators=operators(variant), pop_size=pop, n_gen=gens, seed=seed, reference_point=REFERENCE)  # fmt: skip
+        if not first_floor:
+            floor, _ = floor_time(ws, algorithm, variant, pop, gens, seed)
+        t = doc["timings"]
+        pairs.append({"floor_s": floor, **{k: t[k] for k in ("total_s", "evaluation_s", "algorithm_s", "store_s", "hypervolume_s")}})
+        log(f"speed pair {i + 1}/{repeats}: run {t['total_s']:.2f} s, floor {floor:.2f} s -> x{t['total_s'] / floor:.2f}")
+    ratios = [p["total_s"] / p["floor_s"] for p in pairs]
+    return {
+        "algorithm": algorithm,
+        "operators": variant,
+        "seed": seed,
+        "pairs": pairs,
+        "ratios": ratios,
+        "median_ratio": float(np.median(ratios)),
+        "ratio_of_minimums": min(p["total_s"] for p in pairs) / min(p["floor_s"] for p in pairs),
+        "median_split_s": {k: float(np.median([p[k] for p in pairs])) for k in ("evaluation_s", "algorithm_s", "store_s", "hypervolume_s", "floor_s", "total_s")},
+    }
+
+
 def best_under(front: dict[str, Any], budget: float, latency_field: str = "latency_ms:note10") -> float | None:
     vals = [row["top1_pct"] for row in front["rows"] if row[latency_field] <= budget]
     return max(vals) if vals else None
@@ -400,6 +432,16 @@ def markdown(report: dict[str, Any]) -> str:
                 f"x{v['search_only_ratio_of_minimums']:.2f}; mean of per-pair ratios x{v['ratio_mean_of_pairs']:.2f})"
             )
         lines.append("")
+    if report.get("speed"):
+        sp = report["speed"]
+        m = sp["median_split_s"]
+        lines += [f"## Speed: {sp['algorithm']}/{sp['operators']} seed {sp['seed']} vs pymoo's floor, {len(sp['pairs'])} alternating pairs", "",
+                  "| pair | floor s | run s | x floor | eval s | algo s | store s | hv s |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for i, (p, ratio) in enumerate(zip(sp["pairs"], sp["ratios"]), 1):
+            lines.append(f"| {i} | {p['floor_s']:.2f} | {p['total_s']:.2f} | {ratio:.2f} | {p['evaluation_s']:.2f} | {p['algorithm_s']:.2f} | {p['store_s']:.2f} | {p['hypervolume_s']:.2f} |")
+        lines += ["", f"- median of the per-pair ratios **x{sp['median_ratio']:.2f}**, ratio of the minimums x{sp['ratio_of_minimums']:.2f} "
+                  f"(goal <= 1.5); median split: evaluation {m['evaluation_s']:.2f} s, pymoo + operators {m['algorithm_s']:.2f} s, "
+                  f"run store {m['store_s']:.2f} s, hypervolume {m['hypervolume_s']:.2f} s; floor {m['floor_s']:.2f} s", ""]  # fmt: skip
     if report.get("budgets"):
         lines += ["## One multi-objective run vs OFA's finder (one run per budget), same seed", "",
                   "| seed | budget ms | one MO run top-1 % | finder top-1 % | difference | pass (>= -0.05) |", "|---|---|---|---|---|---|"]  # fmt: skip
@@ -486,7 +528,8 @@ def main() -> int:
     ap.add_argument("--ops", default="", help="operator overrides KEY=VALUE,... (e.g. refine=0.1,refine_anchors=front): an extra "
                     "reference variant 'ops', also used by the budget and many-devices parts instead of the default")
     ap.add_argument("--ref-variants", default="", help="comma list ALGO/VARIANT (variants: ofa2, default, ops) for the reference part")
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: reference,budgets,projections")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: reference,speed,budgets,projections")
+    ap.add_argument("--speed-repeats", type=int, default=6, help="alternating (floor, run) pairs of the speed part")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     ap.add_argument("--keep", type=Path, default=None, help="keep run folders here instead of a temporary folder")
     args = ap.parse_args()
@@ -538,6 +581,8 @@ def main() -> int:
                     "min_floor_s": min(r["floor_s"] for r in rows),
                 }
             report["reference_means"] = means
+        if "speed" not in skip:
+            report["speed"] = speed_pairs(ws, args.default_algo, ours()[0], seeds[0], 100, gens, 1 if args.quick else args.speed_repeats)
         if "budgets" not in skip:
             folders = {}
             for seed in seeds:
