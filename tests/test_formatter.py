@@ -65,3 +65,16 @@ def test_a_killed_child_loses_no_rows() -> None:
     again = formatter.submit_rows(*later)
     assert again.blob() == rows_blob(*later)
     assert formatter._running_child() is not child  # a new child took over
+
+
+def test_a_child_that_cannot_run_is_given_up_after_one_try(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(formatter, "_child", None)
+    monkeypatch.setattr(formatter, "_given_up", False)
+    monkeypatch.setattr(formatter.sys, "executable", "/bin/false")  # starts, exits at once
+    started = []
+    real = formatter._Child
+    monkeypatch.setattr(formatter, "_Child", lambda: started.append(1) or real())
+    batches = [batch(30, seed=20 + i) for i in range(3)]
+    assert [formatter.submit_rows(*b).blob() for b in batches] == [rows_blob(*b) for b in batches]
+    assert formatter._given_up and len(started) == 1
+    assert formatter.submit_rows(*batches[0]).future is None  # formatted here from then on

@@ -93,6 +93,7 @@ class _Child:
         )
         self.jobs: SimpleQueue[tuple[bytes, Future]] = SimpleQueue()
         self.alive = True
+        self.answered = 0
         threading.Thread(target=self._serve, name="ofa2-edge-row-formatter", daemon=True).start()
 
     def submit(self, request: bytes) -> Future:
@@ -110,6 +111,7 @@ class _Child:
             try:
                 _write_frame(self.proc.stdin, request)
                 future.set_result(_read_frame(self.proc.stdout))
+                self.answered += 1
             except (OSError, EOFError, ValueError) as exc:
                 self.alive = False
                 self.proc.kill()
@@ -119,18 +121,26 @@ class _Child:
 
 _lock = threading.Lock()
 _child: _Child | None = None
+_given_up = False  # a child that died before its first answer will not do better the next time
 
 
 def _running_child() -> _Child | None:
-    """The shared child, started on first use and again after it died; None if it cannot start."""
-    global _child
+    """The shared child, started on first use and again after it died; None once a child
+    could not start or died without answering (rows are then formatted in this process)."""
+    global _child, _given_up
     with _lock:
+        if _given_up:
+            return None
+        if _child is not None and not _child.alive and _child.answered == 0:
+            log.warning("rows are formatted in this process: the row formatter process exits at start")
+            _child, _given_up = None, True
+            return None
         if _child is None or not _child.alive:
             try:
                 _child = _Child()
             except (OSError, ValueError) as exc:  # no executable to run (embedded interpreters), no fork
                 log.warning("rows are formatted in this process: cannot start the row formatter (%s)", exc)
-                _child = None
+                _child, _given_up = None, True
         return _child
 
 
