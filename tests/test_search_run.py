@@ -15,12 +15,13 @@ import pytest
 # from Python's global `random` once. Import it up front so the tests below see only what a
 # search itself does to global RNG state (nothing).
 import ofa2_edge.latency.trees  # noqa: F401
-from ofa2_edge.errors import InvalidInputError, SchemaError
+from ofa2_edge.errors import InvalidInputError, Ofa2EdgeError, SchemaError
 from ofa2_edge.latency.lut import LutSurrogate
 from ofa2_edge.persist import read_json
 from ofa2_edge.search import runstore as rs
 from ofa2_edge.search.algorithms import ALGORITHMS, OperatorConfig
 from ofa2_edge.search.compare import compare_runs
+from ofa2_edge.search.formatter import PendingRows
 from ofa2_edge.search.indicators import nondominated
 from ofa2_edge.search.runner import SearchConfig, run_search
 from ofa2_edge.space import Arch, SearchSpace
@@ -316,3 +317,36 @@ def test_resume_before_the_first_checkpoint_starts_over(workspace: Workspace, tm
     assert "generation 0" in rs.RunFolder(tmp_path / "cut").status()["message"]
     run_search(None, tmp_path / "cut", workspace=workspace, plot=False, resume=True)
     assert rows_of(tmp_path / "cut") == rows_of(tmp_path / "full")
+
+
+def test_a_failed_write_leaves_the_last_checkpoint_to_resume_from(workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    search(workspace, tmp_path / "full")
+    cfg = SearchConfig(objectives=("latency:note10", "top1"), **SMALL)
+    # The rows of the checkpoints at 4 and 8 are formatted only after generation 11, so three
+    # checkpoints wait when generation 12 lands them; the disk fills up while the rows of the
+    # second are appended: neither it nor the third may land after that.
+    formatted = {"yet": False}
+    monkeypatch.setattr(PendingRows, "ready", lambda self: formatted["yet"])
+
+    def formatted_after_gen_11(progress) -> None:
+        formatted["yet"] = progress.gen >= 11
+
+    real_append, calls = rs.append_bytes, []
+
+    def disk_full_on_the_second_append(path: Path, data: bytes) -> None:
+        calls.append(path)
+        if len(calls) == 2:
+            real_append(path, data[: len(data) // 2])
+            raise OSError(28, "No space left on device")
+        real_append(path, data)
+
+    monkeypatch.setattr(rs, "append_bytes", disk_full_on_the_second_append)
+    with pytest.raises(Ofa2EdgeError, match="No space left on device.*--resume continues from generation 4"):
+        run_search(cfg, tmp_path / "cut", workspace=workspace, plot=False, progress=formatted_after_gen_11)
+    assert len(calls) == 2
+    monkeypatch.undo()
+    ck = read_json(tmp_path / "cut" / rs.CHECKPOINT_FILE, rs.CHECKPOINT_SCHEMA, [rs.VERSION])
+    assert ck["gen"] == 4
+    run_search(None, tmp_path / "cut", workspace=workspace, plot=False, resume=True)
+    assert rows_of(tmp_path / "cut") == rows_of(tmp_path / "full")
+    assert rs.RunFolder(tmp_path / "cut").front()["rows"] == rs.RunFolder(tmp_path / "full").front()["rows"]

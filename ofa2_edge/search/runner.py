@@ -487,13 +487,25 @@ class SearchRun:
         """Write the checkpoints taken so far, oldest first: each one's rows appended, then
         the checkpoint that counts them, then the status, so a checkpoint on disk never
         names rows that are not. Without `wait`, only those whose rows are formatted."""
-        while self._unlanded and (wait or self._unlanded[0][0] is None or self._unlanded[0][0].ready()):
-            rows, doc = self._unlanded.pop(0)
-            if rows is not None:
-                rs.append_bytes(self.run.file(rs.EVALUATIONS_FILE), rows.blob())
-            rs.write_doc(self.run.file(rs.CHECKPOINT_FILE), rs.CHECKPOINT_SCHEMA, doc, indent=None)
-            self.last_checkpoint = int(doc["gen"])
-            self._status("running")
+        try:
+            while self._unlanded and (wait or self._unlanded[0][0] is None or self._unlanded[0][0].ready()):
+                rows, doc = self._unlanded[0]
+                if rows is not None:
+                    rs.append_bytes(self.run.file(rs.EVALUATIONS_FILE), rows.blob())
+                rs.write_doc(self.run.file(rs.CHECKPOINT_FILE), rs.CHECKPOINT_SCHEMA, doc, indent=None)
+                self._unlanded.pop(0)
+                self.last_checkpoint = int(doc["gen"])
+                self._status("running")
+        except BaseException as exc:
+            # After a failed write no later checkpoint may land: it would count rows that are
+            # not all on disk. The last one that landed stays what a resume continues from.
+            self._unlanded.clear()
+            if isinstance(exc, OSError):
+                raise Ofa2EdgeError(
+                    f"{self.run.path}: cannot write the run folder ({exc}); once that is fixed, "
+                    f"--resume continues from generation {self.last_checkpoint} (the last checkpoint written)"
+                ) from exc
+            raise
 
     def step(self) -> Progress:
         algo = self.algorithm
