@@ -128,10 +128,10 @@ def format_rows(genomes: np.ndarray, w: float, gen: np.ndarray, fields: Sequence
     Bytes throughout and one %-format per row (the run store writes ~100k rows per
     100 x 1000 search); a finite float's repr is its JSON text."""
     texts = _arch_json_bytes(genomes, w)
-    ids = [hashlib.sha256(t).hexdigest()[:12].encode() for t in texts]
+    ids = [arch_id_of(t).encode() for t in texts]
     cells = ",".join(f"{json.dumps(f)}:%r" for f in fields)
     tail = ',"feasible":%s' if feasible is not None else ""
-    template = ('{"arch_id":"a-%s","arch":%s,"gen":%d,' + cells + tail + "}").encode()
+    template = ('{"arch_id":"%s","arch":%s,"gen":%d,' + cells + tail + "}").encode()
     vals = values.tolist()
     gens = np.asarray(gen).tolist()
     if not np.isfinite(values).all():  # write NaN/inf as json.dumps does, never as repr's 'nan'
