@@ -64,8 +64,7 @@ def main() -> int:
             ops = config_of(variant)
             for seed in seeds:
                 t0 = time.perf_counter()
-                r, doc = ref.run(ws, f"mo-{len(results)}", objectives=("latency:note10", "top1"), algorithm="nsga2", operators=ops,
-                                 pop_size=100, n_gen=args.gens, seed=seed, reference_point=ref.REFERENCE)  # fmt: skip
+                r, doc = ref.reference_run(ws, f"mo-{len(results)}", "nsga2", ops, seed, 100, args.gens)
                 wall = time.perf_counter() - t0
                 front = r.front()
                 diffs = {}

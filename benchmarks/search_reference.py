@@ -123,6 +123,12 @@ def run(ws: Workspace, name: str, **kw: Any) -> tuple[RunFolder, dict[str, Any]]
     return RunFolder(folder), doc
 
 
+def reference_run(ws: Workspace, name: str, algorithm: str, ops: OperatorConfig, seed: int, pop: int, gens: int) -> tuple[RunFolder, dict[str, Any]]:
+    """One run in OFA²'s setting: minimise (Note10 latency, 100 - top-1), HV against REFERENCE."""
+    return run(ws, name, objectives=("latency:note10", "top1"), algorithm=algorithm, operators=ops, pop_size=pop, n_gen=gens,
+               seed=seed, reference_point=REFERENCE)  # fmt: skip
+
+
 def hv_at(rows: list[dict[str, Any]], evals: int) -> float | None:
     best = [row["hv"] for row in rows if row["n_evals"] <= evals]
     return best[-1] if best else None
@@ -195,17 +201,7 @@ def reference_runs(ws: Workspace, algos: list[tuple[str, str]], seeds: list[int]
     for algorithm, variant in algos:
         for seed in seeds:
             floor, floor_rounds = floor_time(ws, algorithm, variant, pop, gens, seed)
-            r, doc = run(
-                ws,
-                f"ref-{algorithm}-{variant}-s{seed}",
-                objectives=("latency:note10", "top1"),
-                algorithm=algorithm,
-                operators=operators(variant),
-                pop_size=pop,
-                n_gen=gens,
-                seed=seed,
-                reference_point=REFERENCE,
-            )
+            r, doc = reference_run(ws, f"ref-{algorithm}-{variant}-s{seed}", algorithm, operators(variant), seed, pop, gens)
             t = doc["timings"]
             rec = {
                 "algorithm": algorithm,
@@ -249,8 +245,7 @@ def speed_pairs(ws: Workspace, algorithm: str, variant: str, seed: int, pop: int
         first_floor = i % 2 == 0
         if first_floor:
             floor, _ = floor_time(ws, algorithm, variant, pop, gens, seed)
-        _, doc = run(ws, f"speed-{algorithm}-{variant}-{i}", objectives=("latency:note10", "top1"), algorithm=algorithm,
-                     operators=operators(variant), pop_size=pop, n_gen=gens, seed=seed, reference_point=REFERENCE)  # fmt: skip
+        _, doc = reference_run(ws, f"speed-{algorithm}-{variant}-{i}", algorithm, operators(variant), seed, pop, gens)
         if not first_floor:
             floor, _ = floor_time(ws, algorithm, variant, pop, gens, seed)
         t = doc["timings"]
@@ -390,17 +385,8 @@ def study(ws: Workspace, seeds: list[int], pop: int, gens: int, which: str) -> l
     for algorithm, ops in variants:
         hvs, times = [], []
         for seed in seeds:
-            _, doc = run(
-                ws,
-                f"study-{algorithm}-{abs(hash(json.dumps(ops.to_dict(), sort_keys=True))) % 10**8}-s{seed}",
-                objectives=("latency:note10", "top1"),
-                algorithm=algorithm,
-                operators=ops,
-                pop_size=pop,
-                n_gen=gens,
-                seed=seed,
-                reference_point=REFERENCE,
-            )
+            name = f"study-{algorithm}-{abs(hash(json.dumps(ops.to_dict(), sort_keys=True))) % 10**8}-s{seed}"
+            _, doc = reference_run(ws, name, algorithm, ops, seed, pop, gens)
             hvs.append(doc["summary"]["hv_population"])
             times.append(doc["timings"]["total_s"])
         row = {"algorithm": algorithm, "operators": ops.to_dict(), "hv": hvs, "mean": float(np.mean(hvs)), "std": float(np.std(hvs, ddof=1)) if len(hvs) > 1 else 0.0, "mean_time_s": float(np.mean(times))}
@@ -588,8 +574,7 @@ def main() -> int:
             for seed in seeds:
                 mo = ws.runs_dir / f"ref-{args.default_algo}-{ours()[0]}-s{seed}"
                 if not (mo / "front.json").is_file():
-                    run(ws, mo.name, objectives=("latency:note10", "top1"), algorithm=args.default_algo, operators=ours()[1],
-                        pop_size=100, n_gen=gens, seed=seed, reference_point=REFERENCE)  # fmt: skip
+                    reference_run(ws, mo.name, args.default_algo, ours()[1], seed, 100, gens)
                 folders[seed] = mo
             report["budgets"] = budget_table(ws, folders, finder_gens, budgets)
         if "projections" not in skip:
