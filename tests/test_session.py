@@ -130,10 +130,11 @@ def test_link_dying_mid_batch_loses_nothing_and_a_rerun_measures_the_rest(sshd: 
     session = DeviceSession(device, tmp_path / "cache", reconnects=1)
     with session:
         report = session.measure(batch, QUICK, commit)
+        work_folder = Path(session.transport.work_dir)
     assert len(committed) == 2 and report.reconnects == 1
     done = {r.arch_id for r in committed}
     assert {a.id for a in report.not_measured} == {m.arch.id for m in batch} - done
-    assert Path(device.work_dir).exists()  # an incomplete batch keeps its files for the rerun
+    assert work_folder.exists()  # an incomplete batch keeps its files for the rerun
 
     sshd.start()
     rest = [m for m in batch if m.arch.id not in done]

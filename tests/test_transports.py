@@ -12,6 +12,8 @@ from sshd import Sshd, make_sshd
 
 from ofa2_edge.devices.connect import transport_for
 from ofa2_edge.devices.inventory import Device, Inventory
+from ofa2_edge.devices.session import DeviceSession
+from ofa2_edge.devices.transport import WORK_MARKER, WORK_PREFIX, LocalTransport, work_marker
 from ofa2_edge.errors import DeviceUnreachableError, InvalidInputError, SchemaError
 from ofa2_edge.persist import sha256_file
 
@@ -54,8 +56,10 @@ def exercise(transport_dir: Path, device: Device, tmp_path: Path) -> None:
         assert t.remote_sha256("absent.bin") is None
         slow = t.run([device.python, "-c", "import time; time.sleep(30)"], 1)
         assert slow.timed_out
+        folder = Path(t.work_dir)
+        assert folder.parent == Path(device.work_dir or transport_dir) and (folder / WORK_MARKER).is_file()
         t.remove_work_dir()
-        assert not Path(t.work_dir).exists()
+        assert not folder.exists() and folder.parent.is_dir()
 
 
 def test_local_transport(tmp_path: Path) -> None:
@@ -175,3 +179,101 @@ def test_devices_cli_add_list_remove(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert listed["jetson-nano"]["runtime"] == "tensorrt" and "local" in listed
     assert main([*ws, "devices", "remove", "jetson-nano"]) == 0
     assert main([*ws, "devices", "remove", "jetson-nano"]) == 2
+
+
+# --------------------------------------------------------------------------- the user's folders
+def users_folder(root: Path) -> Path:
+    """A folder that holds a user's own files, as a workspace would."""
+    (root / "latency_tables" / "rpi4").mkdir(parents=True)
+    (root / "latency_tables" / "rpi4" / "measurements.jsonl").write_text('{"x": 1}\n')
+    (root / "devices.yaml").write_text("schema_version: 1\ndevices: []\n")
+    return root
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_local_work_dir_of_dot_keeps_the_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    workspace = users_folder(tmp_path / "ws")
+    before = snapshot(workspace)
+    monkeypatch.chdir(workspace)
+    with DeviceSession(Device(key="local", work_dir="."), tmp_path / "cache") as session:
+        assert session.probe is not None
+        folder = Path(session.transport.work_dir)
+        assert folder.parent == workspace and folder.name.startswith(WORK_PREFIX)
+    assert snapshot(workspace) == before  # everything the user had is still there, and nothing else
+    assert not folder.exists()
+
+
+@pytest.mark.ssh
+@pytest.mark.parametrize("incomplete", [False, True])
+def test_an_ssh_work_dir_keeps_the_users_files(sshd: Sshd, tmp_path: Path, incomplete: bool) -> None:
+    home = users_folder(tmp_path / "board-home")
+    before = snapshot(home)
+    device = Device(**{**ssh_device(sshd, tmp_path).to_dict(), "work_dir": str(home)})
+    session = DeviceSession(device, tmp_path / "cache")
+    with session:
+        session._complete = not incomplete
+        folder = Path(session.transport.work_dir)
+        assert folder == home / f"{WORK_PREFIX}{device.key}" and (folder / WORK_MARKER).is_file()
+    assert folder.exists() == incomplete  # an incomplete session keeps its own folder for the rerun
+    assert {k: v for k, v in snapshot(home).items() if not k.startswith(WORK_PREFIX)} == before
+
+
+@pytest.mark.ssh
+def test_an_ssh_work_folder_ofa2_edge_did_not_make_is_refused_and_kept(sshd: Sshd, tmp_path: Path) -> None:
+    device = ssh_device(sshd, tmp_path)
+    theirs = Path(device.work_dir) / f"{WORK_PREFIX}{device.key}"
+    theirs.mkdir(parents=True)
+    (theirs / "notes.txt").write_text("mine")
+    with pytest.raises(InvalidInputError, match="not made by ofa2-edge"):
+        transport_for(device).open()
+    assert (theirs / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.ssh
+def test_ssh_removal_spares_a_folder_whose_marker_is_gone(sshd: Sshd, tmp_path: Path) -> None:
+    device = ssh_device(sshd, tmp_path)
+    with transport_for(device) as t:
+        folder = Path(t.work_dir)
+        (folder / WORK_MARKER).unlink()  # someone else's folder now, as far as we can tell
+        (folder / "kept.txt").write_text("x")
+        t.remove_work_dir()
+    assert (folder / "kept.txt").exists()
+
+
+def test_concurrent_local_sessions_do_not_share_or_delete_each_others_folder(tmp_path: Path) -> None:
+    a, b = LocalTransport(Device(key="local"), tmp_path), LocalTransport(Device(key="local"), tmp_path)
+    a.open()
+    b.open()
+    assert a.work_dir != b.work_dir
+    (Path(b.work_dir) / "model.onnx").write_bytes(b"m")
+    a.remove_work_dir()
+    assert not Path(a.work_dir).exists() and (Path(b.work_dir) / "model.onnx").exists()
+    b.remove_work_dir()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_opening_sweeps_only_folders_of_dead_local_processes(tmp_path: Path) -> None:
+    import os
+    import socket
+    import subprocess
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    folders = {}
+    for name, owner in {
+        "dead": {"host": socket.gethostname(), "pid": dead.pid},
+        "alive": {"host": socket.gethostname(), "pid": os.getpid()},
+        "other-host": {"host": "another-machine", "pid": dead.pid},
+    }.items():
+        folders[name] = tmp_path / f"{WORK_PREFIX}local-{name}"
+        folders[name].mkdir()
+        (folders[name] / WORK_MARKER).write_text(work_marker("local", **owner))
+    folders["unmarked"] = tmp_path / f"{WORK_PREFIX}local-unmarked"
+    folders["unmarked"].mkdir()
+    t = LocalTransport(Device(key="local"), tmp_path)
+    t.open()
+    assert {n for n, f in folders.items() if f.exists()} == {"alive", "other-host", "unmarked"}
+    t.remove_work_dir()

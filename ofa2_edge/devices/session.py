@@ -147,7 +147,8 @@ class DeviceSession:
         return self
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
-        self.close(remove_work_dir=self.cleanup and exc_type is None and self._complete)
+        finished = exc_type is None and self._complete
+        self.close(remove_work_dir=self.cleanup and (finished or not self.transport.reuses_work_folder))
 
     def open(self) -> None:
         self.transport.open()

@@ -4,6 +4,11 @@ Host keys are checked strictly against a known_hosts file: an unknown key is ref
 unless the user explicitly trusts it on first use (then it is recorded), and a changed key
 is always refused with the standard warning, because a reflashed board and a
 man-in-the-middle look the same from here.
+
+The work folder is `<work_dir>/ofa2-edge-work-<device key>`, made with a marker file and
+kept after an incomplete session, so a rerun after a dropped link re-sends no model that
+already arrived. A folder of that name without our marker is refused, never written to or
+deleted.
 """
 
 from __future__ import annotations
@@ -19,12 +24,21 @@ from typing import Sequence
 import paramiko
 
 from ofa2_edge.devices.inventory import Device
-from ofa2_edge.devices.transport import CommandResult, LineCallback, Transport, retry
-from ofa2_edge.errors import DeviceUnreachableError
+from ofa2_edge.devices.transport import (
+    WORK_MARKER,
+    WORK_PREFIX,
+    CommandResult,
+    LineCallback,
+    Transport,
+    read_work_marker,
+    retry,
+    work_marker,
+)
+from ofa2_edge.errors import DeviceUnreachableError, InvalidInputError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WORK_DIR = "/tmp/ofa2-edge-agent"
+DEFAULT_WORK_DIR = "/tmp"  # the parent of the work folder when the device names none
 CONNECT_ATTEMPTS = 3
 
 
@@ -48,12 +62,15 @@ def _host_label(host: str, port: int) -> str:
 class SSHTransport(Transport):
     """A board reached over SSH; the agent runs with the board's own Python."""
 
+    reuses_work_folder = True
+
     def __init__(self, device: Device, trust_on_first_use: bool = False) -> None:
         super().__init__(device)
         self.trust_on_first_use = trust_on_first_use
         self.known_hosts = Path(device.known_hosts or "~/.ssh/known_hosts").expanduser()
         self._client: paramiko.SSHClient | None = None
-        self._work_dir = device.work_dir or DEFAULT_WORK_DIR
+        self._parent = (device.work_dir or DEFAULT_WORK_DIR).rstrip("/") or "/"
+        self._work_dir = f"{self._parent.rstrip('/')}/{WORK_PREFIX}{device.key}"
 
     # ------------------------------------------------------------------ connection
     def _connect(self) -> None:
@@ -109,7 +126,7 @@ class SSHTransport(Transport):
             ) from exc
         except (OSError, paramiko.SSHException, EOFError) as exc:
             raise DeviceUnreachableError(f"{d.key}: cannot reach {d.host}:{d.port} ({exc})") from exc
-        self._mkdirs(self._work_dir)
+        self._make_work_folder()
 
     def close(self) -> None:
         if self._client is not None:
@@ -190,6 +207,35 @@ class SSHTransport(Transport):
         finally:
             sftp.close()
 
+    def _read_marker(self, sftp: paramiko.SFTPClient) -> dict | None:
+        try:
+            with sftp.open(f"{self._work_dir}/{WORK_MARKER}", "rb") as f:
+                return read_work_marker(f.read(65536))
+        except (OSError, EOFError):
+            return None
+
+    def _make_work_folder(self) -> None:
+        """Make (or reuse) the marked work folder inside the user's `work_dir`."""
+        self._mkdirs(self._parent)  # the user's folder: made if missing, never removed
+        sftp = self._sftp()
+        try:
+            try:
+                sftp.mkdir(self._work_dir, mode=0o700)
+            except OSError:
+                if self._read_marker(sftp) is None:
+                    raise InvalidInputError(
+                        f"{self.device.key}: {self._work_dir} exists on the device but was not made by ofa2-edge "
+                        f"(no {WORK_MARKER}); ofa2-edge will neither write into it nor delete it. Move it away "
+                        "or set another work_dir for the device"
+                    ) from None
+                return
+            with sftp.open(f"{self._work_dir}/{WORK_MARKER}", "wb") as f:
+                f.write(work_marker(self.device.key, user=self.device.user).encode())
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise DeviceUnreachableError(f"{self.device.key}: cannot make {self._work_dir} ({exc})") from exc
+        finally:
+            sftp.close()
+
     def _put(self, local: Path, remote: str) -> None:
         sftp = self._sftp()
         try:
@@ -206,22 +252,34 @@ class SSHTransport(Transport):
             sftp.close()
 
     def remove_work_dir(self) -> None:
-        """Delete the work dir through SFTP (no remote shell `rm -rf` built from strings)."""
+        """Delete our marked work folder through SFTP (no remote shell `rm -rf` built from
+        strings); SFTP lists entries without following symlinks, so none is walked into."""
         sftp = self._sftp()
+        if self._read_marker(sftp) is None:
+            sftp.close()
+            log.warning("%s: %s has no ofa2-edge marker; left in place", self.device.key, self._work_dir)
+            return
 
         def rmtree(path: str) -> None:
             for entry in sftp.listdir_attr(path):
                 child = f"{path}/{entry.filename}"
+                if child == marker:
+                    continue
                 if stat.S_ISDIR(entry.st_mode or 0):
                     rmtree(child)
                 else:
                     sftp.remove(child)
+            if path == self.work_dir:
+                sftp.remove(marker)  # last: a folder cut short keeps its marker and stays ours
             sftp.rmdir(path)
 
+        marker = f"{self.work_dir}/{WORK_MARKER}"
         try:
             rmtree(self.work_dir)
         except FileNotFoundError:
             pass
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise DeviceUnreachableError(f"{self.device.key}: cannot remove {self.work_dir} ({exc})") from exc
         finally:
             sftp.close()
 

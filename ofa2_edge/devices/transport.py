@@ -4,13 +4,20 @@ A transport never interprets what the device sends back beyond the agent's JSON 
 and only runs argv lists the host builds itself (the agent and a fixed hashing snippet).
 `local` is just another device behind the same interface, so every test and the demo
 exercise the real agent path (TVM's "local runner reuses the remote code path").
+
+The toolkit deletes only what it created. A device's configured `work_dir` is the user's
+folder: it is created when missing and never removed. The agent and models live in a work
+folder the transport makes inside it, marked as ofa2-edge's own by a marker file
+(`WORK_MARKER`); only a folder holding that marker is ever removed.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -18,8 +25,9 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from ofa2_edge.devices.inventory import Device
 from ofa2_edge.errors import DeviceUnreachableError, MeasurementError
@@ -43,6 +51,38 @@ HASH_SNIPPET = (
 )
 
 
+WORK_PREFIX = "ofa2-edge-work-"
+WORK_MARKER = ".ofa2-edge-work.json"
+WORK_SCHEMA = "ofa2-edge/work-folder"
+WORK_SCHEMA_VERSION = 1
+
+
+def work_marker(device_key: str, **owner: Any) -> str:
+    """The marker text that makes a folder ofa2-edge's own (written right after mkdir)."""
+    return json.dumps(
+        {
+            "schema": WORK_SCHEMA,
+            "schema_version": WORK_SCHEMA_VERSION,
+            "device": device_key,
+            "created_at": datetime.now(timezone.utc).isoformat(),
+            **owner,
+        }
+    )
+
+
+def read_work_marker(text: str | bytes | None) -> dict[str, Any] | None:
+    """The marker's fields when `text` is an ofa2-edge work-folder marker; None otherwise."""
+    if text is None:
+        return None
+    try:
+        doc = json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(doc, dict) or doc.get("schema") != WORK_SCHEMA:
+        return None
+    return doc
+
+
 class UploadCorruptedError(MeasurementError):
     """A file reached the device with different bytes: the link is up, that copy is bad."""
 
@@ -57,6 +97,10 @@ class CommandResult:
 
 class Transport(ABC):
     """One open connection to a device; reuse it for a whole batch."""
+
+    # True when a later session finds the same work folder again (so an incomplete one is
+    # kept for the rerun); False when every session gets a fresh folder.
+    reuses_work_folder = False
 
     def __init__(self, device: Device) -> None:
         self.device = device
@@ -89,7 +133,8 @@ class Transport(ABC):
         """Copy one file to the device (atomically: temp name, then rename)."""
 
     @abstractmethod
-    def remove_work_dir(self) -> None: ...
+    def remove_work_dir(self) -> None:
+        """Remove the work folder this transport made, and only when it holds our marker."""
 
     def remote_path(self, name: str) -> str:
         return f"{self.work_dir.rstrip('/')}/{name}"
@@ -119,19 +164,29 @@ class Transport(ABC):
 
 
 class LocalTransport(Transport):
-    """This machine: the agent runs in a subprocess, exactly as it would on a board."""
+    """This machine: the agent runs in a subprocess, exactly as it would on a board.
+
+    Each session gets a fresh work folder (copies are cheap here), so two commands measuring
+    `local` at once, from one workspace or two, never share or delete each other's files.
+    Folders left by a killed process (its pid gone) are swept when the next session opens.
+    """
 
     def __init__(self, device: Device, base_dir: Path | None = None) -> None:
         super().__init__(device)
-        self._base = Path(device.work_dir) if device.work_dir else base_dir
+        self._parent = Path(device.work_dir).expanduser().absolute() if device.work_dir else base_dir
         self._dir: Path | None = None
 
     def open(self) -> None:
-        if self._base is not None:
-            self._base.mkdir(parents=True, exist_ok=True)
-            self._dir = self._base
-        else:
-            self._dir = Path(tempfile.mkdtemp(prefix="ofa2-edge-local-"))
+        if self._dir is not None and self._dir.is_dir():
+            return  # a reconnect keeps the session's folder
+        parent = self._parent if self._parent is not None else Path(tempfile.gettempdir())
+        parent.mkdir(parents=True, exist_ok=True)  # the user's folder: made if missing, never removed
+        _sweep_abandoned(parent)
+        folder = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{self.device.key}-", dir=parent))
+        (folder / WORK_MARKER).write_text(
+            work_marker(self.device.key, host=socket.gethostname(), pid=os.getpid()), encoding="utf-8"
+        )
+        self._dir = folder
 
     def close(self) -> None:
         pass
@@ -187,8 +242,39 @@ class LocalTransport(Transport):
         os.replace(tmp, remote)
 
     def remove_work_dir(self) -> None:
-        if self._dir is not None:
+        if self._dir is not None and _owned(self._dir):
             shutil.rmtree(self._dir, ignore_errors=True)
+        elif self._dir is not None:
+            log.warning("%s: %s has no ofa2-edge marker; left in place", self.device.key, self._dir)
+
+
+def _owned(folder: Path) -> dict[str, Any] | None:
+    try:
+        return read_work_marker((folder / WORK_MARKER).read_bytes())
+    except OSError:
+        return None
+
+
+def _pid_alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return True  # unknown owner: keep its folder
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _sweep_abandoned(parent: Path) -> None:
+    """Remove this machine's work folders whose creating process is gone (killed hosts)."""
+    host = socket.gethostname()
+    for folder in parent.glob(f"{WORK_PREFIX}*"):
+        marker = _owned(folder) if folder.is_dir() and not folder.is_symlink() else None
+        if marker and marker.get("host") == host and not _pid_alive(marker.get("pid")):
+            log.info("removing the abandoned work folder %s", folder)
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def retry(what: str, attempts: int, action: Callable[[], None], is_transient: Callable[[Exception], bool]) -> None:
