@@ -35,7 +35,7 @@ import torch
 
 from exporters import ExportCache, export_subnet, random_supernet
 from exporters.onnx_export import OPSET, ort_session
-from ofa2_edge.space import Arch, SearchSpace
+from ofa2_edge.space.arch import Arch, SearchSpace
 from ofa2_edge.supernet import noise_batches, recalibrate_bn
 
 

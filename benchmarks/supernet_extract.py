@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from ofa2_edge.space import Arch
+from ofa2_edge.space.arch import Arch
 from ofa2_edge.supernet import Supernet, load_supernet, noise_batches, recalibrate_bn
 
 

@@ -25,9 +25,9 @@ from exporters.cache import ExportCache
 from exporters.records import MODEL_FORMATS, BuiltModel, ExportedModel
 from exporters.representative import RepresentativeSet
 from ofa2_edge import __version__
-from ofa2_edge.errors import ExportError, InvalidArchError, InvalidInputError
-from ofa2_edge.netplan import Layer
-from ofa2_edge.space import Arch
+from ofa2_edge.core.errors import ExportError, InvalidArchError, InvalidInputError
+from ofa2_edge.space.netplan import Layer
+from ofa2_edge.space.arch import Arch
 from ofa2_edge.supernet import StaticSubnet, Supernet, noise_batches, recalibrate_bn
 from ofa2_edge.supernet.layer import extract_layer, layer_id
 

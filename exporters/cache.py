@@ -39,9 +39,9 @@ from exporters.records import (
     ExportedModel,
     read_sidecar,
 )
-from ofa2_edge.errors import SchemaError
-from ofa2_edge.persist import write_json
-from ofa2_edge.workspace import Workspace
+from ofa2_edge.core.errors import SchemaError
+from ofa2_edge.core.persist import write_json
+from ofa2_edge.core.workspace import Workspace
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from exporters.records import TensorSpec
 from ofa2_edge import __version__
-from ofa2_edge.errors import SchemaError
+from ofa2_edge.core.errors import SchemaError
 from ofa2_edge.supernet import StaticSubnet
 from ofa2_edge.supernet.layer import LayerNet
 

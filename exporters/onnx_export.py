@@ -28,7 +28,7 @@ import torch
 from exporters.metadata import from_props, layer_metadata, model_metadata, to_props
 from exporters.parity import check_parity, parity_tensors, torch_outputs
 from exporters.records import BuiltModel, TensorSpec
-from ofa2_edge.errors import ExportError, SchemaError
+from ofa2_edge.core.errors import ExportError, SchemaError
 from ofa2_edge.supernet import StaticSubnet
 from ofa2_edge.supernet.layer import LayerNet
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ofa2_edge.errors import ExportError
+from ofa2_edge.core.errors import ExportError
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ofa2_edge.errors import ExportError, SchemaError
-from ofa2_edge.persist import read_json, sha256_file, write_json
+from ofa2_edge.core.errors import ExportError, SchemaError
+from ofa2_edge.core.persist import read_json, sha256_file, write_json
 
 SIDECAR_SCHEMA = "ofa2-edge/export"
 SIDECAR_VERSION = 1

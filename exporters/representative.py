@@ -3,7 +3,7 @@
 Quantisation ranges come from the activations this set produces, so it is part of the
 export's identity: its description (and, for a folder, a digest of every image file's
 path and bytes) goes into the cache key and the metadata. Images pass through the
-subnet's own preprocessing (`ofa2_edge.imagefolder`), exactly as a device would feed them.
+subnet's own preprocessing (`ofa2_edge.data.imagefolder`), exactly as a device would feed them.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ofa2_edge.errors import InvalidInputError
-from ofa2_edge.imagefolder import image_batches, list_images
-from ofa2_edge.preprocessing import Preprocessing
+from ofa2_edge.core.errors import InvalidInputError
+from ofa2_edge.data.imagefolder import image_batches, list_images
+from ofa2_edge.data.preprocessing import Preprocessing
 
 DEFAULT_SAMPLES = 32
 DEFAULT_SEED = 7

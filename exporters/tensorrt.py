@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from exporters.records import ExportedModel, TensorSpec
-from ofa2_edge.errors import InvalidInputError, SchemaError
-from ofa2_edge.persist import check_schema, sha256_file, write_json
+from ofa2_edge.core.errors import InvalidInputError, SchemaError
+from ofa2_edge.core.persist import check_schema, sha256_file, write_json
 
 SPEC_SCHEMA = "ofa2-edge/tensorrt-build"
 SPEC_VERSION = 1

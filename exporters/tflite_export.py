@@ -41,8 +41,8 @@ from exporters.metadata import model_metadata
 from exporters.parity import PARITY_SEED, check_parity, mean_cosine, parity_inputs, top1_agreement, torch_outputs
 from exporters.records import BuiltModel, TensorSpec
 from exporters.representative import RepresentativeSet
-from ofa2_edge.errors import ExportError
-from ofa2_edge.preprocessing import Preprocessing
+from ofa2_edge.core.errors import ExportError
+from ofa2_edge.data.preprocessing import Preprocessing
 from ofa2_edge.supernet import StaticSubnet
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from ofa2_edge.space import Arch
+from ofa2_edge.space.arch import Arch
 
 OFA_VERSION = "0.1.0.post202307202001"
 #: Resolutions the oracle tests use (an odd one like OFA's released 236 px nets included).

@@ -21,7 +21,7 @@ from device_agents.records import (
     TensorSpec,
     fingerprint_of,
 )
-from ofa2_edge.space import Arch
+from ofa2_edge.space.arch import Arch
 
 
 def probe_report(**facts: object) -> ProbeReport:

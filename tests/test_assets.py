@@ -11,7 +11,7 @@ from typing import Iterator
 
 import pytest
 
-from ofa2_edge.assets import (
+from ofa2_edge.core.assets import (
     ACC_PREDICTOR,
     NOTE10_TABLES,
     OFFICIAL_ASSETS,
@@ -23,7 +23,7 @@ from ofa2_edge.assets import (
     sha256_of,
 )
 from ofa2_edge.cli.main import main
-from ofa2_edge.errors import AssetError
+from ofa2_edge.core.errors import AssetError
 
 
 class AssetHandler(http.server.SimpleHTTPRequestHandler):

@@ -23,9 +23,9 @@ from exporters.onnx_export import LAYER_OUTPUT_NAME, read_onnx_metadata
 from exporters.parity import parity_tensors, torch_outputs
 from ofa2_edge.cli.main import main
 from ofa2_edge.devices.inventory import Device
-from ofa2_edge.errors import EXIT_USAGE, InvalidArchError, InvalidInputError, SchemaError
-from ofa2_edge.latency.base import load_surrogate
-from ofa2_edge.latency.blocks import (
+from ofa2_edge.core.errors import EXIT_USAGE, InvalidArchError, InvalidInputError, SchemaError
+from ofa2_edge.surrogates.base import load_surrogate
+from ofa2_edge.calibration.blocks import (
     BlockRecords,
     TableLayer,
     calibrate_blocks,
@@ -35,13 +35,13 @@ from ofa2_edge.latency.blocks import (
     table_layers,
     write_complete_tables,
 )
-from ofa2_edge.latency.calibrate import fit_table
-from ofa2_edge.latency.lut import LutSurrogate, lut_latency, read_ofa_table, read_ofa_tables, write_ofa_table
-from ofa2_edge.latency.table import DeviceTable, MeasureKey
-from ofa2_edge.netplan import Layer, layer_plan, slot_layer, stem_layers, tail_layers
-from ofa2_edge.space import DEFAULT_RESOLUTIONS, Arch, SearchSpace
+from ofa2_edge.calibration.calibrate import fit_table
+from ofa2_edge.surrogates.lut import LutSurrogate, lut_latency, read_ofa_table, read_ofa_tables, write_ofa_table
+from ofa2_edge.tables.device import DeviceTable, MeasureKey
+from ofa2_edge.space.netplan import Layer, layer_plan, slot_layer, stem_layers, tail_layers
+from ofa2_edge.space.arch import DEFAULT_RESOLUTIONS, Arch, SearchSpace
 from ofa2_edge.supernet.layer import extract_layer
-from ofa2_edge.workspace import Workspace
+from ofa2_edge.core.workspace import Workspace
 
 FINGERPRINT = "f" * 16
 PROTOCOL = Protocol()

@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from PIL import Image
 from torch import nn
 
-from ofa2_edge.errors import InvalidInputError
-from ofa2_edge.imagefolder import image_batches, list_images
-from ofa2_edge.preprocessing import Preprocessing, preprocess_image, resized_hw
-from ofa2_edge.space import Arch
+from ofa2_edge.core.errors import InvalidInputError
+from ofa2_edge.data.imagefolder import image_batches, list_images
+from ofa2_edge.data.preprocessing import Preprocessing, preprocess_image, resized_hw
+from ofa2_edge.space.arch import Arch
 from ofa2_edge.supernet import Supernet, noise_batches, recalibrate_bn
 
 from ofa_reference import ofa

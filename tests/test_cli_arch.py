@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ofa2_edge.cli.main import main
-from ofa2_edge.errors import EXIT_USAGE
+from ofa2_edge.core.errors import EXIT_USAGE
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

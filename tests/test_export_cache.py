@@ -16,7 +16,7 @@ import pytest
 from exporters import ExportCache, export_subnet, read_sidecar
 from exporters.cache import META_NAME, cache_key
 from exporters.records import BuiltModel, TensorSpec
-from ofa2_edge.space import SearchSpace
+from ofa2_edge.space.arch import SearchSpace
 
 REPO = Path(__file__).resolve().parent.parent
 ARCH = SearchSpace().smallest()
@@ -138,7 +138,7 @@ import json, logging, sys, time
 from pathlib import Path
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 from exporters import ExportCache, export_subnet, random_supernet
-from ofa2_edge.space import SearchSpace
+from ofa2_edge.space.arch import SearchSpace
 root, me, other = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 arch = SearchSpace().smallest()
 random_supernet(arch.w)                     # everything slow happens before the barrier

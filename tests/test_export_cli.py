@@ -14,8 +14,8 @@ from conftest import skip_or_fail
 from exporters import TensorRTBuildSpec, onnx_export, random_supernet, read_sidecar, records, trtexec_argv
 from exporters.onnx_export import read_onnx_metadata
 from ofa2_edge.cli.main import main
-from ofa2_edge.errors import EXIT_FAILURE, EXIT_USAGE
-from ofa2_edge.space import SearchSpace
+from ofa2_edge.core.errors import EXIT_FAILURE, EXIT_USAGE
+from ofa2_edge.space.arch import SearchSpace
 
 MIN = SearchSpace().smallest()
 

@@ -14,9 +14,9 @@ from exporters import ExportCache, export_module, export_subnet, onnx_export, ra
 from exporters.cache import META_NAME
 from exporters.onnx_export import ort_session, read_onnx_metadata
 from exporters.parity import check_parity
-from ofa2_edge.errors import ExportError, InvalidArchError, InvalidInputError, SchemaError
-from ofa2_edge.imagefolder import image_batches
-from ofa2_edge.space import Arch, SearchSpace
+from ofa2_edge.core.errors import ExportError, InvalidArchError, InvalidInputError, SchemaError
+from ofa2_edge.data.imagefolder import image_batches
+from ofa2_edge.space.arch import Arch, SearchSpace
 from ofa2_edge.supernet import load_supernet, noise_batches, recalibrate_bn
 
 SPACE = SearchSpace()

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from exporters import ExportCache, TensorRTBuildSpec, build_spec, export_subnet, trtexec_argv
 from exporters.records import TensorSpec
 from exporters.tensorrt import parse_tensorrt_version
-from ofa2_edge.errors import InvalidInputError, SchemaError
-from ofa2_edge.space import SearchSpace
+from ofa2_edge.core.errors import InvalidInputError, SchemaError
+from ofa2_edge.space.arch import SearchSpace
 
 ARCH = SearchSpace().smallest()
 

@@ -16,7 +16,7 @@ from conftest import skip_or_fail
 
 from exporters import ExportCache, RepresentativeSet, export_subnet, random_supernet, read_sidecar
 from exporters.cache import META_NAME
-from ofa2_edge.space import Arch, SearchSpace
+from ofa2_edge.space.arch import Arch, SearchSpace
 from ofa2_edge.supernet import noise_batches, recalibrate_bn
 
 pytestmark = [pytest.mark.tflite, pytest.mark.slow]

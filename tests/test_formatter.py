@@ -11,7 +11,7 @@ import pytest
 from ofa2_edge.search import formatter
 from ofa2_edge.search.encoding import GenomeCodec
 from ofa2_edge.search.runstore import rows_blob
-from ofa2_edge.space import SearchSpace
+from ofa2_edge.space.arch import SearchSpace
 
 FIELDS = ("latency_ms:note10", "top1_pct")
 

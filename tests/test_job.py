@@ -14,8 +14,8 @@ from sshd import Sshd, make_sshd
 
 from ofa2_edge.cli.main import main
 from ofa2_edge.deploy.bundle import check_bundle
-from ofa2_edge.errors import EXIT_MEASUREMENT
-from ofa2_edge.job import knee
+from ofa2_edge.core.errors import EXIT_MEASUREMENT
+from ofa2_edge.workflows.job import knee
 
 
 def run_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict]:

@@ -13,8 +13,8 @@ import torch
 from ofa2_edge.accuracy.fit import GENE_COLUMNS, AccuracyData, fit_accuracy_predictor, read_accuracy_csv
 from ofa2_edge.accuracy.official import EXPECTED_SHAPES, find_asset, load_official_predictor, official_predictor
 from ofa2_edge.accuracy.predictor import DenseAccuracyPredictor, load_accuracy_predictor
-from ofa2_edge.errors import AssetError, InvalidArchError, InvalidInputError, SchemaError
-from ofa2_edge.space import Arch, SearchSpace, archs_of, genomes_of, predictor_features
+from ofa2_edge.core.errors import AssetError, InvalidArchError, InvalidInputError, SchemaError
+from ofa2_edge.space.arch import Arch, SearchSpace, archs_of, genomes_of, predictor_features
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_corrupt_and_foreign_files_are_refused(tmp_path: Path, assets_dir: Path)
 
 
 def test_asset_lookup_names_the_file_and_the_fixes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, assets_dir: Path) -> None:
-    # `find_asset` as the official loader sees it (the private stand-in until ofa2_edge.assets is merged)
+    # `find_asset` as the official loader sees it (the private stand-in until ofa2_edge.core.assets is merged)
     monkeypatch.delenv("OFA2_EDGE_ASSETS", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("OFA2_EDGE_CACHE", str(tmp_path / "cache"))

@@ -11,12 +11,12 @@ from hypothesis import strategies as st
 from pymoo.core.population import Population
 from pymoo.core.problem import Problem
 
-from ofa2_edge.errors import InvalidArchError
+from ofa2_edge.core.errors import InvalidArchError
 from ofa2_edge.search.encoding import GenomeCodec
 from ofa2_edge.search.indicators import coverage, hypervolume, nondominated
 from ofa2_edge.search.operators import CanonicalDuplicateElimination, ChoiceMutation, ChoiceSampling, OfaMutation
 from ofa2_edge.search.runstore import arch_id_of, arch_json_batch, format_rows
-from ofa2_edge.space import D_GENES, E_GENES, KS_GENES, R_GENE, Arch, SearchSpace, canonicalize_genomes
+from ofa2_edge.space.arch import D_GENES, E_GENES, KS_GENES, R_GENE, Arch, SearchSpace, canonicalize_genomes
 
 SPACES = [
     SearchSpace(),

@@ -13,11 +13,11 @@ from pymoo.core.problem import Problem
 from pymoo.operators.selection.rnd import RandomSelection
 from pymoo.optimize import minimize
 
-from ofa2_edge.errors import InvalidInputError
+from ofa2_edge.core.errors import InvalidInputError
 from ofa2_edge.search.algorithms import BuildContext, OperatorConfig, get_algorithm
 from ofa2_edge.search.encoding import GenomeCodec
 from ofa2_edge.search.operators import ChoiceSampling, FrontRefinement, one_gene_neighbours
-from ofa2_edge.space import Arch, SearchSpace
+from ofa2_edge.space.arch import Arch, SearchSpace
 
 SPACES = [
     SearchSpace(),

@@ -14,18 +14,18 @@ import pytest
 # The search loads surrogate kinds lazily; scikit-learn's import (through rich.style) draws
 # from Python's global `random` once. Import it up front so the tests below see only what a
 # search itself does to global RNG state (nothing).
-import ofa2_edge.latency.trees  # noqa: F401
-from ofa2_edge.errors import InvalidInputError, Ofa2EdgeError, SchemaError
-from ofa2_edge.latency.lut import LutSurrogate
-from ofa2_edge.persist import read_json
+import ofa2_edge.surrogates.trees  # noqa: F401
+from ofa2_edge.core.errors import InvalidInputError, Ofa2EdgeError, SchemaError
+from ofa2_edge.surrogates.lut import LutSurrogate
+from ofa2_edge.core.persist import read_json
 from ofa2_edge.search import runstore as rs
 from ofa2_edge.search.algorithms import ALGORITHMS, OperatorConfig
 from ofa2_edge.search.compare import compare_runs
 from ofa2_edge.search.formatter import PendingRows
 from ofa2_edge.search.indicators import nondominated
 from ofa2_edge.search.runner import SearchConfig, run_search
-from ofa2_edge.space import Arch, SearchSpace
-from ofa2_edge.workspace import Workspace
+from ofa2_edge.space.arch import Arch, SearchSpace
+from ofa2_edge.core.workspace import Workspace
 
 SMALL = {"pop_size": 20, "n_gen": 12, "seed": 3, "checkpoint_every": 4}
 

@@ -15,7 +15,7 @@ from sshd import Sshd, make_sshd
 from device_agents.records import FailureKind, MeasureResult, Protocol, TensorSpec
 from ofa2_edge.devices.inventory import Device
 from ofa2_edge.devices.session import DeviceSession, ShippableModel
-from ofa2_edge.space import SearchSpace
+from ofa2_edge.space.arch import SearchSpace
 
 QUICK = Protocol(
     warmup_runs=2,

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ofa2_edge.errors import InvalidArchError
-from ofa2_edge.space import (
+from ofa2_edge.core.errors import InvalidArchError
+from ofa2_edge.space.arch import (
     DEPTH_CHOICES,
     EXPAND_CHOICES,
     KERNEL_CHOICES,

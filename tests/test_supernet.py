@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from ofa2_edge.costs import macs_m, params_m
-from ofa2_edge.errors import CheckpointError, InvalidArchError, InvalidInputError
-from ofa2_edge.netplan import mid_channels
-from ofa2_edge.space import Arch, SearchSpace, genomes_of
+from ofa2_edge.space.costs import macs_m, params_m
+from ofa2_edge.core.errors import CheckpointError, InvalidArchError, InvalidInputError
+from ofa2_edge.space.netplan import mid_channels
+from ofa2_edge.space.arch import Arch, SearchSpace, genomes_of
 from ofa2_edge.supernet import StaticSubnet, Supernet, load_supernet
 from ofa2_edge.supernet.checkpoint import expected_shapes
 

@@ -14,9 +14,9 @@ import pytest
 from records_factory import probe_report, record_for
 
 from device_agents.records import FailureKind, Protocol
-from ofa2_edge.errors import InvalidInputError, SchemaError
-from ofa2_edge.latency.table import DeviceTable, MeasureKey
-from ofa2_edge.space import Arch
+from ofa2_edge.core.errors import InvalidInputError, SchemaError
+from ofa2_edge.tables.device import DeviceTable, MeasureKey
+from ofa2_edge.space.arch import Arch
 
 
 def test_bind_refuses_a_table_of_another_device(tmp_path: Path) -> None:
@@ -72,8 +72,8 @@ def test_append_survives_kill_9_of_the_writer(tmp_path: Path) -> None:
         sys.path[:0] = {sys.path!r}
         from agent_models import record_for
         from device_agents.records import Protocol
-        from ofa2_edge.latency.table import DeviceTable
-        from ofa2_edge.space import SearchSpace
+        from ofa2_edge.tables.device import DeviceTable
+        from ofa2_edge.space.arch import SearchSpace
         import numpy as np
         table = DeviceTable({str(tmp_path)!r}, "local")
         for i, arch in enumerate(SearchSpace().sample(100000, np.random.default_rng(0))):
@@ -100,7 +100,7 @@ def test_key_must_be_a_device_key(tmp_path: Path) -> None:
 
 
 def test_written_files_get_the_usual_permissions(tmp_path: Path) -> None:
-    from ofa2_edge.persist import atomic_write_text
+    from ofa2_edge.core.persist import atomic_write_text
 
     old = os.umask(0o022)
     try:

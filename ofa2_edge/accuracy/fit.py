@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from ofa2_edge.accuracy.predictor import DenseAccuracyPredictor
-from ofa2_edge.errors import InvalidInputError
-from ofa2_edge.space import DEFAULT_WIDTH_MULT, N_BLOCKS, N_STAGES, R_GENE, Arch, genomes_of, predictor_features
+from ofa2_edge.core.errors import InvalidInputError
+from ofa2_edge.space.arch import DEFAULT_WIDTH_MULT, N_BLOCKS, N_STAGES, R_GENE, Arch, genomes_of, predictor_features
 
 #: Gene columns accepted instead of an `arch` JSON column: ks0..ks19, e0..e19, d0..d4, r.
 GENE_COLUMNS: tuple[str, ...] = (

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ofa2_edge.assets import find_asset
+from ofa2_edge.core.assets import find_asset
 from ofa2_edge.accuracy.predictor import DenseAccuracyPredictor
-from ofa2_edge.errors import AssetError
-from ofa2_edge.persist import sha256_file
-from ofa2_edge.space import OFA_RESOLUTIONS, PREDICTOR_FEATURES
+from ofa2_edge.core.errors import AssetError
+from ofa2_edge.core.persist import sha256_file
+from ofa2_edge.space.arch import OFA_RESOLUTIONS, PREDICTOR_FEATURES
 
 OFFICIAL_FILE = "acc_predictor.pth"
 HIDDEN = 400

@@ -16,9 +16,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ofa2_edge.errors import InvalidArchError, SchemaError
-from ofa2_edge.persist import read_json, sha256_file, write_json
-from ofa2_edge.space import PREDICTOR_FEATURES, PREDICTOR_RESOLUTIONS, R_GENE, as_genomes, predictor_features
+from ofa2_edge.core.errors import InvalidArchError, SchemaError
+from ofa2_edge.core.persist import read_json, sha256_file, write_json
+from ofa2_edge.space.arch import PREDICTOR_FEATURES, PREDICTOR_RESOLUTIONS, R_GENE, as_genomes, predictor_features
 
 ACCURACY_SCHEMA = "ofa2-edge/accuracy-predictor"
 ACCURACY_VERSION = 1

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.console import Console
 
-from ofa2_edge.workspace import Workspace
+from ofa2_edge.core.workspace import Workspace
 
 if TYPE_CHECKING:
     from device_agents.records import Protocol

@@ -22,7 +22,7 @@ from ofa2_edge.cli.common import (
     state,
 )
 from ofa2_edge.cli.devices import load_inventory
-from ofa2_edge.errors import InvalidInputError
+from ofa2_edge.core.errors import InvalidInputError
 
 
 class _BuildByDefault(TyperGroup):
@@ -56,8 +56,8 @@ def _run(st: CliState, run: str) -> Any:
 
 def _priced(ctx: typer.Context, run: str, device: str, safe: Optional[float]) -> tuple[Any, list[Any]]:
     from ofa2_edge.deploy.select import price_front
-    from ofa2_edge.latency.calibrate import load_device_surrogate
-    from ofa2_edge.latency.table import DeviceTable
+    from ofa2_edge.calibration.calibrate import load_device_surrogate
+    from ofa2_edge.tables.device import DeviceTable
 
     st = state(ctx)
     folder = _run(st, run)

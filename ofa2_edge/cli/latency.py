@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ofa2_edge.archref import resolve_arch
+from ofa2_edge.space.archref import resolve_arch
 from ofa2_edge.cli.common import (
     JSON_OPTION,
     QUICK_OPTION,
@@ -24,8 +24,8 @@ from ofa2_edge.cli.common import (
     state,
 )
 from ofa2_edge.cli.devices import load_inventory
-from ofa2_edge.errors import EXIT_MEASUREMENT, InvalidInputError
-from ofa2_edge.space import DEFAULT_RESOLUTIONS, SearchSpace
+from ofa2_edge.core.errors import EXIT_MEASUREMENT, InvalidInputError
+from ofa2_edge.space.arch import DEFAULT_RESOLUTIONS, SearchSpace
 
 tables_app = typer.Typer(help="List, show, export and import latency tables.", no_args_is_help=True)
 
@@ -40,7 +40,7 @@ def parse_resolutions(text: str) -> tuple[int, ...]:
 def _prior(ctx: typer.Context, key: Optional[str]) -> Any:
     if key is None:
         return None
-    from ofa2_edge.latency.calibrate import load_device_surrogate
+    from ofa2_edge.calibration.calibrate import load_device_surrogate
 
     return load_device_surrogate(state(ctx).workspace, key)
 
@@ -98,7 +98,7 @@ def calibrate(
 ) -> None:
     """Measure a space-filling set of subnets (and/or, with --blocks, every layer shape) on a device,
     resumably, then fit its latency predictor."""
-    from ofa2_edge.latency.calibrate import calibrate as run_calibration
+    from ofa2_edge.calibration.calibrate import calibrate as run_calibration
 
     st = state(ctx)
     device = load_inventory(ctx).get(device_key)
@@ -172,8 +172,8 @@ def calibrate(
             }
             fingerprint = result.fingerprint
         else:
-            from ofa2_edge.latency.blocks import fit_after_blocks
-            from ofa2_edge.latency.table import DeviceTable
+            from ofa2_edge.calibration.blocks import fit_after_blocks
+            from ofa2_edge.tables.device import DeviceTable
 
             on_event("fit", {})
             table = DeviceTable(st.workspace.tables_dir, device.key)
@@ -207,7 +207,7 @@ def _run_blocks(
     trust_on_first_use: bool,
     on_event: Any,
 ) -> tuple[dict[str, Any], bool]:
-    from ofa2_edge.latency.blocks import calibrate_blocks
+    from ofa2_edge.calibration.blocks import calibrate_blocks
 
     res = calibrate_blocks(
         device,
@@ -237,9 +237,9 @@ def _run_blocks(
 
 
 def _lut_comparison(st: Any, key: str) -> Optional[dict[str, Any]]:
-    from ofa2_edge.latency.blocks import lut_vs_measured
-    from ofa2_edge.latency.calibrate import device_lut
-    from ofa2_edge.latency.table import DeviceTable
+    from ofa2_edge.calibration.blocks import lut_vs_measured
+    from ofa2_edge.calibration.calibrate import device_lut
+    from ofa2_edge.tables.device import DeviceTable
 
     table = DeviceTable(st.workspace.tables_dir, key)
     lut = device_lut(table)
@@ -247,7 +247,7 @@ def _lut_comparison(st: Any, key: str) -> Optional[dict[str, Any]]:
 
 
 def _print_calibration(summary: dict[str, Any]) -> None:
-    from ofa2_edge.latency.select import format_report
+    from ofa2_edge.surrogates.select import format_report
 
     device = summary["device"]
     b = summary["blocks"]
@@ -291,9 +291,9 @@ def fit(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Fit (again) a device's latency predictor from its table, choosing the kind by cross-validation."""
-    from ofa2_edge.latency.calibrate import fit_table
-    from ofa2_edge.latency.select import format_report
-    from ofa2_edge.latency.table import DeviceTable
+    from ofa2_edge.calibration.calibrate import fit_table
+    from ofa2_edge.surrogates.select import format_report
+    from ofa2_edge.tables.device import DeviceTable
 
     table = DeviceTable(state(ctx).workspace.tables_dir, device_key)
     if not table.exists():
@@ -314,7 +314,7 @@ def predict(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Predicted latency of subnets on a device, with a prediction interval."""
-    from ofa2_edge.latency.calibrate import load_device_surrogate
+    from ofa2_edge.calibration.calibrate import load_device_surrogate
 
     st = state(ctx)
     model = load_device_surrogate(st.workspace, device_key)
@@ -339,8 +339,8 @@ def predict(
 
 # ---------------------------------------------------------------------------- tables
 def _table_summary(folder: Path) -> dict[str, Any]:
-    from ofa2_edge.latency.blocks import BlockRecords
-    from ofa2_edge.latency.table import DeviceTable
+    from ofa2_edge.calibration.blocks import BlockRecords
+    from ofa2_edge.tables.device import DeviceTable
 
     table = DeviceTable(folder.parent, folder.name)
     info = table.device_info() or {}
@@ -401,8 +401,8 @@ def tables_list(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
 @tables_app.command("show")
 def tables_show(ctx: typer.Context, key: str = typer.Argument(...), as_json: bool = JSON_OPTION) -> None:
     """One table: the device it belongs to, its measurements and its predictor's report."""
-    from ofa2_edge.latency.select import format_report
-    from ofa2_edge.latency.table import DeviceTable
+    from ofa2_edge.surrogates.select import format_report
+    from ofa2_edge.tables.device import DeviceTable
 
     table = DeviceTable(state(ctx).workspace.tables_dir, key)
     if not table.exists():
@@ -444,9 +444,9 @@ def tables_export(
     ),
 ) -> None:
     """Write a table as CSV, or pack it (to bring it back from the field)."""
-    from ofa2_edge.latency.table import DeviceTable
-    from ofa2_edge.persist import atomic_write_text
-    from ofa2_edge.tarsafe import pack_folder
+    from ofa2_edge.tables.device import DeviceTable
+    from ofa2_edge.core.persist import atomic_write_text
+    from ofa2_edge.core.tarsafe import pack_folder
 
     table = DeviceTable(state(ctx).workspace.tables_dir, key)
     if not table.exists():
@@ -495,9 +495,9 @@ def tables_import(
     replace: bool = typer.Option(False, "--replace", help="Overwrite an existing table of that key."),
 ) -> None:
     """Import a packed table, or an OFA-format block lookup table (e.g. OFA's Samsung Note10 tables)."""
-    from ofa2_edge.latency.lut import LutSurrogate, read_ofa_tables, write_ofa_table
-    from ofa2_edge.latency.table import DeviceTable
-    from ofa2_edge.tarsafe import unpack_folder
+    from ofa2_edge.surrogates.lut import LutSurrogate, read_ofa_tables, write_ofa_table
+    from ofa2_edge.tables.device import DeviceTable
+    from ofa2_edge.core.tarsafe import unpack_folder
 
     root = state(ctx).workspace.tables_dir
     if source.is_dir():
@@ -518,7 +518,7 @@ def tables_import(
         raise InvalidInputError(f"{source}: expected a table .tar.gz or a folder of OFA lookup tables")
 
     def validate(folder: Path) -> None:  # every record and block table must read back before the table lands
-        from ofa2_edge.latency.blocks import BlockRecords
+        from ofa2_edge.calibration.blocks import BlockRecords
 
         incoming = DeviceTable(folder.parent, folder.name)
         incoming.device_info()

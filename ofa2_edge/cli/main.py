@@ -16,8 +16,8 @@ from ofa2_edge.cli import arch, assets, deploy, devices, export, latency, measur
 from ofa2_edge.cli import dashboard as dashboard_cli
 from ofa2_edge.cli import search as search_cli
 from ofa2_edge.cli.common import CliState, err_console
-from ofa2_edge.errors import EXIT_FAILURE, Ofa2EdgeError
-from ofa2_edge.workspace import Workspace
+from ofa2_edge.core.errors import EXIT_FAILURE, Ofa2EdgeError
+from ofa2_edge.core.workspace import Workspace
 
 app = typer.Typer(
     name="ofa2-edge",

@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from ofa2_edge.archref import resolve_arch
+from ofa2_edge.space.archref import resolve_arch
 from ofa2_edge.cli.common import (
     JSON_OPTION,
     QUICK_OPTION,
@@ -21,7 +21,7 @@ from ofa2_edge.cli.common import (
 )
 from ofa2_edge.cli.devices import app as devices_app
 from ofa2_edge.cli.devices import load_inventory
-from ofa2_edge.errors import EXIT_MEASUREMENT, InvalidInputError
+from ofa2_edge.core.errors import EXIT_MEASUREMENT, InvalidInputError
 
 
 @devices_app.command()
@@ -77,7 +77,7 @@ def measure(
     from exporters import ExportCache
     from ofa2_edge.devices.pipeline import MeasurePlan, measure_archs
     from ofa2_edge.devices.session import DeviceSession
-    from ofa2_edge.latency.table import DeviceTable
+    from ofa2_edge.tables.device import DeviceTable
 
     st = state(ctx)
     device = load_inventory(ctx).get(device_key)

@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ofa2_edge.cli.common import JSON_OPTION, QUICK_OPTION, TOFU_OPTION, emit_json, err_console, out_console, state
-from ofa2_edge.errors import InvalidInputError
+from ofa2_edge.core.errors import InvalidInputError
 
 
 def run(
@@ -28,7 +28,7 @@ def run(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """The main job: calibrate this machine (and any configured boards), search, dashboard, bundle."""
-    from ofa2_edge.job import CONFIG_FILE, JobConfig, run_job
+    from ofa2_edge.workflows.job import CONFIG_FILE, JobConfig, run_job
 
     st = state(ctx)
     path = config or (st.workspace.root / CONFIG_FILE)

@@ -9,10 +9,10 @@ import typer
 from rich.table import Table
 
 from ofa2_edge.cli.common import JSON_OPTION, emit_json, out_console, state
-from ofa2_edge.errors import InvalidInputError
+from ofa2_edge.core.errors import InvalidInputError
 from ofa2_edge.search.compare import compare_runs
 from ofa2_edge.search.runstore import RunFolder, list_runs
-from ofa2_edge.workspace import Workspace
+from ofa2_edge.core.workspace import Workspace
 
 app = typer.Typer(help="List, inspect and compare search runs.", no_args_is_help=True)
 

@@ -11,11 +11,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ofa2_edge.cli.common import JSON_OPTION, emit_json, err_console, out_console, state
-from ofa2_edge.errors import InvalidInputError
+from ofa2_edge.core.errors import InvalidInputError
 from ofa2_edge.search import runstore as rs
 from ofa2_edge.search.algorithms import ALGORITHMS, AUTO, DEDUPES, MUTATIONS, REFINE_ANCHORS, SAMPLINGS, OperatorConfig
 from ofa2_edge.search.runner import SearchConfig, run_search
-from ofa2_edge.space import DEFAULT_RESOLUTIONS, SearchSpace
+from ofa2_edge.space.arch import DEFAULT_RESOLUTIONS, SearchSpace
 
 
 def _ints(text: Optional[str], name: str) -> Optional[tuple[int, ...]]:

@@ -16,14 +16,14 @@ from ofa2_edge.deploy.bundle import BundleFacts, build_bundle, read_labels, read
 from ofa2_edge.deploy.select import INTERVAL_COVERAGE, Candidate
 from ofa2_edge.devices.inventory import Device
 from ofa2_edge.devices.pipeline import MeasurePlan
-from ofa2_edge.errors import InvalidInputError
-from ofa2_edge.imagefolder import image_batches
-from ofa2_edge.latency.table import DeviceTable
-from ofa2_edge.netplan import N_CLASSES
-from ofa2_edge.persist import sha256_file
+from ofa2_edge.core.errors import InvalidInputError
+from ofa2_edge.data.imagefolder import image_batches
+from ofa2_edge.tables.device import DeviceTable
+from ofa2_edge.space.netplan import N_CLASSES
+from ofa2_edge.core.persist import sha256_file
 from ofa2_edge.search.runstore import RunFolder
 from ofa2_edge.supernet import load_supernet, recalibrate_bn
-from ofa2_edge.workspace import Workspace
+from ofa2_edge.core.workspace import Workspace
 
 #: Seed of the random subset of images used for BN recalibration (recorded in the manifest).
 CALIB_SEED = 0

@@ -22,11 +22,11 @@ from typing import Any
 from exporters.records import ExportedModel
 from exporters.tensorrt import TensorRTBuildSpec
 from ofa2_edge import __version__
-from ofa2_edge.costs import arch_costs
-from ofa2_edge.errors import InvalidInputError, SchemaError
-from ofa2_edge.persist import atomic_write_text, check_schema, sha256_file, write_json
-from ofa2_edge.space import Arch
-from ofa2_edge.tarsafe import pack_folder, unpack_folder
+from ofa2_edge.space.costs import arch_costs
+from ofa2_edge.core.errors import InvalidInputError, SchemaError
+from ofa2_edge.core.persist import atomic_write_text, check_schema, sha256_file, write_json
+from ofa2_edge.space.arch import Arch
+from ofa2_edge.core.tarsafe import pack_folder, unpack_folder
 
 MANIFEST_SCHEMA = "ofa2-edge/bundle-manifest"
 MANIFEST_VERSION = 1

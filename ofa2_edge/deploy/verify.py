@@ -19,10 +19,10 @@ from device_agents.records import MeasureResult, Protocol, TensorRTBuild, Tensor
 from ofa2_edge.deploy.bundle import TENSORRT_SPEC, check_bundle, model_file, record_measurement
 from ofa2_edge.devices.inventory import Device
 from ofa2_edge.devices.session import DeviceSession, ShippableModel
-from ofa2_edge.errors import MeasurementError
-from ofa2_edge.latency.table import DeviceTable
-from ofa2_edge.space import Arch
-from ofa2_edge.workspace import Workspace
+from ofa2_edge.core.errors import MeasurementError
+from ofa2_edge.tables.device import DeviceTable
+from ofa2_edge.space.arch import Arch
+from ofa2_edge.core.workspace import Workspace
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from typing import Any, Mapping
 
 import yaml
 
-from ofa2_edge.errors import InvalidInputError, SchemaError
-from ofa2_edge.persist import atomic_write_text
+from ofa2_edge.core.errors import InvalidInputError, SchemaError
+from ofa2_edge.core.persist import atomic_write_text
 
 INVENTORY_SCHEMA = "ofa2-edge/devices"
 INVENTORY_VERSION = 1

@@ -16,8 +16,8 @@ from device_agents.records import FailureKind, MeasureResult, Protocol, TensorRT
 from exporters import ExportCache, export_subnet
 from ofa2_edge.devices.inventory import Device
 from ofa2_edge.devices.session import BatchReport, DeviceSession, ShippableModel, Subject
-from ofa2_edge.errors import InvalidInputError, Ofa2EdgeError
-from ofa2_edge.space import Arch
+from ofa2_edge.core.errors import InvalidInputError, Ofa2EdgeError
+from ofa2_edge.space.arch import Arch
 from ofa2_edge.supernet import Supernet
 
 log = logging.getLogger(__name__)

@@ -37,7 +37,7 @@ from device_agents.records import (
 from ofa2_edge.devices.connect import transport_for
 from ofa2_edge.devices.inventory import Device
 from ofa2_edge.devices.transport import Transport, UploadCorruptedError
-from ofa2_edge.errors import DeviceUnreachableError, MeasurementError
+from ofa2_edge.core.errors import DeviceUnreachableError, MeasurementError
 
 if TYPE_CHECKING:
     from exporters.records import ExportedModel

@@ -34,7 +34,7 @@ from ofa2_edge.devices.transport import (
     retry,
     work_marker,
 )
-from ofa2_edge.errors import DeviceUnreachableError, InvalidInputError
+from ofa2_edge.core.errors import DeviceUnreachableError, InvalidInputError
 
 log = logging.getLogger(__name__)
 

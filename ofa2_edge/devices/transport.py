@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ofa2_edge.devices.inventory import Device
-from ofa2_edge.errors import DeviceUnreachableError, MeasurementError
-from ofa2_edge.persist import sha256_file
+from ofa2_edge.core.errors import DeviceUnreachableError, MeasurementError
+from ofa2_edge.core.persist import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from pymoo.core.algorithm import Algorithm
 from pymoo.core.duplicate import NoDuplicateElimination
 from pymoo.operators.crossover.ux import UniformCrossover
 
-from ofa2_edge.errors import InvalidInputError
+from ofa2_edge.core.errors import InvalidInputError
 from ofa2_edge.search.encoding import GenomeCodec
 from ofa2_edge.search.finder import Feasible, OfaEvolutionFinder
 from ofa2_edge.search.operators import (

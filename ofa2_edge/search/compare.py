@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ofa2_edge.errors import InvalidInputError
+from ofa2_edge.core.errors import InvalidInputError
 from ofa2_edge.search.indicators import coverage, hypervolume, nondominated
 from ofa2_edge.search.runstore import RunFolder
 

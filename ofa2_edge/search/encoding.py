@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ofa2_edge.errors import InvalidArchError
-from ofa2_edge.space import (
+from ofa2_edge.core.errors import InvalidArchError
+from ofa2_edge.space.arch import (
     D_GENES,
     E_GENES,
     KS_GENES,

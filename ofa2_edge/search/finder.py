@@ -30,7 +30,7 @@ import numpy as np
 from pymoo.core.algorithm import Algorithm
 from pymoo.core.population import Population
 
-from ofa2_edge.errors import InvalidInputError
+from ofa2_edge.core.errors import InvalidInputError
 from ofa2_edge.search.encoding import GenomeCodec
 from ofa2_edge.search.operators import OfaMutation
 

@@ -25,11 +25,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ofa2_edge import costs
-from ofa2_edge.errors import InvalidInputError, Ofa2EdgeError
-from ofa2_edge.persist import sha256_file
-from ofa2_edge.space import SearchSpace, genomes_of
-from ofa2_edge.workspace import Workspace
+from ofa2_edge.space import costs
+from ofa2_edge.core.errors import InvalidInputError, Ofa2EdgeError
+from ofa2_edge.core.persist import sha256_file
+from ofa2_edge.space.arch import SearchSpace, genomes_of
+from ofa2_edge.core.workspace import Workspace
 
 COST_METRICS: dict[str, tuple[str, str, Callable[[np.ndarray, float], np.ndarray]]] = {
     # name: (field, unit, evaluator(genomes, width_mult))
@@ -145,8 +145,8 @@ def _top1(ctx: MetricContext) -> Metric:
 
 
 def _latency(key: str, ctx: MetricContext) -> Metric:
-    import ofa2_edge.latency.lut  # noqa: F401  (registers the "lut" kind with load_surrogate)
-    from ofa2_edge.latency.base import load_surrogate
+    import ofa2_edge.surrogates.lut  # noqa: F401  (registers the "lut" kind with load_surrogate)
+    from ofa2_edge.surrogates.base import load_surrogate
 
     if not DEVICE_KEY.match(key):
         raise InvalidInputError(f"latency:{key}: a device key is letters, digits, '_', '.', '-'")
@@ -185,7 +185,7 @@ def resolve_metric(name: str, ctx: MetricContext) -> Metric:
     elif name in COST_METRICS:
         fld, unit, fn = COST_METRICS[name]
         w = ctx.space.w
-        metric = Metric(name, fld, unit, False, lambda g, fn=fn, w=w: fn(g, w), {"kind": "analytic", "module": "ofa2_edge.costs"})
+        metric = Metric(name, fld, unit, False, lambda g, fn=fn, w=w: fn(g, w), {"kind": "analytic", "module": "ofa2_edge.space.costs"})
     else:
         hint = " (a latency objective names its device: latency:<device>)" if name == "latency" else ""
         raise InvalidInputError(f"unknown objective {name!r}{hint}; choose from {', '.join(METRIC_NAMES)}")

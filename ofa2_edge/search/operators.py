@@ -33,7 +33,7 @@ from pymoo.operators.survival.rank_and_crowding.metrics import calc_crowding_dis
 
 from ofa2_edge.search.encoding import GenomeCodec
 from ofa2_edge.search.indicators import nondominated
-from ofa2_edge.space import N_BLOCKS, N_STAGES, R_GENE
+from ofa2_edge.space.arch import N_BLOCKS, N_STAGES, R_GENE
 
 
 class ChoiceSampling(Sampling):

@@ -35,8 +35,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ofa2_edge import __version__
-from ofa2_edge.errors import InvalidInputError, Ofa2EdgeError, SchemaError
-from ofa2_edge.persist import atomic_write_text, read_json
+from ofa2_edge.core.errors import InvalidInputError, Ofa2EdgeError, SchemaError
+from ofa2_edge.core.persist import atomic_write_text, read_json
 from ofa2_edge.search import runstore as rs
 from ofa2_edge.search.algorithms import (
     AUTO,
@@ -59,8 +59,8 @@ from ofa2_edge.search.objectives import (
     build_objectives,
 )
 from ofa2_edge.search.problem import ArchProblem
-from ofa2_edge.space import N_GENES, SearchSpace
-from ofa2_edge.workspace import Workspace
+from ofa2_edge.space.arch import N_GENES, SearchSpace
+from ofa2_edge.core.workspace import Workspace
 
 log = logging.getLogger(__name__)
 

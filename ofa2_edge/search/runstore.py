@@ -39,9 +39,9 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ofa2_edge.errors import InvalidInputError, SchemaError
-from ofa2_edge.persist import atomic_write_text, check_schema, read_json, write_json
-from ofa2_edge.space import D_GENES, E_GENES, KS_GENES, R_GENE, Arch
+from ofa2_edge.core.errors import InvalidInputError, SchemaError
+from ofa2_edge.core.persist import atomic_write_text, check_schema, read_json, write_json
+from ofa2_edge.space.arch import D_GENES, E_GENES, KS_GENES, R_GENE, Arch
 
 CONFIG_SCHEMA = "ofa2-edge/search-config"
 EVALUATIONS_SCHEMA = "ofa2-edge/search-evaluations"

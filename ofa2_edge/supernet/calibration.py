@@ -18,7 +18,7 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
-from ofa2_edge.errors import InvalidInputError
+from ofa2_edge.core.errors import InvalidInputError
 from ofa2_edge.supernet.static import StaticSubnet
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def recalibrate_bn(
     """Re-estimate every BatchNorm2d's running statistics of `subnet` from `images`.
 
     `images` yields preprocessed (B, 3, r, r) float batches (e.g. from
-    :func:`ofa2_edge.imagefolder.image_batches`, or :func:`noise_batches`). The passes run
+    :func:`ofa2_edge.data.imagefolder.image_batches`, or :func:`noise_batches`). The passes run
     on a copy, so if reading the images fails half-way the subnet is left untouched; on
     success its statistics are replaced and it is returned to eval mode. `channels` is
     what the model's input has (3 for a subnet; a single layer takes feature maps). A

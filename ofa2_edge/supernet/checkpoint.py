@@ -20,8 +20,8 @@ from typing import Any, Mapping
 
 import torch
 
-from ofa2_edge.errors import CheckpointError
-from ofa2_edge.space import DEPTH_CHOICES, EXPAND_CHOICES, KERNEL_CHOICES, WIDTH_MULTS
+from ofa2_edge.core.errors import CheckpointError
+from ofa2_edge.space.arch import DEPTH_CHOICES, EXPAND_CHOICES, KERNEL_CHOICES, WIDTH_MULTS
 from ofa2_edge.supernet.network import Supernet, check_width_mult
 
 #: OFA renamed `blocks.N.mobile_inverted_conv.` to `blocks.N.conv.` in 2020; older files use the former.

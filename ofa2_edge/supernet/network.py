@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ofa2_edge.errors import InvalidArchError, InvalidInputError
-from ofa2_edge.netplan import (
+from ofa2_edge.core.errors import InvalidArchError, InvalidInputError
+from ofa2_edge.space.netplan import (
     Layer,
     mid_channels,
     se_channels,
@@ -38,7 +38,7 @@ from ofa2_edge.netplan import (
     stem_layers,
     tail_layers,
 )
-from ofa2_edge.space import EXPAND_CHOICES, KERNEL_CHOICES, N_BLOCKS, WIDTH_MULTS, Arch
+from ofa2_edge.space.arch import EXPAND_CHOICES, KERNEL_CHOICES, N_BLOCKS, WIDTH_MULTS, Arch
 from ofa2_edge.supernet.static import ResidualBlock, StaticSubnet, batch_norm, conv_bn_act, tail_modules
 
 #: Any resolution: the supernet's tensors do not depend on it; the plan functions want one.

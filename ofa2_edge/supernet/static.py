@@ -5,7 +5,7 @@ Hardswish, Hardsigmoid, AdaptiveAvgPool2d and Linear, composed by three tiny con
 (squeeze-and-excite, MBConv, residual). Module names follow OFA's static `MobileNetV3`, so a
 subnet's `state_dict` has the same keys as the one OFA's `get_active_subnet` returns.
 
-The shape of every layer comes from :mod:`ofa2_edge.netplan` (the same plan the cost
+The shape of every layer comes from :mod:`ofa2_edge.space.netplan` (the same plan the cost
 counters and latency tables price), so what is exported is what was costed.
 """
 
@@ -17,9 +17,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ofa2_edge.netplan import BN_EPS, BN_MOMENTUM, N_CLASSES, Layer, layer_plan, se_channels
-from ofa2_edge.preprocessing import Preprocessing
-from ofa2_edge.space import Arch
+from ofa2_edge.space.netplan import BN_EPS, BN_MOMENTUM, N_CLASSES, Layer, layer_plan, se_channels
+from ofa2_edge.data.preprocessing import Preprocessing
+from ofa2_edge.space.arch import Arch
 
 
 def batch_norm(channels: int) -> nn.BatchNorm2d:

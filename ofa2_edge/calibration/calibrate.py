@@ -1,0 +1,242 @@
+"""Calibrate a device: measure the subnets that teach a predictor most, then fit it.
+
+The design is chosen by a seeded size-stratified sampler (min and max nets at every
+resolution, then sizes spread evenly), so a rerun with the same budget and seed asks for
+the same archs and skips those the table already holds under the same device, runtime
+and protocol: killing calibration at any moment loses at most the model being measured.
+Optional adaptive rounds then add the archs whose predicted latency is most uncertain.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from device_agents.records import MeasureResult, Protocol
+from exporters import ExportCache
+from ofa2_edge.devices.inventory import Device
+from ofa2_edge.devices.pipeline import MeasurePlan, measure_archs
+from ofa2_edge.devices.session import DeviceSession
+from ofa2_edge.core.errors import InvalidInputError
+from ofa2_edge.surrogates.base import LatencySurrogate, load_surrogate
+from ofa2_edge.calibration.design import size_stratified_genomes
+from ofa2_edge.surrogates.lut import LutSurrogate, read_ofa_tables
+from ofa2_edge.surrogates.select import fit_best
+from ofa2_edge.tables.device import DeviceTable, MeasureKey
+from ofa2_edge.space.arch import Arch, SearchSpace, archs_of
+from ofa2_edge.core.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, dict[str, Any]], None]
+#: Candidate pool an adaptive round picks its most uncertain archs from.
+ADAPTIVE_POOL = 4000
+
+
+@dataclass
+class CalibrationResult:
+    device: str
+    fingerprint: str
+    design: list[Arch]
+    skipped: int = 0  # already in the table under the same device, runtime and protocol
+    measured: list[MeasureResult] = field(default_factory=list)
+    not_measured: list[Arch] = field(default_factory=list)
+    surrogate: LatencySurrogate | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[MeasureResult]:
+        return [r for r in self.measured if not r.ok]
+
+
+def design_archs(budget: int, seed: int, space: SearchSpace) -> list[Arch]:
+    """The `budget` archs calibration measures (deterministic in `seed`)."""
+    need = 2 * len(space.resolutions)
+    if budget < need:
+        raise InvalidInputError(
+            f"--budget {budget} is too small: calibration always measures the min and max nets of each of the "
+            f"{len(space.resolutions)} resolutions, so it needs at least {need}"
+        )
+    return archs_of(size_stratified_genomes(budget, np.random.default_rng(seed), space), w=space.w)
+
+
+def most_uncertain(surrogate: LatencySurrogate, n: int, seed: int, space: SearchSpace, exclude: set[str]) -> list[Arch]:
+    """The `n` archs of a random pool with the widest relative 80 % prediction interval."""
+    pool = size_stratified_genomes(ADAPTIVE_POOL, np.random.default_rng(seed), space, include_extremes=False)
+    lo, hi = surrogate.predict_interval(pool, 0.8)
+    width = (hi - lo) / np.maximum(surrogate.predict(pool), 1e-9)
+    picked: list[Arch] = []
+    for i in np.argsort(-width):
+        arch = Arch.from_genome(pool[i], w=space.w)
+        if arch.id not in exclude and all(arch.id != p.id for p in picked):
+            picked.append(arch)
+        if len(picked) == n:
+            break
+    return picked
+
+
+def bind_table(
+    session: DeviceSession,
+    table: DeviceTable,
+    device: Device,
+    plan: MeasurePlan,
+    protocol: Protocol,
+    reuse: bool = False,
+) -> MeasureKey:
+    """Bind `table` to the probed device (another device's table is refused unless `reuse`),
+    check the device has the plan's runtime, and return the key its records are kept under."""
+    probe = session.probe
+    assert probe is not None
+    table.bind(probe, plan.runtime, reuse=reuse)
+    runtime = probe.runtimes.get(plan.runtime)
+    if runtime is None or not runtime.available:
+        package = "onnxruntime" if plan.runtime == "onnxruntime" else "ai-edge-litert"
+        raise InvalidInputError(
+            f"device {device.key} has no {plan.runtime} ({runtime.detail if runtime else 'not reported'}); "
+            f"install it there (e.g. pip install {package})"
+        )
+    return MeasureKey(probe.fingerprint, plan.runtime, runtime.version, protocol)
+
+
+def device_lut(table: DeviceTable) -> LutSurrogate | None:
+    """This device's block table (block-mode calibration or an import), if it has one."""
+    if not table.exists() or not any(table.folder.glob("*_lookup_table.yaml")):
+        return None
+    return LutSurrogate(read_ofa_tables(table.folder))
+
+
+def usable_lut(
+    table: DeviceTable, archs: list[Arch], width_mult: float
+) -> tuple[LutSurrogate | None, dict[str, Any]]:
+    """The device's block table if it can price every arch (width, and every layer at each
+    resolution), else None; and a note on why, for the fit report."""
+    lut = device_lut(table)
+    if lut is None:
+        return None, {"used": False, "reason": "this device has no block table (calibrate --blocks)"}
+    note: dict[str, Any] = {"resolutions": list(lut.resolutions)}
+    if lut.width_mult != width_mult:
+        return None, {**note, "used": False, "reason": f"the block table is for w{lut.width_mult}, not w{width_mult}"}
+    missing = sorted(r for r in {a.r for a in archs} if not lut.covers(r))
+    if missing:
+        reason = f"it does not cover the measured resolution(s) {', '.join(map(str, missing))}"
+        log.info("not trying the LUT hybrid: %s", reason)
+        return None, {**note, "used": False, "reason": reason}
+    return lut, {**note, "used": True}
+
+
+def fit_table(
+    table: DeviceTable,
+    width_mult: float,
+    prior: LatencySurrogate | None = None,
+    prior_label: str = "",
+    seed: int = 0,
+    nested: bool = True,
+) -> tuple[LatencySurrogate, dict[str, Any]]:
+    """Fit the best surrogate on a table's measurements and save it as `surrogate.json`."""
+    archs, latencies, records = table.dataset()
+    archs_w = [(a, y) for a, y in zip(archs, latencies, strict=True) if a.w == width_mult]
+    if not archs_w:
+        raise InvalidInputError(
+            f"latency_tables/{table.key} has no successful w{width_mult} measurements to fit; run calibrate first"
+        )
+    lut, lut_note = usable_lut(table, [a for a, _ in archs_w], width_mult)
+    model, report = fit_best(
+        [a for a, _ in archs_w],
+        np.array([y for _, y in archs_w]),
+        prior=prior,
+        lut=lut,
+        rng=np.random.default_rng(seed),
+        nested=nested,
+        width_mult=width_mult,
+        prior_label=prior_label,
+    )
+    flagged = sum(1 for r in records if r.flags)
+    report["table"] = {"measurements": len(archs_w), "flagged": flagged, "block_table": lut_note}
+    model.report = report
+    model.save(table.surrogate_path, device=table.key)
+    return model, report
+
+
+def calibrate(
+    device: Device,
+    workspace: Workspace,
+    budget: int,
+    protocol: Protocol,
+    fmt: str | None = None,
+    space: SearchSpace | None = None,
+    seed: int = 0,
+    adaptive_rounds: int = 0,
+    reuse_table: bool = False,
+    trust_on_first_use: bool = False,
+    prior: LatencySurrogate | None = None,
+    prior_label: str = "",
+    progress: Progress | None = None,
+    export_lock: AbstractContextManager[Any] | None = None,
+    measure_lock: AbstractContextManager[Any] | None = None,
+) -> CalibrationResult:
+    """Measure a design of `budget` subnets on `device` (resuming), then fit and save its surrogate.
+
+    With `adaptive_rounds`, a quarter of the budget per round is spent on the archs the
+    current fit is least sure about (on top of `budget`).
+    """
+    space = space or SearchSpace()
+    emit = progress or (lambda event, info: None)
+    plan = MeasurePlan.for_device(device, fmt)
+    table = DeviceTable(workspace.tables_dir, device.key)
+    cache = ExportCache(workspace.exports_dir)
+    design = design_archs(budget, seed, space)
+    t0 = time.perf_counter()
+    with DeviceSession(device, workspace.cache_dir, trust_on_first_use=trust_on_first_use) as session:
+        key = bind_table(session, table, device, plan, protocol, reuse_table)
+        result = CalibrationResult(device.key, key.fingerprint, design)
+
+        def run_round(archs: list[Arch], label: str) -> bool:
+            done = table.measured(key)
+            todo = [a for a in archs if a.id not in done]
+            result.skipped += len(archs) - len(todo)
+            emit("round", {"label": label, "total": len(archs), "todo": len(todo), "skipped": len(archs) - len(todo)})
+
+            def commit(record: MeasureResult) -> None:
+                table.append(record)  # durable before anything else happens
+                result.measured.append(record)
+                emit("result", {"record": record})
+
+            report = measure_archs(
+                session, todo, plan, protocol, cache, commit, export_lock=export_lock, measure_lock=measure_lock
+            )
+            result.not_measured += report.not_measured
+            return not report.not_measured
+
+        complete = run_round(design, "design")
+        for i in range(adaptive_rounds):
+            if not complete:
+                break
+            model, _ = fit_table(table, space.w, prior, prior_label, seed, nested=False)
+            measured = {a.id for a in table.dataset()[0]}
+            extra = most_uncertain(model, max(1, budget // 4), seed + 1 + i, space, measured)
+            complete = run_round(extra, f"adaptive round {i + 1}")
+            result.design += extra
+    result.seconds["measure"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    emit("fit", {})
+    result.surrogate, result.report = fit_table(table, space.w, prior, prior_label, seed)
+    result.seconds["fit"] = time.perf_counter() - t1
+    return result
+
+
+def load_device_surrogate(workspace: Workspace, key: str) -> LatencySurrogate:
+    """The fitted predictor of device `key` (what the search's `latency:<key>` uses)."""
+    path: Path = DeviceTable(workspace.tables_dir, key).surrogate_path
+    if not path.exists():
+        raise InvalidInputError(
+            f"device {key} has no fitted latency predictor ({path}); run `ofa2-edge calibrate --device {key}` "
+            f"or `ofa2-edge fit --device {key}`, or import a table with `ofa2-edge tables import`"
+        )
+    return load_surrogate(path)

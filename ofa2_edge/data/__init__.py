@@ -1,0 +1,1 @@
+"""Images for the model: preprocessing records and image folders."""

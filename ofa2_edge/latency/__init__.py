@@ -1,1 +1,0 @@
-"""Latency of subnets on one device: block lookup tables and fitted surrogate predictors."""

@@ -1,0 +1,198 @@
+"""OFA-format block latency lookup tables, and the LUT-sum predictor built on them.
+
+OFA prices a subnet by summing the measured latency of each of its layers, looked up by a
+key that spells the layer's shape (`expanded_conv-input:28x28x48-output:...-kernel:5-...`).
+One YAML file per resolution (`<r>_lookup_table.yaml`) maps keys to `{count, mean, std}` in
+ms. Importing OFA's own tables (e.g. the Samsung Note10 ones) must reproduce OFA's sums
+exactly; our block-mode calibration writes tables in the same format.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import yaml
+from scipy.stats import norm
+
+from ofa2_edge.core.errors import InvalidArchError, SchemaError
+from ofa2_edge.surrogates.base import ArchBatch, LatencySurrogate, register_surrogate
+from ofa2_edge.space.netplan import Layer, layer_plan, slot_layer, stem_layers, tail_layers
+from ofa2_edge.core.persist import atomic_write_text
+from ofa2_edge.space.slotcost import SlotTable, build_slot_table, evaluate
+from ofa2_edge.space.arch import EXPAND_CHOICES, KERNEL_CHOICES, N_BLOCKS, WIDTH_MULTS, Arch
+
+TABLE_NAME = re.compile(r"^(\d+)_lookup_table\.yaml$")
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@dataclass(frozen=True)
+class LayerStat:
+    """Measured latency of one layer shape: mean and std in ms over `count` runs."""
+
+    mean: float
+    std: float
+    count: int
+
+
+Table = dict[str, LayerStat]
+
+
+def _stat(value: Any, key: str, where: str) -> LayerStat:
+    if not isinstance(value, Mapping) or "mean" not in value:
+        raise SchemaError(f"{where}: entry {key!r} must be a mapping with count, mean, std")
+    try:
+        mean = float(value["mean"])
+        std = float(value.get("std", 0.0))
+        count = int(value.get("count", 1))
+    except (TypeError, ValueError) as exc:
+        raise SchemaError(f"{where}: entry {key!r} has a non-numeric value ({exc})") from exc
+    if not (math.isfinite(mean) and mean >= 0 and math.isfinite(std) and std >= 0 and count >= 1):
+        raise SchemaError(f"{where}: entry {key!r} needs mean >= 0, std >= 0, count >= 1 (got {dict(value)})")
+    return LayerStat(mean, std, count)
+
+
+def read_ofa_table(path: str | Path) -> Table:
+    """Read one `<r>_lookup_table.yaml`; malformed files raise `SchemaError` naming the entry."""
+    path = Path(path)
+    try:
+        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_SAFE_LOADER)
+    except yaml.YAMLError as exc:
+        raise SchemaError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(doc, Mapping) or not doc:
+        raise SchemaError(f"{path}: expected a mapping of layer keys to {{count, mean, std}}")
+    return {str(k): _stat(v, str(k), str(path)) for k, v in doc.items()}
+
+
+def write_ofa_table(path: str | Path, table: Mapping[str, LayerStat]) -> Path:
+    """Write a table in OFA's YAML format (atomically)."""
+    doc = {k: {"count": s.count, "mean": s.mean, "std": s.std} for k, s in sorted(table.items())}
+    return atomic_write_text(path, yaml.safe_dump(doc, sort_keys=True))
+
+
+def read_ofa_tables(folder: str | Path) -> dict[int, Table]:
+    """Read every `<r>_lookup_table.yaml` in `folder`, keyed by resolution."""
+    folder = Path(folder)
+    tables = {}
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        m = TABLE_NAME.match(path.name)
+        if m:
+            tables[int(m.group(1))] = read_ofa_table(path)
+    if not tables:
+        raise SchemaError(f"{folder}: no <r>_lookup_table.yaml files found")
+    return tables
+
+
+def _width_of(tables: Mapping[int, Table]) -> float:
+    r, table = next(iter(tables.items()))
+    for w in WIDTH_MULTS:
+        if stem_layers(r, w)[0].lut_key() in table:
+            return w
+    raise SchemaError(f"lookup table at {r} px has no first-conv entry of a supported width ({WIDTH_MULTS})")
+
+
+@register_surrogate("lut")
+class LutSurrogate(LatencySurrogate):
+    """OFA's LUT-sum: a subnet's latency is the sum of its layers' table means.
+
+    Its quantiles assume independent Gaussian layer noise (variance = sum of std^2): the
+    table's own measurement spread, not the error of summing layers, which the hybrid
+    surrogate learns on top.
+    """
+
+    def __init__(self, tables: Mapping[int, Table], width_mult: float | None = None) -> None:
+        if not tables:
+            raise SchemaError("a lookup-table predictor needs at least one resolution")
+        super().__init__(width_mult if width_mult is not None else _width_of(tables))
+        self.tables = {int(r): dict(t) for r, t in sorted(tables.items())}
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> "LutSurrogate":
+        return cls(read_ofa_tables(folder))
+
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        return tuple(self.tables)
+
+    def _price(self, layer: Layer, r: int, field: str) -> float:
+        stat = self.tables[r].get(layer.lut_key())
+        if stat is None:
+            return math.nan
+        return stat.mean if field == "mean" else stat.std**2
+
+    @cached_property
+    def _mean_tables(self) -> dict[int, SlotTable]:
+        return {r: build_slot_table(lambda layer, r=r: self._price(layer, r, "mean"), r, self.width_mult) for r in self.tables}
+
+    @cached_property
+    def _var_tables(self) -> dict[int, SlotTable]:
+        return {r: build_slot_table(lambda layer, r=r: self._price(layer, r, "var"), r, self.width_mult) for r in self.tables}
+
+    def _table_of(self, tables: Mapping[int, SlotTable]) -> Any:
+        def get(r: int) -> SlotTable:
+            if r not in tables:
+                raise InvalidArchError(
+                    f"r: the lookup table covers resolutions {', '.join(map(str, self.resolutions))}, not {r}"
+                )
+            return tables[r]
+
+        return get
+
+    def _checked(self, g: np.ndarray, values: np.ndarray) -> np.ndarray:
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            arch = Arch.from_genome(g[bad[0]], w=self.width_mult)
+            missing = next(l.lut_key() for l in layer_plan(arch) if l.lut_key() not in self.tables[arch.r])
+            raise InvalidArchError(f"{arch.id}: the lookup table at {arch.r} px has no entry for {missing}")
+        return values
+
+    def predict(self, archs: ArchBatch) -> np.ndarray:
+        g = self.genomes(archs)
+        return self._checked(g, evaluate(g, self._table_of(self._mean_tables)))
+
+    def predict_quantile(self, archs: ArchBatch, q: float) -> np.ndarray:
+        g = self.genomes(archs)
+        mean = self.predict(g)
+        std = np.sqrt(evaluate(g, self._table_of(self._var_tables)))
+        return mean + norm.ppf(q) * std
+
+    def fit(self, archs: ArchBatch, latencies_ms: np.ndarray) -> "LutSurrogate":
+        """A lookup table is measured, not fitted: nothing to learn from end-to-end pairs."""
+        return self
+
+    def covers(self, r: int) -> bool:
+        """Whether every layer an arch at `r` px can use has an entry."""
+        if r not in self.tables:
+            return False
+        w = self.width_mult
+        fixed = (*stem_layers(r, w), *tail_layers(r, w))
+        slots = (
+            slot_layer(r, w, i, k, e) for i in range(N_BLOCKS) for k in KERNEL_CHOICES for e in EXPAND_CHOICES
+        )
+        return all(layer.lut_key() in self.tables[r] for layer in (*fixed, *slots))
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "tables": {
+                str(r): {k: [s.mean, s.std, s.count] for k, s in sorted(t.items())} for r, t in self.tables.items()
+            }
+        }
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], width_mult: float) -> "LutSurrogate":
+        tables = {
+            int(r): {k: LayerStat(float(v[0]), float(v[1]), int(v[2])) for k, v in t.items()}
+            for r, t in params["tables"].items()
+        }
+        return cls(tables, width_mult)
+
+
+def lut_latency(arch: Arch, table: Mapping[str, LayerStat]) -> float:
+    """Reference LUT sum of one arch, layer by layer (as OFA's own estimator computes it)."""
+    return float(sum(table[layer.lut_key()].mean for layer in layer_plan(arch)))
+

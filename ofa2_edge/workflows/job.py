@@ -1,0 +1,314 @@
+"""The main job, `ofa2-edge run`: from a fresh clone to a Pareto front and a shipped bundle.
+
+Steps, each timed: probe and calibrate every configured device (one worker thread per
+device; a device that fails is reported and the others finish), fit each predictor,
+import the reference lookup tables (OFA's Note10), run one OFA² search over accuracy,
+latency on every device and MACs, write the dashboard, and bundle a sensible default
+pick (the knee of the first device's accuracy/latency front), verified on its device.
+
+Host CPU discipline: exports (and the search) use this machine's CPU, so they never run
+while the `local` device is being timed: one lock covers every export and every local
+measurement batch. Remote boards measure concurrently with anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import yaml
+
+from device_agents.records import Protocol
+from ofa2_edge.core.assets import NOTE10_TABLES, find_assets
+from ofa2_edge.devices.inventory import Inventory
+from ofa2_edge.devices.pipeline import standard_protocol
+from ofa2_edge.core.errors import InvalidInputError, Ofa2EdgeError, SchemaError
+from ofa2_edge.calibration.calibrate import CalibrationResult, calibrate
+from ofa2_edge.surrogates.lut import LutSurrogate, read_ofa_tables, write_ofa_table
+from ofa2_edge.tables.device import DeviceTable
+from ofa2_edge.core.persist import sha256_file
+from ofa2_edge.space.arch import DEFAULT_RESOLUTIONS, SearchSpace
+from ofa2_edge.core.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "ofa2-edge.yaml"
+CONFIG_VERSION = 1
+Event = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    key: str
+    budget: int = 40
+    format: str | None = None
+    timer: str = "wall"
+    quick: bool = False
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """What `ofa2-edge run` does; `ofa2-edge.yaml` in the workspace overrides the defaults."""
+
+    devices: tuple[DevicePlan, ...] = (DevicePlan("local"),)
+    reference_tables: tuple[str, ...] = ("note10",)
+    objectives: tuple[str, ...] | None = None  # default: top1, latency on every device and reference, macs
+    resolutions: tuple[int, ...] = DEFAULT_RESOLUTIONS
+    algorithm: str = "auto"
+    pop: int = 100
+    gens: int = 300
+    seed: int = 1
+    run_id: str = "main"
+    verify: bool = True
+
+    @property
+    def all_objectives(self) -> tuple[str, ...]:
+        if self.objectives:
+            return self.objectives
+        keys = [d.key for d in self.devices] + [
+            k for k in self.reference_tables if k not in {d.key for d in self.devices}
+        ]
+        return ("top1", *(f"latency:{k}" for k in keys), "macs")
+
+    @classmethod
+    def load(cls, path: Path) -> "JobConfig":
+        """Read `ofa2-edge.yaml`; unknown keys and bad values are errors that name the key."""
+        try:
+            doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise SchemaError(f"{path}: not readable YAML ({exc})") from exc
+        if not isinstance(doc, dict) or doc.get("schema_version") != CONFIG_VERSION:
+            raise SchemaError(f"{path}: expected an ofa2-edge job config with schema_version: {CONFIG_VERSION}")
+        known = {
+            "schema_version",
+            "devices",
+            "reference_tables",
+            "objectives",
+            "search",
+            "resolutions",
+            "run_id",
+            "verify",
+        }
+        unknown = sorted(set(doc) - known)
+        if unknown:
+            raise SchemaError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        search = doc.get("search") or {}
+        bad = sorted(set(search) - {"algorithm", "pop", "gens", "seed"})
+        if bad:
+            raise SchemaError(f"{path}: unknown search key(s) {', '.join(bad)}")
+        devices = []
+        for entry in doc.get("devices") or [{"key": "local"}]:
+            entry = {"key": entry} if isinstance(entry, str) else entry
+            extra = sorted(set(entry) - {"key", "budget", "format", "timer", "quick"})
+            if extra:
+                raise SchemaError(f"{path}: device entry {entry.get('key')!r} has unknown key(s) {', '.join(extra)}")
+            devices.append(DevicePlan(**entry))
+        if len({d.key for d in devices}) != len(devices):
+            raise SchemaError(f"{path}: a device is listed twice")
+        return cls(
+            devices=tuple(devices),
+            reference_tables=tuple(doc.get("reference_tables", ("note10",))),
+            objectives=tuple(doc["objectives"]) if doc.get("objectives") else None,
+            resolutions=tuple(doc.get("resolutions", DEFAULT_RESOLUTIONS)),
+            algorithm=search.get("algorithm", "auto"),
+            pop=int(search.get("pop", 100)),
+            gens=int(search.get("gens", 300)),
+            seed=int(search.get("seed", 1)),
+            run_id=str(doc.get("run_id", "main")),
+            verify=bool(doc.get("verify", True)),
+        )
+
+
+@dataclass
+class JobResult:
+    seconds: dict[str, float] = field(default_factory=dict)
+    calibrations: dict[str, CalibrationResult] = field(default_factory=dict)
+    failed_devices: dict[str, str] = field(default_factory=dict)
+    run_folder: Path | None = None
+    search_status: dict[str, Any] = field(default_factory=dict)
+    dashboard: Path | None = None
+    bundle: dict[str, Any] = field(default_factory=dict)
+
+
+class _Timer:
+    def __init__(self, result: JobResult, step: str) -> None:
+        self.result, self.step = result, step
+
+    def __enter__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.result.seconds[self.step] = round(time.perf_counter() - self.t0, 2)
+
+
+def import_reference(workspace: Workspace, key: str, assets_dir: Path | None) -> None:
+    """Make the reference table `key` (only `note10` ships with OFA) a workspace device."""
+    table = DeviceTable(workspace.tables_dir, key)
+    if table.surrogate_path.exists():
+        return
+    if key != "note10":
+        raise InvalidInputError(f"reference table {key!r}: only OFA's note10 tables ship with the assets")
+    paths = find_assets([a.relpath for a in NOTE10_TABLES], assets_dir)
+    tables = read_ofa_tables(next(iter(paths.values())).parent)
+    for r, entries in tables.items():
+        write_ofa_table(table.folder / f"{r}_lookup_table.yaml", entries)
+    lut = LutSurrogate(tables)
+    lut.report = {"source": "OFA's Samsung Note10 lookup tables (official assets, sha256-verified)"}
+    lut.save(table.surrogate_path, device=key)
+
+
+def run_name(prefix: str, search: Any, workspace: Workspace) -> str:
+    """`<prefix>-<hash>` of the search config and every latency predictor it uses: a rerun
+    with the same inputs resumes (or reuses) its run; new measurements (which refit a
+    predictor) start a new run beside the old one instead of mixing two predictors."""
+    doc = {"search": search.to_dict(), "predictors": {}}
+    for name in search.objectives:
+        if name.startswith("latency:"):
+            key = name.split(":", 1)[1]
+            doc["predictors"][key] = sha256_file(DeviceTable(workspace.tables_dir, key).surrogate_path)
+    digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{prefix}-{digest}"
+
+
+def knee(top1: np.ndarray, latency: np.ndarray) -> int:
+    """Index of the knee of an accuracy/latency front: the point farthest from the line
+    joining its two extremes, after scaling both axes to [0, 1]."""
+    x = (latency - latency.min()) / max(float(np.ptp(latency)), 1e-12)
+    y = (top1 - top1.min()) / max(float(np.ptp(top1)), 1e-12)
+    i0, i1 = int(np.argmin(x)), int(np.argmax(x))
+    dx, dy = x[i1] - x[i0], y[i1] - y[i0]
+    norm = max(float(np.hypot(dx, dy)), 1e-12)
+    distance = (dx * (y - y[i0]) - dy * (x - x[i0])) / norm  # above the chord = better than linear
+    return int(np.argmax(distance))
+
+
+def run_job(
+    workspace: Workspace,
+    config: JobConfig,
+    assets_dir: Path | None = None,
+    trust_on_first_use: bool = False,
+    on_event: Event | None = None,
+) -> JobResult:
+    """Calibrate, fit, search, dashboard, bundle; see the module docstring."""
+    from ofa2_edge.deploy.build import make_bundle
+    from ofa2_edge.deploy.dashboard import write_dashboard
+    from ofa2_edge.deploy.select import non_dominated, price_front
+    from ofa2_edge.deploy.verify import verify_bundle
+    from ofa2_edge.calibration.calibrate import load_device_surrogate
+    from ofa2_edge.search.runner import SearchConfig, run_search
+    from ofa2_edge.search.runstore import RunFolder
+
+    emit = on_event or (lambda event, info: None)
+    result = JobResult()
+    inventory = Inventory.load(workspace.inventory_path)
+    devices = {plan.key: inventory.get(plan.key) for plan in config.devices}  # unknown keys fail before any work
+    space = SearchSpace(resolutions=config.resolutions)
+    host_cpu = threading.Lock()
+
+    with _Timer(result, "reference tables"):
+        for key in config.reference_tables:
+            import_reference(workspace, key, assets_dir)
+
+    def calibrate_one(plan: DevicePlan) -> CalibrationResult:
+        device = devices[plan.key]
+        protocol = _protocol(device.threads, plan)
+        lock = host_cpu if device.transport == "local" else None
+        return calibrate(
+            device,
+            workspace,
+            plan.budget,
+            protocol,
+            fmt=plan.format,
+            space=space,
+            seed=config.seed,
+            trust_on_first_use=trust_on_first_use,
+            export_lock=host_cpu,
+            measure_lock=lock,
+            progress=lambda event, info, key=plan.key: emit(f"calibrate.{event}", {"device": key, **info}),
+        )
+
+    with _Timer(result, "calibrate + fit"):
+        with ThreadPoolExecutor(max_workers=len(config.devices), thread_name_prefix="calibrate") as pool:
+            futures = {plan.key: pool.submit(calibrate_one, plan) for plan in config.devices}
+            for key, future in futures.items():
+                try:
+                    result.calibrations[key] = future.result()
+                except Ofa2EdgeError as exc:
+                    result.failed_devices[key] = str(exc)
+                    emit("device_failed", {"device": key, "error": str(exc)})
+    usable = [p.key for p in config.devices if p.key in result.calibrations]
+    if not usable:
+        raise InvalidInputError(
+            "no device could be calibrated: " + "; ".join(f"{k}: {v}" for k, v in result.failed_devices.items())
+        )
+
+    objectives = tuple(
+        o
+        for o in config.all_objectives
+        if not (o.startswith("latency:") and o.split(":", 1)[1] in result.failed_devices)
+    )
+    search_config = SearchConfig(
+        objectives=objectives,
+        space=space,
+        algorithm=config.algorithm,
+        pop_size=config.pop,
+        n_gen=config.gens,
+        seed=config.seed,
+    )
+    folder = workspace.runs_dir / run_name(config.run_id, search_config, workspace)
+    with _Timer(result, "search"):
+        emit("search.start", {"objectives": objectives, "gens": config.gens})
+        result.search_status = run_search(
+            search_config,
+            folder,
+            workspace=workspace,
+            assets_dir=assets_dir,
+            resume=folder.exists(),
+            progress=lambda p: emit("search.progress", {"gen": p.gen, "n_gen": p.n_gen, "hv": p.hv}),
+        )
+    result.run_folder = folder
+    run = RunFolder(folder)
+
+    with _Timer(result, "dashboard"):
+        result.dashboard = Path(write_dashboard(run, folder / "dashboard.html", workspace)["output"])
+
+    target = usable[0]
+    with _Timer(result, "bundle"):
+        cands = non_dominated(
+            price_front(run, load_device_surrogate(workspace, target), DeviceTable(workspace.tables_dir, target))
+        )
+        pick = cands[knee(np.array([c.top1_pct for c in cands]), np.array([c.latency_ms for c in cands]))]
+        with host_cpu:
+            built = make_bundle(pick, run, devices[target], workspace, workspace.bundles_dir)
+        result.bundle = {
+            "folder": str(built.folder),
+            "archive": f"{built.folder}.tar.gz",
+            "pick": pick.to_dict(),
+            "device": target,
+            "status": built.manifest["status"],
+        }
+        if config.verify:
+            plan = next(p for p in config.devices if p.key == target)
+            with host_cpu:
+                checked = verify_bundle(
+                    built.folder,
+                    devices[target],
+                    workspace,
+                    _protocol(devices[target].threads, plan),
+                    trust_on_first_use,
+                )
+            result.bundle["measured_ms"] = checked.result.estimate_ms
+            result.bundle["within_predicted_interval"] = checked.within_interval
+    return result
+
+
+def _protocol(threads: int, plan: DevicePlan) -> Protocol:
+    return standard_protocol(threads, plan.timer, plan.quick)
