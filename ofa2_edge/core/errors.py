@@ -30,6 +30,10 @@ class InvalidArchError(InvalidInputError):
     """An architecture the network or the search space cannot build."""
 
 
+class LockedError(Ofa2EdgeError):
+    """Another process is writing the same table or run folder."""
+
+
 class SchemaError(Ofa2EdgeError):
     """A persisted file has an unknown schema version or does not match its schema."""
 
