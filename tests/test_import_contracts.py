@@ -54,7 +54,7 @@ NEVERS = [
                         "ofa2_edge.deploy", "ofa2_edge.calibration", "ofa2_edge.surrogates", "torch"), ()),
     ("ofa2_edge/surrogates", ("ofa2_edge.devices", "ofa2_edge.calibration", "ofa2_edge.search",
                               "ofa2_edge.deploy", "ofa2_edge.supernet", "exporters", "torch"), ()),
-    ("ofa2_edge/tables", ("ofa2_edge.calibration", "ofa2_edge.search", "ofa2_edge.deploy",
+    ("ofa2_edge/tables", ("ofa2_edge.devices", "ofa2_edge.calibration", "ofa2_edge.search", "ofa2_edge.deploy",
                           "ofa2_edge.supernet", "exporters", "torch"), ()),
     ("ofa2_edge", ("ofa2_edge.cli",), ("ofa2_edge/cli/", "ofa2_edge/__main__.py")),
     ("ofa2_edge", ("ofa2_edge.workflows",), ("ofa2_edge/cli/", "ofa2_edge/workflows/")),

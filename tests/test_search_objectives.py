@@ -143,3 +143,22 @@ def test_fitted_accuracy_predictor_as_top1(workspace: Workspace, assets_dir: Pat
     assert objs.metrics["top1"].source["kind"] == "fitted"
     with pytest.raises(Exception, match="no such accuracy predictor file"):
         build_objectives(["top1", "macs"], [], ctx(workspace, assets_dir, accuracy=str(tmp_path / "nope.json")))
+
+
+def test_a_new_objective_is_one_registered_builder(tmp_path: Path) -> None:
+    """Registering a family makes it resolvable by name, listed, and usable in constraints."""
+    from ofa2_edge.search import objectives as ob
+
+    @ob.register_metric("depth-total-test", help="total number of blocks")
+    def _depth(arg: str, ctx: ob.MetricContext) -> ob.Metric:
+        return ob.Metric("depth-total-test", "blocks", "", False, lambda g: g[:, 40:45].sum(axis=1).astype(float))
+
+    try:
+        assert "depth-total-test" in ob.metric_names()
+        ctx = ob.MetricContext(Workspace.resolve(tmp_path, tmp_path / "cache"), SearchSpace())
+        objs = ob.build_objectives(["macs", "depth-total-test"], ["depth-total-test<=18"], ctx)
+        assert objs.n_obj == 2 and objs.n_constr == 1
+        with pytest.raises(ValueError, match="registered twice"):
+            ob.register_metric("depth-total-test")(_depth)
+    finally:
+        ob._METRICS.pop("depth-total-test")

@@ -10,12 +10,16 @@ platform's user cache folder.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
 
 APP_NAME = "ofa2-edge"
+# A device key names a folder under latency_tables/ and appears in objective names
+# (latency:<key>): lowercase, so a table never differs from another by case alone.
+DEVICE_KEY_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ code path as any remote board) is always available and needs no entry.
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -16,10 +15,11 @@ import yaml
 
 from ofa2_edge.core.errors import InvalidInputError, SchemaError
 from ofa2_edge.core.persist import atomic_write_text
+from ofa2_edge.core.workspace import DEVICE_KEY_PATTERN
 
 INVENTORY_SCHEMA = "ofa2-edge/devices"
 INVENTORY_VERSION = 1
-KEY_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+KEY_PATTERN = DEVICE_KEY_PATTERN
 TRANSPORTS = ("local", "ssh")
 RUNTIMES = ("onnxruntime", "litert", "tensorrt")
 LOCAL_KEY = "local"

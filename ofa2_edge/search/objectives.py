@@ -6,11 +6,12 @@ natural unit, in one call per population:
 - ``top1``: predicted top-1 in percent (OFA's official predictor, or a fitted one);
   maximised. pymoo minimises, so the search works on the top-1 *error* ``100 - top1``
   (the OFA² convention; hypervolume reference points are in that space too).
-- ``latency:<device>``: that device's fitted latency predictor in ms, read from
-  ``<workspace>/latency_tables/<device>/surrogate.json`` with `load_surrogate` (any kind).
+- ``latency:<device>``: that device's fitted latency predictor in ms, read from its
+  latency table with `load_surrogate` (any kind).
 - ``macs``, ``params``, ``peak-mem``: analytic costs (millions of MACs / parameters, MB).
 
-Constraints (``latency:rpi4<=80``, ``macs<=600``, ``top1>=75``) become pymoo inequality
+Each family is registered with `register_metric` (a new objective is one builder and its
+decorator); `metric_names()` lists them. Constraints (``latency:rpi4<=80``, ``macs<=600``, ``top1>=75``) become pymoo inequality
 constraints ``G <= 0``. Everything a search needs is resolved and probed in
 `build_objectives`, so a bad name, a missing predictor or an impossible bound is one clear
 error before any work starts.
@@ -29,16 +30,9 @@ from ofa2_edge.space import costs
 from ofa2_edge.core.errors import InvalidInputError, Ofa2EdgeError
 from ofa2_edge.core.persist import sha256_file
 from ofa2_edge.space.arch import SearchSpace, genomes_of
-from ofa2_edge.core.workspace import Workspace
+from ofa2_edge.core.workspace import DEVICE_KEY_PATTERN, Workspace
+from ofa2_edge.tables.device import DeviceTable
 
-COST_METRICS: dict[str, tuple[str, str, Callable[[np.ndarray, float], np.ndarray]]] = {
-    # name: (field, unit, evaluator(genomes, width_mult))
-    "macs": ("macs_m", "M", costs.macs_m),
-    "params": ("params_m", "M", costs.params_m),
-    "peak-mem": ("peak_mem_mb", "MB", costs.peak_mem_mb),
-}
-METRIC_NAMES = ("top1", "latency:<device>", *COST_METRICS)
-DEVICE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _CONSTRAINT = re.compile(r"^\s*([A-Za-z0-9:_.\-]+?)\s*(<=|>=|<|>|==|=)\s*(\S+)\s*$")
 OFFICIAL_ACCURACY = "official"
 
@@ -128,11 +122,53 @@ class MetricContext:
     _cache: dict[str, Metric] = field(default_factory=dict)
 
     def known_devices(self) -> list[str]:
-        d = self.workspace.tables_dir
-        return sorted(p.name for p in d.iterdir() if (p / "surrogate.json").is_file()) if d.is_dir() else []
+        return [t.key for t in DeviceTable.all(self.workspace.tables_dir) if t.surrogate_path.is_file()]
 
 
-def _top1(ctx: MetricContext) -> Metric:
+MetricBuilder = Callable[[str, MetricContext], Metric]
+
+
+@dataclass(frozen=True)
+class MetricKind:
+    """A family of metrics: ``name`` alone, or ``name:<arg>`` when it takes an argument
+    (``latency:<device>``). `build(arg, ctx)` loads what the metric needs and returns it."""
+
+    name: str
+    arg: str | None
+    help: str
+    build: MetricBuilder = field(repr=False)
+
+    @property
+    def spelling(self) -> str:
+        return f"{self.name}:<{self.arg}>" if self.arg else self.name
+
+
+_METRICS: dict[str, MetricKind] = {}
+
+
+def register_metric(name: str, *, arg: str | None = None, help: str = "") -> Callable[[MetricBuilder], MetricBuilder]:
+    """Register a metric family; a new objective is one builder function and this decorator."""
+
+    def add(build: MetricBuilder) -> MetricBuilder:
+        if name in _METRICS:
+            raise ValueError(f"metric {name!r} is registered twice")
+        _METRICS[name] = MetricKind(name, arg, help, build)
+        return build
+
+    return add
+
+
+def metric_kinds() -> list[MetricKind]:
+    """Every registered metric family, in registration order (for help texts and errors)."""
+    return list(_METRICS.values())
+
+
+def metric_names() -> list[str]:
+    return [k.spelling for k in _METRICS.values()]
+
+
+@register_metric("top1", help="predicted top-1 in percent (OFA's official predictor or a fitted one); maximised")
+def _top1(arg: str, ctx: MetricContext) -> Metric:
     from ofa2_edge.accuracy.official import official_predictor
     from ofa2_edge.accuracy.predictor import load_accuracy_predictor
 
@@ -144,21 +180,22 @@ def _top1(ctx: MetricContext) -> Metric:
     return Metric("top1", "top1_pct", "%", True, predictor.predict, predictor.source)
 
 
+@register_metric("latency", arg="device", help="the device's fitted latency predictor, ms")
 def _latency(key: str, ctx: MetricContext) -> Metric:
     import ofa2_edge.surrogates.lut  # noqa: F401  (registers the "lut" kind with load_surrogate)
     from ofa2_edge.surrogates.base import load_surrogate
 
-    if not DEVICE_KEY.match(key):
-        raise InvalidInputError(f"latency:{key}: a device key is letters, digits, '_', '.', '-'")
-    folder = ctx.workspace.tables_dir / key
-    path = folder / "surrogate.json"
+    if not DEVICE_KEY_PATTERN.match(key):
+        raise InvalidInputError(f"latency:{key}: a device key is lowercase letters, digits, '_', '.', '-'")
+    table = DeviceTable(ctx.workspace.tables_dir, key)
+    path = table.surrogate_path
     if not path.is_file():
         known = ctx.known_devices()
         have = f"devices with a fitted predictor here: {', '.join(known)}" if known else "no device has a fitted predictor here yet"
-        if folder.is_dir():
+        if table.folder.is_dir():
             why = f"device {key!r} has a latency table but no fitted predictor ({path} is missing); run `ofa2-edge fit --device {key}`"
         else:
-            why = f"unknown device {key!r} (no {folder}); calibrate it with `ofa2-edge calibrate --device {key}`"
+            why = f"unknown device {key!r} (no {table.folder}); calibrate it with `ofa2-edge calibrate --device {key}`"
         raise InvalidInputError(f"latency:{key}: {why}; {have} (workspace {ctx.workspace.root})")
     try:
         surrogate = load_surrogate(path)
@@ -174,21 +211,29 @@ def _latency(key: str, ctx: MetricContext) -> Metric:
     return Metric(f"latency:{key}", f"latency_ms:{key}", "ms", False, surrogate.predict, source)
 
 
+def _analytic(name: str, fld: str, unit: str, fn: Callable[[np.ndarray, float], np.ndarray], help: str) -> None:
+    def build(arg: str, ctx: MetricContext) -> Metric:
+        w = ctx.space.w
+        return Metric(name, fld, unit, False, lambda g: fn(g, w), {"kind": "analytic", "module": costs.__name__})
+
+    register_metric(name, help=help)(build)
+
+
+_analytic("macs", "macs_m", "M", costs.macs_m, "multiply-accumulates, millions")
+_analytic("params", "params_m", "M", costs.params_m, "parameters, millions")
+_analytic("peak-mem", "peak_mem_mb", "MB", costs.peak_mem_mb, "peak activation memory, MB")
+
+
 def resolve_metric(name: str, ctx: MetricContext) -> Metric:
-    """The metric called `name`, loaded once per context."""
+    """The metric called `name` (``family`` or ``family:arg``), loaded once per context."""
     if name in ctx._cache:
         return ctx._cache[name]
-    if name == "top1":
-        metric = _top1(ctx)
-    elif name.startswith("latency:"):
-        metric = _latency(name.split(":", 1)[1], ctx)
-    elif name in COST_METRICS:
-        fld, unit, fn = COST_METRICS[name]
-        w = ctx.space.w
-        metric = Metric(name, fld, unit, False, lambda g, fn=fn, w=w: fn(g, w), {"kind": "analytic", "module": "ofa2_edge.space.costs"})
-    else:
-        hint = " (a latency objective names its device: latency:<device>)" if name == "latency" else ""
-        raise InvalidInputError(f"unknown objective {name!r}{hint}; choose from {', '.join(METRIC_NAMES)}")
+    family, sep, arg = name.partition(":")
+    kind = _METRICS.get(family)
+    if kind is None or bool(kind.arg) != bool(sep) or (sep and not arg):
+        hint = f" (a {kind.name} objective names its {kind.arg}: {kind.spelling})" if kind and kind.arg else ""
+        raise InvalidInputError(f"unknown objective {name!r}{hint}; choose from {', '.join(metric_names())}")
+    metric = kind.build(arg, ctx)
     ctx._cache[name] = metric
     return metric
 

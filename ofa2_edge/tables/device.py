@@ -23,9 +23,9 @@ from typing import Any, Iterator
 import numpy as np
 
 from device_agents.records import MeasureResult, ProbeReport, Protocol, RecordError
-from ofa2_edge.devices.inventory import KEY_PATTERN
 from ofa2_edge.core.errors import InvalidInputError, SchemaError
 from ofa2_edge.core.persist import append_jsonl, iter_jsonl, read_json, write_json
+from ofa2_edge.core.workspace import DEVICE_KEY_PATTERN
 from ofa2_edge.space.arch import Arch
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class DeviceTable:
     """The folder of one device's measurements, block tables and fitted predictor."""
 
     def __init__(self, tables_dir: str | Path, key: str) -> None:
-        if not KEY_PATTERN.match(key or ""):
+        if not DEVICE_KEY_PATTERN.match(key or ""):
             raise InvalidInputError(f"device key {key!r} is not a valid table name")
         self.key = key
         self.folder = Path(tables_dir) / key
@@ -73,6 +73,13 @@ class DeviceTable:
 
     def exists(self) -> bool:
         return self.folder.is_dir()
+
+    @classmethod
+    def all(cls, tables_dir: str | Path) -> list["DeviceTable"]:
+        """Every table folder under `tables_dir` whose name is a device key, sorted."""
+        root = Path(tables_dir)
+        names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        return [cls(root, n) for n in names if DEVICE_KEY_PATTERN.match(n)]
 
     # ------------------------------------------------------------------ identity
     def device_info(self) -> dict[str, Any] | None:
