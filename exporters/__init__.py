@@ -12,24 +12,28 @@ The TFLite converters are imported only when a TFLite format is asked for (``[tf
 
 from exporters.api import LAYER_FORMATS, export_layer, export_module, export_subnet, random_supernet
 from exporters.cache import ExportCache
-from exporters.records import MODEL_FORMATS, ExportedModel, TensorSpec, read_sidecar, sidecar_path
+from exporters.formats import ExportFormat, export_format, format_names, register_format
+from exporters.records import ExportedModel, TensorSpec, read_sidecar, sidecar_path
 from exporters.representative import RepresentativeSet
 from exporters.tensorrt import PRECISIONS, TensorRTBuildSpec, build_spec, trtexec_argv
 
 __all__ = [
     "LAYER_FORMATS",
-    "MODEL_FORMATS",
     "PRECISIONS",
     "ExportCache",
+    "ExportFormat",
     "ExportedModel",
     "RepresentativeSet",
     "TensorRTBuildSpec",
     "TensorSpec",
     "build_spec",
+    "export_format",
     "export_layer",
     "export_module",
     "export_subnet",
+    "format_names",
     "random_supernet",
+    "register_format",
     "read_sidecar",
     "sidecar_path",
     "trtexec_argv",

@@ -22,9 +22,9 @@ from typing import Any
 import torch
 
 from exporters.cache import ExportCache
-from exporters.records import MODEL_FORMATS, BuiltModel, ExportedModel
+from exporters.formats import export_format
+from exporters.records import BuiltModel, ExportedModel
 from exporters.representative import RepresentativeSet
-from ofa2_edge import __version__
 from ofa2_edge.core.errors import ExportError, InvalidArchError, InvalidInputError
 from ofa2_edge.space.netplan import Layer
 from ofa2_edge.space.arch import Arch
@@ -51,23 +51,8 @@ def random_supernet(width_mult: float, seed: int = RANDOM_WEIGHTS_SEED) -> Super
 
 
 def _check_format(fmt: str) -> str:
-    if fmt not in MODEL_FORMATS:
-        raise InvalidInputError(f"export format {fmt!r} is not supported; choose from {', '.join(MODEL_FORMATS)}")
-    if fmt.startswith("tflite"):
-        from exporters.tflite_export import require_litert
-
-        require_litert()
+    export_format(fmt).require()
     return fmt
-
-
-def _versions(fmt: str) -> dict[str, Any]:
-    if fmt == "onnx":
-        from exporters.onnx_export import exporter_info
-
-        return {"ofa2_edge": __version__, **exporter_info()}
-    from exporters.tflite_export import versions
-
-    return {"ofa2_edge": __version__, "torch": torch.__version__, **versions()}
 
 
 def _export(
@@ -77,40 +62,28 @@ def _export(
     cache: ExportCache,
     representative: RepresentativeSet | None,
 ) -> ExportedModel:
-    if fmt == "tflite-int8":
-        fp32 = _export(subnet_key, make_subnet, "tflite", cache, None)
+    spec = export_format(fmt)
+    if spec.derive is not None and spec.base is not None:
+        base = _export(subnet_key, make_subnet, spec.base, cache, None)
         rep = representative or RepresentativeSet()
         key_doc = {
             **subnet_key,
             "format": fmt,
-            "from": {"tflite": fp32.cache_key},
+            "from": {spec.base: base.cache_key},
             "representative_set": rep.describe(),
-            "versions": _versions(fmt),
+            "versions": spec.versions(),
         }
 
-        def build_int8() -> BuiltModel:
-            from exporters.tflite_export import build_tflite_int8
+        def derive() -> BuiltModel:
+            data = base.path.read_bytes()
+            if hashlib.sha256(data).hexdigest() != base.sha256:
+                raise ExportError(f"{base.path} changed after it was verified; export again")
+            return spec.derive(data, base.metadata, rep)  # type: ignore[misc]
 
-            data = fp32.path.read_bytes()
-            if hashlib.sha256(data).hexdigest() != fp32.sha256:
-                raise ExportError(f"{fp32.path} changed after it was verified; export again")
-            return build_tflite_int8(data, fp32.metadata, rep)
+        return cache.get_or_build(key_doc, derive)
 
-        return cache.get_or_build(key_doc, build_int8)
-
-    key_doc = {**subnet_key, "format": fmt, "versions": _versions(fmt)}
-
-    def build() -> BuiltModel:
-        subnet = make_subnet()
-        if fmt == "onnx":
-            from exporters.onnx_export import build_onnx
-
-            return build_onnx(subnet)
-        from exporters.tflite_export import build_tflite_fp32
-
-        return build_tflite_fp32(subnet)
-
-    return cache.get_or_build(key_doc, build)
+    key_doc = {**subnet_key, "format": fmt, "versions": spec.versions()}
+    return cache.get_or_build(key_doc, lambda: spec.build(make_subnet()))  # type: ignore[misc]
 
 
 def export_subnet(
@@ -245,6 +218,6 @@ def export_layer(
         "weights_source": net.weights_source,
         "bn_stats": bn_key,
         "format": fmt,
-        "versions": _versions(fmt),
+        "versions": export_format(fmt).versions(),
     }
     return (cache or ExportCache.default()).get_or_build(key_doc, build)

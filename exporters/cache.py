@@ -31,10 +31,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from exporters.formats import export_format
 from exporters.records import (
     SIDECAR_SCHEMA,
     SIDECAR_VERSION,
-    SUFFIXES,
     BuiltModel,
     ExportedModel,
     read_sidecar,
@@ -113,7 +113,7 @@ class ExportCache:
         self._remove_stale(final)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-{os.getpid()}-", dir=final.parent))
         try:
-            name = "model" + SUFFIXES[built.format]
+            name = "model" + export_format(built.format).suffix
             with open(tmp / name, "wb") as fh:
                 fh.write(built.data)
                 fh.flush()

@@ -15,14 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from exporters.formats import format_names
 from ofa2_edge.core.errors import ExportError, SchemaError
 from ofa2_edge.core.persist import read_json, sha256_file, write_json
 
 SIDECAR_SCHEMA = "ofa2-edge/export"
 SIDECAR_VERSION = 1
-#: The model formats `export_subnet` produces (a TensorRT build spec is derived from an ONNX export).
-MODEL_FORMATS = ("onnx", "tflite", "tflite-int8")
-SUFFIXES = {"onnx": ".onnx", "tflite": ".tflite", "tflite-int8": ".tflite"}
 
 
 @dataclass(frozen=True)
@@ -180,8 +178,8 @@ def read_sidecar(path: str | Path, verify: bool = True) -> ExportedModel:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise SchemaError(f"{path}: malformed export sidecar ({type(exc).__name__}: {exc})") from exc
-    if model.format not in MODEL_FORMATS:
-        raise SchemaError(f"{path}: unknown export format {model.format!r}; known: {', '.join(MODEL_FORMATS)}")
+    if model.format not in format_names():
+        raise SchemaError(f"{path}: unknown export format {model.format!r}; known: {', '.join(format_names())}")
     if verify:
         verify_file(model)
     return model

@@ -13,6 +13,7 @@ from agent_models import conv_net, save
 from sshd import Sshd, make_sshd
 
 from device_agents.records import FailureKind, MeasureResult, Protocol, TensorSpec
+from ofa2_edge.core.errors import InvalidInputError
 from ofa2_edge.devices.inventory import Device
 from ofa2_edge.devices.session import DeviceSession, ShippableModel
 from ofa2_edge.space.arch import SearchSpace
@@ -142,3 +143,14 @@ def test_link_dying_mid_batch_loses_nothing_and_a_rerun_measures_the_rest(sshd: 
         report2 = again.measure(rest, QUICK, committed.append)
     assert {r.arch_id for r in report2.ok} == {m.arch.id for m in rest}
     assert len(committed) == 4 and len({r.arch_id for r in committed}) == 4
+
+
+def test_every_session_checks_the_devices_runtime_but_a_probe_reports_it(tmp_path: Path) -> None:
+    """TensorRT is not importable here: a session for a TensorRT device is refused at open
+    (measure, calibrate and verify all go through it), a probe still reports the device."""
+    device = Device(key="local", runtime="tensorrt")
+    with pytest.raises(InvalidInputError, match=r"has no tensorrt .*install it there"):
+        with DeviceSession(device, tmp_path / "cache"):
+            pass
+    with DeviceSession(device, tmp_path / "cache", check_runtime=False) as session:
+        assert session.probe is not None and not session.probe.runtimes["tensorrt"].available

@@ -94,15 +94,9 @@ def bind_table(
     check the device has the plan's runtime, and return the key its records are kept under."""
     probe = session.probe
     assert probe is not None
+    version = session.runtime_version(plan.runtime)
     table.bind(probe, plan.runtime, reuse=reuse)
-    runtime = probe.runtimes.get(plan.runtime)
-    if runtime is None or not runtime.available:
-        package = "onnxruntime" if plan.runtime == "onnxruntime" else "ai-edge-litert"
-        raise InvalidInputError(
-            f"device {device.key} has no {plan.runtime} ({runtime.detail if runtime else 'not reported'}); "
-            f"install it there (e.g. pip install {package})"
-        )
-    return MeasureKey(probe.fingerprint, plan.runtime, runtime.version, protocol)
+    return MeasureKey(probe.fingerprint, plan.runtime, version, protocol)
 
 
 def device_lut(table: DeviceTable) -> LutSurrogate | None:

@@ -13,17 +13,28 @@ from ofa2_edge.space.archref import resolve_arch
 from ofa2_edge.cli.common import JSON_OPTION, emit_json, err_console, out_console, state
 from ofa2_edge.core.errors import ExportError, InvalidInputError
 
-FORMATS = ("onnx", "tflite", "tflite-int8", "tensorrt-spec")
-_SUFFIX = {"onnx": ".onnx", "tflite": ".tflite", "tflite-int8": ".tflite", "tensorrt-spec": ".json"}
+TENSORRT_SPEC = "tensorrt-spec"  # a build spec (JSON) beside an ONNX file, for a TensorRT device
+
+
+def _formats() -> tuple[str, ...]:
+    from exporters.formats import format_names
+
+    return (*format_names(), TENSORRT_SPEC)
+
+
+def _suffix(fmt: str) -> str:
+    from exporters.formats import export_format
+
+    return ".json" if fmt == TENSORRT_SPEC else export_format(fmt).suffix
 
 
 def _check_output(path: Path, fmt: str) -> Path:
     """Refuse an output path that cannot be written *before* minutes go into exporting."""
     if path.is_dir():
-        raise InvalidInputError(f"-o {path} is a folder; give a file path, e.g. {path / ('model' + _SUFFIX[fmt])}")
-    if path.suffix != _SUFFIX[fmt]:
-        what = "the build spec (JSON; the ONNX file goes beside it)" if fmt == "tensorrt-spec" else "the model file"
-        raise InvalidInputError(f"-o {path}: {what} of format {fmt} must end in {_SUFFIX[fmt]}")
+        raise InvalidInputError(f"-o {path} is a folder; give a file path, e.g. {path / ('model' + _suffix(fmt))}")
+    if path.suffix != _suffix(fmt):
+        what = "the build spec (JSON; the ONNX file goes beside it)" if fmt == TENSORRT_SPEC else "the model file"
+        raise InvalidInputError(f"-o {path}: {what} of format {fmt} must end in {_suffix(fmt)}")
     parent = path.parent
     if not parent.is_dir():
         kind = "is not a folder" if parent.exists() else "does not exist"
@@ -90,11 +101,11 @@ def export(
 
     tensorrt-spec: the ONNX file (and any --trt-calib-cache) go beside the spec; engines are built on the device.
     """
-    if fmt not in FORMATS:
-        raise InvalidInputError(f"--format {fmt!r} is not supported; choose from {', '.join(FORMATS)}")
+    if fmt not in _formats():
+        raise InvalidInputError(f"--format {fmt!r} is not supported; choose from {', '.join(_formats())}")
     if calib_images is not None and fmt != "tflite-int8":
         raise InvalidInputError("--calib-images applies to --format tflite-int8 only")
-    if fmt != "tensorrt-spec" and (trt_calib_cache is not None or precision != "fp16" or workspace_mib != 1024):
+    if fmt != TENSORRT_SPEC and (trt_calib_cache is not None or precision != "fp16" or workspace_mib != 1024):
         raise InvalidInputError(
             "--precision, --workspace-mib and --trt-calib-cache apply to --format tensorrt-spec only"
         )
@@ -109,7 +120,7 @@ def export(
     from exporters import ExportCache, RepresentativeSet, build_spec, export_subnet, sidecar_path
     from exporters.tensorrt import PRECISIONS
 
-    if fmt == "tensorrt-spec" and precision not in PRECISIONS:
+    if fmt == TENSORRT_SPEC and precision not in PRECISIONS:
         raise InvalidInputError(f"--precision {precision!r} is not supported; choose from {', '.join(PRECISIONS)}")
     if fmt.startswith("tflite"):
         from exporters.tflite_export import require_litert
@@ -124,13 +135,13 @@ def export(
     if representative is None and fmt == "tflite-int8":
         representative = RepresentativeSet(samples=calib_samples)
 
-    model_fmt = "onnx" if fmt == "tensorrt-spec" else fmt
+    model_fmt = "onnx" if fmt == TENSORRT_SPEC else fmt
     with err_console.status(f"exporting {target.id} to {fmt} ..."):
         model = export_subnet(
             target, model_fmt, supernet=net, cache=ExportCache.default(workspace), representative=representative
         )
 
-    if fmt != "tensorrt-spec":
+    if fmt != TENSORRT_SPEC:
         written = model.copy_to(output)
         doc = {
             "path": str(written.path),
@@ -170,7 +181,7 @@ def export(
         emit_json(doc)
         return
     out_console.print(_summary(doc), highlight=False, soft_wrap=True)
-    if fmt == "tensorrt-spec":
+    if fmt == TENSORRT_SPEC:
         argv = " ".join(doc["tensorrt_build"]["trtexec_reference"]["argv"])
         out_console.print(f"  build spec {output}; on TensorRT 10: {argv}", highlight=False, soft_wrap=True)
     for warning in doc["parity"].get("warnings", []):

@@ -18,6 +18,7 @@ from typing import Any
 from device_agents.records import MeasureResult, Protocol, TensorRTBuild, TensorSpec
 from ofa2_edge.deploy.bundle import TENSORRT_SPEC, check_bundle, model_file, record_measurement
 from ofa2_edge.devices.inventory import Device
+from ofa2_edge.devices.runtimes import runtime_for_file
 from ofa2_edge.devices.session import DeviceSession, ShippableModel
 from ofa2_edge.core.errors import MeasurementError
 from ofa2_edge.tables.device import DeviceTable
@@ -43,7 +44,7 @@ def _shippable(folder: Any, manifest: dict[str, Any]) -> ShippableModel:
     if spec_path.exists():
         spec = json.loads(spec_path.read_text())
         trt = TensorRTBuild(precision=spec["precision"], workspace_mib=spec["workspace_mib"])
-    runtime = "tensorrt" if trt else ("onnxruntime" if manifest["format"] == "onnx" else "litert")
+    runtime = runtime_for_file(manifest["format"], engine_build=trt is not None)
 
     def tensor(doc: dict[str, Any]) -> tuple[TensorSpec, ...]:
         return (TensorSpec(doc["name"], tuple(doc["shape"]), doc.get("dtype", "float32")),)

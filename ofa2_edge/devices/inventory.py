@@ -16,12 +16,12 @@ import yaml
 from ofa2_edge.core.errors import InvalidInputError, SchemaError
 from ofa2_edge.core.persist import atomic_write_text
 from ofa2_edge.core.workspace import DEVICE_KEY_PATTERN
+from ofa2_edge.devices.runtimes import runtime_names
 
 INVENTORY_SCHEMA = "ofa2-edge/devices"
 INVENTORY_VERSION = 1
 KEY_PATTERN = DEVICE_KEY_PATTERN
 TRANSPORTS = ("local", "ssh")
-RUNTIMES = ("onnxruntime", "litert", "tensorrt")
 LOCAL_KEY = "local"
 
 
@@ -53,9 +53,9 @@ class Device:
             raise InvalidInputError(
                 f"device {self.key}: transport {self.transport!r} unknown; choose from {', '.join(TRANSPORTS)}"
             )
-        if self.runtime not in RUNTIMES:
+        if self.runtime not in runtime_names():
             raise InvalidInputError(
-                f"device {self.key}: runtime {self.runtime!r} unknown; choose from {', '.join(RUNTIMES)}"
+                f"device {self.key}: runtime {self.runtime!r} unknown; choose from {', '.join(runtime_names())}"
             )
         if self.transport == "ssh" and not self.host:
             raise InvalidInputError(f"device {self.key}: an ssh device needs a host")

@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence, TypeVar
 from device_agents.records import FailureKind, MeasureResult, Protocol, TensorRTBuild, TensorSpec
 from exporters import ExportCache, export_subnet
 from ofa2_edge.devices.inventory import Device
+from ofa2_edge.devices.runtimes import host_runtime
 from ofa2_edge.devices.session import BatchReport, DeviceSession, ShippableModel, Subject
 from ofa2_edge.core.errors import InvalidInputError, Ofa2EdgeError
 from ofa2_edge.space.arch import Arch
@@ -23,9 +24,6 @@ from ofa2_edge.supernet import Supernet
 log = logging.getLogger(__name__)
 
 S = TypeVar("S", bound=Subject)
-
-#: What each runtime measures, and the export format it reads.
-RUNTIME_FORMATS = {"onnxruntime": ("onnx",), "litert": ("tflite", "tflite-int8"), "tensorrt": ("onnx",)}
 
 
 @dataclass(frozen=True)
@@ -39,13 +37,13 @@ class MeasurePlan:
     @classmethod
     def for_device(cls, device: Device, fmt: str | None = None, precision: str = "fp16") -> "MeasurePlan":
         """The device's runtime, and `fmt` (default: the runtime's first format) checked against it."""
-        formats = RUNTIME_FORMATS[device.runtime]
-        fmt = fmt or formats[0]
-        if fmt not in formats:
+        runtime = host_runtime(device.runtime)
+        fmt = fmt or runtime.formats[0]
+        if fmt not in runtime.formats:
             raise InvalidInputError(
-                f"device {device.key} measures with {device.runtime}, which reads {', '.join(formats)}, not {fmt}"
+                f"device {device.key} measures with {device.runtime}, which reads {', '.join(runtime.formats)}, not {fmt}"
             )
-        trt = TensorRTBuild(precision=precision) if device.runtime == "tensorrt" else None
+        trt = TensorRTBuild(precision=precision) if runtime.builds_engine else None
         return cls(fmt, device.runtime, trt)
 
 

@@ -36,8 +36,9 @@ from device_agents.records import (
 )
 from ofa2_edge.devices.connect import transport_for
 from ofa2_edge.devices.inventory import Device
+from ofa2_edge.devices.runtimes import host_runtime, runtime_for_file
 from ofa2_edge.devices.transport import Transport, UploadCorruptedError
-from ofa2_edge.core.errors import DeviceUnreachableError, MeasurementError
+from ofa2_edge.core.errors import DeviceUnreachableError, InvalidInputError, MeasurementError
 
 if TYPE_CHECKING:
     from exporters.records import ExportedModel
@@ -80,9 +81,10 @@ class ShippableModel:
     ) -> "ShippableModel":
         """The agent's view of an exported file: onnx runs in onnxruntime (or TensorRT when
         a build is given), tflite in LiteRT."""
-        runtime = "tensorrt" if tensorrt else ("onnxruntime" if model.format == "onnx" else "litert")
-        if tensorrt and model.format != "onnx":
-            raise MeasurementError(f"TensorRT builds engines from ONNX files, not {model.format}")
+        try:
+            runtime = runtime_for_file(model.format, engine_build=tensorrt is not None)
+        except InvalidInputError as exc:
+            raise MeasurementError(f"{model.path}: {exc}") from exc
 
         def specs(tensors: Sequence[Any]) -> tuple[TensorSpec, ...]:
             return tuple(TensorSpec(t.name, tuple(t.shape), t.dtype) for t in tensors)
@@ -129,11 +131,13 @@ class DeviceSession:
         trust_on_first_use: bool = False,
         reconnects: int = 2,
         cleanup: bool = True,
+        check_runtime: bool = True,
     ) -> None:
         self.device = device
         self.cache_dir = Path(cache_dir)
         self.reconnects = reconnects
         self.cleanup = cleanup
+        self.check_runtime = check_runtime
         self.transport: Transport = transport_for(
             device, trust_on_first_use=trust_on_first_use, local_dir=self.cache_dir / "devices" / device.key
         )
@@ -154,6 +158,20 @@ class DeviceSession:
         self.transport.open()
         self._ship_agent()
         self.probe = self._probe()
+        if self.check_runtime:
+            self.runtime_version(self.device.runtime)
+
+    def runtime_version(self, runtime: str) -> str | None:
+        """The version of `runtime` on the device; a runtime the probe did not find is an
+        error that says what to install (checked on open for the device's own runtime)."""
+        assert self.probe is not None, "the session is not open"
+        found = self.probe.runtimes.get(runtime)
+        if found is None or not found.available:
+            raise InvalidInputError(
+                f"device {self.device.key} has no {runtime} ({found.detail if found else 'not reported'}); "
+                f"install it there (e.g. pip install {host_runtime(runtime).package}), or set the device's runtime"
+            )
+        return found.version
 
     def close(self, remove_work_dir: bool = False) -> None:
         try:
