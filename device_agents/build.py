@@ -4,42 +4,94 @@ The same source always gives the same bytes: files in sorted order, fixed timest
 permissions, no compression (deflate output may change with the zlib version of the host
 that builds). The host compares the sha256 with the remote copy's and skips the upload
 when they match. ``python -m device_agents.build -o dist/agent.pyz`` prints the sha256.
+
+Only what the device runs ships: the modules the command line (``cli.py``) imports,
+directly or through others, lazily inside functions included (read from the source with
+``ast``, nothing is imported). Parsers of vendor tool output that nothing on the device
+calls (trtexec, benchmark_model, onnxruntime_perf_test, tegrastats) stay host-side.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import io
 import os
 import sys
 import zipfile
-from typing import List, Optional, Tuple
+from typing import List, Optional, Set, Tuple
 
 SHEBANG = b"#!/usr/bin/env python3\n"
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 _MAIN = b"import sys\n\nfrom device_agents.cli import main\n\nsys.exit(main())\n"
-_HOST_ONLY = {"build.py"}  # the builder runs on the host; the device does not need it
+_PACKAGE = "device_agents"
+_ENTRY = "device_agents.cli"  # what __main__.py runs
 
 
 def package_dir() -> str:
     return os.path.dirname(os.path.abspath(__file__))
 
 
+def _module_file(root: str, module: str) -> Optional[str]:
+    """The source file of `module` (``device_agents.x.y``) under `root`, None when absent."""
+    parts = module.split(".")[1:]
+    base = os.path.join(root, *parts)
+    for path in (base + ".py", os.path.join(base, "__init__.py")):
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _imports(path: str, module: str) -> Set[str]:
+    """The ``device_agents`` modules the source of `module` imports, anywhere in its body."""
+    with open(path, "rb") as fh:
+        tree = ast.parse(fh.read(), filename=path)
+    is_package = path.endswith("__init__.py")
+    found: Set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against this module's package
+                anchor = module.split(".")
+                anchor = anchor[:len(anchor) - node.level + (1 if is_package else 0)]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import module`
+    return {m for m in found if m == _PACKAGE or m.startswith(_PACKAGE + ".")}
+
+
+def shipped_modules(root: Optional[str] = None) -> List[str]:
+    """Every ``device_agents`` module the agent's command line can import, sorted."""
+    root = root or package_dir()
+    seen: Set[str] = set()
+    todo = [_ENTRY]
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        path = _module_file(root, module)
+        if path is None:
+            continue  # a name imported from a module (a function, a class), not a module
+        seen.add(module)
+        parts = module.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # the packages it lives in
+        todo += sorted(_imports(path, module))
+    return sorted(seen)
+
+
 def source_files(root: Optional[str] = None) -> List[Tuple[str, str]]:
-    """(archive name, file path) of every module of the agent, sorted by archive name."""
+    """(archive name, file path) of every module the agent runs, sorted by archive name."""
     root = root or package_dir()
     out = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if d != "__pycache__" and not d.startswith("."))
-        for name in files:
-            if not name.endswith(".py"):
-                continue
-            path = os.path.join(folder, name)
-            rel = os.path.relpath(path, root).replace(os.sep, "/")
-            if rel in _HOST_ONLY:
-                continue
-            out.append(("device_agents/" + rel, path))
+    for module in shipped_modules(root):
+        path = _module_file(root, module)
+        assert path is not None
+        rel = os.path.relpath(path, root).replace(os.sep, "/")
+        out.append((f"{_PACKAGE}/{rel}", path))
     return sorted(out)
 
 

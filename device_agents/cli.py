@@ -2,7 +2,9 @@
 
 stdout carries data only (the probe document, or one JSON line per result and a final
 ``agent.batch_end`` line); progress and logs go to stderr. Exit status: 0 when the batch
-ran (failed models are records, not errors), 2 for an invalid request or arguments.
+ran (failed models are records, not errors), 2 for an invalid request or arguments, 3
+when ``measure --watch-stdin`` saw its stdin close (the host died or the link dropped:
+the workers are killed at once, results not yet printed are lost).
 """
 
 from __future__ import annotations
@@ -83,8 +85,10 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
-    from device_agents.runner import BatchRunner
+    from device_agents.runner import BatchRunner, exit_when_host_gone
 
+    if args.watch_stdin:
+        exit_when_host_gone(sys.stdin.buffer)
     try:
         request = load_request(args.request)
     except RecordError as exc:
@@ -124,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_probe)
     m = sub.add_parser("measure", parents=[roots], help="measure the models of a request, one JSON line each")
     m.add_argument("--request", required=True, help="request JSON (schema agent.measure_request)")
+    m.add_argument("--watch-stdin", action="store_true",
+                   help="exit, killing the workers, when stdin reaches end of file (the host holds it open "
+                        "while it lives)")
     m.set_defaults(func=cmd_measure)
     w = sub.add_parser("worker", help=argparse.SUPPRESS)
     w.set_defaults(func=cmd_worker)

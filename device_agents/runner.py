@@ -11,7 +11,11 @@ earlier ones; when every attempt is unstable the result pools the blocks of all 
 (and keeps its ``unstable`` flag). Each worker is killed when it uses up
 ``protocol.timeout_s`` of its own command time (a hang), and its death by signal or exit
 becomes a ``crash`` record; the batch goes on. Every model ends as exactly one
-:class:`MeasureResult`, passed to `emit` as soon as it is final.
+:class:`MeasureResult`, passed to `emit` as soon as it is final: a failure at once, a
+measurement when its group ends (the models of a group finish together), always before
+the next group starts. A host that dies therefore loses at most one group
+(``protocol.interleave`` models); :func:`exit_when_host_gone` makes the agent and its
+workers die with it instead of measuring on for nobody.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from typing import IO, Any, Callable, Dict, List, Optional, Tuple
+from typing import IO, Any, BinaryIO, Callable, Dict, List, Optional, Set, Tuple
 
 import device_agents
 from device_agents import AGENT_VERSION
@@ -46,6 +51,12 @@ from device_agents.telemetry import PowerSampler, TelemetryReader, condition_fla
 from device_agents.worker import WorkerJob
 
 EventHook = Callable[[str, Dict[str, Any]], None]
+
+EXIT_HOST_GONE = 3  # the host closed the agent's stdin: nobody reads the results any more
+
+# Live workers, so that a watchdog thread can stop them all when the host is gone.
+_LIVE: Set[WorkerProcess] = set()
+_LIVE_LOCK = threading.Lock()
 
 
 def now_iso() -> str:
@@ -88,8 +99,10 @@ class WorkerProcess:
     def __init__(self, job: WorkerJob, threads: int) -> None:
         cmd, env = worker_command(threads)
         self.log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the worker; close()
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=env,
-                                     start_new_session=True)
+        with _LIVE_LOCK:  # started and registered at once: the watchdog sees every worker
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
+                                         env=env, start_new_session=True)
+            _LIVE.add(self)
         self._buf = b""
         self.send(to_json(job))
 
@@ -162,6 +175,8 @@ class WorkerProcess:
             except (ProcessLookupError, PermissionError):
                 self.proc.kill()
         self.proc.wait()
+        with _LIVE_LOCK:
+            _LIVE.discard(self)
 
     def close(self) -> None:
         self.kill()
@@ -172,6 +187,45 @@ class WorkerProcess:
             except OSError:
                 pass
         self.log.close()
+
+
+def _stop_all_and_exit(why: str) -> None:
+    """Kill every live worker's process group and end the agent now (from any thread)."""
+    with _LIVE_LOCK:  # held to the end: no worker starts after this point
+        for worker in list(_LIVE):
+            try:
+                os.killpg(worker.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError, OSError):
+                pass
+        try:
+            sys.stderr.write(f"[agent] {why}: stopping the workers and exiting\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass  # stderr may have gone with the host
+        os._exit(EXIT_HOST_GONE)
+
+
+def exit_when_host_gone(stream: BinaryIO) -> threading.Thread:
+    """Watch `stream` (the agent's stdin, which the host holds open and never writes to) on
+    a daemon thread: at end of file the host has died or dropped the link, so the agent
+    kills its workers and exits within moments instead of measuring on for nobody (and
+    competing with the host's rerun for the CPU)."""
+    fd = stream.fileno()
+
+    def watch() -> None:
+        while True:
+            try:
+                chunk = os.read(fd, 4096)
+            except InterruptedError:
+                continue
+            except OSError:
+                chunk = b""
+            if not chunk:
+                _stop_all_and_exit("the host is gone (stdin closed)")
+
+    thread = threading.Thread(target=watch, name="host-watchdog", daemon=True)
+    thread.start()
+    return thread
 
 
 class _Failed(Exception):

@@ -10,7 +10,8 @@ request names.
 Power sources, in the order they are looked for (units as the kernel documents them):
 Jetson JetPack 4 INA3221 IIO rails (``in_powerN_input``, mW, label ``rail_nameN``), hwmon
 ``powerN_input`` (uW, label ``powerN_label``), and hwmon INA3221/INA2xx channels that only
-give ``inN_input`` (mV) and ``currN_input`` (mA) (JetPack 5+ on Orin).
+give ``inN_input`` (mV) and ``currN_input`` (mA) (JetPack 5+ on Orin). Which rails make up
+the board's power is decided in :mod:`device_agents.rails`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from device_agents.parsers.jetson import parse_nvpmodel
 from device_agents.parsers.text import ParseError
 from device_agents.parsers.thermal import millidegrees_to_c
 from device_agents.parsers.vcgencmd import find_clocks, find_throttled
+from device_agents.rails import energy_basis, unique_labels
 from device_agents.records import Energy, Flag, Protocol, Telemetry, ThrottleState
 
 ToolRunner = Callable[[Sequence[str]], Optional[str]]
@@ -37,9 +39,6 @@ ToolRunner = Callable[[Sequence[str]], Optional[str]]
 VCGENCMD_THROTTLED = ("vcgencmd", "get_throttled")
 VCGENCMD_ARM_CLOCK = ("vcgencmd", "measure_clock", "arm")
 NVPMODEL_QUERY = ("nvpmodel", "-q")
-
-# Input rails that already include the others: energy is taken from one of these when present.
-TOTAL_RAILS = ("VDD_IN", "POM_5V_IN", "SYS5V")
 
 # Sensors whose readings are placeholders (PMIC-Die reads 100 C on Jetsons) or powered off
 # (-256 C) must not raise the HOT flag.
@@ -157,6 +156,8 @@ class TelemetryReader:
                     continue
                 label = _read(os.path.join(hwmon, f"in{idx}_label")) or f"{name}/in{idx}"
                 rails.append(PowerRail(label, f"hwmon:{name}", (volt, curr), 1e-3))
+        for rail, label in zip(rails, unique_labels(r.label for r in rails)):
+            rail.label = label  # two "NC" channels stay two readings
         return rails
 
     def read_power_mw(self) -> Dict[str, float]:
@@ -281,7 +282,8 @@ class PowerSampler:
     Energy of a window = mean sampled power x window duration (the sampling interval is
     far shorter than a block, and the rails update every few ms). The basis is the board
     input rail when there is one (it already includes the CPU and GPU rails: summing would
-    count them twice), else the only rail, else the sum of all rails.
+    count them twice), else the sum of the connected branch rails
+    (:func:`device_agents.rails.energy_basis`).
     """
 
     def __init__(self, reader: TelemetryReader, interval_s: float) -> None:
@@ -293,9 +295,7 @@ class PowerSampler:
         self._rail_sums: Dict[str, float] = {}
         self._basis_sum = 0.0
         self._n = 0
-        labels = [r.label for r in reader.power_rails()]
-        total = [t for t in TOTAL_RAILS if t in labels]
-        self.basis: Tuple[str, ...] = (total[0],) if total else tuple(labels)
+        self.basis: Tuple[str, ...] = energy_basis(r.label for r in reader.power_rails())
         self.sensor = ",".join(sorted({r.source for r in reader.power_rails()}))
 
     @property

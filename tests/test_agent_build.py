@@ -49,6 +49,46 @@ def test_build_is_deterministic(tmp_path):
     assert not any(n.startswith(("tests/", "ofa2_edge/")) for n in names)
 
 
+# Exactly what the agent runs: the command line and everything it imports. The parsers of
+# benchmark tools (trtexec, benchmark_model, onnxruntime_perf_test, tegrastats) have no
+# caller on the device and stay host-side; so does the builder.
+SHIPPED = [
+    "__main__.py",
+    "device_agents/__init__.py", "device_agents/cli.py", "device_agents/jsonrecord.py",
+    "device_agents/parsers/__init__.py", "device_agents/parsers/cpu.py", "device_agents/parsers/jetson.py",
+    "device_agents/parsers/text.py", "device_agents/parsers/thermal.py", "device_agents/parsers/vcgencmd.py",
+    "device_agents/probe.py", "device_agents/rails.py", "device_agents/records.py", "device_agents/runner.py",
+    "device_agents/runtimes/__init__.py", "device_agents/runtimes/base.py", "device_agents/runtimes/litert.py",
+    "device_agents/runtimes/ort.py", "device_agents/runtimes/trt.py", "device_agents/stats.py",
+    "device_agents/telemetry.py", "device_agents/worker.py",
+]
+HOST_SIDE = ["device_agents/build.py", "device_agents/parsers/ort_perf_test.py", "device_agents/parsers/tegrastats.py",
+             "device_agents/parsers/tflite_benchmark.py", "device_agents/parsers/trtexec.py"]
+
+
+def test_the_zipapp_holds_exactly_what_the_agent_runs(pyz, tmp_path):
+    with zipfile.ZipFile(pyz) as zf:
+        names = zf.namelist()
+    assert names == SHIPPED
+    on_disk = sorted(str(p.relative_to(REPO)) for p in (REPO / "device_agents").rglob("*.py"))
+    # every module is either shipped or host-side on purpose (plus `python -m device_agents`)
+    assert sorted(set(on_disk) - set(SHIPPED)) == sorted([*HOST_SIDE, "device_agents/__main__.py"])
+    # and nothing shipped imports what is left out: every shipped module imports from the archive alone
+    mods = [n[:-3].replace("/", ".").removesuffix(".__init__") for n in SHIPPED[1:]]
+    code = f"import importlib, json, sys; [importlib.import_module(m) for m in {mods!r}]; " \
+           "print(json.dumps(sorted(m for m in sys.modules if m.startswith('device_agents'))))"
+    done = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, capture_output=True, check=False, text=True,
+                          timeout=120, env={**clean_env(), "PYTHONPATH": str(pyz)})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == sorted(mods)
+
+
+def test_host_side_parsers_stay_importable_here():
+    from device_agents.parsers import ort_perf_test, tegrastats, tflite_benchmark, trtexec
+
+    assert all(m.__file__.startswith(str(REPO)) for m in (ort_perf_test, tegrastats, tflite_benchmark, trtexec))
+
+
 def test_a_source_change_changes_the_hash(tmp_path):
     copy = tmp_path / "device_agents"
     shutil.copytree(REPO / "device_agents", copy, ignore=shutil.ignore_patterns("__pycache__"))

@@ -27,6 +27,14 @@ from device_agents.parsers.vcgencmd import (
     parse_volts,
 )
 
+# Copies of the captures the fuzz tests need, and samples of newer vendor wordings (README there).
+REPO_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "device_outputs"
+
+
+@pytest.fixture(scope="session")
+def repo_fixtures() -> Path:
+    return REPO_FIXTURES
+
 
 def body(fixtures_dir: Path, rel: str) -> str:
     """The captured output without the fixture's leading '# source:' header block."""
@@ -123,6 +131,38 @@ def test_benchmark_model_old_format(fixtures_dir):
     assert r.timed.count == 15 and r.timed.std_ms == pytest.approx(0.039)
 
 
+def test_benchmark_model_peak_memory_footprint_line(repo_fixtures):
+    r = parse_benchmark_model(body(repo_fixtures, "tflite_benchmark_model/written-from-docs_tflite2.4_peak-memory-footprint.txt"))
+    assert (r.memory_init_mb, r.memory_overall_mb) == (pytest.approx(3.14453), pytest.approx(11.8945))
+    assert r.peak_memory_mb == pytest.approx(13.1797)
+    assert r.inference_avg_ms == pytest.approx(210.028) and r.timed.count == 50 and r.num_threads == 4
+
+
+def test_benchmark_litert_model_summary(repo_fixtures):
+    r = parse_benchmark_model(body(repo_fixtures, "tflite_benchmark_model/written-from-source_benchmark_litert_model_summary.txt"))
+    assert r.format == "litert"
+    assert r.init_ms == pytest.approx(21.37) and r.first_inference_ms == pytest.approx(41.02)
+    assert r.warmup_avg_ms == pytest.approx(27.85) and r.warmup.count == 12
+    assert r.inference_avg_ms == pytest.approx(25.61)
+    t = r.timed
+    assert (t.count, t.min_ms, t.max_ms, t.std_ms) == (50, pytest.approx(24.90), pytest.approx(28.33), pytest.approx(0.71))
+    assert (r.memory_init_mb, r.memory_overall_mb, r.peak_memory_mb) == (
+        pytest.approx(9.41), pytest.approx(17.25), pytest.approx(19.06))
+
+
+def test_benchmark_litert_model_with_absl_prefixes_and_no_memory():
+    # absl-style log prefixes and a build without memory reporting (same source as above)
+    text = ("I0801 10:00:00.000000  4242 benchmark_litert_model.h:58] \n========== BENCHMARK RESULTS ==========\n"
+            "I0801 10:00:00.000001  4242 benchmark_litert_model.h:64] Inference (avg):      3.50 ms (100 runs)\n"
+            "I0801 10:00:00.000002  4242 benchmark_litert_model.h:74] No inference runs were performed.\n"
+            "I0801 10:00:00.000003  4242 benchmark_litert_model.h:103] ======================================\n"
+            "Inference (avg): 99 ms (1 runs)\n")  # after the block: not part of it
+    r = parse_benchmark_model(text)
+    assert r.inference_avg_ms == pytest.approx(3.5) and r.timed.count == 100 and r.memory_init_mb is None
+    with pytest.raises(ParseError, match="Inference \\(avg\\)"):
+        parse_benchmark_model("========== BENCHMARK RESULTS ==========\nModel initialization: 2 ms\n=====\n")
+
+
 def test_benchmark_model_without_summary():
     with pytest.raises(ParseError):
         parse_benchmark_model("STARTING!\nLoaded model x.tflite\n")
@@ -172,6 +212,14 @@ def test_ort_perf_newest_colon_format():
     assert r.latency_ms == {"p50": pytest.approx(5.9), "p90": pytest.approx(6.4)}
 
 
+def test_ort_perf_average_cost_total_wording(repo_fixtures):
+    r = parse_ort_perf_test(body(repo_fixtures, "onnxruntime_perf_test/written-from-source_ort1.2x_average-cost-total.txt"))
+    assert r.average_ms == pytest.approx(64.006)
+    assert r.requests == 20 and r.first_inference_ms == pytest.approx(71)
+    assert r.avg_cpu_percent == 49 and r.peak_working_set_bytes == 214175744  # the unit-less repeats change nothing
+    assert r.latency_ms["p50"] == pytest.approx(63.8502) and r.inferences_per_s == pytest.approx(15.6163)
+
+
 # --- tegrastats ----------------------------------------------------------------------------
 def test_tegrastats_nano_blockquote(fixtures_dir):
     rows = parse_tegrastats(body(fixtures_dir, "jetson_telemetry/tegrastats_jetson-nano_jp4.x_jetson-inference-issue1206.txt"))
@@ -196,7 +244,9 @@ def test_tegrastats_xavier_bare_rails(fixtures_dir):
     assert r.rails_mw == {"GPU": (463, 463), "CPU": (618, 618), "SOC": (2936, 2936), "CV": (0, 0),
                           "VDDRQ": (309, 309), "SYS5V": (3306, 3306)}
     assert r.temperatures_c["Tdiode"] == 32.0 and r.temperatures_c["GPU"] == 30.5
-    assert r.total_power_mw() == 3306
+    # SYS5V is the 5 V system input beside the CPU/GPU/SOC supplies, not a total (it reads
+    # less than GPU+CPU+SOC): an AGX Xavier's power is the sum of its branch rails
+    assert r.total_power_mw() == 463 + 618 + 2936 + 0 + 309 + 3306
 
 
 def test_tegrastats_tx1_legacy_shared_frequency(fixtures_dir):
@@ -226,8 +276,19 @@ def test_tegrastats_jetpack5_units_and_offline_cpus():
     assert [c.online for c in r.cpus] == [True, False, False, True]
     assert r.rails_mw["VIN_SYS_5V0"] == (3128, 3128)
     assert r.temperatures_c["tj"] == 46.1
+    assert r.total_power_mw() == 2389 + 398 + 3128  # no input rail on an AGX Orin: the branches' sum
     with pytest.raises(ParseError):
         parse_tegrastats("no stats here")
+
+
+def test_tegrastats_agx_orin_nc_rails_and_total(repo_fixtures):
+    (r,) = parse_tegrastats(body(repo_fixtures, "jetson_telemetry/written-from-docs_tegrastats_jetson-agx-orin_jp5_nc-rails.txt"))
+    # the two not-connected channels stay two keys, in the order printed
+    assert list(r.rails_mw) == ["VDD_GPU_SOC", "VDD_CPU_CV", "VIN_SYS_5V0", "NC", "VDDQ_VDD2_1V8AO", "NC#2"]
+    assert r.rails_mw["VDDQ_VDD2_1V8AO"] == (1512, 1498)
+    # VIN_SYS_5V0 is a branch, not the total; the 1V8AO rail is fed from it; NC never counts
+    assert r.total_power_mw() == 9102 + 2385 + 4866
+    assert [c.online for c in r.cpus].count(False) == 4 and r.gr3d_percent == 61
 
 
 # --- nvpmodel / jetson_clocks --------------------------------------------------------------------

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from agent_models import FAST, conv_net, request, save, spec
-from test_agent_parsers import body
+from test_agent_parsers import REPO_FIXTURES, body
 
 from device_agents.parsers.jetson import parse_jetson_clocks
 from device_agents.parsers.tegrastats import parse_tegrastats
@@ -26,6 +26,7 @@ NANO_TEGRASTATS = "jetson_telemetry/tegrastats_jetson-nano_jp4.x_jetson-inferenc
 ORIN_CLOCKS = "jetson_telemetry/jetson_clocks-show_agx-orin-devkit_jp5.0-predp_jetson_stats-issue381_partial.txt"
 NANO_NVPMODEL = "jetson_telemetry/nvpmodel-q_jetson-nano_jetbot-issue49.txt"
 THROTTLED = "raspberry_pi/vcgencmd_get_throttled_rpi3_0x50005_firmware-issue615.txt"
+ORIN_TEGRASTATS = "jetson_telemetry/written-from-docs_tegrastats_jetson-agx-orin_jp5_nc-rails.txt"
 PI5_CPUINFO = "raspberry_pi/proc_cpuinfo_rpi5-model-b-rev1.0_arm-socs-table-issue96.txt"
 
 
@@ -159,6 +160,28 @@ def test_sampler_sums_rails_without_a_total_rail(tmp_path):
     # 1.5 W for >= 50 ms over 10 inferences: >= 7.5 mJ each
     assert 7.5 <= e.energy_mj_per_inference < 7.5 * 3
     assert e.n_samples >= 2
+
+
+def test_agx_orin_rails_neither_merge_nor_count_twice(tmp_path):
+    """An AGX Orin's two INA3221 (JetPack 5 hwmon: mV x mA), rail values from its tegrastats
+    line: no input rail, VIN_SYS_5V0 is a branch, the 1V8AO rail hangs below it, NC x2."""
+    (line,) = parse_tegrastats(body(REPO_FIXTURES, ORIN_TEGRASTATS))
+    sysfs = tmp_path / "sys"
+    channels = list(line.rails_mw.items())  # VDD_GPU_SOC, VDD_CPU_CV, VIN_SYS_5V0, NC, VDDQ_VDD2_1V8AO, NC#2
+    for chip, rails in (("hwmon1", channels[:3]), ("hwmon2", channels[3:])):
+        write(sysfs / f"class/hwmon/{chip}/name", "ina3221")
+        for i, (name, (mw, _avg)) in enumerate(rails, start=1):
+            write(sysfs / f"class/hwmon/{chip}/in{i}_label", name.split("#")[0])
+            write(sysfs / f"class/hwmon/{chip}/in{i}_input", "1000")  # 1 V, so mA = mW
+            write(sysfs / f"class/hwmon/{chip}/curr{i}_input", str(mw))
+    reader = TelemetryReader(str(sysfs), str(tmp_path / "proc"), lambda argv: None)
+    power = reader.read_power_mw()
+    assert list(power) == ["VDD_GPU_SOC", "VDD_CPU_CV", "VIN_SYS_5V0", "NC", "VDDQ_VDD2_1V8AO", "NC#2"]
+    sampler = PowerSampler(reader, 0.005)
+    assert sampler.basis == ("VDD_GPU_SOC", "VDD_CPU_CV", "VIN_SYS_5V0")
+    sampler.measure(lambda: 5)
+    assert sampler.result().power_mw == pytest.approx(9102 + 2385 + 4866)
+    assert line.total_power_mw() == 9102 + 2385 + 4866  # the host-side parser agrees
 
 
 def test_energy_and_flags_in_a_real_measurement(tmp_path, fixtures_dir):

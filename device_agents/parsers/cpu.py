@@ -71,6 +71,14 @@ def parse_cpuinfo(text: str) -> CpuInfo:
                    board.get("Serial"))
 
 
+def _mhz(value: Optional[str]) -> Optional[float]:
+    """A clock in MHz from lscpu, None when absent or unreadable."""
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
 @dataclasses.dataclass(frozen=True)
 class Lscpu:
     fields: Dict[str, str]
@@ -90,13 +98,11 @@ class Lscpu:
 
     @property
     def max_mhz(self) -> Optional[float]:
-        v = self.fields.get("CPU max MHz")
-        return float(v) if v else None
+        return _mhz(self.fields.get("CPU max MHz"))
 
     @property
     def min_mhz(self) -> Optional[float]:
-        v = self.fields.get("CPU min MHz")
-        return float(v) if v else None
+        return _mhz(self.fields.get("CPU min MHz"))
 
     @property
     def flags(self) -> Tuple[str, ...]:

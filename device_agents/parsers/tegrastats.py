@@ -5,6 +5,8 @@ A line is a run of fields: ``RAM used/totalMB``, ``SWAP used/totalMB``, the CPU 
 (``EMC_FREQ 4%@1600``, ``GR3D_FREQ 28%@76``, legacy ``EMC 1%@408``), temperatures
 (``CPU@44C``; -256C marks a powered-off sensor) and power rails in mW, current/average
 (``POM_5V_IN 4122/3107``, Xavier's bare ``GPU 463/463``, JetPack 5's ``VDD_IN 5000mW/5000mW``).
+A label that repeats (an AGX Orin prints ``NC`` twice) is kept apart as ``NC#2``; which
+rails add up to the board's power is :mod:`device_agents.rails`' rule.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import dataclasses
 import re
 from typing import Dict, List, Optional, Tuple
 
-from device_agents.parsers.text import ParseError, clean_lines
+from device_agents.parsers.text import ParseError, clean_lines, number
+from device_agents.rails import energy_basis, unique_labels
 
 _RAM = re.compile(r"\bRAM (\d+)/(\d+)MB")
 _SWAP = re.compile(r"\bSWAP (\d+)/(\d+)MB")
@@ -46,11 +49,10 @@ class TegraStats:
     rails_mw: Dict[str, Tuple[int, int]]  # name -> (current, average)
 
     def total_power_mw(self) -> Optional[int]:
-        """The board input rail's current power (VDD_IN, POM_5V_IN, or Xavier's SYS5V), if any."""
-        for name in ("VDD_IN", "POM_5V_IN", "SYS5V"):
-            if name in self.rails_mw:
-                return self.rails_mw[name][0]
-        return None
+        """The board's current power: its input rail (VDD_IN, POM_5V_IN) when it has one, else
+        the sum of its connected branch rails; None without rails."""
+        basis = energy_basis(self.rails_mw)
+        return sum(self.rails_mw[name][0] for name in basis) if basis else None
 
 
 def _cpus(body: str, shared_freq: Optional[str]) -> Tuple[CpuLoad, ...]:
@@ -78,11 +80,10 @@ def parse_tegrastats_line(line: str) -> TegraStats:
                for m in _ENGINE.finditer(line)}
     emc = engines.get("EMC_FREQ", engines.get("EMC", (None, None)))
     gr3d = engines.get("GR3D_FREQ", engines.get("GR3D", (None, None)))
-    temps = {m.group(1): float(m.group(2)) for m in _TEMP.finditer(line)}
-    rails = {}
-    for m in _RAIL.finditer(line):
-        if m.group(1) not in _NOT_RAILS:
-            rails[m.group(1)] = (int(m.group(2)), int(m.group(3)))
+    temps = {m.group(1): number(m.group(2), f"temperature {m.group(1)}") for m in _TEMP.finditer(line)}
+    found = [(m.group(1), (int(m.group(2)), int(m.group(3)))) for m in _RAIL.finditer(line)
+             if m.group(1) not in _NOT_RAILS]
+    rails = dict(zip(unique_labels(name for name, _ in found), (value for _, value in found)))
     return TegraStats(
         ram_used_mb=int(ram.group(1)),
         ram_total_mb=int(ram.group(2)),

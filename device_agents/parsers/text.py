@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import List
 
@@ -22,3 +23,14 @@ def clean_lines(text: str) -> List[str]:
         line = _LOG_PREFIX.sub("", line)
         out.append(line.strip())
     return out
+
+
+def number(text: str, what: str = "number") -> float:
+    """A finite float from tool text; ParseError (never ValueError) for ``1.2.3``, ``e``, ``1e999``."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ParseError(f"unreadable {what}: {text[:40]!r}") from None
+    if not math.isfinite(value):
+        raise ParseError(f"{what} is not a finite number: {text[:40]!r}")
+    return value

@@ -31,7 +31,10 @@ def millidegrees_to_c(text: str) -> float:
     A few vendor kernels print whole degrees instead of millidegrees; a magnitude under
     1000 (1 degree in millidegrees, never a real die temperature) is read as degrees.
     """
-    value = int(text.strip())
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ParseError(f"not a sysfs temperature (integer millidegrees): {text.strip()[:40]!r}") from None
     return float(value) if abs(value) < 1000 else value / 1000.0
 
 

@@ -11,7 +11,7 @@ import dataclasses
 import re
 from typing import Any, Dict, Optional, Tuple
 
-from device_agents.parsers.text import ParseError, clean_lines
+from device_agents.parsers.text import ParseError, clean_lines, number
 
 _UNIT_MS = {"ms": 1.0, "us": 1e-3, "s": 1e3}
 _VALUE = r"([-+0-9.eE]+)\s*(ms|us|s)\b"
@@ -68,7 +68,7 @@ def _timing(body: str) -> TimingSummary:
     values: Dict[str, float] = {}
     pct: Dict[str, float] = {}
     for m in _STAT.finditer(body):
-        ms = float(m.group(3)) * _UNIT_MS[m.group(4)]
+        ms = number(m.group(3), m.group(1)) * _UNIT_MS[m.group(4)]
         if m.group(2) is not None:
             pct[m.group(2)] = ms
         else:
@@ -98,12 +98,12 @@ def parse_trtexec(text: str) -> TrtexecSummary:
             break  # the next section (e.g. a later run's report) ends this summary
         m = _THROUGHPUT.match(line)
         if m:
-            found["throughput_qps"] = float(m.group(1))
+            found["throughput_qps"] = number(m.group(1), "throughput")
             continue
         m = _TOTAL.match(line)
         if m:
             key = "total_host_walltime_s" if m.group(1) == "Host Walltime" else "total_gpu_compute_time_s"
-            found[key] = float(m.group(2)) * _UNIT_MS[m.group(3)] / 1e3
+            found[key] = number(m.group(2), m.group(1)) * _UNIT_MS[m.group(3)] / 1e3
             continue
         m = _TIMING_LINE.match(line)
         if m and m.group(1).strip().lower() in _FIELDS:
@@ -111,7 +111,7 @@ def parse_trtexec(text: str) -> TrtexecSummary:
             continue
         m = _CV.search(line)
         if m:
-            cv = float(m.group(1))
+            cv = number(m.group(1), "coefficient of variance")
         if line.startswith("* "):
             warnings.append(line[2:].strip())
     if found["latency"] is None and found["gpu_compute_time"] is None:

@@ -11,7 +11,7 @@ import dataclasses
 import re
 from typing import List, Optional
 
-from device_agents.parsers.text import ParseError, clean_lines
+from device_agents.parsers.text import ParseError, clean_lines, number
 from device_agents.records import ThrottleState
 
 _THROTTLED = re.compile(r"\bthrottled=(0x[0-9A-Fa-f]+|\d+)\b")
@@ -39,7 +39,7 @@ def parse_throttled(text: str) -> ThrottleState:
 
 
 def find_temps(text: str) -> List[float]:
-    return [float(v) for v in _TEMP.findall(text)]
+    return [number(v, "temperature") for v in _TEMP.findall(text)]
 
 
 def parse_temp(text: str) -> float:
@@ -66,7 +66,7 @@ def parse_clock(text: str) -> ClockReading:
 
 
 def find_volts(text: str) -> List[float]:
-    return [float(v) for v in _VOLTS.findall(text)]
+    return [number(v, "voltage") for v in _VOLTS.findall(text)]
 
 
 def parse_volts(text: str) -> float:

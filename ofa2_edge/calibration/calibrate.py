@@ -3,7 +3,8 @@
 The design is chosen by a seeded size-stratified sampler (min and max nets at every
 resolution, then sizes spread evenly), so a rerun with the same budget and seed asks for
 the same archs and skips those the table already holds under the same device, runtime
-and protocol: killing calibration at any moment loses at most the model being measured.
+and protocol: killing calibration at any moment loses at most the interleave group being
+measured (``protocol.interleave`` models, whose records are final together).
 Optional adaptive rounds then add the archs whose predicted latency is most uncertain.
 """
 

@@ -3,9 +3,11 @@
 One transport connection is reused for the whole session. The agent zipapp and every model
 are uploaded only when the device lacks the same bytes (sha256), so a rerun after a dropped
 link sends nothing twice. The agent streams one record per model; each is validated and
-handed to `on_result` the moment it arrives (calibration commits it to disk there), so a
-link that dies mid-batch loses at most the model in flight. The session then reconnects a
-bounded number of times and measures only the models that have no record yet.
+handed to `on_result` the moment it arrives (calibration commits it to disk there). The
+models of one interleave group finish together, so a link or a host that dies mid-batch
+loses at most the group in flight (``protocol.interleave`` models); the agent, started with
+``--watch-stdin``, dies with it. The session then reconnects a bounded number of times and
+measures only the models that have no record yet.
 """
 
 from __future__ import annotations
@@ -302,7 +304,9 @@ class DeviceSession:
             else:
                 deliver(record)
 
-        res = self.transport.run(self._agent("measure", "--request", remote), request.worst_case_s(), on_line)
+        res = self.transport.run(
+            self._agent("measure", "--watch-stdin", "--request", remote), request.worst_case_s(), on_line
+        )
         if res.returncode == 2:
             raise MeasurementError(f"{self.device.key}: the agent refused the request: {res.stderr.strip()[-500:]}")
         if res.timed_out:

@@ -145,7 +145,16 @@ class SSHTransport(Transport):
 
     # ------------------------------------------------------------------ operations
     def run(self, argv: Sequence[str], timeout_s: float, on_line: LineCallback | None = None) -> CommandResult:
+        """Run `argv` in the work folder, streaming stdout lines to `on_line`.
+
+        The channel's stdin stays open (never written) while the command runs and is closed
+        with the channel when it ends, times out or `on_line` raises; sshd then closes the
+        command's stdin, as it does when this process dies or the link drops, and an agent
+        started with ``--watch-stdin`` stops its workers and exits. Output is decoded as
+        UTF-8 with replacement (the record parser refuses a damaged line).
+        """
         command = f"cd {shlex.quote(self.work_dir)} && exec {shlex.join(argv)}"
+        channel = None
         try:
             channel = self.client.get_transport().open_session()  # type: ignore[union-attr]
             channel.settimeout(1.0)
@@ -183,6 +192,12 @@ class SSHTransport(Transport):
                 raise DeviceUnreachableError(f"{self.device.key}: connection lost while running the agent")
         except (OSError, EOFError, paramiko.SSHException, socket.timeout) as exc:
             raise DeviceUnreachableError(f"{self.device.key}: connection lost ({exc})") from exc
+        finally:
+            if channel is not None:
+                try:
+                    channel.close()  # idempotent; ends a command nobody reads any more
+                except (OSError, EOFError, paramiko.SSHException):
+                    pass  # the link is already gone, and with it the command's stdin
         return CommandResult(
             code, b"".join(out).decode("utf-8", "replace"), b"".join(err).decode("utf-8", "replace"), timed_out
         )

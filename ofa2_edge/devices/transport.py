@@ -203,13 +203,23 @@ class LocalTransport(Transport):
         return [sys.executable, *argv[1:]] if argv and argv[0] == self.device.python == "python3" else list(argv)
 
     def run(self, argv: Sequence[str], timeout_s: float, on_line: LineCallback | None = None) -> CommandResult:
+        """Run `argv` in the work folder, streaming stdout lines to `on_line`.
+
+        The command's stdin is a pipe this process holds open (and never writes to) until the
+        command ends: if this process dies, the kernel closes it and an agent started with
+        ``--watch-stdin`` stops its workers and exits. Output is decoded as UTF-8 with
+        replacement, as over SSH: undecodable bytes reach the record parser, which refuses
+        the line with a clear error, never a UnicodeDecodeError.
+        """
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
         proc = subprocess.Popen(
             self._python(argv),
             cwd=self.work_dir,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            text=True,
+            encoding="utf-8",
+            errors="replace",
             env=env,
             start_new_session=True,
         )
@@ -233,6 +243,11 @@ class LocalTransport(Transport):
             proc.wait()
         finally:
             timer.cancel()
+            if proc.poll() is None:  # on_line raised: do not leave the command running for nobody
+                proc.kill()
+                proc.wait()
+            if proc.stdin is not None:
+                proc.stdin.close()
             err_thread.join(timeout=5)
         return CommandResult(proc.returncode, "".join(out_lines), "".join(err_chunks), timed_out.is_set())
 
