@@ -14,7 +14,6 @@ from ofa2_edge.cli.common import (
     QUICK_OPTION,
     TIMER_OPTION,
     TOFU_OPTION,
-    CliState,
     emit_json,
     err_console,
     make_protocol,
@@ -46,25 +45,6 @@ MAX_MACS = typer.Option(None, "--max-macs", help="Maximum MACs, millions.")
 SAFE = typer.Option(None, "--safe", help="Apply the latency limit to this upper quantile of the prediction (e.g. 0.9).")
 
 
-def _run(st: CliState, run: str) -> Any:
-    from ofa2_edge.search.runstore import RunFolder
-
-    path = Path(run)
-    folder = RunFolder(path if path.is_dir() else st.workspace.runs_dir / run)
-    return folder.require()
-
-
-def _priced(ctx: typer.Context, run: str, device: str, safe: Optional[float]) -> tuple[Any, list[Any]]:
-    from ofa2_edge.deploy.select import price_front
-    from ofa2_edge.calibration.calibrate import load_device_surrogate
-    from ofa2_edge.tables.device import DeviceTable
-
-    st = state(ctx)
-    folder = _run(st, run)
-    surrogate = load_device_surrogate(st.workspace, device)
-    return folder, price_front(folder, surrogate, DeviceTable(st.workspace.tables_dir, device), safe)
-
-
 def select(
     ctx: typer.Context,
     run: str = RUN_ARG,
@@ -79,8 +59,9 @@ def select(
     """Non-dominated candidates of a run that meet the limits on a device, best accuracy first."""
     from ofa2_edge.deploy.select import Limits, nearest_tradeoffs
     from ofa2_edge.deploy.select import select as choose
+    from ofa2_edge.workflows.ship import priced_front
 
-    folder, cands = _priced(ctx, run, device, safe)
+    folder, cands = priced_front(state(ctx).workspace, run, device, safe)
     limits = Limits(max_latency, min_top1, max_macs)
     chosen = choose(cands, limits, top)
     if not chosen:
@@ -142,33 +123,22 @@ def build(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Build a bundle (model, manifest.json, SHA256SUMS, .tar.gz) for one pick of a run."""
-    from ofa2_edge.deploy.build import make_bundle
-    from ofa2_edge.deploy.select import Limits, nearest_tradeoffs
-    from ofa2_edge.deploy.select import select as choose
+    from ofa2_edge.deploy.select import Limits
+    from ofa2_edge.workflows.ship import choose, priced_front, ship
 
     st = state(ctx)
     device = load_inventory(ctx).get(device_key)
-    folder, cands = _priced(ctx, run, device.key, safe)
-    if pick:
-        matches = [c for c in cands if c.arch.id == pick]
-        if not matches:
-            raise InvalidInputError(
-                f"{pick} is not on the front of {folder.run_id}; see `ofa2-edge select {run} --device {device.key}`"
-            )
-        chosen = matches[0]
-    else:
-        limits = Limits(max_latency, min_top1, max_macs)
-        passing = choose(cands, limits)
-        if not passing:
-            raise InvalidInputError(nearest_tradeoffs(cands, limits, safe))
-        chosen = passing[0]
+    folder, cands = priced_front(st.workspace, run, device.key, safe)
+    chosen = choose(cands, folder, device.key, pick, Limits(max_latency, min_top1, max_macs), safe)
     out_root = output if output.is_absolute() else st.workspace.root / output
-    result = make_bundle(
+    shipped = ship(
         chosen,
         folder,
         device,
         st.workspace,
         out_root,
+        verify_protocol=make_protocol(device.threads, timer, quick) if verify else None,
+        trust_on_first_use=trust_on_first_use,
         fmt=fmt,
         precision=precision,
         supernet=supernet,
@@ -176,30 +146,16 @@ def build(
         calib_max=calib_max,
         labels=labels,
     )
-    summary: dict[str, Any] = {
-        "bundle": str(result.folder),
-        "archive": str(result.folder) + ".tar.gz",
-        "arch_id": chosen.arch.id,
-        "status": result.manifest["status"],
-        "top1_pct": chosen.top1_pct,
-        "predicted_latency_ms": chosen.latency_ms,
-    }
-    if result.manifest["status"] == "latency-only":
+    summary = shipped.summary()
+    if summary["status"] == "latency-only":
         err_console.print(
             "[bold yellow]LATENCY-ONLY bundle[/]: random weights (no --supernet). Its latency is real; its outputs are not."
         )
-    if verify:
-        from ofa2_edge.deploy.verify import verify_bundle
-
-        protocol = make_protocol(device.threads, timer, quick)
-        checked = verify_bundle(result.folder, device, st.workspace, protocol, trust_on_first_use)
-        summary["measured_latency_ms"] = checked.result.estimate_ms
-        summary["within_predicted_interval"] = checked.within_interval
-        if checked.within_interval is False:
-            err_console.print(
-                f"[yellow]warning:[/] measured {checked.result.estimate_ms:.2f} ms is outside the predicted interval; "
-                f"calibrate {device.key} further"
-            )
+    if summary.get("within_predicted_interval") is False:
+        err_console.print(
+            f"[yellow]warning:[/] measured {summary['measured_latency_ms']:.2f} ms is outside the predicted interval; "
+            f"calibrate {device.key} further"
+        )
     if as_json:
         emit_json(summary)
         return

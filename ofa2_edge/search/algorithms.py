@@ -32,23 +32,9 @@ AUTO = "auto"
 
 
 def default_algorithm(n_obj: int) -> str:
-    """The algorithm `auto` means, by number of objectives (picked by the benchmark,
-    `benchmarks/search_reference.py`): OFA's finder for one, NSGA-II for two or more.
-
-    Two objectives: the same mean hypervolume as SPEA2 over 10 seeds (775.2 vs 774.3) and
-    closer to OFA's finder across the latency budgets. Four (top1, two device latencies,
-    macs: the main job's shape), each device's 2-D projection of the front against a
-    dedicated 2-objective NSGA-II run of the same seed, default operators, seeds 1-10 (20
-    projections): NSGA-II within 1 % 15 of 20 times, mean gap +0.03 %, and the means over
-    the seeds within 1 % (note10 +0.44 %, roofline -0.35 %); SPEA2 12 of 20, +0.72 %, and
-    slower. Before the front refinement step: AGE-MOEA +1.14 % and SMS-EMOA +1.30 % (seeds
-    1-6), NSGA-III ~6 %. The per-seed 1 % test is at its noise floor: a dedicated run is
-    within 1 % of another seed's dedicated run 16 of 20 times, since how far a run gets at
-    the high-accuracy end varies by ~1 % of HV from seed to seed. Tried without gain (each
-    on seeds 1-10 or more): a projection-aware survival (branch `proj-survival`); the
-    refinement's neighbours placed per 2-D projection (its fronts, its ends, or its crowding:
-    13-17 of 20); a population of 200 for the 4-objective run (twice the evaluations):
-    15 of 20, mean -0.22 %."""
+    """The algorithm `auto` means: OFA's finder for one objective, NSGA-II for two or more
+    (chosen with `benchmarks/search_reference.py`; the figures and what was tried are in
+    `benchmarks/results/search_decisions.md`)."""
     if n_obj <= 1:
         return "ofa-evolution"
     return "nsga2"
@@ -62,45 +48,12 @@ DEDUPES = ("canonical", "none")
 class OperatorConfig:
     """Variation operators of the genetic algorithms (see `ofa2_edge.search.operators`).
 
-    OFA²'s own setting is ``OperatorConfig.ofa2()``. The defaults won the operator study of
-    `benchmarks/search_reference.py` on the OFA² reference problem (Note10 latency vs top-1,
-    NSGA-II, 100 x 1000, HV of the final population, results in `benchmarks/results/`):
-    canonical duplicate elimination alone moved the 5-seed mean from 762.6 to 770.5, and
-    corner seeding and always-moving mutation on top reach 775.2 +- 8.8 over 10 seeds
-    against 759.7 +- 10.3 for OFA²'s operators.
-
-    The memetic step (`refine`, `FrontRefinement`: 10 of every 100 offspring are one-gene
-    neighbours, half of them at the front's accurate end, half spread over the front; no
-    extra evaluations) was chosen among 9 settings (share 0.05-0.3; anchors extremes,
-    front, mixed, mixed-ends) on seeds 1-3 and checked on seeds 4-6 (branch `memetic`):
-    HV 788.1 vs 767.3 (seeds 1-3) and 785.7 vs 770.3 (1-6); one run vs OFA's finder
-    within 0.05 points at 49 of 54 (seed, budget) pairs vs 46; 4-objective projections
-    within 1 % of the dedicated runs (both with these operators) 11 of 12 vs 10 of 12,
-    mean gap -0.77 % vs +0.05 %; the same run time (the step costs ~0.5 ms a generation,
-    offset by fewer new archs to record).
-
-    Where the non-end half of the neighbours goes (branch `budgets`,
-    `benchmarks/budget_study.py`, seeds 1-12, final-population HV and the 9 budgets vs
-    OFA's finder): ``mixed-sparse`` (in proportion to crowding distance, where the front is
-    thin) against ``mixed-ends`` (uniform over the front): HV 789.2 vs 782.7 (1-12; better
-    on 8 of 12 seeds, paired mean +6.4 +- 9.9), 792.2 vs 785.7 (1-6), 797.5 vs 788.1
-    (1-3); budgets within 0.05 points 27/27 vs 26/27 (seeds 1-3), 51/54 vs 49/54 (1-6),
-    100/108 vs 98/108 (1-12), mean margin +0.24 vs +0.18 points; the same run time
-    (interleaved pairs 5.7 s both; 92k distinct archs of the 100k offspring vs 88k).
-    Not adopted there (no gain on the budgets, on seeds 1-6): a crossover that hands down
-    whole blocks (kernel + expand) or whole stages (depth + its blocks) instead of single
-    genes, 45/54 and 45/54 budgets vs 49/54, HV 787.7 and 786.0 vs 785.7; mating
-    restriction (MOEA/D-style: the second parent among the first's 10 or 20 nearest on the
-    front, probability 0.5-0.9), 47-50/54, HV 785.9-788.1, but ~35 % slower (near parents
-    breed duplicates: 3.3 mating rounds a generation vs 2.3).
-    ``mixed-sparse`` is the default since. Its cost: with 4 objectives the dedicated
-    2-objective runs gain more than the 4-objective run's projections, so fewer
-    projections are within 1 % (seeds 1-6, both runs with the same anchors: 8 of 12, mean
-    gap +0.45 %, vs 11 of 12, -0.77 %; the projections' own HV is within noise, -3.4 and
-    -3.0 on average on note10 and roofline); in the reference benchmark (seeds 1-3)
-    NSGA-II's 4-objective projections are within 1 % 3 of 6 times (was 5 of 6), SPEA2's
-    2 of 6 (was 6 of 6); over seeds 1-10 NSGA-II's are 15 of 20, at the noise floor of that
-    test (see `default_algorithm`).
+    OFA²'s own setting is ``OperatorConfig.ofa2()``. The defaults (canonical duplicate
+    elimination, corner seeding, always-moving mutation, and the memetic step `refine`:
+    10 of every 100 offspring are one-gene neighbours of the front, half at its accurate
+    end, half where it is thin) won the operator studies of `benchmarks/search_reference.py`
+    and `benchmarks/budget_study.py`; their figures, the settings tried and those not
+    adopted are in `benchmarks/results/search_decisions.md`.
     """
 
     sampling: str = "uniform+corners"

@@ -198,13 +198,11 @@ def run_job(
     on_event: Event | None = None,
 ) -> JobResult:
     """Calibrate, fit, search, dashboard, bundle; see the module docstring."""
-    from ofa2_edge.deploy.build import make_bundle
     from ofa2_edge.deploy.dashboard import write_dashboard
-    from ofa2_edge.deploy.select import non_dominated, price_front
-    from ofa2_edge.deploy.verify import verify_bundle
-    from ofa2_edge.calibration.calibrate import load_device_surrogate
+    from ofa2_edge.deploy.select import non_dominated
     from ofa2_edge.search.runner import SearchConfig, run_search
     from ofa2_edge.search.runstore import RunFolder
+    from ofa2_edge.workflows.ship import priced_front, ship
 
     emit = on_event or (lambda event, info: None)
     result = JobResult()
@@ -282,31 +280,29 @@ def run_job(
 
     target = usable[0]
     with _Timer(result, "bundle"):
-        cands = non_dominated(
-            price_front(run, load_device_surrogate(workspace, target), DeviceTable(workspace.tables_dir, target))
-        )
+        cands = non_dominated(priced_front(workspace, folder, target)[1])
         pick = cands[knee(np.array([c.top1_pct for c in cands]), np.array([c.latency_ms for c in cands]))]
-        with host_cpu:
-            built = make_bundle(pick, run, devices[target], workspace, workspace.bundles_dir)
+        plan = next(p for p in config.devices if p.key == target)
+        shipped = ship(
+            pick,
+            run,
+            devices[target],
+            workspace,
+            workspace.bundles_dir,
+            verify_protocol=_protocol(devices[target].threads, plan) if config.verify else None,
+            trust_on_first_use=trust_on_first_use,
+            host_cpu=host_cpu,
+        )
         result.bundle = {
-            "folder": str(built.folder),
-            "archive": f"{built.folder}.tar.gz",
+            "folder": str(shipped.bundle.folder),
+            "archive": f"{shipped.bundle.folder}.tar.gz",
             "pick": pick.to_dict(),
             "device": target,
-            "status": built.manifest["status"],
+            "status": shipped.bundle.manifest["status"],
         }
-        if config.verify:
-            plan = next(p for p in config.devices if p.key == target)
-            with host_cpu:
-                checked = verify_bundle(
-                    built.folder,
-                    devices[target],
-                    workspace,
-                    _protocol(devices[target].threads, plan),
-                    trust_on_first_use,
-                )
-            result.bundle["measured_ms"] = checked.result.estimate_ms
-            result.bundle["within_predicted_interval"] = checked.within_interval
+        if shipped.verification is not None:
+            result.bundle["measured_ms"] = shipped.verification.result.estimate_ms
+            result.bundle["within_predicted_interval"] = shipped.verification.within_interval
     return result
 
 
