@@ -435,6 +435,46 @@ MEASUREMENT_COLUMNS = (
 )
 
 
+#: The files a latency table holds (`tables export` packs exactly these; `tables import`
+#: refuses an archive with anything else before a byte is written).
+TABLE_FILE = r"^(device\.json|measurements\.jsonl|surrogate\.json|blocks\.jsonl|\d{2,4}_lookup_table\.yaml)$"
+
+
+def _is_table_file(name: str) -> bool:
+    import re
+
+    return re.match(TABLE_FILE, name) is not None
+
+
+def _table_file_names(where: str, names: list[str], read: Any = None) -> None:
+    """The archive check of a table: only the table's known files, no folders."""
+    from ofa2_edge.core.errors import SchemaError
+
+    extra = sorted(n for n in names if not _is_table_file(n))
+    if extra:
+        raise SchemaError(
+            f"{where}: {', '.join(repr(n) for n in extra[:5])} is not a latency table file "
+            "(device.json, measurements.jsonl, surrogate.json, blocks.jsonl, <r>_lookup_table.yaml); refusing it"
+        )
+
+
+def _validate_table_folder(folder: Path) -> None:
+    """Read back everything a table holds, as its owners do; raise on the first bad file."""
+    from ofa2_edge.calibration.blocks import BlockRecords
+    from ofa2_edge.surrogates.base import load_surrogate
+    from ofa2_edge.surrogates.lut import read_ofa_tables
+    from ofa2_edge.tables.device import DeviceTable
+
+    incoming = DeviceTable(folder.parent, folder.name)
+    incoming.device_info()
+    sum(1 for _ in incoming.records())
+    sum(1 for _ in BlockRecords(incoming).records())
+    if any(folder.glob("*_lookup_table.yaml")):
+        read_ofa_tables(folder)
+    if incoming.surrogate_path.exists():
+        load_surrogate(incoming.surrogate_path)
+
+
 @tables_app.command("export")
 def tables_export(
     ctx: typer.Context,
@@ -452,7 +492,11 @@ def tables_export(
     if not table.exists():
         raise InvalidInputError(f"no latency table for {key}")
     if output.name.endswith(".tar.gz"):
-        pack_folder(table.folder, output, arcname=key)
+        # Pack exactly the table's files, as plain files (a linked device.json would arrive as a
+        # link the receiver refuses), after the checks the receiver runs: what leaves imports.
+        names = sorted(p.name for p in table.folder.iterdir() if _is_table_file(p.name) and p.is_file())
+        _validate_table_folder(table.folder)
+        pack_folder(table.folder, output, arcname=key, names=names)
     elif output.suffix == ".csv":
         import io
 
@@ -516,17 +560,11 @@ def tables_import(
         return
     if not source.name.endswith(".tar.gz") or not source.is_file():
         raise InvalidInputError(f"{source}: expected a table .tar.gz or a folder of OFA lookup tables")
-
-    def validate(folder: Path) -> None:  # every record and block table must read back before the table lands
-        from ofa2_edge.calibration.blocks import BlockRecords
-
-        incoming = DeviceTable(folder.parent, folder.name)
-        incoming.device_info()
-        sum(1 for _ in incoming.records())
-        sum(1 for _ in BlockRecords(incoming).records())
-        if any(folder.glob("*_lookup_table.yaml")):
-            read_ofa_tables(folder)
-
-    imported = unpack_folder(source, root, rename_to=key, replace=replace, validate=validate)
+    # Every name is checked against the table's known files and every size against the
+    # archive limits before a byte is written; every record and table must read back
+    # before the table lands.
+    imported = unpack_folder(
+        source, root, rename_to=key, replace=replace, validate=_validate_table_folder, check_names=_table_file_names
+    )
     count = sum(1 for _ in DeviceTable(root, imported).records())
     err_console.print(f"imported latency_tables/{imported} ({count} records)")
