@@ -306,6 +306,50 @@ def fit(
         err_console.print(f"saved {table.surrogate_path}")
 
 
+def _calibrated_resolutions(workspace: Any, key: str, model: Any) -> set[int]:
+    """The resolutions `key`'s table holds measurements or block tables of."""
+    from ofa2_edge.core.errors import Ofa2EdgeError
+    from ofa2_edge.tables.device import DeviceTable
+
+    table = DeviceTable(workspace.tables_dir, key)
+    found = {int(r) for r in getattr(model, "resolutions", ())}
+    found |= {int(p.name.split("_")[0]) for p in table.folder.glob("*_lookup_table.yaml") if p.name.split("_")[0].isdigit()}
+    try:
+        for record in table.records():
+            r = (record.arch or {}).get("r") if record.ok else None
+            if isinstance(r, int) and not isinstance(r, bool):
+                found.add(r)
+    except Ofa2EdgeError:  # a damaged table is reported by the commands that read it; predict needs the predictor
+        pass
+    return found
+
+
+def _check_resolutions(workspace: Any, key: str, model: Any, archs: list[Any]) -> None:
+    """Refuse a resolution outside the space (OFA's trained resolutions and the table's);
+    warn on stderr about one the table was not calibrated on (the prediction extrapolates)."""
+    from ofa2_edge.core.errors import InvalidArchError
+    from ofa2_edge.space.arch import OFA_RESOLUTIONS
+
+    calibrated = _calibrated_resolutions(workspace, key, model)
+    known = set(OFA_RESOLUTIONS) | calibrated
+    low, high = min(known), max(known)
+    listed = ", ".join(map(str, sorted(calibrated))) or "none"
+    for r in sorted({a.r for a in archs}):
+        if not low <= r <= high:
+            raise InvalidArchError(
+                f"r: resolution {r} px is outside the space a latency can be predicted for ({low}..{high} px: OFA's "
+                f"trained resolutions {OFA_RESOLUTIONS[0]}..{OFA_RESOLUTIONS[-1]} and those latency_tables/{key} was "
+                f"calibrated on: {listed}); calibrate at {r} px first (`ofa2-edge calibrate --resolutions {r}`)"
+            )
+        if r not in calibrated:
+            inside = bool(calibrated) and min(calibrated) < r < max(calibrated)
+            err_console.print(
+                f"[yellow]warning:[/] {r} px is not among the resolutions latency_tables/{key} was calibrated on "
+                f"({listed}); the prediction {'interpolates between' if inside else 'extrapolates beyond'} them",
+                highlight=False,
+            )
+
+
 def predict(
     ctx: typer.Context,
     archs: List[str] = typer.Argument(..., help="Archs: ids, JSON files, inline JSON, min, max, min@R, max@R."),
@@ -319,6 +363,7 @@ def predict(
     st = state(ctx)
     model = load_device_surrogate(st.workspace, device_key)
     resolved = [resolve_arch(a, st.workspace) for a in archs]
+    _check_resolutions(st.workspace, device_key, model, resolved)
     mean = model.predict(resolved)
     lo, hi = model.predict_interval(resolved, coverage)
     rows = [
