@@ -207,7 +207,8 @@ def check_manifest(doc: Any, where: str) -> dict[str, Any]:
     except InvalidInputError as exc:
         raise SchemaError(f"{where}: 'arch' is not a valid arch ({exc})") from exc
     _need(built.id == arch["id"], where, f"'arch.id' {arch['id']!r} does not match its ks/e/d/r/w ({built.id})")
-    measured = doc["latency"].get("measured")
+    _need("measured" in doc["latency"], where, "'latency.measured' is missing")
+    measured = doc["latency"]["measured"]
     _need(
         measured is None or (isinstance(measured, dict) and _is_number(measured.get("latency_ms"))),
         where,
