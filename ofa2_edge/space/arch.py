@@ -173,7 +173,10 @@ class Arch:
         """Read the OFA² 46-gene value genome (ks 0-19, e 20-39, d 40-44, r 45)."""
         if isinstance(genome, np.ndarray) and genome.shape != (N_GENES,):
             raise InvalidArchError(f"genome: expected {N_GENES} genes, got shape {genome.shape}")
-        g = _int_list(genome, "genome", N_GENES)
+        if isinstance(genome, np.ndarray) and genome.dtype.kind in "iu":
+            g = genome.tolist()  # already integers (the search's batches): no per-gene check needed
+        else:
+            g = _int_list(genome, "genome", N_GENES)
         return cls(ks=tuple(g[KS_GENES]), e=tuple(g[E_GENES]), d=tuple(g[D_GENES]), r=g[R_GENE], w=w)
 
     @classmethod
