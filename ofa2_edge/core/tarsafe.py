@@ -153,7 +153,7 @@ def check_members(tar: tarfile.TarFile, where: str, limits: ArchiveLimits = DEFA
                     f"{where}: the archive would unpack to more than {limits.max_total_bytes:,} bytes; refusing it"
                 )
         tops.add(parts[0])
-    for parts, is_dir in seen.items():  # a file cannot also be a folder of another member
+    for parts in seen:  # a file cannot also be a folder of another member
         for i in range(1, len(parts)):
             if seen.get(parts[:i]) is False:
                 raise SchemaError(f"{where}: {'/'.join(parts[:i])!r} is both a file and a folder")
