@@ -306,6 +306,50 @@ def fit(
         err_console.print(f"saved {table.surrogate_path}")
 
 
+def _calibrated_resolutions(workspace: Any, key: str, model: Any) -> set[int]:
+    """The resolutions `key`'s table holds measurements or block tables of."""
+    from ofa2_edge.core.errors import Ofa2EdgeError
+    from ofa2_edge.tables.device import DeviceTable
+
+    table = DeviceTable(workspace.tables_dir, key)
+    found = {int(r) for r in getattr(model, "resolutions", ())}
+    found |= {int(p.name.split("_")[0]) for p in table.folder.glob("*_lookup_table.yaml") if p.name.split("_")[0].isdigit()}
+    try:
+        for record in table.records():
+            r = (record.arch or {}).get("r") if record.ok else None
+            if isinstance(r, int) and not isinstance(r, bool):
+                found.add(r)
+    except Ofa2EdgeError:  # a damaged table is reported by the commands that read it; predict needs the predictor
+        pass
+    return found
+
+
+def _check_resolutions(workspace: Any, key: str, model: Any, archs: list[Any]) -> None:
+    """Refuse a resolution outside the space (OFA's trained resolutions and the table's);
+    warn on stderr about one the table was not calibrated on (the prediction extrapolates)."""
+    from ofa2_edge.core.errors import InvalidArchError
+    from ofa2_edge.space.arch import OFA_RESOLUTIONS
+
+    calibrated = _calibrated_resolutions(workspace, key, model)
+    known = set(OFA_RESOLUTIONS) | calibrated
+    low, high = min(known), max(known)
+    listed = ", ".join(map(str, sorted(calibrated))) or "none"
+    for r in sorted({a.r for a in archs}):
+        if not low <= r <= high:
+            raise InvalidArchError(
+                f"r: resolution {r} px is outside the space a latency can be predicted for ({low}..{high} px: OFA's "
+                f"trained resolutions {OFA_RESOLUTIONS[0]}..{OFA_RESOLUTIONS[-1]} and those latency_tables/{key} was "
+                f"calibrated on: {listed}); calibrate at {r} px first (`ofa2-edge calibrate --resolutions {r}`)"
+            )
+        if r not in calibrated:
+            inside = bool(calibrated) and min(calibrated) < r < max(calibrated)
+            err_console.print(
+                f"[yellow]warning:[/] {r} px is not among the resolutions latency_tables/{key} was calibrated on "
+                f"({listed}); the prediction {'interpolates between' if inside else 'extrapolates beyond'} them",
+                highlight=False,
+            )
+
+
 def predict(
     ctx: typer.Context,
     archs: List[str] = typer.Argument(..., help="Archs: ids, JSON files, inline JSON, min, max, min@R, max@R."),
@@ -319,6 +363,7 @@ def predict(
     st = state(ctx)
     model = load_device_surrogate(st.workspace, device_key)
     resolved = [resolve_arch(a, st.workspace) for a in archs]
+    _check_resolutions(st.workspace, device_key, model, resolved)
     mean = model.predict(resolved)
     lo, hi = model.predict_interval(resolved, coverage)
     rows = [
@@ -435,6 +480,46 @@ MEASUREMENT_COLUMNS = (
 )
 
 
+#: The files a latency table holds (`tables export` packs exactly these; `tables import`
+#: refuses an archive with anything else before a byte is written).
+TABLE_FILE = r"^(device\.json|measurements\.jsonl|surrogate\.json|blocks\.jsonl|\d{2,4}_lookup_table\.yaml)$"
+
+
+def _is_table_file(name: str) -> bool:
+    import re
+
+    return re.match(TABLE_FILE, name) is not None
+
+
+def _table_file_names(where: str, names: list[str], read: Any = None) -> None:
+    """The archive check of a table: only the table's known files, no folders."""
+    from ofa2_edge.core.errors import SchemaError
+
+    extra = sorted(n for n in names if not _is_table_file(n))
+    if extra:
+        raise SchemaError(
+            f"{where}: {', '.join(repr(n) for n in extra[:5])} is not a latency table file "
+            "(device.json, measurements.jsonl, surrogate.json, blocks.jsonl, <r>_lookup_table.yaml); refusing it"
+        )
+
+
+def _validate_table_folder(folder: Path) -> None:
+    """Read back everything a table holds, as its owners do; raise on the first bad file."""
+    from ofa2_edge.calibration.blocks import BlockRecords
+    from ofa2_edge.surrogates.base import load_surrogate
+    from ofa2_edge.surrogates.lut import read_ofa_tables
+    from ofa2_edge.tables.device import DeviceTable
+
+    incoming = DeviceTable(folder.parent, folder.name)
+    incoming.device_info()
+    sum(1 for _ in incoming.records())
+    sum(1 for _ in BlockRecords(incoming).records())
+    if any(folder.glob("*_lookup_table.yaml")):
+        read_ofa_tables(folder)
+    if incoming.surrogate_path.exists():
+        load_surrogate(incoming.surrogate_path)
+
+
 @tables_app.command("export")
 def tables_export(
     ctx: typer.Context,
@@ -452,7 +537,11 @@ def tables_export(
     if not table.exists():
         raise InvalidInputError(f"no latency table for {key}")
     if output.name.endswith(".tar.gz"):
-        pack_folder(table.folder, output, arcname=key)
+        # Pack exactly the table's files, as plain files (a linked device.json would arrive as a
+        # link the receiver refuses), after the checks the receiver runs: what leaves imports.
+        names = sorted(p.name for p in table.folder.iterdir() if _is_table_file(p.name) and p.is_file())
+        _validate_table_folder(table.folder)
+        pack_folder(table.folder, output, arcname=key, names=names)
     elif output.suffix == ".csv":
         import io
 
@@ -516,17 +605,11 @@ def tables_import(
         return
     if not source.name.endswith(".tar.gz") or not source.is_file():
         raise InvalidInputError(f"{source}: expected a table .tar.gz or a folder of OFA lookup tables")
-
-    def validate(folder: Path) -> None:  # every record and block table must read back before the table lands
-        from ofa2_edge.calibration.blocks import BlockRecords
-
-        incoming = DeviceTable(folder.parent, folder.name)
-        incoming.device_info()
-        sum(1 for _ in incoming.records())
-        sum(1 for _ in BlockRecords(incoming).records())
-        if any(folder.glob("*_lookup_table.yaml")):
-            read_ofa_tables(folder)
-
-    imported = unpack_folder(source, root, rename_to=key, replace=replace, validate=validate)
+    # Every name is checked against the table's known files and every size against the
+    # archive limits before a byte is written; every record and table must read back
+    # before the table lands.
+    imported = unpack_folder(
+        source, root, rename_to=key, replace=replace, validate=_validate_table_folder, check_names=_table_file_names
+    )
     count = sum(1 for _ in DeviceTable(root, imported).records())
     err_console.print(f"imported latency_tables/{imported} ({count} records)")

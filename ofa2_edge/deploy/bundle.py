@@ -12,12 +12,14 @@ nothing; `check_bundle` re-verifies every file against both the manifest and SHA
 from __future__ import annotations
 
 import json
+import math
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from exporters.records import ExportedModel
 from exporters.tensorrt import TensorRTBuildSpec
@@ -26,7 +28,7 @@ from ofa2_edge.space.costs import arch_costs
 from ofa2_edge.core.errors import InvalidInputError, SchemaError
 from ofa2_edge.core.persist import atomic_write_text, check_schema, sha256_file, write_json
 from ofa2_edge.space.arch import Arch
-from ofa2_edge.core.tarsafe import pack_folder, unpack_folder
+from ofa2_edge.core.tarsafe import DEFAULT_LIMITS, ArchiveLimits, is_plain_file, pack_folder, unpack_folder
 
 MANIFEST_SCHEMA = "ofa2-edge/bundle-manifest"
 MANIFEST_VERSION = 1
@@ -149,63 +151,168 @@ def build_bundle(
     return target
 
 
-def read_manifest(folder: str | Path) -> dict[str, Any]:
-    path = Path(folder) / MANIFEST
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+#: Bundle files are small (a model of ~40 MB at most); SHA256SUMS and the manifest smaller still.
+MAX_INDEX_BYTES = 4 << 20
+
+
+def parse_sums(data: bytes, where: str) -> dict[str, str]:
+    """`SHA256SUMS` (`<64 hex>  <name>` per line, plain names only) -> {name: sha256}."""
+    if len(data) > MAX_INDEX_BYTES:
+        raise SchemaError(f"{where}: {len(data):,} bytes; not a bundle's {SUMS}")
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise SchemaError(f"{folder}: no {MANIFEST}; not an ofa2-edge bundle") from exc
-    except (OSError, ValueError) as exc:
-        raise SchemaError(f"{path}: not readable JSON ({exc})") from exc
-    doc = check_schema(doc, MANIFEST_SCHEMA, [MANIFEST_VERSION], str(path))
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SchemaError(f"{where}: not UTF-8 text ({exc}); regenerate the bundle") from exc
+    listed: dict[str, str] = {}
+    for i, line in enumerate(text.splitlines(), start=1):
+        parts = line.split("  ", 1)
+        if len(parts) != 2 or not _SHA256.match(parts[0]):
+            raise SchemaError(f"{where}:{i}: malformed line {line[:200]!r} (expected '<sha256>  <name>')")
+        name = parts[1]
+        if not _PLAIN_NAME.match(name):
+            raise SchemaError(f"{where}:{i}: {name[:200]!r} is not a plain file name; a bundle has no folders")
+        if name in listed:
+            raise SchemaError(f"{where}:{i}: {name} is listed twice")
+        listed[name] = parts[0]
+    if not listed:
+        raise SchemaError(f"{where}: lists no file; not a bundle's {SUMS}")
+    return listed
+
+
+def _need(ok: bool, where: str, what: str) -> None:
+    if not ok:
+        raise SchemaError(f"{where}: {what}; the manifest is damaged (rebuild the bundle)")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_manifest(doc: Any, where: str) -> dict[str, Any]:
+    """A parsed manifest, checked field by field (what `bundle check/verify` read from it)."""
+    doc = check_schema(doc, MANIFEST_SCHEMA, [MANIFEST_VERSION], where)
     for field in ("arch", "device", "files", "input", "preprocessing", "weights", "latency"):
         if field not in doc:
-            raise SchemaError(f"{path}: manifest field {field!r} is missing")
+            raise SchemaError(f"{where}: manifest field {field!r} is missing")
+    for field in ("arch", "device", "input", "preprocessing", "weights", "latency"):
+        _need(isinstance(doc[field], dict), where, f"{field!r} must be an object")
+    _need(isinstance(doc.get("status"), str), where, "'status' must be a text")
+    _need(isinstance(doc["device"].get("key"), str), where, "'device.key' must be a text")
+    arch = doc["arch"]
+    _need(isinstance(arch.get("id"), str), where, "'arch.id' must be a text")
+    try:
+        built = Arch.from_dict({k: arch[k] for k in ("ks", "e", "d", "r", "w") if k in arch})
+    except InvalidInputError as exc:
+        raise SchemaError(f"{where}: 'arch' is not a valid arch ({exc})") from exc
+    _need(built.id == arch["id"], where, f"'arch.id' {arch['id']!r} does not match its ks/e/d/r/w ({built.id})")
+    _need("measured" in doc["latency"], where, "'latency.measured' is missing")
+    measured = doc["latency"]["measured"]
+    _need(
+        measured is None or (isinstance(measured, dict) and _is_number(measured.get("latency_ms"))),
+        where,
+        "'latency.measured' must be null or an object with a finite latency_ms",
+    )
+    files = doc["files"]
+    _need(isinstance(files, list), where, "'files' must be a list")
+    names: set[str] = set()
+    for i, entry in enumerate(files):
+        _need(isinstance(entry, dict), where, f"files[{i}] must be an object")
+        name, sha, size = entry.get("name"), entry.get("sha256"), entry.get("bytes")
+        _need(isinstance(name, str) and bool(_PLAIN_NAME.match(name)), where, f"files[{i}].name must be a plain file name")
+        _need(name not in names and name not in (MANIFEST, SUMS), where, f"files[{i}]: {name} is listed twice or reserved")
+        _need(isinstance(sha, str) and bool(_SHA256.match(sha)), where, f"files[{i}] ({name}): sha256 must be 64 hex digits")
+        _need(isinstance(size, int) and not isinstance(size, bool) and size >= 0, where, f"files[{i}] ({name}): bytes must be a count")
+        names.add(name)
+    models = [n for n in names if n.startswith("model.")]
+    _need(len(models) == 1, where, f"expected exactly one model file (model.onnx, model.tflite) in 'files', found {len(models)}")
     return doc
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / MANIFEST
+    if path.is_symlink():
+        raise SchemaError(f"{path}: is a link; a bundle holds only plain files")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise SchemaError(f"{folder}: no {MANIFEST}; not an ofa2-edge bundle") from exc
+    except OSError as exc:
+        raise SchemaError(f"{path}: not readable ({exc})") from exc
+    if len(data) > MAX_INDEX_BYTES:
+        raise SchemaError(f"{path}: {len(data):,} bytes; not a bundle manifest")
+    try:
+        doc = json.loads(data.decode("utf-8"), parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        raise SchemaError(f"{path}: not readable JSON ({str(exc)[:200] or type(exc).__name__})") from exc
+    return check_manifest(doc, str(path))
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
 
 
 def _check_folder(folder: Path) -> dict[str, Any]:
     problems: list[str] = []
     sums_path = folder / SUMS
-    if not sums_path.is_file():
-        raise SchemaError(f"{folder}: no {SUMS}")
-    listed: dict[str, str] = {}
-    for i, line in enumerate(sums_path.read_text(encoding="utf-8").splitlines(), start=1):
-        parts = line.split("  ", 1)
-        if len(parts) != 2 or len(parts[0]) != 64:
-            raise SchemaError(f"{sums_path}:{i}: malformed line {line!r}")
-        listed[parts[1]] = parts[0]
+    if not is_plain_file(sums_path):
+        raise SchemaError(f"{folder}: no {SUMS} (or it is a link)")
+    listed = parse_sums(sums_path.read_bytes(), str(sums_path))
     manifest = read_manifest(folder)
-    for entry in manifest["files"]:
-        if listed.get(entry["name"]) != entry["sha256"]:
-            problems.append(f"{entry['name']}: manifest and {SUMS} disagree")
+    in_manifest = {e["name"]: e for e in manifest["files"]}
+    for name, entry in in_manifest.items():
+        if listed.get(name) != entry["sha256"]:
+            problems.append(f"{name}: manifest and {SUMS} disagree")
+    for name in sorted(set(listed) - set(in_manifest) - {MANIFEST}):
+        problems.append(f"{name}: listed in {SUMS} but not in the manifest")
+    if MANIFEST not in listed:
+        problems.append(f"{MANIFEST}: not listed in {SUMS}")
     present = {p.name for p in folder.iterdir()} - {SUMS}
     for name in sorted(present - set(listed)):
         problems.append(f"{name}: not listed in {SUMS}")
     for name, expected in sorted(listed.items()):
         path = folder / name
-        if "/" in name or not path.is_file():
+        if path.is_symlink():
+            problems.append(f"{name}: is a link (a bundle holds only plain files)")
+        elif not is_plain_file(path):
             problems.append(f"{name}: listed but missing")
         elif sha256_file(path) != expected:
             problems.append(f"{name}: sha256 mismatch (modified or corrupted)")
+        elif name in in_manifest and path.stat().st_size != in_manifest[name]["bytes"]:
+            problems.append(f"{name}: size differs from the manifest")
     if problems:
         raise SchemaError(f"{folder}: bundle check failed: " + "; ".join(problems))
     return manifest
 
 
-def check_bundle(path: str | Path) -> dict[str, Any]:
+def _bundle_names(where: str, names: list[str], read: Callable[[str], bytes]) -> None:
+    """An archive's manifest check: every member is a plain file its SHA256SUMS lists."""
+    listed = parse_sums(read(SUMS), f"{where}:{SUMS}")
+    extra = sorted(set(names) - set(listed) - {SUMS})
+    if extra:
+        raise SchemaError(
+            f"{where}: member(s) {', '.join(repr(n) for n in extra[:5])} not listed in {SUMS}; refusing to unpack"
+        )
+
+
+def check_bundle(path: str | Path, limits: ArchiveLimits = DEFAULT_LIMITS) -> dict[str, Any]:
     """Verify a bundle folder or .tar.gz: schema, every checksum, no extra or missing file.
 
-    Archives are unpacked into a temporary folder with member checks (no absolute paths,
-    no `..`, no links) before any file is read.
+    Archives are checked before any byte is written (member names against the archive's
+    own SHA256SUMS, no absolute paths, no `..`, no links, sizes within `limits`), then
+    unpacked into a temporary folder and checked like a folder.
     """
     path = Path(path)
     if path.is_dir():
         return _check_folder(path)
     if path.name.endswith(".tar.gz") and path.is_file():
         with tempfile.TemporaryDirectory() as tmp:
-            name = unpack_folder(path, tmp)
-            return _check_folder(Path(tmp) / name)
+            name = unpack_folder(path, tmp, check_names=_bundle_names, limits=limits)
+            try:
+                return _check_folder(Path(tmp) / name)
+            except SchemaError as exc:
+                raise SchemaError(str(exc).replace(str(Path(tmp) / name), f"{path}:{name}")) from exc
     raise InvalidInputError(f"{path}: expected a bundle folder or a .tar.gz")
 
 

@@ -7,6 +7,8 @@ code path as any remote board) is always available and needs no entry.
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -23,6 +25,48 @@ INVENTORY_VERSION = 1
 KEY_PATTERN = DEVICE_KEY_PATTERN
 TRANSPORTS = ("local", "ssh")
 LOCAL_KEY = "local"
+MAX_THREADS = 1024
+MAX_CONNECT_TIMEOUT_S = 3600.0
+
+#: The type of every field but `key`: "int", "number" (finite), "text" (non-empty, no
+#: control characters), "text?" (the same or null), "notes" (any text), "mapping".
+_FIELD_KINDS = {
+    "transport": "text", "host": "text?", "port": "int", "user": "text?", "key_file": "text?",
+    "known_hosts": "text?", "runtime": "text", "threads": "int", "work_dir": "text?", "python": "text",
+    "connect_timeout_s": "number", "notes": "notes", "extra": "mapping",
+}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_EXPECTED = {
+    "int": "an integer", "number": "a number", "text": "a non-empty text", "text?": "a non-empty text or nothing",
+    "notes": "a text", "mapping": "a mapping",
+}
+
+
+def _check_field(key: str, name: str, kind: str, value: Any) -> None:
+    """Refuse a field of the wrong type, naming the device and the field (YAML gives any type)."""
+    if kind == "text?" and value is None:
+        return
+    if kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind == "number":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    elif kind in ("text", "text?"):
+        ok = isinstance(value, str) and bool(value.strip()) and not _CONTROL.search(value)
+    elif kind == "notes":
+        ok = isinstance(value, str)
+    else:
+        ok = isinstance(value, dict)
+    if not ok:
+        hint = " (quote it in devices.yaml)" if kind.startswith("text") and isinstance(value, (int, float)) else ""
+        _refuse(key, name, f"expected {_EXPECTED[kind]}, got {value!r}{hint}")
+
+
+def _refuse(key: str, name: str, problem: str) -> None:
+    """Raise naming the device and the field (the field also goes on the error, for the
+    line number `Inventory.load` puts in front)."""
+    exc = InvalidInputError(f"device {key}: {problem if problem.startswith(name) else f'{name}: {problem}'}")
+    exc.field = name  # type: ignore[attr-defined]
+    raise exc
 
 
 @dataclass(frozen=True)
@@ -45,24 +89,34 @@ class Device:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not KEY_PATTERN.match(self.key or ""):
-            raise InvalidInputError(
+        if not isinstance(self.key, str) or not KEY_PATTERN.match(self.key):
+            exc = InvalidInputError(
                 f"device key {self.key!r} must be lowercase letters, digits, '.', '_' or '-' (e.g. rpi4-livingroom)"
             )
+            exc.field = "key"  # type: ignore[attr-defined]
+            raise exc
+        for name, kind in _FIELD_KINDS.items():
+            _check_field(self.key, name, kind, getattr(self, name))
         if self.transport not in TRANSPORTS:
-            raise InvalidInputError(
-                f"device {self.key}: transport {self.transport!r} unknown; choose from {', '.join(TRANSPORTS)}"
-            )
+            _refuse(self.key, "transport", f"transport {self.transport!r} unknown; choose from {', '.join(TRANSPORTS)}")
         if self.runtime not in runtime_names():
-            raise InvalidInputError(
-                f"device {self.key}: runtime {self.runtime!r} unknown; choose from {', '.join(runtime_names())}"
+            _refuse(
+                self.key, "runtime", f"runtime {self.runtime!r} unknown; choose from {', '.join(runtime_names())}"
             )
         if self.transport == "ssh" and not self.host:
-            raise InvalidInputError(f"device {self.key}: an ssh device needs a host")
-        if not 1 <= int(self.port) <= 65535:
-            raise InvalidInputError(f"device {self.key}: port {self.port} is not a TCP port")
-        if int(self.threads) < 1:
-            raise InvalidInputError(f"device {self.key}: threads must be >= 1")
+            _refuse(self.key, "host", "an ssh device needs a host")
+        if not 1 <= self.port <= 65535:
+            _refuse(self.key, "port", f"{self.port} is not a TCP port (1-65535)")
+        if not 1 <= self.threads <= MAX_THREADS:
+            _refuse(self.key, "threads", f"threads must be between 1 and {MAX_THREADS}, got {self.threads}")
+        if not 0 < self.connect_timeout_s <= MAX_CONNECT_TIMEOUT_S:
+            _refuse(
+                self.key,
+                "connect_timeout_s",
+                f"must be > 0 and <= {MAX_CONNECT_TIMEOUT_S:g} seconds, got {self.connect_timeout_s}",
+            )
+        if not all(isinstance(k, str) for k in self.extra):
+            _refuse(self.key, "extra", "every key must be a text")
 
     def to_dict(self) -> dict[str, Any]:
         """The non-default fields, so the YAML stays short and readable."""
@@ -72,10 +126,33 @@ class Device:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Device":
         known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
+        unknown = sorted(str(k) for k in set(data) - known)
         if unknown:
             raise InvalidInputError(f"device {data.get('key')!r}: unknown field(s) {', '.join(unknown)}")
-        return cls(**dict(data))
+        if "key" not in data:
+            raise InvalidInputError("a device needs a key (e.g. key: rpi4-livingroom)")
+        return cls(**{str(k): v for k, v in data.items()})
+
+
+def _entry_lines(text: str) -> list[dict[str, int]]:
+    """Per entry of `devices:`, the line (1-based) of the entry ("") and of each field, for
+    error messages; [] if not found."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except (yaml.YAMLError, RecursionError):
+        return []
+    if not isinstance(root, yaml.MappingNode):
+        return []
+    for k, v in root.value:
+        if isinstance(k, yaml.ScalarNode) and k.value == "devices" and isinstance(v, yaml.SequenceNode):
+            lines = []
+            for item in v.value:
+                at = {"": item.start_mark.line + 1}
+                if isinstance(item, yaml.MappingNode):
+                    at.update({str(fk.value): fk.start_mark.line + 1 for fk, _ in item.value})
+                lines.append(at)
+            return lines
+    return []
 
 
 LOCAL_DEVICE = Device(key=LOCAL_KEY, transport="local", notes="this machine, measured through the agent")
@@ -94,9 +171,10 @@ class Inventory:
         if not path.exists():
             return cls(path, {})
         try:
-            doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise SchemaError(f"{path}: not valid YAML ({exc})") from exc
+            text = path.read_text(encoding="utf-8")
+            doc = yaml.safe_load(text) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:
+            raise SchemaError(f"{path}: not readable YAML ({str(exc)[:300] or type(exc).__name__})") from exc
         if not isinstance(doc, dict) or doc.get("schema_version") != INVENTORY_VERSION:
             raise SchemaError(
                 f"{path}: expected an ofa2-edge device inventory with schema_version {INVENTORY_VERSION}, "
@@ -105,13 +183,21 @@ class Inventory:
         entries = doc.get("devices") or []
         if not isinstance(entries, list):
             raise SchemaError(f"{path}: 'devices' must be a list")
+        lines = _entry_lines(text)
         devices: dict[str, Device] = {}
-        for entry in entries:
+        for i, entry in enumerate(entries):
+            at = lines[i] if i < len(lines) else {}
+            where = f"{path}:{at['']}" if at else f"{path}: device #{i + 1}"
             if not isinstance(entry, dict):
-                raise SchemaError(f"{path}: each device must be a mapping, got {entry!r}")
-            device = Device.from_dict(entry)
+                raise SchemaError(f"{where}: each device must be a mapping, got {entry!r}")
+            try:
+                device = Device.from_dict(entry)
+            except InvalidInputError as exc:
+                line = at.get(getattr(exc, "field", ""))
+                where = f"{path}:{line}" if line else where
+                raise SchemaError(f"{where}: {exc}; fix that entry (or remove it and use `ofa2-edge devices add`)") from exc
             if device.key in devices:
-                raise SchemaError(f"{path}: device {device.key} is listed twice")
+                raise SchemaError(f"{where}: device {device.key} is listed twice")
             devices[device.key] = device
         return cls(path, devices)
 

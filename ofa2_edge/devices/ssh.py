@@ -55,6 +55,42 @@ class _TrustOnFirstUse(paramiko.MissingHostKeyPolicy):
         log.warning("trusted new host key for %s: %s %s", hostname, key.get_name(), key.fingerprint)
 
 
+_PUBLIC_KEY_PREFIXES = (b"ssh-", b"ecdsa-", b"sk-ssh-", b"sk-ecdsa-", b"---- BEGIN SSH2 PUBLIC KEY")
+MAX_KEY_FILE_BYTES = 1 << 20
+
+
+def check_key_file(device: Device) -> None:
+    """Refuse a device's key file that is missing, unreadable or not a private key, naming it."""
+    if device.key_file is None:
+        return
+    path = Path(device.key_file).expanduser()
+    where = f"{device.key}: key_file {path}"
+    fix = "set the path of the private key (`ofa2-edge devices add ... --key-file PATH --replace` or devices.yaml)"
+    if not path.exists():
+        raise InvalidInputError(f"{where} does not exist; {fix}")
+    if not path.is_file():
+        raise InvalidInputError(f"{where} is not a file; {fix}")
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_KEY_FILE_BYTES + 1)
+    except OSError as exc:
+        raise InvalidInputError(f"{where} cannot be read ({exc.strerror or exc}); check its permissions") from exc
+    if data.lstrip().startswith(_PUBLIC_KEY_PREFIXES):
+        raise InvalidInputError(
+            f"{where} is a public key; give the private key instead (usually the same path without .pub)"
+        )
+    if len(data) > MAX_KEY_FILE_BYTES or b"PRIVATE KEY-----" not in data:
+        raise InvalidInputError(f"{where} is not a private key file (expected '-----BEGIN ... PRIVATE KEY-----')")
+    try:
+        paramiko.PKey.from_path(path)
+    except paramiko.PasswordRequiredException as exc:
+        raise InvalidInputError(
+            f"{where} is protected by a passphrase; load it into ssh-agent and leave key_file unset"
+        ) from exc
+    except (paramiko.SSHException, ValueError, TypeError, IndexError, UnicodeError) as exc:
+        raise InvalidInputError(f"{where} is not a private key ofa2-edge can read ({exc})") from exc
+
+
 def _host_label(host: str, port: int) -> str:
     return host if port == 22 else f"[{host}]:{port}"
 
@@ -116,6 +152,7 @@ class SSHTransport(Transport):
 
     def open(self) -> None:
         d = self.device
+        check_key_file(d)  # a wrong key file is the user's to fix, not a network fault to retry
         try:
             retry(f"connecting to {d.key}", CONNECT_ATTEMPTS, self._connect, _is_transient)
         except DeviceUnreachableError:

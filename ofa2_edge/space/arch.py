@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -59,17 +60,27 @@ def _choices_text(choices: Iterable[Any]) -> str:
 
 
 def _as_int(value: Any, where: str) -> int:
-    """An integer gene; bools, floats with a fraction and strings are refused by name."""
+    """An integer gene; bools, NaN, infinities, floats with a fraction and strings are refused by name."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float, np.floating)):
+        raise InvalidArchError(f"{where}: expected an integer, got {_short(value)}")
+    if isinstance(value, (float, np.floating)) and not math.isfinite(value):
         raise InvalidArchError(f"{where}: expected an integer, got {value!r}")
     if float(value) != int(value):
         raise InvalidArchError(f"{where}: expected an integer, got {value!r}")
     return int(value)
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """`repr(value)`, cut short: an error message must not echo a megabyte of input."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _int_list(values: Any, name: str, length: int) -> list[int]:
     if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)):
-        raise InvalidArchError(f"{name}: expected a list of {length} integers, got {values!r}")
+        raise InvalidArchError(f"{name}: expected a list of {length} integers, got {_short(values)}")
+    if isinstance(values, np.ndarray) and values.ndim != 1:
+        raise InvalidArchError(f"{name}: expected a list of {length} integers, got an array of shape {values.shape}")
     if len(values) != length:
         raise InvalidArchError(f"{name}: expected {length} values, got {len(values)}")
     return [_as_int(v, f"{name}[{i}]") for i, v in enumerate(values)]
@@ -77,7 +88,7 @@ def _int_list(values: Any, name: str, length: int) -> list[int]:
 
 def _check_width(w: Any) -> float:
     if isinstance(w, bool) or not isinstance(w, (int, float, np.floating, np.integer)):
-        raise InvalidArchError(f"w: expected a width multiplier ({_choices_text(WIDTH_MULTS)}), got {w!r}")
+        raise InvalidArchError(f"w: expected a width multiplier ({_choices_text(WIDTH_MULTS)}), got {_short(w)}")
     for allowed in WIDTH_MULTS:
         if abs(float(w) - allowed) < 1e-9:
             return allowed
@@ -151,17 +162,21 @@ class Arch:
         r = data["r"] if "r" in data else data["image_size"]
         if isinstance(r, (list, tuple, np.ndarray)):
             if len(r) != 1:
-                raise InvalidArchError(f"r: expected one resolution, got {list(r)!r}")
+                raise InvalidArchError(f"r: expected one resolution, got {_short(list(r))}")
             r = r[0]
         width = data.get("w", data.get("width_mult", DEFAULT_WIDTH_MULT if w is None else w))
-        return cls(ks=tuple(data["ks"]), e=tuple(data["e"]), d=tuple(data["d"]), r=r, w=width)
+        # The lists go in as given: __post_init__ checks their type and length, then stores tuples.
+        return cls(ks=data["ks"], e=data["e"], d=data["d"], r=r, w=width)
 
     @classmethod
     def from_genome(cls, genome: Sequence[int] | np.ndarray, w: float = DEFAULT_WIDTH_MULT) -> "Arch":
         """Read the OFA² 46-gene value genome (ks 0-19, e 20-39, d 40-44, r 45)."""
-        g = np.asarray(genome)
-        if g.shape != (N_GENES,):
-            raise InvalidArchError(f"genome: expected {N_GENES} genes, got shape {g.shape}")
+        if isinstance(genome, np.ndarray) and genome.shape != (N_GENES,):
+            raise InvalidArchError(f"genome: expected {N_GENES} genes, got shape {genome.shape}")
+        if isinstance(genome, np.ndarray) and genome.dtype.kind in "iu":
+            g = genome.tolist()  # already integers (the search's batches): no per-gene check needed
+        else:
+            g = _int_list(genome, "genome", N_GENES)
         return cls(ks=tuple(g[KS_GENES]), e=tuple(g[E_GENES]), d=tuple(g[D_GENES]), r=g[R_GENE], w=w)
 
     @classmethod
