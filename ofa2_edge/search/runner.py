@@ -37,7 +37,7 @@ import numpy as np
 from ofa2_edge import __version__
 from ofa2_edge.core.errors import InvalidInputError, Ofa2EdgeError, SchemaError
 from ofa2_edge.core.locks import exclusive
-from ofa2_edge.core.persist import atomic_write_text
+from ofa2_edge.core.persist import atomic_write_text, sha256_file
 from ofa2_edge.search import runstore as rs
 from ofa2_edge.search.algorithms import (
     AUTO,
@@ -332,6 +332,7 @@ class SearchRun:
         self._prior = {"evaluation_s": 0.0, "record_s": 0.0}  # from sessions before a resume
         self.last_checkpoint = 0  # the generation a resume would continue from
         self._unlanded: list[tuple[PendingRows | None, dict[str, Any]]] = []  # checkpoints taken, not yet on disk
+        self.config_sha256: str | None = None  # of config.json as written at the start; checkpoints carry it
 
     # ---------------------------------------------------------------- pieces
     def _feasible(self, idx: np.ndarray) -> np.ndarray:
@@ -417,6 +418,7 @@ class SearchRun:
             self.check_empty()  # again, under the lock: another search may have started meanwhile
         self.run.path.mkdir(parents=True, exist_ok=True)
         rs.write_doc(self.run.file(rs.CONFIG_FILE), rs.CONFIG_SCHEMA, self.config_doc())
+        self.config_sha256 = sha256_file(self.run.file(rs.CONFIG_FILE))
         header = {
             "schema": rs.EVALUATIONS_SCHEMA,
             "schema_version": rs.VERSION,
@@ -440,6 +442,12 @@ class SearchRun:
         ck = self.run.checkpoint()
         where, fix = self.run.file(rs.CHECKPOINT_FILE), "restore it from a copy, or start the run again (nothing in the run folder was changed)"
         gen = ck["gen"]
+        self.config_sha256 = sha256_file(self.run.file(rs.CONFIG_FILE))
+        if ck.get("config_sha256", self.config_sha256) != self.config_sha256:
+            raise SchemaError(
+                f"{self.run.file(rs.CONFIG_FILE)}: changed since the checkpoint was taken (its sha256 differs from the "
+                f"checkpoint's config_sha256); resuming would continue another run. Restore it from a copy, or start a new run"
+            )
         if gen > self.pymoo_n_gen:
             raise SchemaError(f"{where}: gen {gen} is past the run's {self.pymoo_n_gen} generations; {fix}")
         rows = self.run.read_archive(self.archive.fields, ck["archive_rows"], gen)
@@ -535,6 +543,7 @@ class SearchRun:
             "pop": _pop_state(algo),
             "survival": survival_state(algo),
             "archive_rows": self.archive.n_rows,
+            **({"config_sha256": self.config_sha256} if self.config_sha256 else {}),
             "hv_rows": list(self.hv_rows),
             "timers": self._timings(),
             "saved_at": _now(),

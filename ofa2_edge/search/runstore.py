@@ -21,9 +21,18 @@ with a flush per batch; no pickle):
 - ``status.json`` (`ofa2-edge/search-status`): state (running / completed / interrupted /
   infeasible), progress, and the final summary.
 - ``checkpoint.json`` (`ofa2-edge/search-checkpoint`): population, RNG state and counters,
-  to resume after an interruption (one compact line: it is rewritten at every checkpoint
-  and read only by a resume).
+  the number of evaluations.jsonl rows it counts and the sha256 of config.json, to resume
+  after an interruption (one compact line: it is rewritten at every checkpoint and read
+  only by a resume, and by the dashboard for its hypervolume curve).
 - ``pareto.png``: the static Pareto plot.
+- ``.lock``: the writer lock (`core.locks.exclusive`), held by the one search or resume
+  writing the folder; a second writer is refused. Readers take no lock.
+
+`RunFolder` is the one reader of these files, and validates everything it returns (types,
+ranges, and where files depend on each other, their agreement): a bad value is one
+`Ofa2EdgeError` naming the file and the key, row or line, never a traceback or a wrong
+number downstream. In evaluations.jsonl a malformed complete line is an error; only an
+unterminated last line is a crash artefact, skipped.
 """
 
 from __future__ import annotations
@@ -511,6 +520,10 @@ def _check_checkpoint(doc: dict[str, Any], path: Path) -> None:
         c.fail("n_evals", f"{n_evals} differs from the last generation's {hv_rows[-1]['n_evals']} (hv_rows)")
     _check_timings(c, c.get(doc, "timers"), "timers")
     c.str_(c.get(doc, "saved_at"), "saved_at")
+    if "config_sha256" in doc:
+        sha = c.str_(doc["config_sha256"], "config_sha256")
+        if len(sha) != 64 or set(sha) - set("0123456789abcdef"):
+            c.fail("config_sha256", f"expected 64 hex digits, got {_show(sha)}")
 
 
 def _check_timings_doc(doc: dict[str, Any], path: Path) -> None:
