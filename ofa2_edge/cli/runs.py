@@ -11,7 +11,7 @@ from rich.table import Table
 from ofa2_edge.cli.common import JSON_OPTION, emit_json, out_console, state
 from ofa2_edge.core.errors import InvalidInputError
 from ofa2_edge.search.compare import compare_runs
-from ofa2_edge.search.runstore import RunFolder, list_runs
+from ofa2_edge.search.runstore import FRONT_FILE, RunFolder, list_runs
 from ofa2_edge.core.workspace import Workspace
 
 app = typer.Typer(help="List, inspect and compare search runs.", no_args_is_help=True)
@@ -73,7 +73,7 @@ def show(
     """A run's settings, state, timings and front."""
     folder = resolve_run(run, state(ctx).workspace)
     brief, status = _brief(folder), folder.status()
-    front = folder.front() if (folder.path / "front.json").is_file() else None
+    front = folder.front() if folder.file(FRONT_FILE).is_file() else None  # the run store validates every file it reads
     if as_json:
         emit_json({**brief, "status": status, "config": folder.config(), "front": front})
         return

@@ -14,7 +14,7 @@ from ofa2_edge.cli.common import JSON_OPTION, emit_json, err_console, out_consol
 from ofa2_edge.core.errors import InvalidInputError
 from ofa2_edge.search import runstore as rs
 from ofa2_edge.search.algorithms import ALGORITHMS, AUTO, DEDUPES, MUTATIONS, REFINE_ANCHORS, SAMPLINGS, OperatorConfig
-from ofa2_edge.search.runner import SearchConfig, run_search
+from ofa2_edge.search.runner import SearchConfig, run_search, stored_config
 from ofa2_edge.space.arch import DEFAULT_RESOLUTIONS, SearchSpace
 
 
@@ -149,9 +149,9 @@ def search(
     if resume:
         if output is None:
             raise InvalidInputError("--resume needs the run folder: -o runs/NAME")
-        cfg = _config_from_options(SearchConfig.from_dict(rs.RunFolder(output).config()), opts) if given else None
+        cfg = _config_from_options(stored_config(rs.RunFolder(output)), opts) if given else None
     else:
-        base = SearchConfig.from_dict(rs.RunFolder(config.parent if config.is_file() else config).config()) if config else None
+        base = stored_config(rs.RunFolder(config.parent if config.is_file() else config)) if config else None
         cfg = _config_from_options(base, opts)
     if output is None:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")

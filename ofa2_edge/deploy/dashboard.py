@@ -13,6 +13,8 @@ predictor's interval and the latest successful measurement from the device's tab
 hypervolume curve, and the run's config. Anything auxiliary that is missing (no HV file,
 a device without table or predictor, a run still running) becomes a note on the page;
 what the page cannot exist without (the run's config, a readable front) is an error.
+Every run file is read through the run store (`runstore.RunFolder`), which validates it:
+a bad value is one error naming the file and row, never a page showing it.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from ofa2_edge.space.costs import arch_costs
 from ofa2_edge.core.errors import InvalidInputError, Ofa2EdgeError, SchemaError
 from ofa2_edge.surrogates.base import LatencySurrogate, load_surrogate
 from ofa2_edge.tables.device import DeviceTable
-from ofa2_edge.core.persist import atomic_write_text, read_json, sha256_file
+from ofa2_edge.core.persist import atomic_write_text, sha256_file
 from ofa2_edge.search import runstore as rs
 from ofa2_edge.search.indicators import nondominated
 from ofa2_edge.space.arch import Arch
@@ -118,16 +120,11 @@ def _load_front(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     path = run.file(rs.FRONT_FILE)
     if path.is_file():
-        front = run.front()  # refuses unknown schema versions and unreadable JSON
-        rows = front.get("rows")
-        if not isinstance(rows, list):
-            raise SchemaError(
-                f"{path}: 'rows' is missing or not a list; regenerate the front with `ofa2-edge search --resume`"
-            )
-        return rows, {
+        front = run.front()  # the run store validates it: schema, types, every row's values and arch
+        return front["rows"], {
             "source": str(path),
-            "selection": front.get("selection"),
-            "hv": _num(front.get("hv")),
+            "selection": front["selection"],
+            "hv": front["hv"],
             "provisional": False,
         }
     rows, n_evaluated = _provisional_front(run, config)
@@ -145,16 +142,12 @@ def _load_front(
 
 
 def _candidates(rows: list[dict[str, Any]], where: str) -> tuple[list[dict[str, Any]], list[Arch]]:
+    """The page's candidates from rows the run store validated (front.json or evaluations.jsonl)."""
     archs: list[Arch] = []
     for i, row in enumerate(rows):
-        try:
-            archs.append(Arch.from_dict(row["arch"]))
-        except (KeyError, TypeError, Ofa2EdgeError) as exc:
-            raise SchemaError(f"{where}: row {i} has no valid arch ({exc})") from exc
-        if row.get("arch_id", archs[-1].id) != archs[-1].id:
-            raise SchemaError(f"{where}: row {i} says arch_id {row['arch_id']} but its arch is {archs[-1].id}")
+        archs.append(Arch.from_dict(row["arch"]))
         if row.get(TOP1_FIELD) is None:
-            raise SchemaError(f"{where}: row {i} ({row.get('arch_id')}) has no {TOP1_FIELD}")
+            raise SchemaError(f"{where}: row {i} ({row['arch_id']}) has no {TOP1_FIELD}")
     costs = arch_costs(archs)
     out = []
     for row, arch, cost in zip(rows, archs, costs, strict=True):
@@ -325,12 +318,12 @@ def _hypervolume(run: rs.RunFolder, notes: list[str]) -> dict[str, Any] | None:
     source = None
     if run.file(rs.HV_FILE).is_file():
         doc = run.hypervolume()
-        rows, ref, source = doc.get("rows", []), doc.get("reference_point"), str(run.file(rs.HV_FILE))
+        rows, ref, source = doc["rows"], doc["reference_point"], str(run.file(rs.HV_FILE))
     elif run.file(rs.CHECKPOINT_FILE).is_file():
-        doc = read_json(run.file(rs.CHECKPOINT_FILE), rs.CHECKPOINT_SCHEMA, [rs.VERSION])
-        rows, source = doc.get("hv_rows", []), str(run.file(rs.CHECKPOINT_FILE))
+        doc = run.checkpoint()
+        rows, source = doc["hv_rows"], str(run.file(rs.CHECKPOINT_FILE))
         notes.append(
-            f"No {rs.HV_FILE} yet: the hypervolume curve stops at the last checkpoint (generation {doc.get('gen')})."
+            f"No {rs.HV_FILE} yet: the hypervolume curve stops at the last checkpoint (generation {doc['gen']})."
         )
     else:
         notes.append(f"No hypervolume data ({rs.HV_FILE} is missing): no hypervolume curve.")

@@ -65,7 +65,7 @@ def price_front(
     run: RunFolder, surrogate: LatencySurrogate, table: DeviceTable, safe: float | None = None
 ) -> list[Candidate]:
     """Every feasible front arch of `run` with the device's predicted and measured latency."""
-    rows = [r for r in run.front()["rows"] if r.get("feasible", True)]
+    rows = [r for r in run.front()["rows"] if r.get("feasible", True)]  # validated by the run store
     if not rows:
         raise InvalidInputError(f"{run.path}: the run's front is empty (no feasible arch)")
     if "top1_pct" not in rows[0]:

@@ -36,7 +36,8 @@ import numpy as np
 
 from ofa2_edge import __version__
 from ofa2_edge.core.errors import InvalidInputError, Ofa2EdgeError, SchemaError
-from ofa2_edge.core.persist import atomic_write_text, read_json
+from ofa2_edge.core.locks import exclusive
+from ofa2_edge.core.persist import atomic_write_text, sha256_file
 from ofa2_edge.search import runstore as rs
 from ofa2_edge.search.algorithms import (
     AUTO,
@@ -222,20 +223,17 @@ class Archive:
         self.n_handed = self.n_rows
         return submit_rows(*args)
 
-    def load(self, run: rs.RunFolder) -> None:
-        """Rebuild from the run's evaluations.jsonl (on resume)."""
-        genomes, values, gens = [], [], []
-        for row in run.evaluations():
-            a = row["arch"]
-            genomes.append([*a["ks"], *a["e"], *a["d"], a["r"]])
-            values.append([row[f] for f in self.fields])
-            gens.append(row["gen"])
+    def load(self, rows: rs.ArchiveRows) -> None:
+        """Rebuild from the rows of evaluations.jsonl a checkpoint counts (on resume;
+        `RunFolder.read_archive` validated them)."""
         self._row_of.clear()
         self.n_rows = 0
-        if genomes:
-            g = np.asarray(genomes, dtype=np.int64)
+        if len(rows.genomes):
+            g = rows.genomes
             self._row_of = {row.tobytes(): i for i, row in enumerate(g.astype(np.int16))}
-            self._append(g, np.asarray(values, dtype=np.float64), np.asarray(gens, dtype=np.int64))
+            if len(self._row_of) != len(g):
+                raise SchemaError(f"evaluations.jsonl holds an arch twice among the {len(g)} rows its checkpoint counts; restore it or start the run again")
+            self._append(g, rows.values, rows.gens)
         self.n_handed = self.n_rows
 
 
@@ -334,6 +332,7 @@ class SearchRun:
         self._prior = {"evaluation_s": 0.0, "record_s": 0.0}  # from sessions before a resume
         self.last_checkpoint = 0  # the generation a resume would continue from
         self._unlanded: list[tuple[PendingRows | None, dict[str, Any]]] = []  # checkpoints taken, not yet on disk
+        self.config_sha256: str | None = None  # of config.json as written at the start; checkpoints carry it
 
     # ---------------------------------------------------------------- pieces
     def _feasible(self, idx: np.ndarray) -> np.ndarray:
@@ -405,15 +404,21 @@ class SearchRun:
         return t
 
     # ---------------------------------------------------------------- start / resume
+    def check_empty(self) -> None:
+        """A new run goes into a missing or empty folder (its lock file aside)."""
+        if self.run.path.exists() and (not self.run.path.is_dir() or any(p.name != rs.LOCK_FILE for p in self.run.path.iterdir())):
+            raise InvalidInputError(f"{self.run.path} already exists and is not empty; resume it with --resume or choose another -o")
+
     def start(self, restart: bool = False) -> None:
         if restart:
             self.run.config()  # it must be one of our run folders
             for name in (rs.EVALUATIONS_FILE, rs.FRONT_FILE, rs.FRONT_CSV, rs.HV_FILE, rs.TIMINGS_FILE, rs.STATUS_FILE, rs.PLOT_FILE):
                 self.run.file(name).unlink(missing_ok=True)
-        elif self.run.path.exists() and any(self.run.path.iterdir()):
-            raise InvalidInputError(f"{self.run.path} already exists and is not empty; resume it with --resume or choose another -o")
+        else:
+            self.check_empty()  # again, under the lock: another search may have started meanwhile
         self.run.path.mkdir(parents=True, exist_ok=True)
         rs.write_doc(self.run.file(rs.CONFIG_FILE), rs.CONFIG_SCHEMA, self.config_doc())
+        self.config_sha256 = sha256_file(self.run.file(rs.CONFIG_FILE))
         header = {
             "schema": rs.EVALUATIONS_SCHEMA,
             "schema_version": rs.VERSION,
@@ -424,24 +429,51 @@ class SearchRun:
         self._status("running")
 
     def resume(self) -> bool:
-        """Restore from the checkpoint; False if the run had already finished."""
+        """Restore from the checkpoint; False if the run had already finished.
+
+        Everything is checked before anything on disk changes: the checkpoint on its own
+        (`RunFolder.checkpoint`), against evaluations.jsonl (`RunFolder.read_archive`:
+        row count, generations) and against the config and the algorithm (generations,
+        genomes, population data, RNG and survival state). Only then are rows written after
+        the checkpoint dropped, and never from a finished run."""
         stored = self.run.config()
         self._check_same_predictors(stored)
         status = self.run.status()
-        ck = read_json(self.run.file(rs.CHECKPOINT_FILE), rs.CHECKPOINT_SCHEMA, [rs.VERSION])
-        rs.truncate_lines(self.run.file(rs.EVALUATIONS_FILE), 1 + int(ck["archive_rows"]))
-        self.archive.load(self.run)
+        ck = self.run.checkpoint()
+        where, fix = self.run.file(rs.CHECKPOINT_FILE), "restore it from a copy, or start the run again (nothing in the run folder was changed)"
+        gen = ck["gen"]
+        self.config_sha256 = sha256_file(self.run.file(rs.CONFIG_FILE))
+        if ck.get("config_sha256", self.config_sha256) != self.config_sha256:
+            raise SchemaError(
+                f"{self.run.file(rs.CONFIG_FILE)}: changed since the checkpoint was taken (its sha256 differs from the "
+                f"checkpoint's config_sha256); resuming would continue another run. Restore it from a copy, or start a new run"
+            )
+        if gen > self.pymoo_n_gen:
+            raise SchemaError(f"{where}: gen {gen} is past the run's {self.pymoo_n_gen} generations; {fix}")
+        rows = self.run.read_archive(self.archive.fields, ck["archive_rows"], gen)
+        if status.get("state") in ("completed", "infeasible") and gen >= self.pymoo_n_gen:
+            if rows.more:
+                raise SchemaError(
+                    f"{where}: the run is {status['state']} but {rs.EVALUATIONS_FILE} holds rows after the "
+                    f"{ck['archive_rows']} its last checkpoint counts; {fix}"
+                )
+            return False  # nothing to do, and nothing changed
+        self.archive.load(rows)
+        X = self._checked_population(ck, where, fix)
+        self._check_algorithm_state(ck, where, fix)
+        # Checked: from here on the run folder changes.
+        evaluations = self.run.file(rs.EVALUATIONS_FILE)
+        if evaluations.stat().st_size != rows.end:
+            rs.truncate_at(evaluations, rows.end)  # rows after the checkpoint, a torn last line
         self.hv_rows = list(ck["hv_rows"])
-        self.done = self.last_checkpoint = int(ck["gen"])
+        self.done = self.last_checkpoint = gen
         self.timers.update({k: float(v) for k, v in ck["timers"].items() if k in self.timers})
         self._prior = {k: float(ck["timers"].get(k, 0.0)) for k in self._prior}
-        if status.get("state") in ("completed", "infeasible") and self.done >= self.pymoo_n_gen:
-            return False
         algo = self.algorithm
         from pymoo.core.evaluator import Evaluator
         from pymoo.core.population import Population
 
-        pop = Population.new("X", np.asarray(ck["pop"]["X"], dtype=np.int64))
+        pop = Population.new("X", X)
         Evaluator().eval(self.problem, pop)  # every member is in the archive: the stored F, G, CV
         for key, values in ck["pop"]["data"].items():
             pop.set(key, np.asarray(values))
@@ -460,6 +492,40 @@ class SearchRun:
         self._status("running", resumed_at=_now())
         return True
 
+    def _checked_population(self, ck: dict[str, Any], where: Path, fix: str) -> np.ndarray:
+        """The checkpoint's population as index genomes of this run's space, every member
+        among the rows the checkpoint counts (so the resume re-evaluates nothing)."""
+        X = np.asarray(ck["pop"]["X"], dtype=np.int64)
+        if ((X < 0) | (X >= self.codec.n_choices[None, :])).any():
+            raise SchemaError(f"{where}: pop.X holds a gene index outside the run's search space; {fix}")
+        _, known, _ = self.archive.lookup(self.codec.decode(X))
+        if not known.all():
+            raise SchemaError(
+                f"{where}: {int((~known).sum())} individual(s) of pop.X are not among the {ck['archive_rows']} "
+                f"rows of {rs.EVALUATIONS_FILE} it counts; {fix}"
+            )
+        from pymoo.core.individual import Individual
+
+        core = Individual()
+        for key in ck["pop"]["data"]:
+            if key in core.__dict__ or f"_{key}" in core.__dict__ or hasattr(Individual, key):
+                raise SchemaError(f"{where}: pop.data[{key!r}] would overwrite an individual's own {key}; {fix}")
+        return X
+
+    def _check_algorithm_state(self, ck: dict[str, Any], where: Path, fix: str) -> None:
+        """The RNG state fits the algorithm's generator, and the survival state its objectives."""
+        scratch = type(self.algorithm.random_state.bit_generator)()
+        try:
+            scratch.state = ck["rng_state"]
+        except (TypeError, ValueError, KeyError, OverflowError) as exc:
+            raise SchemaError(f"{where}: rng_state is not a state of the run's {type(scratch).__name__} generator ({exc}); {fix}") from None
+        n = self.objectives.n_obj
+        for key, value in ck["survival"].items():
+            shape = np.shape(value) if value is not None else None
+            want = (n, n) if key == "extreme_points" else (n,)
+            if shape is not None and shape != want:
+                raise SchemaError(f"{where}: survival.{key} has shape {shape}, expected {want} for {n} objectives; {fix}")
+
     # ---------------------------------------------------------------- stepping
     def checkpoint(self) -> None:
         """Take a checkpoint of the generation just completed: the archive rows evaluated
@@ -477,6 +543,7 @@ class SearchRun:
             "pop": _pop_state(algo),
             "survival": survival_state(algo),
             "archive_rows": self.archive.n_rows,
+            **({"config_sha256": self.config_sha256} if self.config_sha256 else {}),
             "hv_rows": list(self.hv_rows),
             "timers": self._timings(),
             "saved_at": _now(),
@@ -609,39 +676,68 @@ def run_search(
 
     folder = Path(folder)
     workspace = workspace or Workspace.resolve()
-    if resume:
-        stored = SearchConfig.from_dict(rs.RunFolder(folder).config())
-        if config is not None:
-            a, b = config.to_dict(), stored.to_dict()
-            diff = [k for k in a if a[k] != b[k] and k != "checkpoint_every"]  # the interval does not change results
-            if diff:
-                raise InvalidInputError(f"{folder}: --resume continues the stored run; these settings differ from it: {', '.join(diff)}")
-            config = replace(stored, checkpoint_every=config.checkpoint_every)
-        else:
-            config = stored
-    if config is None:
-        raise InvalidInputError("a new search needs a config")
+    store = rs.RunFolder(folder)
+    # One writer per run folder (`core.locks.exclusive` on its .lock): a second search or
+    # resume of the same folder is refused before it reads or writes anything.
+    what = f"run {store.run_id} ({folder})"
     # The same BLAS thread count throughout, including the re-evaluation on resume.
     with threadpool_limits(limits=BLAS_THREADS, user_api="blas"):
-        run = SearchRun(config, folder, workspace, assets_dir)
-        if resume and run.run.file(rs.CHECKPOINT_FILE).is_file():
-            if not run.resume():
-                return run.run.status()
-        else:
-            run.start(restart=resume)  # resuming a run stopped before its first checkpoint starts it over
-        with _frozen_heap():
-            try:
-                while run.algorithm.has_next():
-                    p = run.step()
-                    if progress is not None:
-                        progress(p)
-            except BaseException as exc:
-                with contextlib.suppress(Exception):
-                    run.land()  # the checkpoints already taken reach the disk
-                if isinstance(exc, KeyboardInterrupt):
-                    run._status("interrupted", message=f"interrupted; --resume continues from generation {run.last_checkpoint} (the last checkpoint)")
-                raise
-            return run.finish(plot=plot)
+        if resume:
+            with exclusive(store.require().lock_path, what):
+                run = SearchRun(_resumed_config(config, store), folder, workspace, assets_dir)
+                if run.run.file(rs.CHECKPOINT_FILE).is_file():
+                    if not run.resume():
+                        return run.run.status()
+                else:
+                    run.start(restart=True)  # resuming a run stopped before its first checkpoint starts it over
+                return _drive(run, progress, plot)
+        if config is None:
+            raise InvalidInputError("a new search needs a config")
+        run = SearchRun(config, folder, workspace, assets_dir)  # checks everything before the folder is made
+        run.check_empty()
+        with exclusive(store.lock_path, what):
+            run.start()
+            return _drive(run, progress, plot)
+
+
+def stored_config(run: rs.RunFolder) -> SearchConfig:
+    """The `SearchConfig` of a run folder's config.json; errors name the file."""
+    try:
+        return SearchConfig.from_dict(run.config())
+    except SchemaError as exc:
+        path = str(run.file(rs.CONFIG_FILE))
+        if path in str(exc):
+            raise
+        raise SchemaError(f"{path}: {exc}; config.json defines the run: restore it from a copy, or start a new run") from None
+
+
+def _resumed_config(config: SearchConfig | None, run: rs.RunFolder) -> SearchConfig:
+    """The stored config; a `config` given as well must match it (but for the checkpoint interval)."""
+    stored = stored_config(run)
+    if config is None:
+        return stored
+    a, b = config.to_dict(), stored.to_dict()
+    diff = [k for k in a if a[k] != b[k] and k != "checkpoint_every"]  # the interval does not change results
+    if diff:
+        raise InvalidInputError(f"{run.path}: --resume continues the stored run; these settings differ from it: {', '.join(diff)}")
+    return replace(stored, checkpoint_every=config.checkpoint_every)
+
+
+def _drive(run: SearchRun, progress: Callable[[Progress], None] | None, plot: bool) -> dict[str, Any]:
+    """Step the run to its end, then finish it; on an interruption, land what was taken."""
+    with _frozen_heap():
+        try:
+            while run.algorithm.has_next():
+                p = run.step()
+                if progress is not None:
+                    progress(p)
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                run.land()  # the checkpoints already taken reach the disk
+            if isinstance(exc, KeyboardInterrupt):
+                run._status("interrupted", message=f"interrupted; --resume continues from generation {run.last_checkpoint} (the last checkpoint)")
+            raise
+        return run.finish(plot=plot)
 
 
 @contextlib.contextmanager
