@@ -18,6 +18,7 @@ from ofa2_edge.space.costs import arch_costs
 from ofa2_edge.core.errors import InvalidInputError
 from ofa2_edge.surrogates.base import LatencySurrogate
 from ofa2_edge.tables.device import DeviceTable
+from ofa2_edge.search.indicators import nondominated
 from ofa2_edge.search.runstore import RunFolder
 from ofa2_edge.space.arch import Arch
 
@@ -100,14 +101,10 @@ def price_front(
 
 def non_dominated(cands: Sequence[Candidate]) -> list[Candidate]:
     """Candidates no other beats on both accuracy (higher) and limit latency (lower)."""
-    acc = np.array([c.top1_pct for c in cands])
-    lat = np.array([c.limit_latency_ms for c in cands])
-    keep = []
-    for i in range(len(cands)):
-        dominated = ((acc >= acc[i]) & (lat <= lat[i]) & ((acc > acc[i]) | (lat < lat[i]))).any()
-        if not dominated:
-            keep.append(cands[i])
-    return keep
+    if not cands:
+        return []
+    F = np.array([[-c.top1_pct, c.limit_latency_ms] for c in cands], dtype=np.float64)
+    return [cands[i] for i in nondominated(F)]
 
 
 @dataclass(frozen=True)
