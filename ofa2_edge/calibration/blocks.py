@@ -124,7 +124,7 @@ class BlockRecords:
         for lineno, doc in iter_jsonl_numbered(self.path, MAX_LINE_CHARS):
             where = f"{self.path}:{lineno}"
             try:
-                record = MeasureResult.from_dict(doc, where=where)
+                record = MeasureResult.from_dict(doc, where=f"{where}: record")
             except RecordError as exc:
                 raise SchemaError(f"{exc}; fix or remove that line (the table was not changed)") from exc
             layer = (record.arch or {}).get("layer")

@@ -181,7 +181,7 @@ class DeviceTable:
         for lineno, doc in iter_jsonl_numbered(self.measurements_path, MAX_LINE_CHARS):
             where = f"{self.measurements_path}:{lineno}"
             try:
-                record = MeasureResult.from_dict(doc, where=where)
+                record = MeasureResult.from_dict(doc, where=f"{where}: record")
             except RecordError as exc:
                 raise SchemaError(f"{exc}; {fix}") from exc
             if record.arch is not None:
