@@ -42,6 +42,7 @@ MAX_STRING_CHARS = 64 * 1024
 MAX_KEY_CHARS = 256
 MAX_LIST_ITEMS = 1_000_000
 MAX_DICT_KEYS = 4096
+MAX_INT = 2 ** 63
 #: No inference through a runtime takes less than 100 ns; a smaller time is a broken timer.
 MIN_LATENCY_MS = 1e-4
 #: Relative slack of the ordering checks (percentiles are interpolated in floating point).
@@ -116,6 +117,8 @@ def check_json_bounds(doc: Any, where: str) -> None:
             if len(value) > MAX_STRING_CHARS:
                 raise RecordError(f"{path}: a string of {len(value)} characters (at most {MAX_STRING_CHARS})")
             continue
+        if isinstance(value, int) and not isinstance(value, bool) and not -MAX_INT <= value <= MAX_INT:
+            raise RecordError(f"{path}: an integer beyond 64 bits")
         if not isinstance(value, (dict, list)):
             continue
         if depth >= MAX_DEPTH:
@@ -613,6 +616,7 @@ class ProbeReport:
 
     @classmethod
     def from_dict(cls, doc: Any, where: str = "probe") -> ProbeReport:
+        check_json_bounds(doc, where)
         return from_json(cls, check_envelope(doc, PROBE_SCHEMA, [SCHEMA_VERSION], where), where)
 
 
@@ -636,5 +640,6 @@ def parse_agent_line(line: str, where: str = "agent output") -> Any:
             where = f"{where} record for {arch_id}"
         return MeasureResult.from_dict(doc, where)
     if schema == BATCH_END_SCHEMA:
+        check_json_bounds(doc, where)
         return BatchEnd.from_dict(doc, where)
     raise RecordError(f"{where}: expected a {RESULT_SCHEMA!r} or {BATCH_END_SCHEMA!r} line, found {schema!r}")

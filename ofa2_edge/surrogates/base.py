@@ -244,8 +244,8 @@ def surrogate_from_doc(doc: dict[str, Any], where: str = "surrogate") -> Latency
     report = _check_report(doc.get("report", {}), where)
     try:
         model = _REGISTRY[kind].from_params(doc["params"], float(width))
-    except SchemaError:
-        raise
+    except SchemaError as exc:
+        raise SchemaError(f"{where}: {exc}") from exc
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError, Ofa2EdgeError) as exc:
         raise SchemaError(
             f"{where}: malformed {kind!r} surrogate parameters ({type(exc).__name__}: {exc}); fit again "
