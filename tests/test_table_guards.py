@@ -67,6 +67,7 @@ DAMAGE = {
     "linear wrong length": ("linear", _set(["params", "state", "coef"], lambda c: c[:-1]), "state.coef"),
     "linear 1e8 ms": ("linear", _set(["params", "state", "coef"], lambda c: [v * 1e9 for v in c]), "ms for"),
     "no residuals": ("linear", _set(["params", "residuals"], []), "residuals"),
+    "residual overflowing exp": ("linear", _set(["params", "residuals", 0], 710.0), "residuals"),
     "NaN residual": ("trees", _set(["params", "residuals", 0], float("nan")), "residuals"),
     "tree feature out of range": (
         "trees", _set(["params", "state", "ensemble", "feature", 0, 0], 10_000), "ensemble.feature"

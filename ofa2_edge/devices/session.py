@@ -278,6 +278,7 @@ class DeviceSession:
         probe = self.probe
         spec = model.spec()
         expected: list[tuple[str, Any, Any]] = [
+            ("arch_id", record.arch_id, spec.arch_id),
             ("batch_id", record.batch_id, batch_id),
             ("device_key", record.device_key, self.device.key),
             ("device_fingerprint", record.device_fingerprint, probe.fingerprint if probe else None),

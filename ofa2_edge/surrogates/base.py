@@ -129,8 +129,11 @@ class LatencySurrogate(ABC):
             try:
                 mean = np.asarray(self.predict(archs), dtype=np.float64)
                 lo, hi = (np.asarray(v, dtype=np.float64) for v in self.predict_interval(archs, 0.8))
-            except Ofa2EdgeError as exc:
-                raise SchemaError(f"{where}: the {self.kind!r} predictor cannot price the min/max nets ({exc})") from exc
+            except (Ofa2EdgeError, ArithmeticError, ValueError) as exc:
+                raise SchemaError(
+                    f"{where}: the {self.kind!r} predictor cannot price the min/max nets ({type(exc).__name__}: {exc}); "
+                    "fit again (`ofa2-edge fit --device <key>`)"
+                ) from exc
         for i, arch in enumerate(archs):
             m, a, b = float(mean[i]), float(lo[i]), float(hi[i])
             if not (math.isfinite(m) and MIN_PREDICTED_MS <= m <= MAX_PREDICTED_MS):

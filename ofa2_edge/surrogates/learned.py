@@ -30,6 +30,8 @@ LOO_UP_TO = 20
 MAX_FOLDS = 10
 #: More residuals than any calibration measures: a saved file holding more is damaged.
 MAX_RESIDUALS = 1_000_000
+#: A held-out prediction off by more than e^20 (5e8 times) is no fit: the file is damaged.
+MAX_ABS_LOG_RESIDUAL = 20.0
 
 
 def check_quantile(q: float) -> float:
@@ -209,5 +211,7 @@ class LearnedSurrogate(LatencySurrogate):
         residuals = finite_array(params["residuals"], "residuals")
         if residuals.ndim != 1 or not 1 <= residuals.size <= MAX_RESIDUALS:
             raise ValueError(f"residuals: expected 1 to {MAX_RESIDUALS} out-of-fold log residuals, got shape {residuals.shape}")
+        if float(np.abs(residuals).max()) > MAX_ABS_LOG_RESIDUAL:
+            raise ValueError(f"residuals: a log residual beyond +-{MAX_ABS_LOG_RESIDUAL} (a factor of e^{MAX_ABS_LOG_RESIDUAL})")
         model.residuals = np.sort(residuals)
         return model
