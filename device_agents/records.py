@@ -347,8 +347,8 @@ class Stats:
                   "need min <= p10 <= median <= p90 <= p99 <= max")
         inside = [("estimate_ms", self.estimate_ms), ("mean_ms", self.mean_ms),
                   ("block_min_median_ms", self.block_min_median_ms)]
-        inside += [("block_min_ms[%d]" % i, v) for i, v in enumerate(self.block_min_ms)]
-        inside += [("block_median_ms[%d]" % i, v) for i, v in enumerate(self.block_median_ms)]
+        inside += [(f"block_min_ms[{i}]", v) for i, v in enumerate(self.block_min_ms)]
+        inside += [(f"block_median_ms[{i}]", v) for i, v in enumerate(self.block_median_ms)]
         low, high = self.min_ms * (1 - _ORDER_TOL), self.max_ms * (1 + _ORDER_TOL)
         for name, v in inside:
             _need(low <= v <= high, f"{name} ({v!r}) is outside [min_ms, max_ms] = [{self.min_ms!r}, {self.max_ms!r}]")

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from records_factory import probe_report, record_for
 
-from device_agents.records import MeasureResult, ModelSpec, Protocol, RecordError, TensorSpec, parse_agent_line
+from device_agents.records import MeasureResult, Protocol, RecordError, TensorSpec, parse_agent_line
 from ofa2_edge.core.errors import MeasurementError, Ofa2EdgeError
 from ofa2_edge.devices.inventory import Device
 from ofa2_edge.devices.session import DeviceSession, ShippableModel

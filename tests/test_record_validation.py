@@ -14,8 +14,9 @@ import os
 import stat
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -108,11 +109,18 @@ def test_the_fake_interpreter_replays_a_valid_record(tmp_path: Path, real: Any) 
 CRAFTED = {
     "estimate -5": ("doc['stats']['estimate_ms'] = -5.0", "estimate_ms"),
     "estimate 0": ("doc['stats']['estimate_ms'] = 0.0", "estimate_ms"),
-    "estimate 1e-300": ("for k in ('estimate_ms','min_ms','p10_ms','median_ms','block_min_median_ms'): "
-                        "doc['stats'][k] = 1e-300", "min_ms"),
-    "estimate 1e300": ("s = doc['stats']\nfor k in list(s):\n    s[k] = 1e300 if k.endswith('_ms') and "
-                       "isinstance(s[k], float) else s[k]\ns['block_min_ms'] = [1e300] * len(s['block_min_ms'])\n"
-                       "s['block_median_ms'] = [1e300] * len(s['block_median_ms'])", "max_ms"),
+    "estimate 1e-300": (
+        "for k in ('estimate_ms','min_ms','p10_ms','median_ms','block_min_median_ms'): doc['stats'][k] = 1e-300",
+        "min_ms",
+    ),
+    "estimate 1e300": (
+        (
+            "s = doc['stats']\nfor k in list(s):\n    s[k] = 1e300 if k.endswith('_ms') and isinstance(s[k], float) "
+            "else s[k]\ns['block_min_ms'] = [1e300] * len(s['block_min_ms'])\n"
+            "s['block_median_ms'] = [1e300] * len(s['block_median_ms'])"
+        ),
+        "max_ms",
+    ),
     "estimate 1000x max": ("doc['stats']['estimate_ms'] = 1000 * doc['stats']['max_ms']", "estimate_ms"),
     "unordered stats": ("doc['stats']['p90_ms'] = doc['stats']['max_ms'] * 2", "p90_ms"),
     "arch of another id": ("doc['arch'] = " + repr(Arch.largest(224).to_dict()), "arch"),

@@ -182,7 +182,7 @@ def finite_array(value: Any, name: str, shape: tuple[int, ...] | None = None, mi
 def finite_number(value: Any, name: str, min_value: float | None = None) -> float:
     """A finite float from saved parameters (>= `min_value`), else ValueError naming it."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name}: expected a number, got {type(value).__name__}")
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
     x = float(value)
     if not math.isfinite(x) or (min_value is not None and x < min_value):
         raise ValueError(f"{name}: {value!r} is not a finite number" + (f" >= {min_value}" if min_value is not None else ""))
@@ -198,15 +198,15 @@ def _check_report(report: Any, where: str) -> dict[str, Any]:
         return report
     try:
         if not isinstance(held, dict):
-            raise ValueError("held_out: expected an object")
+            raise TypeError("held_out: expected an object")
         for key in ("share_within_5pct", "share_within_10pct", "mape_pct", "rmse_ms"):
             finite_number(held.get(key), f"held_out.{key}", 0.0)
         if held.get("spearman") is not None:
             finite_number(held["spearman"], "held_out.spearman")
         if not isinstance(held.get("method"), str) or not isinstance(report.get("name"), str):
-            raise ValueError("held_out.method and name must be strings")
+            raise TypeError("held_out.method and name must be strings")
         if isinstance(report.get("n_train"), bool) or not isinstance(report.get("n_train"), int):
-            raise ValueError("n_train: expected an integer")
+            raise TypeError("n_train: expected an integer")
         sel = report.get("selection")
         if sel is not None:
             if not isinstance(sel, dict) or not isinstance(sel.get("candidates"), list) or not isinstance(
@@ -215,17 +215,17 @@ def _check_report(report: Any, where: str) -> dict[str, Any]:
                 raise ValueError("selection: expected an object with candidates and skipped lists")
             for row in sel["candidates"]:
                 if not isinstance(row, dict) or not isinstance(row.get("name"), str):
-                    raise ValueError("selection.candidates: expected objects with a name")
+                    raise TypeError("selection.candidates: expected objects with a name")
                 for key in ("cv_score", "cv_share_within_10pct", "cv_mape_pct"):
                     finite_number(row.get(key), f"selection.candidates.{key}")
                 if isinstance(row.get("complexity"), bool) or not isinstance(row.get("complexity"), int):
-                    raise ValueError("selection.candidates.complexity: expected an integer")
+                    raise TypeError("selection.candidates.complexity: expected an integer")
                 if row.get("cv_spearman") is not None:
                     finite_number(row["cv_spearman"], "selection.candidates.cv_spearman")
             for row in sel["skipped"]:
                 if not isinstance(row, dict) or not isinstance(row.get("name"), str):
-                    raise ValueError("selection.skipped: expected objects with a name")
-    except ValueError as exc:
+                    raise TypeError("selection.skipped: expected objects with a name")
+    except (TypeError, ValueError) as exc:
         raise SchemaError(f"{where}: malformed fit report ({exc}); fit again (`ofa2-edge fit --device <key>`)") from exc
     return report
 

@@ -205,7 +205,7 @@ class LearnedSurrogate(LatencySurrogate):
         """Rebuild from `params()`; each kind's `_load_state` checks its own arrays, and the
         residuals must be finite, at least one and at most MAX_RESIDUALS (ValueError else)."""
         if not isinstance(params.get("spec"), dict) or not isinstance(params.get("state"), dict):
-            raise ValueError("params.spec and params.state must be objects")
+            raise TypeError("params.spec and params.state must be objects")
         model = cls(width_mult, **cls.spec_from_doc(params["spec"]))
         model._load_state(params["state"])
         residuals = finite_array(params["residuals"], "residuals")

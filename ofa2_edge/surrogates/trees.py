@@ -157,9 +157,9 @@ class TreeSurrogate(LearnedSurrogate):
         self.base_coef = finite_array(state["base_coef"], "state.base_coef", (x,), 0.0)
         doc = state["ensemble"]
         if not isinstance(doc, dict):
-            raise ValueError("state.ensemble must be an object")
+            raise TypeError("state.ensemble must be an object")
         trees = PerfectTrees.from_json(doc)
-        n_trees, inner = trees.feature.shape
+        n_trees = trees.feature.shape[0]
         if not 1 <= n_trees <= MAX_TREES or not 1 <= trees.depth <= MAX_TREE_DEPTH:
             raise ValueError(f"state.ensemble: {n_trees} trees of depth {trees.depth} (at most {MAX_TREES}, {MAX_TREE_DEPTH})")
         if trees.feature.min() < 0 or trees.feature.max() >= z:

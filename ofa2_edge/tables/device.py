@@ -195,12 +195,12 @@ class DeviceTable:
                     )
             elif record.ok:
                 raise SchemaError(f"{where}: a successful record without its arch; {fix}")
-            if fingerprints is not None and record.device_fingerprint is not None:
-                if record.device_fingerprint not in fingerprints:
-                    raise SchemaError(
-                        f"{where}: field device_fingerprint {record.device_fingerprint[:40]!r} is not this table's "
-                        f"device ({', '.join(sorted(fingerprints))}, {self.device_path}); {fix}"
-                    )
+            fingerprint = record.device_fingerprint
+            if fingerprints is not None and fingerprint is not None and fingerprint not in fingerprints:
+                raise SchemaError(
+                    f"{where}: field device_fingerprint {fingerprint[:40]!r} is not this table's device "
+                    f"({', '.join(sorted(fingerprints))}, {self.device_path}); {fix}"
+                )
             yield record
 
     # ------------------------------------------------------------------ predictor
