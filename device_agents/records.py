@@ -33,6 +33,21 @@ ESTIMATORS = ("block_min_median", "p10", "min", "median")
 TRT_PRECISIONS = ("fp32", "fp16", "int8")
 TIMERS = ("wall", "thread_cpu")
 
+#: Bounds on what a result line may hold, so a broken or hostile agent cannot make the host
+#: store (or hold in memory) what no measurement needs. A record with every sample kept
+#: (``keep_samples``) of a fast model stays well below a MiB.
+MAX_LINE_CHARS = 4 * 1024 * 1024
+MAX_DEPTH = 8
+MAX_STRING_CHARS = 64 * 1024
+MAX_KEY_CHARS = 256
+MAX_LIST_ITEMS = 1_000_000
+MAX_DICT_KEYS = 4096
+MAX_INT = 2 ** 63
+#: No inference through a runtime takes less than 100 ns; a smaller time is a broken timer.
+MIN_LATENCY_MS = 1e-4
+#: Relative slack of the ordering checks (percentiles are interpolated in floating point).
+_ORDER_TOL = 1e-9
+
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$")
 _SAFE_FILE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]{0,254}$")
@@ -54,6 +69,7 @@ __all__ = [
     "TensorRTBuild",
     "TensorSpec",
     "ThrottleState",
+    "check_json_bounds",
     "fingerprint_of",
     "parse_agent_line",
 ]
@@ -87,6 +103,37 @@ class Flag(str, enum.Enum):
 def _need(cond: bool, message: str) -> None:
     if not cond:
         raise ValueError(message)
+
+
+def check_json_bounds(doc: Any, where: str) -> None:
+    """Refuse a parsed JSON value that is deeper, longer or wider than any record needs.
+
+    Raises :class:`RecordError` naming the path of the first oversized value.
+    """
+    stack = [(doc, where, 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if isinstance(value, str):
+            if len(value) > MAX_STRING_CHARS:
+                raise RecordError(f"{path}: a string of {len(value)} characters (at most {MAX_STRING_CHARS})")
+            continue
+        if isinstance(value, int) and not isinstance(value, bool) and not -MAX_INT <= value <= MAX_INT:
+            raise RecordError(f"{path}: an integer beyond 64 bits")
+        if not isinstance(value, (dict, list)):
+            continue
+        if depth >= MAX_DEPTH:
+            raise RecordError(f"{path}: nested deeper than {MAX_DEPTH} levels")
+        if isinstance(value, dict):
+            if len(value) > MAX_DICT_KEYS:
+                raise RecordError(f"{path}: an object of {len(value)} keys (at most {MAX_DICT_KEYS})")
+            for k, v in value.items():
+                if not isinstance(k, str) or len(k) > MAX_KEY_CHARS:
+                    raise RecordError(f"{path}: a key of more than {MAX_KEY_CHARS} characters")
+                stack.append((v, f"{path}.{k}", depth + 1))
+        else:
+            if len(value) > MAX_LIST_ITEMS:
+                raise RecordError(f"{path}: a list of {len(value)} items (at most {MAX_LIST_ITEMS})")
+            stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,10 +333,35 @@ class Stats:
     samples_ms: Optional[Tuple[Tuple[float, ...], ...]]
 
     def __post_init__(self) -> None:
-        _need(self.n_total >= self.n >= 1 and self.n_outliers == self.n_total - self.n, "inconsistent counts")
+        """Physics: positive times, ordered order statistics, every summary inside [min, max]."""
+        _need(self.n_total >= self.n >= 1 and self.n_outliers == self.n_total - self.n,
+              f"inconsistent counts (n {self.n}, n_total {self.n_total}, n_outliers {self.n_outliers})")
         _need(len(self.block_min_ms) == len(self.block_median_ms) >= 1, "one minimum and median per block")
-        _need(0 < self.min_ms <= self.median_ms <= self.max_ms, "need 0 < min <= median <= max")
+        _need(len(self.block_min_ms) <= self.n_total, "more blocks than timed runs")
+        _need(self.min_ms >= MIN_LATENCY_MS, f"min_ms {self.min_ms!r} is below {MIN_LATENCY_MS} ms "
+              "(no inference is that fast: a broken timer)")
+        order = (("min_ms", self.min_ms), ("p10_ms", self.p10_ms), ("median_ms", self.median_ms),
+                 ("p90_ms", self.p90_ms), ("p99_ms", self.p99_ms), ("max_ms", self.max_ms))
+        for (lo_name, lo), (hi_name, hi) in zip(order, order[1:]):
+            _need(lo <= hi * (1 + _ORDER_TOL), f"{lo_name} ({lo!r}) > {hi_name} ({hi!r}): "
+                  "need min <= p10 <= median <= p90 <= p99 <= max")
+        inside = [("estimate_ms", self.estimate_ms), ("mean_ms", self.mean_ms),
+                  ("block_min_median_ms", self.block_min_median_ms)]
+        inside += [(f"block_min_ms[{i}]", v) for i, v in enumerate(self.block_min_ms)]
+        inside += [(f"block_median_ms[{i}]", v) for i, v in enumerate(self.block_median_ms)]
+        low, high = self.min_ms * (1 - _ORDER_TOL), self.max_ms * (1 + _ORDER_TOL)
+        for name, v in inside:
+            _need(low <= v <= high, f"{name} ({v!r}) is outside [min_ms, max_ms] = [{self.min_ms!r}, {self.max_ms!r}]")
         _need(self.std_ms >= 0 and self.cv >= 0, "std and cv must be >= 0")
+        _need(self.block_min_spread >= 0, "block_min_spread must be >= 0")
+        if self.samples_ms is not None:
+            _need(len(self.samples_ms) == len(self.block_min_ms), "samples_ms needs one list per block")
+            _need(sum(len(b) for b in self.samples_ms) == self.n_total, "samples_ms must hold n_total samples")
+
+    def estimator_value(self, estimator: str) -> float:
+        """The statistic a protocol's `estimator` names."""
+        return {"block_min_median": self.block_min_median_ms, "min": self.min_ms, "p10": self.p10_ms,
+                "median": self.median_ms}[estimator]
 
 
 _THROTTLE_BITS = (
@@ -403,6 +475,19 @@ class MeasureResult:
             _need(bool(self.error_msg), f"a failed result ({self.error_kind.value}) needs an error_msg")
         _need(self.attempts >= 0, "attempts must be >= 0")
         _need(len(set(self.flags)) == len(self.flags), "flags must not repeat")
+        _need(bool(_SAFE_ID.match(self.arch_id)), f"arch_id {self.arch_id!r} must be 1-128 characters "
+              "of letters, digits and ._:@+-")
+        for name in ("session_init_ms", "first_inference_ms", "peak_rss_mib"):
+            value = getattr(self, name)
+            _need(value is None or value >= 0, f"{name} must be >= 0, got {value!r}")
+        if self.stats is not None:
+            # Each model's runs fit in its timeout, so no single run can take longer.
+            limit_ms = self.protocol.timeout_s * 1000.0
+            _need(self.stats.max_ms <= limit_ms, f"stats.max_ms ({self.stats.max_ms!r}) exceeds the protocol's "
+                  f"timeout_s ({self.protocol.timeout_s} s): no timed run can take that long")
+            expected = self.stats.estimator_value(self.protocol.estimator)
+            _need(self.stats.estimate_ms == expected, f"stats.estimate_ms ({self.stats.estimate_ms!r}) is not the "
+                  f"protocol's estimator {self.protocol.estimator!r} ({expected!r})")
 
     @property
     def ok(self) -> bool:
@@ -420,6 +505,7 @@ class MeasureResult:
 
     @classmethod
     def from_dict(cls, doc: Any, where: str = "result") -> MeasureResult:
+        check_json_bounds(doc, where)
         return from_json(cls, check_envelope(doc, RESULT_SCHEMA, [SCHEMA_VERSION], where), where)
 
     @classmethod
@@ -530,21 +616,30 @@ class ProbeReport:
 
     @classmethod
     def from_dict(cls, doc: Any, where: str = "probe") -> ProbeReport:
+        check_json_bounds(doc, where)
         return from_json(cls, check_envelope(doc, PROBE_SCHEMA, [SCHEMA_VERSION], where), where)
 
 
 def parse_agent_line(line: str, where: str = "agent output") -> Any:
     """One stdout line of ``measure`` -> :class:`MeasureResult` or :class:`BatchEnd`.
 
-    Raises :class:`RecordError` for anything else (a torn line, another schema, bad fields).
+    Raises :class:`RecordError` for anything else (a torn line, another schema, bad fields,
+    a line longer than :data:`MAX_LINE_CHARS`); its message names the record's arch id when
+    the line has a readable one, and the offending field.
     """
+    if len(line) > MAX_LINE_CHARS:
+        raise RecordError(f"{where}: a line of {len(line)} characters (at most {MAX_LINE_CHARS}): {line[:120]!r}")
     try:
         doc = json.loads(line)
-    except ValueError as exc:
-        raise RecordError(f"{where}: not a JSON line ({exc}): {line[:120]!r}") from None
+    except (ValueError, RecursionError) as exc:
+        raise RecordError(f"{where}: not a JSON line ({type(exc).__name__}: {str(exc)[:200]}): {line[:120]!r}") from None
     schema = doc.get("schema") if isinstance(doc, dict) else None
     if schema == RESULT_SCHEMA:
+        arch_id = doc.get("arch_id")
+        if isinstance(arch_id, str) and _SAFE_ID.match(arch_id):
+            where = f"{where} record for {arch_id}"
         return MeasureResult.from_dict(doc, where)
     if schema == BATCH_END_SCHEMA:
+        check_json_bounds(doc, where)
         return BatchEnd.from_dict(doc, where)
     raise RecordError(f"{where}: expected a {RESULT_SCHEMA!r} or {BATCH_END_SCHEMA!r} line, found {schema!r}")

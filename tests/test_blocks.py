@@ -252,11 +252,11 @@ def test_a_damaged_block_record_is_refused_and_nothing_changes(
     before = _snapshot(table.folder)
     with pytest.raises(SchemaError, match=message) as info:
         list(blocks.records())
-    assert "record 3" in str(info.value)
+    assert "blocks.jsonl:3" in str(info.value)
     args = ["-W", str(ws), "calibrate", "--blocks", "--resolutions", "160", "--quick"]
     assert main(args) != 0
     err = " ".join(capsys.readouterr().err.split())  # the console wraps long lines
-    assert "record 3" in err and "fix or remove that line" in err
+    assert "blocks.jsonl:3" in err and "fix or remove that line" in err
     assert _snapshot(table.folder) == before
 
 

@@ -80,9 +80,10 @@ def make_table(ws: Path, key: str = "pi") -> tuple[DeviceTable, LutSurrogate]:
     )
     table = DeviceTable(ws / "latency_tables", key)
     table.bind(probe_report(cpu_model="Cortex-A72"), "onnxruntime")
+    fingerprint = table.device_info()["fingerprint"]
     archs = SearchSpace().sample(40, np.random.default_rng(0))
     for arch, ms in zip(archs, lut.predict(archs), strict=True):
-        table.append(record_for(arch, float(ms), Protocol()))
+        table.append(record_for(arch, float(ms), Protocol(), fingerprint=fingerprint))
     return table, lut
 
 
@@ -161,7 +162,7 @@ def test_table_archives_are_checked_before_anything_lands(
     code = main(["-W", str(ws), "tables", "import", str(archive), "--key", "pi", "--replace"])
     assert code != 0 and message in capsys.readouterr().err
     assert existing.measurements_path.read_bytes() == before  # the old table is untouched
-    assert sorted(p.name for p in (ws / "latency_tables").iterdir()) == ["pi"]  # no staging left
+    assert sorted(p.name for p in (ws / "latency_tables").iterdir()) == [".pi.lock", "pi"]  # no staging left
 
 
 def test_table_roundtrip_through_an_archive(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -60,11 +60,12 @@ def ws(tmp_path_factory: pytest.TempPathFactory, assets_dir: Path) -> Path:
     # edge2: a board whose latency is not the Note10's (a MACs-heavy mix), measured by the agent's records.
     table = DeviceTable(ws / "latency_tables", "edge2")
     table.bind(probe_report(cpu_model="Cortex-A55"), "onnxruntime")
+    fingerprint = table.device_info()["fingerprint"]
     lut = LutSurrogate.from_folder(assets_dir / "note10")
     design = SearchSpace().sample(40, np.random.default_rng(0))
     macs = np.array([c["macs_m"] for c in arch_costs(design)])
     for arch, ms in zip(design, 1.5 + 0.02 * macs + 0.1 * lut.predict(design), strict=True):
-        table.append(record_for(arch, float(ms), Protocol()))
+        table.append(record_for(arch, float(ms), Protocol(), fingerprint=fingerprint))
     assert main(["-W", str(ws), "fit", "--device", "edge2", "--json"]) == 0
     objectives = "top1,latency:note10,latency:edge2,macs"
     args = ["--objectives", objectives, "--pop", "30", "--gens", "20", "--seed", "3", "--no-plot"]
@@ -73,9 +74,13 @@ def ws(tmp_path_factory: pytest.TempPathFactory, assets_dir: Path) -> Path:
     # After the search, some front archs get measured on edge2 (as `bundle --verify` would) and one fails.
     picked = rows[:: max(1, len(rows) // MEASURED)][:MEASURED]
     for row in picked:
-        table.append(record_for(Arch.from_dict(row["arch"]), 1.1 * row["latency_ms:edge2"] + 0.3, Protocol()))
+        table.append(
+            record_for(Arch.from_dict(row["arch"]), 1.1 * row["latency_ms:edge2"] + 0.3, Protocol(), fingerprint=fingerprint)
+        )
     failed = next(r for r in rows if r not in picked)
-    table.append(record_for(Arch.from_dict(failed["arch"]), None, Protocol(), error=FailureKind.RUN_TIMEOUT))
+    table.append(
+        record_for(Arch.from_dict(failed["arch"]), None, Protocol(), error=FailureKind.RUN_TIMEOUT, fingerprint=fingerprint)
+    )
     return ws
 
 

@@ -214,7 +214,7 @@ def test_a_second_writer_is_refused_and_writes_nothing(ws: Workspace, tmp_path: 
     with exclusive(folder / rs.LOCK_FILE, "run cut"):
         code = main(["-W", str(ws.root), "search", "--resume", "-o", str(folder), "--no-plot"])
         err = " ".join(capsys.readouterr().err.split())
-        assert code == 1 and "run cut" in err and "is being written by another ofa2-edge process" in err and f"pid " in err
+        assert code == 1 and "run cut" in err and "is being written by another ofa2-edge process" in err and "pid " in err
         assert digest(folder) == before
         new = tmp_path / "new"
         new.mkdir()

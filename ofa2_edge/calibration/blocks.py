@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from device_agents.records import FailureKind, MeasureResult, Protocol, RecordError, TensorSpec
+from device_agents.records import MAX_LINE_CHARS, FailureKind, MeasureResult, Protocol, RecordError, TensorSpec
 from exporters import LAYER_FORMATS, ExportCache, export_layer
 from ofa2_edge.devices.inventory import Device
 from ofa2_edge.devices.pipeline import MeasurePlan, measure_models
@@ -42,7 +42,7 @@ from ofa2_edge.surrogates.lut import LayerStat, LutSurrogate, write_ofa_table
 from ofa2_edge.surrogates.metrics import latency_metrics
 from ofa2_edge.tables.device import DeviceTable, MeasureKey
 from ofa2_edge.space.netplan import Layer, slot_layer, stem_layers, tail_layers
-from ofa2_edge.core.persist import append_jsonl, iter_jsonl
+from ofa2_edge.core.persist import append_jsonl, iter_jsonl_numbered
 from ofa2_edge.space.arch import MAX_DEPTH, N_BLOCKS, SearchSpace
 from ofa2_edge.supernet.layer import key_id
 from ofa2_edge.core.workspace import Workspace
@@ -115,15 +115,16 @@ class BlockRecords:
     def records(self) -> Iterator[MeasureResult]:
         """Every stored record, validated; a malformed one stops with its line number.
 
-        A torn line left by a crash is skipped (its layer is measured again); a readable
-        line that is not a layer record of this table is an error, never skipped.
+        An unterminated last line left by a crash is skipped (its layer is measured again);
+        any other unreadable line, or one that is not a layer record of this table, is an
+        error naming file and line, never skipped.
         """
         if not self.path.exists():
             return
-        for i, doc in enumerate(iter_jsonl(self.path), start=1):
-            where = f"{self.path} record {i}"
+        for lineno, doc in iter_jsonl_numbered(self.path, MAX_LINE_CHARS):
+            where = f"{self.path}:{lineno}"
             try:
-                record = MeasureResult.from_dict(doc, where=where)
+                record = MeasureResult.from_dict(doc, where=f"{where}: record")
             except RecordError as exc:
                 raise SchemaError(f"{exc}; fix or remove that line (the table was not changed)") from exc
             layer = (record.arch or {}).get("layer")
@@ -233,10 +234,9 @@ def calibrate_blocks(
     """Measure every layer the tables of `space` need (resuming), then write the complete tables.
 
     Both stored record files are read and validated before the device is touched, so a
-    damaged table is refused with nothing changed.
+    damaged table is refused with nothing changed. The table's writer lock is held
+    throughout (a second writer of the same table is refused with LockedError).
     """
-    space = space or SearchSpace()
-    emit = progress or (lambda event, info: None)
     plan = MeasurePlan.for_device(device, fmt)
     if plan.fmt not in LAYER_FORMATS:
         raise InvalidInputError(
@@ -244,6 +244,24 @@ def calibrate_blocks(
             f"measures {plan.fmt} with {plan.runtime}. Calibrate it end to end (without --blocks) instead"
         )
     table = DeviceTable(workspace.tables_dir, device.key)
+    with table.lock():
+        return _calibrate_blocks_locked(
+            device, workspace, table, plan, protocol, space or SearchSpace(), reuse_table, trust_on_first_use, progress
+        )
+
+
+def _calibrate_blocks_locked(
+    device: Device,
+    workspace: Workspace,
+    table: DeviceTable,
+    plan: MeasurePlan,
+    protocol: Protocol,
+    space: SearchSpace,
+    reuse_table: bool,
+    trust_on_first_use: bool,
+    progress: Progress | None,
+) -> BlockCalibrationResult:
+    emit = progress or (lambda event, info: None)
     blocks = BlockRecords(table)
     for _ in (*blocks.records(), *table.records()):  # refuse a damaged table before anything changes
         pass

@@ -179,14 +179,43 @@ def calibrate(
     """Measure a design of `budget` subnets on `device` (resuming), then fit and save its surrogate.
 
     With `adaptive_rounds`, a quarter of the budget per round is spent on the archs the
-    current fit is least sure about (on top of `budget`).
+    current fit is least sure about (on top of `budget`). The table's writer lock is held
+    throughout: a second calibration of the same device is refused (LockedError) before
+    it measures anything; other devices' tables are not affected.
     """
+    table = DeviceTable(workspace.tables_dir, device.key)
+    with table.lock():
+        return _calibrate_locked(
+            device, workspace, table, budget, protocol, fmt, space, seed, adaptive_rounds, reuse_table,
+            trust_on_first_use, prior, prior_label, progress, export_lock, measure_lock,
+        )
+
+
+def _calibrate_locked(
+    device: Device,
+    workspace: Workspace,
+    table: DeviceTable,
+    budget: int,
+    protocol: Protocol,
+    fmt: str | None,
+    space: SearchSpace | None,
+    seed: int,
+    adaptive_rounds: int,
+    reuse_table: bool,
+    trust_on_first_use: bool,
+    prior: LatencySurrogate | None,
+    prior_label: str,
+    progress: Progress | None,
+    export_lock: AbstractContextManager[Any] | None,
+    measure_lock: AbstractContextManager[Any] | None,
+) -> CalibrationResult:
     space = space or SearchSpace()
     emit = progress or (lambda event, info: None)
     plan = MeasurePlan.for_device(device, fmt)
-    table = DeviceTable(workspace.tables_dir, device.key)
     cache = ExportCache(workspace.exports_dir)
     design = design_archs(budget, seed, space)
+    for _ in table.records():  # refuse a damaged table before the device is touched
+        pass
     t0 = time.perf_counter()
     with DeviceSession(device, workspace.cache_dir, trust_on_first_use=trust_on_first_use) as session:
         key = bind_table(session, table, device, plan, protocol, reuse_table)

@@ -177,7 +177,8 @@ def calibrate(
 
             on_event("fit", {})
             table = DeviceTable(st.workspace.tables_dir, device.key)
-            _, report = fit_after_blocks(table, space.w, _prior(ctx, prior), prior or "", seed)
+            with table.lock():
+                _, report = fit_after_blocks(table, space.w, _prior(ctx, prior), prior or "", seed)
             fingerprint = block_summary["fingerprint"] if block_summary else None
     if block_summary is not None:
         block_summary["lut_vs_end_to_end"] = _lut_comparison(st, device.key)
@@ -298,7 +299,8 @@ def fit(
     table = DeviceTable(state(ctx).workspace.tables_dir, device_key)
     if not table.exists():
         raise InvalidInputError(f"no latency table for {device_key}; run `ofa2-edge calibrate --device {device_key}`")
-    _, report = fit_table(table, width, _prior(ctx, prior), prior or "", seed)
+    with table.lock():
+        _, report = fit_table(table, width, _prior(ctx, prior), prior or "", seed)
     if as_json:
         emit_json(report)
     else:
@@ -395,11 +397,11 @@ def _table_summary(folder: Path) -> dict[str, Any]:
         failed += not r.ok
         flagged += bool(r.ok and r.flags)
     surrogate = None
-    if table.surrogate_path.exists():
-        doc = json.loads(table.surrogate_path.read_text())
-        held = (doc.get("report") or {}).get("held_out") or {}
+    model = table.surrogate()  # validated by the table, its owner
+    if model is not None:
+        held = model.report.get("held_out") or {}
         surrogate = {
-            "kind": doc.get("kind"),
+            "kind": model.kind,
             "within_10pct": held.get("share_within_10pct"),
             "mape_pct": held.get("mape_pct"),
         }
@@ -453,7 +455,8 @@ def tables_show(ctx: typer.Context, key: str = typer.Argument(...), as_json: boo
     if not table.exists():
         raise InvalidInputError(f"no latency table for {key}")
     summary = _table_summary(table.folder)
-    report = json.loads(table.surrogate_path.read_text()).get("report") if table.surrogate_path.exists() else None
+    model = table.surrogate()
+    report = model.report if model is not None else None
     if as_json:
         emit_json({**summary, "device": table.device_info(), "report": report})
         return
@@ -574,6 +577,20 @@ def tables_export(
     err_console.print(f"wrote {output}")
 
 
+def _archive_top(source: Path) -> str:
+    """The table key a packed table unpacks to (its single top-level folder)."""
+    import tarfile
+
+    from ofa2_edge.core.errors import SchemaError
+    from ofa2_edge.core.tarsafe import check_members
+
+    try:
+        with tarfile.open(source, "r:gz") as tar:
+            return check_members(tar, str(source))
+    except (OSError, EOFError, tarfile.TarError) as exc:
+        raise SchemaError(f"{source}: not a readable .tar.gz ({type(exc).__name__}: {exc})") from exc
+
+
 @tables_app.command("import")
 def tables_import(
     ctx: typer.Context,
@@ -595,21 +612,23 @@ def tables_import(
         tables = read_ofa_tables(source)  # validates every file before anything is written
         lut = LutSurrogate(tables)
         table = DeviceTable(root, key)
-        if table.exists() and not replace:
-            raise InvalidInputError(f"latency_tables/{key} exists; pass --replace to overwrite it")
-        for r, entries in tables.items():
-            write_ofa_table(table.folder / f"{r}_lookup_table.yaml", entries)
-        lut.report = {"source": f"OFA lookup tables imported from {source}", "resolutions": list(tables)}
-        lut.save(table.surrogate_path, device=key)
+        with table.lock():
+            if table.exists() and not replace:
+                raise InvalidInputError(f"latency_tables/{key} exists; pass --replace to overwrite it")
+            for r, entries in tables.items():
+                write_ofa_table(table.folder / f"{r}_lookup_table.yaml", entries)
+            lut.report = {"source": f"OFA lookup tables imported from {source}", "resolutions": list(tables)}
+            lut.save(table.surrogate_path, device=key)
         err_console.print(f"imported {len(tables)} lookup table(s) as {key} (LUT-sum predictor, w{lut.width_mult})")
         return
     if not source.name.endswith(".tar.gz") or not source.is_file():
         raise InvalidInputError(f"{source}: expected a table .tar.gz or a folder of OFA lookup tables")
     # Every name is checked against the table's known files and every size against the
     # archive limits before a byte is written; every record and table must read back
-    # before the table lands.
-    imported = unpack_folder(
-        source, root, rename_to=key, replace=replace, validate=_validate_table_folder, check_names=_table_file_names
-    )
+    # before the table lands, under the table's writer lock.
+    with DeviceTable(root, key or _archive_top(source)).lock():
+        imported = unpack_folder(
+            source, root, rename_to=key, replace=replace, validate=_validate_table_folder, check_names=_table_file_names
+        )
     count = sum(1 for _ in DeviceTable(root, imported).records())
     err_console.print(f"imported latency_tables/{imported} ({count} records)")

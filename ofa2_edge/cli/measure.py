@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import List, Optional
 
 import typer
@@ -21,7 +22,7 @@ from ofa2_edge.cli.common import (
 )
 from ofa2_edge.cli.devices import app as devices_app
 from ofa2_edge.cli.devices import load_inventory
-from ofa2_edge.core.errors import EXIT_MEASUREMENT, InvalidInputError
+from ofa2_edge.core.errors import EXIT_MEASUREMENT, EXIT_UNREACHABLE, InvalidInputError
 
 
 @devices_app.command()
@@ -90,24 +91,42 @@ def measure(
     plan = MeasurePlan.for_device(device, fmt)
     protocol = make_protocol(threads or device.threads, timer, quick)
     table = DeviceTable(st.workspace.tables_dir, device.key) if record else None
-    with DeviceSession(device, st.workspace.cache_dir, trust_on_first_use=trust_on_first_use) as session:
+    already: list[str] = []
+    with table.lock() if table is not None else nullcontext():
         if table is not None:
-            assert session.probe is not None
-            table.bind(session.probe, plan.runtime)
-
-        def on_result(result) -> None:  # noqa: ANN001 - a MeasureResult
+            for _ in table.records():  # refuse a damaged table before the device is touched
+                pass
+        with DeviceSession(device, st.workspace.cache_dir, trust_on_first_use=trust_on_first_use) as session:
+            todo = resolved
             if table is not None:
-                table.append(result)
-            state_text = f"{result.estimate_ms:.3f} ms" if result.ok else f"{result.error_kind.value}"
-            err_console.print(f"{result.arch_id}: {state_text}", highlight=False)
+                from ofa2_edge.tables.device import MeasureKey
 
-        report = measure_archs(session, resolved, plan, protocol, ExportCache(st.workspace.exports_dir), on_result)
+                probe = session.probe
+                assert probe is not None
+                table.bind(probe, plan.runtime)
+                runtime = probe.runtimes.get(plan.runtime)
+                key = MeasureKey(probe.fingerprint, plan.runtime, runtime.version if runtime else None, protocol)
+                done = table.measured(key)  # like calibration: never the same arch twice under one key
+                already = [a.id for a in resolved if a.id in done]
+                todo = [a for a in resolved if a.id not in done]
+                for arch_id in already:
+                    err_console.print(f"{arch_id}: already in latency_tables/{device.key} (not measured again)")
+
+            def on_result(result) -> None:  # noqa: ANN001 - a MeasureResult
+                if table is not None:
+                    table.append(result)
+                state_text = f"{result.estimate_ms:.3f} ms" if result.ok else f"{result.error_kind.value}"
+                err_console.print(f"{result.arch_id}: {state_text}", highlight=False)
+
+            report = measure_archs(session, todo, plan, protocol, ExportCache(st.workspace.exports_dir), on_result)
+    unreached = [a.id for a in report.not_measured]
     if as_json:
         emit_json(
             {
                 "device": device.key,
                 "results": [r.to_dict() for r in report.results],
-                "not_measured": [a.id for a in report.not_measured],
+                "not_measured": unreached,
+                "already_recorded": already,
             }
         )
     else:
@@ -128,5 +147,13 @@ def measure(
             else:
                 out.add_row(r.arch_id, arch_r, "-", "-", "-", "-", f"{r.error_kind.value}: {r.error_msg}")
         out_console.print(out)
-    if report.failed or report.not_measured:
+        if unreached:
+            err_console.print(
+                f"not measured (the link to {device.key} was lost): {', '.join(unreached)}; run the command again "
+                "when the device is reachable",
+                highlight=False,
+            )
+    if unreached:  # the device could not be reached (again): 3, as for any unreachable device
+        raise typer.Exit(EXIT_UNREACHABLE)
+    if report.failed:
         raise typer.Exit(EXIT_MEASUREMENT)

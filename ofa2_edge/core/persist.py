@@ -3,8 +3,10 @@
 Every file the toolkit writes carries a `schema_version`; readers refuse versions they do
 not know. Whole files are written to a temporary sibling and renamed into place, so a
 crash leaves either the old file or the new one, never half of one. Append-only logs
-(JSON Lines) are flushed and fsynced per record, and a torn last line from a crash is
-reported and skipped rather than poisoning the log. No pickle anywhere.
+(JSON Lines) are flushed and fsynced per record. Only an unterminated last line is a crash
+artefact: readers skip it with a warning, and the next append removes it if it is not a
+readable record. Any other unreadable line is an error naming the file and line: a log is
+never read with a row silently missing. No pickle anywhere.
 """
 
 from __future__ import annotations
@@ -78,9 +80,19 @@ def read_json(path: str | Path, kind: str, versions: Iterable[int]) -> dict[str,
         doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise
-    except (OSError, ValueError) as exc:
-        raise SchemaError(f"{path}: not a readable JSON file ({exc})") from exc
+    except (OSError, ValueError, RecursionError) as exc:
+        raise SchemaError(
+            f"{path}: not a readable JSON file ({type(exc).__name__}: {str(exc)[:200]}); restore it from a copy or "
+            "regenerate it"
+        ) from exc
     return check_schema(doc, kind, versions, str(path))
+
+
+def _is_record(raw: bytes) -> bool:
+    try:
+        return isinstance(json.loads(raw), dict)
+    except (ValueError, RecursionError):
+        return False
 
 
 def append_jsonl(path: str | Path, record: Mapping[str, Any]) -> None:
@@ -90,33 +102,82 @@ def append_jsonl(path: str | Path, record: Mapping[str, Any]) -> None:
     line = json.dumps(record, sort_keys=False, separators=(",", ":"))
     if "\n" in line:
         raise ValueError("a JSON Lines record cannot contain a newline")
-    with open(path, "ab") as fh:
-        # A crash may have left a torn last line without its newline: start on a fresh line.
-        if fh.tell() > 0:
-            with open(path, "rb") as check:
-                check.seek(-1, os.SEEK_END)
-                if check.read(1) != b"\n":
+    with open(path, "r+b" if path.exists() else "wb") as fh:
+        end = fh.seek(0, os.SEEK_END)
+        if end > 0:
+            fh.seek(end - 1)
+            if fh.read(1) != b"\n":
+                # A crash left the last line without its newline. A complete record only
+                # lacks the newline; anything else is a torn line, which readers skip and
+                # which must not become an unreadable middle line: cut it off.
+                start = _last_line_start(fh, end)
+                fh.seek(start)
+                tail = fh.read(end - start)
+                if _is_record(tail):
+                    fh.seek(end)
                     fh.write(b"\n")
+                else:
+                    log.warning("%s: removing a torn last line (%d bytes) left by a crash", path, len(tail))
+                    fh.truncate(start)
+                    fh.seek(start)
         fh.write(line.encode("utf-8") + b"\n")
         fh.flush()
         os.fsync(fh.fileno())
 
 
-def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Yield the records of a JSON Lines file; a torn line (from a crash) is logged and skipped."""
+def _last_line_start(fh: Any, end: int, chunk: int = 1 << 16) -> int:
+    """Offset just after the last newline before `end` (0 if there is none)."""
+    pos = end
+    while pos > 0:
+        step = min(chunk, pos)
+        fh.seek(pos - step)
+        block = fh.read(step)
+        i = block.rfind(b"\n")
+        if i >= 0:
+            return pos - step + i + 1
+        pos -= step
+    return 0
+
+
+def iter_jsonl(path: str | Path, max_line_bytes: int | None = None) -> Iterator[dict[str, Any]]:
+    """Yield the records of a JSON Lines file (see `iter_jsonl_numbered`)."""
+    for _, record in iter_jsonl_numbered(path, max_line_bytes):
+        yield record
+
+
+def iter_jsonl_numbered(path: str | Path, max_line_bytes: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, record) of a JSON Lines file.
+
+    An unreadable unterminated last line is a crash artefact: logged and skipped. Any other
+    unreadable line, a line that is not a JSON object, or one longer than `max_line_bytes`
+    raises SchemaError naming the file and line.
+    """
     path = Path(path)
+    fix = "fix or remove that line (nothing was changed)"
     with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
+        lineno = 0
+        while True:
+            raw = fh.readline(max_line_bytes + 2) if max_line_bytes else fh.readline()
+            if not raw:
+                return
+            lineno += 1
+            terminated = raw.endswith(b"\n")
+            if max_line_bytes and len(raw.rstrip(b"\r\n")) > max_line_bytes:
+                raise SchemaError(f"{path}:{lineno}: a line longer than {max_line_bytes} bytes; {fix}")
             if not raw.strip():
                 continue
             try:
                 record = json.loads(raw)
-            except ValueError:
-                log.warning("%s:%d: skipping an unreadable (torn) line", path, lineno)
-                continue
+            except (ValueError, RecursionError) as exc:
+                if not terminated:
+                    log.warning("%s:%d: skipping an unterminated last line (torn by a crash)", path, lineno)
+                    return
+                raise SchemaError(
+                    f"{path}:{lineno}: not a JSON line ({type(exc).__name__}: {str(exc)[:120]}); {fix}"
+                ) from None
             if not isinstance(record, dict):
-                raise SchemaError(f"{path}:{lineno}: expected a JSON object per line")
-            yield record
+                raise SchemaError(f"{path}:{lineno}: expected a JSON object per line, got {type(record).__name__}; {fix}")
+            yield lineno, record
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

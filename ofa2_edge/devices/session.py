@@ -36,6 +36,7 @@ from device_agents.records import (
     TensorSpec,
     parse_agent_line,
 )
+from device_agents.jsonrecord import to_json
 from ofa2_edge.devices.connect import transport_for
 from ofa2_edge.devices.inventory import Device
 from ofa2_edge.devices.runtimes import host_runtime, runtime_for_file
@@ -49,6 +50,17 @@ log = logging.getLogger(__name__)
 
 AGENT_NAME = "agent.pyz"
 PROBE_TIMEOUT_S = 120.0
+#: The batch id of records the host makes itself (upload errors).
+HOST_BATCH = "host"
+BROKEN_AGENT_FIX = (
+    "The device's agent or Python is broken or not the one ofa2-edge ships: check the device's `python` "
+    "in devices.yaml (`ofa2-edge devices probe <key>`), then measure again; the table keeps only valid records"
+)
+
+
+def _canonical(value: Any) -> str:
+    """A JSON value as one canonical string (tuples as lists, sorted keys, 1 != 1.0 != true)."""
+    return json.dumps(to_json(value), sort_keys=True, separators=(",", ":"))
 
 
 class Subject(typing.Protocol):
@@ -221,11 +233,14 @@ class DeviceSession:
         if len(pending) != len(models):
             raise MeasurementError("the same arch appears twice in one batch; measure it once")
 
-        def deliver(result: MeasureResult) -> None:
-            if result.arch_id not in pending:
+        def deliver(result: MeasureResult, batch_id: str = HOST_BATCH) -> None:
+            model = pending.get(result.arch_id)
+            if model is None:
                 raise MeasurementError(
-                    f"{self.device.key}: the agent answered for an arch it was not asked: {result.arch_id}"
+                    f"{self.device.key}: the agent answered for an arch it was not asked (or answered twice): "
+                    f"{result.arch_id}; nothing was written for it. {BROKEN_AGENT_FIX}"
                 )
+            self.check_record(result, model, protocol, batch_id)
             del pending[result.arch_id]
             report.results.append(result)
             if on_result:
@@ -235,15 +250,22 @@ class DeviceSession:
             try:
                 self._run_batch(list(pending.values()), protocol, deliver)
             except DeviceUnreachableError as exc:
-                if report.reconnects >= self.reconnects:
-                    log.error("%s: giving up after %d reconnects (%s)", self.device.key, report.reconnects, exc)
-                    break
-                report.reconnects += 1
-                log.warning("%s: %s; reconnecting (%d/%d)", self.device.key, exc, report.reconnects, self.reconnects)
-                try:
-                    self._reconnect()
-                except DeviceUnreachableError as again:
-                    log.error("%s: reconnect failed (%s)", self.device.key, again)
+                # `reconnects` bounds the reconnects of the whole call; a reconnect that fails
+                # is retried while any are left (a board coming back needs more than one try).
+                lost = exc
+                while report.reconnects < self.reconnects:
+                    report.reconnects += 1
+                    log.warning(
+                        "%s: %s; reconnecting (%d/%d)", self.device.key, lost, report.reconnects, self.reconnects
+                    )
+                    try:
+                        self._reconnect()
+                        break
+                    except DeviceUnreachableError as again:
+                        log.error("%s: reconnect failed (%s)", self.device.key, again)
+                        lost = again
+                else:
+                    log.error("%s: giving up after %d reconnects (%s)", self.device.key, report.reconnects, lost)
                     break
         report.not_measured = [m.arch for m in pending.values()]
         self._complete = not pending
@@ -262,6 +284,45 @@ class DeviceSession:
             shipped.append(m)
         return shipped
 
+    def check_record(self, record: MeasureResult, model: ShippableModel, protocol: Protocol, batch_id: str) -> None:
+        """Refuse a record that is not an answer to what was asked, before anyone stores it.
+
+        The one gate between a device and a latency table: the record must be about the
+        requested model (arch id, arch, file, sha256, runtime, TensorRT build), taken under
+        the requested protocol in this batch, on the probed device (key, fingerprint, agent
+        and runtime version). Physics (finite, positive, ordered statistics, the estimate
+        inside [min, max], bounded sizes) was checked when the line was parsed
+        (:func:`device_agents.records.parse_agent_line`). Raises MeasurementError naming
+        the device, the arch and the field; nothing of the record is kept.
+        """
+        probe = self.probe
+        spec = model.spec()
+        expected: list[tuple[str, Any, Any]] = [
+            ("arch_id", record.arch_id, spec.arch_id),
+            ("batch_id", record.batch_id, batch_id),
+            ("device_key", record.device_key, self.device.key),
+            ("device_fingerprint", record.device_fingerprint, probe.fingerprint if probe else None),
+            ("arch", _canonical(record.arch), _canonical(spec.arch)),
+            ("model_file", record.model_file, spec.model_file),
+            ("model_sha256", record.model_sha256, spec.sha256),
+            ("runtime", record.runtime, spec.runtime),
+            ("tensorrt", record.tensorrt, spec.tensorrt),
+            ("protocol", record.protocol, protocol),
+        ]
+        if batch_id != HOST_BATCH and probe is not None:
+            expected.append(("agent_version", record.agent_version, probe.agent_version))
+            runtime = probe.runtimes.get(record.runtime)
+            if record.ok:
+                expected.append(("runtime_version", record.runtime_version, runtime.version if runtime else None))
+        for name, got, want in expected:
+            if got != want:
+                shown = str(got.to_dict() if isinstance(got, Protocol) else got)
+                raise MeasurementError(
+                    f"{self.device.key}: the agent's record for {record.arch_id} does not answer the request: "
+                    f"field {name} is {shown[:200]!r}, expected {str(want)[:200]!r}; nothing was written for it. "
+                    f"{BROKEN_AGENT_FIX}"
+                )
+
     def failure_record(self, m: ShippableModel, protocol: Protocol, kind: FailureKind, msg: str) -> MeasureResult:
         now = datetime.now(timezone.utc).isoformat()
         return MeasureResult.failure(
@@ -269,7 +330,7 @@ class DeviceSession:
             msg,
             m.spec(),
             protocol,
-            batch_id="host",
+            batch_id=HOST_BATCH,
             started_at=now,
             finished_at=now,
             device_key=self.device.key,
@@ -277,7 +338,7 @@ class DeviceSession:
         )
 
     def _run_batch(
-        self, models: Sequence[ShippableModel], protocol: Protocol, deliver: Callable[[MeasureResult], None]
+        self, models: Sequence[ShippableModel], protocol: Protocol, deliver: Callable[..., None]
     ) -> None:
         models = self._upload_models(models, deliver, protocol)
         if not models:
@@ -298,11 +359,19 @@ class DeviceSession:
             try:
                 record = parse_agent_line(line, where=f"{self.device.key} agent")
             except RecordError as exc:
-                raise MeasurementError(f"{self.device.key}: the agent sent an invalid record ({exc})") from exc
+                raise MeasurementError(
+                    f"{self.device.key}: the agent sent an invalid record ({exc}); nothing was written for it. "
+                    f"{BROKEN_AGENT_FIX}"
+                ) from exc
             if isinstance(record, BatchEnd):
+                if record.batch_id != batch_id:
+                    raise MeasurementError(
+                        f"{self.device.key}: the agent ended batch {record.batch_id[:40]!r}, not {batch_id!r}. "
+                        f"{BROKEN_AGENT_FIX}"
+                    )
                 ended.append(record)
             else:
-                deliver(record)
+                deliver(record, batch_id)
 
         res = self.transport.run(
             self._agent("measure", "--watch-stdin", "--request", remote), request.worst_case_s(), on_line

@@ -9,15 +9,16 @@ through a registry keyed by `kind`, so a new kind is one decorated class.
 from __future__ import annotations
 
 import importlib
+import math
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence, TypeVar
 
 import numpy as np
 
-from ofa2_edge.core.errors import InvalidArchError, SchemaError
+from ofa2_edge.core.errors import InvalidArchError, Ofa2EdgeError, SchemaError
 from ofa2_edge.core.persist import read_json, write_json
-from ofa2_edge.space.arch import DEFAULT_WIDTH_MULT, Arch, as_genomes, genomes_of
+from ofa2_edge.space.arch import DEFAULT_RESOLUTIONS, DEFAULT_WIDTH_MULT, WIDTH_MULTS, Arch, as_genomes, genomes_of
 
 SURROGATE_SCHEMA = "ofa2-edge/latency-surrogate"
 SURROGATE_VERSION = 1
@@ -113,6 +114,40 @@ class LatencySurrogate(ABC):
     def from_params(cls, params: dict[str, Any], width_mult: float) -> "LatencySurrogate":
         """Rebuild from `params()`."""
 
+    def check_resolutions(self) -> tuple[int, ...]:
+        """Resolutions at which a loaded predictor is sanity-checked (its min and max nets)."""
+        return DEFAULT_RESOLUTIONS
+
+    def check_loaded(self, where: str) -> None:
+        """Refuse a loaded predictor whose outputs no device can produce: the smallest and
+        largest nets at `check_resolutions()` must predict finite latencies within
+        [MIN_PREDICTED_MS, MAX_PREDICTED_MS], with a finite 80 % interval, lower <= upper."""
+        archs = [a for r in self.check_resolutions() for a in (Arch.smallest(r, self.width_mult), Arch.largest(r, self.width_mult))]
+        if not archs:
+            return
+        with np.errstate(all="ignore"):
+            try:
+                mean = np.asarray(self.predict(archs), dtype=np.float64)
+                lo, hi = (np.asarray(v, dtype=np.float64) for v in self.predict_interval(archs, 0.8))
+            except (Ofa2EdgeError, ArithmeticError, ValueError) as exc:
+                raise SchemaError(
+                    f"{where}: the {self.kind!r} predictor cannot price the min/max nets ({type(exc).__name__}: {exc}); "
+                    "fit again (`ofa2-edge fit --device <key>`)"
+                ) from exc
+        for i, arch in enumerate(archs):
+            m, a, b = float(mean[i]), float(lo[i]), float(hi[i])
+            if not (math.isfinite(m) and MIN_PREDICTED_MS <= m <= MAX_PREDICTED_MS):
+                raise SchemaError(
+                    f"{where}: the {self.kind!r} predictor gives {m!r} ms for the {arch.id} ({arch.r} px); a latency "
+                    f"must be finite and within [{MIN_PREDICTED_MS}, {MAX_PREDICTED_MS:.0f}] ms. Its parameters are "
+                    f"damaged: fit again (`ofa2-edge fit --device <key>`)"
+                )
+            if not (math.isfinite(a) and math.isfinite(b) and a <= b):
+                raise SchemaError(
+                    f"{where}: the {self.kind!r} predictor gives the interval [{a!r}, {b!r}] ms for {arch.id}; "
+                    "it must be finite with lower <= upper. Fit again (`ofa2-edge fit --device <key>`)"
+                )
+
     def to_doc(self) -> dict[str, Any]:
         """The JSON-able document `save` writes (without the schema header); also how a
         surrogate embeds another one (a transfer prior)."""
@@ -123,16 +158,104 @@ class LatencySurrogate(ABC):
         return write_json(path, SURROGATE_SCHEMA, SURROGATE_VERSION, {**self.to_doc(), "meta": meta})
 
 
-def surrogate_from_doc(doc: dict[str, Any], where: str = "surrogate") -> LatencySurrogate:
-    """Rebuild a surrogate from `to_doc()` output."""
-    kind = doc.get("kind") if isinstance(doc, dict) else None
-    if kind not in _registry():
-        raise SchemaError(f"{where}: unknown surrogate kind {kind!r}; known: {', '.join(surrogate_kinds())}")
+#: Bounds of a plausible predicted latency (100 ns to about 3 hours).
+MIN_PREDICTED_MS = 1e-4
+MAX_PREDICTED_MS = 1e7
+
+
+def finite_array(value: Any, name: str, shape: tuple[int, ...] | None = None, min_value: float | None = None) -> np.ndarray:
+    """A float64 array from saved parameters: finite, of `shape` (if given), >= `min_value`.
+
+    Raises ValueError naming the parameter (`surrogate_from_doc` makes it a SchemaError)."""
+    if isinstance(value, (str, bytes, dict)) or value is None:
+        raise ValueError(f"{name}: expected a list of numbers, got {type(value).__name__}")
+    arr = np.asarray(value, dtype=np.float64)
+    if shape is not None and arr.shape != shape:
+        raise ValueError(f"{name}: expected shape {shape}, got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name}: holds a non-finite value")
+    if min_value is not None and arr.size and float(arr.min()) < min_value:
+        raise ValueError(f"{name}: holds {float(arr.min())!r}, below {min_value}")
+    return arr
+
+
+def finite_number(value: Any, name: str, min_value: float | None = None) -> float:
+    """A finite float from saved parameters (>= `min_value`), else ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+    x = float(value)
+    if not math.isfinite(x) or (min_value is not None and x < min_value):
+        raise ValueError(f"{name}: {value!r} is not a finite number" + (f" >= {min_value}" if min_value is not None else ""))
+    return x
+
+
+def _check_report(report: Any, where: str) -> dict[str, Any]:
+    """A fit report as `tables show/list` and `format_report` read it, or SchemaError."""
+    if not isinstance(report, dict):
+        raise SchemaError(f"{where}: 'report' must be an object, got {type(report).__name__}; fit again")
+    held = report.get("held_out")
+    if held is None:
+        return report
     try:
-        model = _REGISTRY[kind].from_params(doc["params"], float(doc["width_mult"]))
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
-        raise SchemaError(f"{where}: malformed {kind!r} surrogate parameters ({type(exc).__name__}: {exc})") from exc
-    model.report = doc.get("report", {})
+        if not isinstance(held, dict):
+            raise TypeError("held_out: expected an object")
+        for key in ("share_within_5pct", "share_within_10pct", "mape_pct", "rmse_ms"):
+            finite_number(held.get(key), f"held_out.{key}", 0.0)
+        if held.get("spearman") is not None:
+            finite_number(held["spearman"], "held_out.spearman")
+        if not isinstance(held.get("method"), str) or not isinstance(report.get("name"), str):
+            raise TypeError("held_out.method and name must be strings")
+        if isinstance(report.get("n_train"), bool) or not isinstance(report.get("n_train"), int):
+            raise TypeError("n_train: expected an integer")
+        sel = report.get("selection")
+        if sel is not None:
+            if not isinstance(sel, dict) or not isinstance(sel.get("candidates"), list) or not isinstance(
+                sel.get("skipped"), list
+            ):
+                raise ValueError("selection: expected an object with candidates and skipped lists")
+            for row in sel["candidates"]:
+                if not isinstance(row, dict) or not isinstance(row.get("name"), str):
+                    raise TypeError("selection.candidates: expected objects with a name")
+                for key in ("cv_score", "cv_share_within_10pct", "cv_mape_pct"):
+                    finite_number(row.get(key), f"selection.candidates.{key}")
+                if isinstance(row.get("complexity"), bool) or not isinstance(row.get("complexity"), int):
+                    raise TypeError("selection.candidates.complexity: expected an integer")
+                if row.get("cv_spearman") is not None:
+                    finite_number(row["cv_spearman"], "selection.candidates.cv_spearman")
+            for row in sel["skipped"]:
+                if not isinstance(row, dict) or not isinstance(row.get("name"), str):
+                    raise TypeError("selection.skipped: expected objects with a name")
+    except (TypeError, ValueError) as exc:
+        raise SchemaError(f"{where}: malformed fit report ({exc}); fit again (`ofa2-edge fit --device <key>`)") from exc
+    return report
+
+
+def surrogate_from_doc(doc: dict[str, Any], where: str = "surrogate") -> LatencySurrogate:
+    """Rebuild a surrogate from `to_doc()` output, validated: each kind checks its own
+    parameters (`from_params`), then the loaded model must give plausible latencies for the
+    min and max nets (`check_loaded`); anything else is a SchemaError naming `where`."""
+    if not isinstance(doc, dict):
+        raise SchemaError(f"{where}: expected a surrogate object, got {type(doc).__name__}")
+    kind = doc.get("kind")
+    if not isinstance(kind, str) or kind not in _registry():
+        raise SchemaError(f"{where}: unknown surrogate kind {kind!r}; known: {', '.join(surrogate_kinds())}")
+    width = doc.get("width_mult")
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or float(width) not in WIDTH_MULTS:
+        raise SchemaError(f"{where}: width_mult {width!r} is not one of {', '.join(map(str, WIDTH_MULTS))}")
+    if not isinstance(doc.get("params"), dict):
+        raise SchemaError(f"{where}: 'params' must be an object of the {kind!r} predictor's parameters")
+    report = _check_report(doc.get("report", {}), where)
+    try:
+        model = _REGISTRY[kind].from_params(doc["params"], float(width))
+    except SchemaError as exc:
+        raise SchemaError(f"{where}: {exc}") from exc
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError, Ofa2EdgeError) as exc:
+        raise SchemaError(
+            f"{where}: malformed {kind!r} surrogate parameters ({type(exc).__name__}: {exc}); fit again "
+            "(`ofa2-edge fit --device <key>`) or restore the file"
+        ) from exc
+    model.report = report
+    model.check_loaded(where)
     return model
 
 

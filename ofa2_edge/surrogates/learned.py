@@ -21,13 +21,17 @@ import numpy as np
 from scipy.stats import t as student_t
 
 from ofa2_edge.core.errors import InvalidInputError
-from ofa2_edge.surrogates.base import ArchBatch, LatencySurrogate
+from ofa2_edge.surrogates.base import ArchBatch, LatencySurrogate, finite_array
 from ofa2_edge.surrogates.metrics import latency_metrics
 from ofa2_edge.space.arch import DEFAULT_WIDTH_MULT
 
 #: Leave-one-out up to this many samples, `MAX_FOLDS`-fold above.
 LOO_UP_TO = 20
 MAX_FOLDS = 10
+#: More residuals than any calibration measures: a saved file holding more is damaged.
+MAX_RESIDUALS = 1_000_000
+#: A held-out prediction off by more than e^20 (5e8 times) is no fit: the file is damaged.
+MAX_ABS_LOG_RESIDUAL = 20.0
 
 
 def check_quantile(q: float) -> float:
@@ -198,7 +202,16 @@ class LearnedSurrogate(LatencySurrogate):
 
     @classmethod
     def from_params(cls, params: dict[str, Any], width_mult: float) -> "LearnedSurrogate":
+        """Rebuild from `params()`; each kind's `_load_state` checks its own arrays, and the
+        residuals must be finite, at least one and at most MAX_RESIDUALS (ValueError else)."""
+        if not isinstance(params.get("spec"), dict) or not isinstance(params.get("state"), dict):
+            raise TypeError("params.spec and params.state must be objects")
         model = cls(width_mult, **cls.spec_from_doc(params["spec"]))
         model._load_state(params["state"])
-        model.residuals = np.asarray(params["residuals"], dtype=np.float64)
+        residuals = finite_array(params["residuals"], "residuals")
+        if residuals.ndim != 1 or not 1 <= residuals.size <= MAX_RESIDUALS:
+            raise ValueError(f"residuals: expected 1 to {MAX_RESIDUALS} out-of-fold log residuals, got shape {residuals.shape}")
+        if float(np.abs(residuals).max()) > MAX_ABS_LOG_RESIDUAL:
+            raise ValueError(f"residuals: a log residual beyond +-{MAX_ABS_LOG_RESIDUAL} (a factor of e^{MAX_ABS_LOG_RESIDUAL})")
+        model.residuals = np.sort(residuals)
         return model

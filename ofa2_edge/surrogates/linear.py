@@ -29,7 +29,7 @@ import numpy as np
 from scipy.optimize import nnls
 
 from ofa2_edge.core.errors import InvalidInputError
-from ofa2_edge.surrogates.base import register_surrogate
+from ofa2_edge.surrogates.base import finite_array, finite_number, register_surrogate
 from ofa2_edge.surrogates.features import (
     COMPACT_QUANTITIES,
     GROUPS,
@@ -180,10 +180,12 @@ class LinearSurrogate(LearnedSurrogate):
         return {"columns": column_names(self.features), "coef": self.coef.tolist(), "alpha": self.alpha}
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        if state["columns"] != column_names(self.features):
-            raise ValueError(f"columns {state['columns']} do not match this version's {self.features!r} features")
-        self._set_coef(np.asarray(state["coef"], dtype=np.float64))
-        self.alpha = float(state["alpha"])
+        """Columns of this version, one finite price >= 0 per column (NNLS never gives less)."""
+        columns = column_names(self.features)
+        if state["columns"] != columns:
+            raise ValueError(f"columns {str(state['columns'])[:200]} do not match this version's {self.features!r} features")
+        self._set_coef(finite_array(state["coef"], "state.coef", (len(columns),), 0.0))
+        self.alpha = finite_number(state["alpha"], "state.alpha", 0.0)
 
     def contributions(self, archs: Any) -> dict[str, np.ndarray]:
         """Predicted ms per column (which kind of work the time goes to), for display."""

@@ -25,7 +25,7 @@ from ofa2_edge.surrogates.base import ArchBatch, LatencySurrogate, register_surr
 from ofa2_edge.space.netplan import Layer, layer_plan, slot_layer, stem_layers, tail_layers
 from ofa2_edge.core.persist import atomic_write_text
 from ofa2_edge.space.slotcost import SlotTable, build_slot_table, evaluate
-from ofa2_edge.space.arch import EXPAND_CHOICES, KERNEL_CHOICES, N_BLOCKS, WIDTH_MULTS, Arch
+from ofa2_edge.space.arch import EXPAND_CHOICES, KERNEL_CHOICES, N_BLOCKS, NETWORK_RESOLUTIONS, WIDTH_MULTS, Arch
 
 TABLE_NAME = re.compile(r"^(\d+)_lookup_table\.yaml$")
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -185,11 +185,25 @@ class LutSurrogate(LatencySurrogate):
 
     @classmethod
     def from_params(cls, params: dict[str, Any], width_mult: float) -> "LutSurrogate":
-        tables = {
-            int(r): {k: LayerStat(float(v[0]), float(v[1]), int(v[2])) for k, v in t.items()}
-            for r, t in params["tables"].items()
-        }
+        """Rebuild from `params()`: resolutions the network runs, entries [mean >= 0, std >= 0,
+        count >= 1], all finite (SchemaError naming the entry otherwise)."""
+        raw = params["tables"]
+        if not isinstance(raw, dict) or not raw:
+            raise ValueError("params.tables must be a non-empty object of resolution -> table")
+        tables: dict[int, Table] = {}
+        for r, t in raw.items():
+            if not (isinstance(r, str) and r.isdigit() and int(r) in NETWORK_RESOLUTIONS) or not isinstance(t, dict):
+                raise ValueError(f"params.tables: {str(r)[:20]!r} is not a resolution with a table of entries")
+            entries = {}
+            for k, v in t.items():
+                if not isinstance(v, list) or len(v) != 3:
+                    raise ValueError(f"params.tables.{r}.{str(k)[:80]}: expected [mean, std, count]")
+                entries[k] = _stat({"mean": v[0], "std": v[1], "count": v[2]}, k, f"params.tables.{r}")
+            tables[int(r)] = entries
         return cls(tables, width_mult)
+
+    def check_resolutions(self) -> tuple[int, ...]:
+        return tuple(r for r in self.resolutions if self.covers(r))
 
 
 def lut_latency(arch: Arch, table: Mapping[str, LayerStat]) -> float:

@@ -23,7 +23,13 @@ from typing import Any
 import numpy as np
 
 from ofa2_edge.core.errors import InvalidInputError
-from ofa2_edge.surrogates.base import LatencySurrogate, register_surrogate, surrogate_from_doc
+from ofa2_edge.surrogates.base import (
+    LatencySurrogate,
+    finite_array,
+    finite_number,
+    register_surrogate,
+    surrogate_from_doc,
+)
 from ofa2_edge.surrogates.features import Q, arch_features
 from ofa2_edge.surrogates.learned import LearnedSurrogate
 from ofa2_edge.surrogates.lut import LutSurrogate
@@ -175,11 +181,21 @@ class PriorCorrectedSurrogate(LearnedSurrogate):
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        self.coef = np.asarray(state["coef"], dtype=np.float64)
-        self.center = np.asarray(state["center"], dtype=np.float64)
-        self.scale = np.asarray(state["scale"], dtype=np.float64)
-        self.unit = float(state["unit"])
-        self.alpha = float(state["alpha"])
+        """Arrays of the link's shapes (see `_design`), finite; scales and unit > 0."""
+        n_work = len(CORRECTION_QUANTITIES)
+        n_cols = n_work + 1 if self.link == "log" else n_work  # log link also standardises log P
+        self.coef = finite_array(state["coef"], "state.coef", (n_work + 2,))
+        self.center = finite_array(state["center"], "state.center", (n_cols,))
+        self.scale = finite_array(state["scale"], "state.scale", (n_cols,))
+        if not np.all(self.scale > 0):
+            raise ValueError("state.scale: every scale must be > 0")
+        self.unit = finite_number(state["unit"], "state.unit", 0.0)
+        if self.unit <= 0:
+            raise ValueError("state.unit must be > 0")
+        self.alpha = finite_number(state["alpha"], "state.alpha", 0.0)
+
+    def check_resolutions(self) -> tuple[int, ...]:
+        return self.prior.check_resolutions()
 
 
 @register_surrogate("hybrid")

@@ -21,11 +21,15 @@ from typing import Any
 import numpy as np
 from sklearn.ensemble import GradientBoostingRegressor
 
-from ofa2_edge.surrogates.base import register_surrogate
+from ofa2_edge.surrogates.base import finite_array, finite_number, register_surrogate
 from ofa2_edge.surrogates.features import arch_features, compact_matrix, tree_matrix
 from ofa2_edge.surrogates.learned import LearnedSurrogate
 from ofa2_edge.surrogates.linear import relative_nnls
-from ofa2_edge.space.arch import DEFAULT_WIDTH_MULT
+from ofa2_edge.space.arch import DEFAULT_WIDTH_MULT, Arch, genomes_of
+
+#: Bounds of a saved ensemble (the fitted default is 100 trees of depth 3).
+MAX_TREES = 10_000
+MAX_TREE_DEPTH = 12
 
 
 class PerfectTrees:
@@ -148,5 +152,26 @@ class TreeSurrogate(LearnedSurrogate):
         return {"base_coef": self.base_coef.tolist(), "ensemble": self.ensemble.to_json()}
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        self.base_coef = np.asarray(state["base_coef"], dtype=np.float64)
-        self.ensemble = PerfectTrees.from_json(state["ensemble"])
+        """A base price >= 0 per compact column; trees whose features exist, finite values."""
+        x, z = self._feature_counts()
+        self.base_coef = finite_array(state["base_coef"], "state.base_coef", (x,), 0.0)
+        doc = state["ensemble"]
+        if not isinstance(doc, dict):
+            raise TypeError("state.ensemble must be an object")
+        trees = PerfectTrees.from_json(doc)
+        n_trees = trees.feature.shape[0]
+        if not 1 <= n_trees <= MAX_TREES or not 1 <= trees.depth <= MAX_TREE_DEPTH:
+            raise ValueError(f"state.ensemble: {n_trees} trees of depth {trees.depth} (at most {MAX_TREES}, {MAX_TREE_DEPTH})")
+        if trees.feature.min() < 0 or trees.feature.max() >= z:
+            raise ValueError(f"state.ensemble.feature: indices must be in [0, {z})")
+        if np.isnan(trees.threshold).any() or np.isneginf(trees.threshold).any():
+            raise ValueError("state.ensemble.threshold: NaN or -inf")
+        finite_array(trees.value, "state.ensemble.value")
+        finite_number(trees.init, "state.ensemble.init")
+        finite_number(trees.learning_rate, "state.ensemble.learning_rate", 0.0)
+        self.ensemble = trees
+
+    def _feature_counts(self) -> tuple[int, int]:
+        """(compact columns, tree feature columns) of this kind's design."""
+        x, z = self._base(genomes_of([Arch.smallest(224, self.width_mult)]))
+        return x.shape[1], z.shape[1]

@@ -5,28 +5,42 @@
 - `measurements.jsonl`: the agent's records, verbatim and validated, one per line,
   appended and fsynced as each arrives (append-only JSON Lines rather than SQLite: one
   writer per device, a torn last line after a crash is detectable and skipped, and the
-  file diffs, merges and travels back from the field as plain text);
-- `surrogate.json`: the fitted latency predictor the search uses;
+  file diffs, merges and travels back from the field as plain text). Every record was
+  checked against its request before it was written (:meth:`DeviceSession.check_record`);
+  reading checks each row again (schema, physics, sizes, arch against arch id, device
+  fingerprint against `device.json`), and a row that fails is an error naming file and
+  line, never skipped: a poisoned table is never fitted silently;
+- `surrogate.json`: the fitted latency predictor the search uses (read through
+  :meth:`DeviceTable.surrogate`, which validates it);
 - `blocks.jsonl`: block mode's per-layer records (:mod:`ofa2_edge.calibration.blocks`), apart
   from the arch records above;
 - `<r>_lookup_table.yaml`: OFA-format block tables (block mode or imported).
+
+Writers hold :meth:`DeviceTable.lock` (`latency_tables/.<key>.lock`, beside the folder so
+that it outlives `tables import --replace` swapping the folder and never travels in an
+exported table): a second writer of the same table is refused, another table's is not.
 """
 
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-from device_agents.records import MeasureResult, ProbeReport, Protocol, RecordError
-from ofa2_edge.core.errors import InvalidInputError, SchemaError
-from ofa2_edge.core.persist import append_jsonl, iter_jsonl, read_json, write_json
+from device_agents.records import MAX_LINE_CHARS, MeasureResult, ProbeReport, Protocol, RecordError
+from ofa2_edge.core.errors import InvalidInputError, Ofa2EdgeError, SchemaError
+from ofa2_edge.core.locks import exclusive
+from ofa2_edge.core.persist import append_jsonl, iter_jsonl_numbered, read_json, write_json
 from ofa2_edge.core.workspace import DEVICE_KEY_PATTERN
 from ofa2_edge.space.arch import Arch
+
+if TYPE_CHECKING:
+    from ofa2_edge.surrogates.base import LatencySurrogate
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +85,10 @@ class DeviceTable:
     def surrogate_path(self) -> Path:
         return self.folder / SURROGATE
 
+    @property
+    def lock_path(self) -> Path:
+        return self.folder.parent / f".{self.key}.lock"
+
     def exists(self) -> bool:
         return self.folder.is_dir()
 
@@ -81,11 +99,39 @@ class DeviceTable:
         names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
         return [cls(root, n) for n in names if DEVICE_KEY_PATTERN.match(n)]
 
+    def lock(self, wait_s: float = 0.0) -> AbstractContextManager[None]:
+        """Hold this table's writer lock for a block: every command that writes the table
+        (calibrate, fit, measure --record, tables import) holds it, so a second writer is
+        refused with LockedError instead of measuring everything twice."""
+        return exclusive(self.lock_path, f"latency table {self.key}", wait_s)
+
     # ------------------------------------------------------------------ identity
     def device_info(self) -> dict[str, Any] | None:
+        """`device.json`, checked: key, fingerprint(s), runtime."""
         if not self.device_path.exists():
             return None
-        return read_json(self.device_path, DEVICE_SCHEMA, [DEVICE_VERSION])
+        info = read_json(self.device_path, DEVICE_SCHEMA, [DEVICE_VERSION])
+        where = f"{self.device_path}"
+        fix = "restore it from a copy, or remove the table folder and calibrate again"
+        if not isinstance(info.get("fingerprint"), str) or not info["fingerprint"]:
+            raise SchemaError(f"{where}: 'fingerprint' must be a non-empty string; {fix}")
+        if not isinstance(info.get("runtime"), str):
+            raise SchemaError(f"{where}: 'runtime' must be a string; {fix}")
+        if not isinstance(info.get("facts", {}), dict):
+            raise SchemaError(f"{where}: 'facts' must be an object; {fix}")
+        reused = info.get("reused_by", [])
+        if not isinstance(reused, list) or not all(
+            isinstance(r, dict) and isinstance(r.get("fingerprint"), str) for r in reused
+        ):
+            raise SchemaError(f"{where}: 'reused_by' must be a list of {{fingerprint, at}} objects; {fix}")
+        return info
+
+    def fingerprints(self) -> set[str] | None:
+        """The device fingerprints this table accepts records of (None: not bound yet)."""
+        info = self.device_info()
+        if info is None:
+            return None
+        return {info["fingerprint"], *(r["fingerprint"] for r in info.get("reused_by", []))}
 
     def bind(self, probe: ProbeReport, runtime: str, reuse: bool = False) -> None:
         """Tie the table to the probed device; refuse a table made on another device.
@@ -130,14 +176,48 @@ class DeviceTable:
         append_jsonl(self.measurements_path, result.to_dict())
 
     def records(self) -> Iterator[MeasureResult]:
-        """Every stored record, validated; a malformed one stops with its line number."""
+        """Every stored record, validated; a malformed one stops with its file and line.
+
+        Each row must be a valid agent record (schema, physics, sizes) about an arch whose
+        id is its `arch_id`, taken on a device this table is bound to.
+        """
         if not self.measurements_path.exists():
             return
-        for i, doc in enumerate(iter_jsonl(self.measurements_path), start=1):
+        fingerprints = self.fingerprints()
+        fix = "fix or remove that line (the table was not changed)"
+        for lineno, doc in iter_jsonl_numbered(self.measurements_path, MAX_LINE_CHARS):
+            where = f"{self.measurements_path}:{lineno}"
             try:
-                yield MeasureResult.from_dict(doc, where=f"{self.measurements_path} record {i}")
+                record = MeasureResult.from_dict(doc, where=f"{where}: record")
             except RecordError as exc:
-                raise SchemaError(f"{exc}; fix or remove that line (the table was not changed)") from exc
+                raise SchemaError(f"{exc}; {fix}") from exc
+            if record.arch is not None:
+                try:
+                    arch_id = Arch.from_dict(record.arch).id
+                except (Ofa2EdgeError, TypeError, ValueError, OverflowError) as exc:
+                    raise SchemaError(f"{where}: field arch is not a valid arch ({exc}); {fix}") from exc
+                if arch_id != record.arch_id:
+                    raise SchemaError(
+                        f"{where}: field arch is the arch {arch_id}, not {record.arch_id} (its arch_id); {fix}"
+                    )
+            elif record.ok:
+                raise SchemaError(f"{where}: a successful record without its arch; {fix}")
+            fingerprint = record.device_fingerprint
+            if fingerprints is not None and fingerprint is not None and fingerprint not in fingerprints:
+                raise SchemaError(
+                    f"{where}: field device_fingerprint {fingerprint[:40]!r} is not this table's device "
+                    f"({', '.join(sorted(fingerprints))}, {self.device_path}); {fix}"
+                )
+            yield record
+
+    # ------------------------------------------------------------------ predictor
+    def surrogate(self) -> LatencySurrogate | None:
+        """The fitted predictor in `surrogate.json`, validated (None if there is none)."""
+        from ofa2_edge.surrogates.base import load_surrogate
+
+        if not self.surrogate_path.exists():
+            return None
+        return load_surrogate(self.surrogate_path)
 
     def measured(self, key: MeasureKey) -> dict[str, MeasureResult]:
         """Successful records taken under `key`, by arch id (the latest one wins)."""
