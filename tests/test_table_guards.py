@@ -224,3 +224,19 @@ def test_measure_record_skips_recorded_archs_and_a_lost_link_exits_3(
     err = capsys.readouterr().err
     assert code == EXIT_UNREACHABLE
     assert "not measured" in err and Arch.smallest(160).id in err and Arch.largest(160).id in err
+
+
+@pytest.mark.slow
+def test_calibrate_on_a_lost_link_exits_3_and_keeps_nothing_half_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    inventory = Inventory.load(ws / "devices.yaml")
+    inventory.add(Device(key="flaky", python=_dropping_python(tmp_path / "flaky")))
+    inventory.save()
+    code = main(["-W", str(ws), "calibrate", "--device", "flaky", "--budget", "10", "--quick"])
+    err = capsys.readouterr().err
+    assert code == EXIT_UNREACHABLE  # the device was not reached: 3, as the README says
+    assert "link was lost before any model was measured" in err and "resumes" in err
+    assert not DeviceTable(ws / "latency_tables", "flaky").surrogate_path.exists()

@@ -24,7 +24,7 @@ from exporters import ExportCache
 from ofa2_edge.devices.inventory import Device
 from ofa2_edge.devices.pipeline import MeasurePlan, measure_archs
 from ofa2_edge.devices.session import DeviceSession
-from ofa2_edge.core.errors import InvalidInputError
+from ofa2_edge.core.errors import DeviceUnreachableError, InvalidInputError
 from ofa2_edge.surrogates.base import LatencySurrogate, load_surrogate
 from ofa2_edge.calibration.design import size_stratified_genomes
 from ofa2_edge.surrogates.lut import LutSurrogate, read_ofa_tables
@@ -248,6 +248,13 @@ def _calibrate_locked(
             complete = run_round(extra, f"adaptive round {i + 1}")
             result.design += extra
     result.seconds["measure"] = time.perf_counter() - t0
+    if result.not_measured and not table.dataset()[0]:
+        ids = ", ".join(a.id for a in result.not_measured[:5])
+        more = f" and {len(result.not_measured) - 5} more" if len(result.not_measured) > 5 else ""
+        raise DeviceUnreachableError(
+            f"{device.key}: the link was lost before any model was measured ({ids}{more} not measured); "
+            "nothing to fit. Run calibrate again when the device is reachable: it resumes"
+        )
     t1 = time.perf_counter()
     emit("fit", {})
     result.surrogate, result.report = fit_table(table, space.w, prior, prior_label, seed)

@@ -24,7 +24,7 @@ from ofa2_edge.cli.common import (
     state,
 )
 from ofa2_edge.cli.devices import load_inventory
-from ofa2_edge.core.errors import EXIT_MEASUREMENT, InvalidInputError
+from ofa2_edge.core.errors import EXIT_MEASUREMENT, EXIT_UNREACHABLE, InvalidInputError
 from ofa2_edge.space.arch import DEFAULT_RESOLUTIONS, SearchSpace
 
 tables_app = typer.Typer(help="List, show, export and import latency tables.", no_args_is_help=True)
@@ -194,6 +194,9 @@ def calibrate(
         emit_json(summary)
     else:
         _print_calibration(summary)
+    unreached = bool((e2e_summary or {}).get("not_measured")) or bool((block_summary or {}).get("not_measured"))
+    if unreached:  # the device could not be reached (again): 3, as for any unreachable device
+        raise typer.Exit(EXIT_UNREACHABLE)
     if incomplete:
         raise typer.Exit(EXIT_MEASUREMENT)
 
