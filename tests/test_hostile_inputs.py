@@ -149,11 +149,12 @@ def test_the_46_gene_genome_is_accepted_inline_and_from_a_file(
 def fitted_table(ws: Path, key: str = "pi") -> DeviceTable:
     """A table measured at 160..224 px with a fitted linear predictor (no CV, so quick)."""
     table = DeviceTable(ws / "latency_tables", key)
-    table.bind(probe_report(cpu_model="Cortex-A72"), "onnxruntime")
+    probe = probe_report(cpu_model="Cortex-A72")
+    table.bind(probe, "onnxruntime")
     archs = SearchSpace().sample(30, np.random.default_rng(0))
     ms = np.array([1e-6 * a.r**2 * (1 + sum(a.d)) for a in archs])
     for arch, y in zip(archs, ms, strict=True):
-        table.append(record_for(arch, float(y), Protocol()))
+        table.append(record_for(arch, float(y), Protocol(), fingerprint=probe.fingerprint))
     LinearSurrogate(features="minimal").fit(archs, ms).save(table.surrogate_path, device=key)
     return table
 
