@@ -15,13 +15,13 @@ import numpy as np
 
 from device_agents.records import MeasureResult, Protocol
 from exporters import ExportCache
+from ofa2_edge.calibration.calibrate import bind_table
+from ofa2_edge.core.workspace import Workspace
 from ofa2_edge.devices.inventory import Device
 from ofa2_edge.devices.pipeline import MeasurePlan, measure_archs
 from ofa2_edge.devices.session import DeviceSession
-from ofa2_edge.calibration.calibrate import bind_table
-from ofa2_edge.tables.device import DeviceTable
 from ofa2_edge.space.arch import Arch
-from ofa2_edge.core.workspace import Workspace
+from ofa2_edge.tables.device import DeviceTable
 
 PACKAGES = (
     "ofa2-edge", "torch", "onnx", "onnxruntime", "pymoo", "scikit-learn", "numpy", "ai-edge-litert", "litert-torch",

@@ -42,18 +42,18 @@ import numpy as np
 from benchlib import load1, machine_info, measure_end_to_end, record_load
 
 from exporters import ExportCache, export_layer
-from ofa2_edge.cli.common import make_protocol
-from ofa2_edge.devices.inventory import Device
 from ofa2_edge.calibration.blocks import BlockRecords, calibrate_blocks, distinct_layers, table_layers
 from ofa2_edge.calibration.calibrate import design_archs
 from ofa2_edge.calibration.design import size_stratified_genomes
+from ofa2_edge.cli.common import make_protocol
+from ofa2_edge.core.workspace import Workspace
+from ofa2_edge.devices.inventory import Device
+from ofa2_edge.space.arch import Arch, SearchSpace, archs_of
 from ofa2_edge.surrogates.lut import LutSurrogate
 from ofa2_edge.surrogates.metrics import latency_metrics
 from ofa2_edge.surrogates.prior import HybridSurrogate
 from ofa2_edge.surrogates.select import fit_best
 from ofa2_edge.tables.device import DeviceTable
-from ofa2_edge.space.arch import Arch, SearchSpace, archs_of
-from ofa2_edge.core.workspace import Workspace
 
 KS = (10, 20, 30)
 N_TEST = 50

@@ -19,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from ofa2_edge.core.workspace import Workspace
 from ofa2_edge.deploy.dashboard import build_data, render_page
 from ofa2_edge.search.runstore import RunFolder
-from ofa2_edge.core.workspace import Workspace
 
 FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",

@@ -47,10 +47,10 @@ from device_agents.records import (
 )
 from device_agents.stats import percentile
 from exporters import ExportCache, export_subnet
-from ofa2_edge.space.costs import macs_m
-from ofa2_edge.devices.session import ShippableModel
 from ofa2_edge.calibration.design import size_stratified_genomes
+from ofa2_edge.devices.session import ShippableModel
 from ofa2_edge.space.arch import Arch, SearchSpace, archs_of, genomes_of
+from ofa2_edge.space.costs import macs_m
 
 PROTOCOL = Protocol(keep_samples=True)
 NAIVE = Protocol(warmup_runs=5, warmup_min_s=0.0, blocks=1, runs_per_block=30, block_min_s=0.0, block_warmup_runs=0,

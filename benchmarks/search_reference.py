@@ -54,15 +54,15 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ofa2_edge.space.costs import layer_macs, layer_params  # noqa: E402
-from ofa2_edge.surrogates.lut import LayerStat, LutSurrogate  # noqa: E402
-from ofa2_edge.space.netplan import slot_layer, stem_layers, tail_layers  # noqa: E402
+from ofa2_edge.core.workspace import Workspace  # noqa: E402
 from ofa2_edge.search.algorithms import OperatorConfig, default_algorithm  # noqa: E402
 from ofa2_edge.search.indicators import hypervolume, nondominated  # noqa: E402
 from ofa2_edge.search.runner import SearchConfig, run_search  # noqa: E402
 from ofa2_edge.search.runstore import RunFolder  # noqa: E402
 from ofa2_edge.space.arch import EXPAND_CHOICES, KERNEL_CHOICES, N_BLOCKS, SearchSpace  # noqa: E402
-from ofa2_edge.core.workspace import Workspace  # noqa: E402
+from ofa2_edge.space.costs import layer_macs, layer_params  # noqa: E402
+from ofa2_edge.space.netplan import slot_layer, stem_layers, tail_layers  # noqa: E402
+from ofa2_edge.surrogates.lut import LayerStat, LutSurrogate  # noqa: E402
 
 PUBLISHED_HV = 758.3
 AUTHORS_HV = {1: 756.4, 2: 759.8, 3: 756.7}

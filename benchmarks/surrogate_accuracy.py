@@ -38,9 +38,11 @@ import numpy as np
 from benchlib import machine_info, measure_end_to_end
 from scipy.stats import spearmanr
 
+from ofa2_edge.calibration.design import size_stratified_genomes
+from ofa2_edge.core.workspace import Workspace
 from ofa2_edge.devices.inventory import Device
 from ofa2_edge.devices.pipeline import standard_protocol
-from ofa2_edge.calibration.design import size_stratified_genomes
+from ofa2_edge.space.arch import Arch, SearchSpace, archs_of
 from ofa2_edge.surrogates.learned import LearnedSurrogate
 from ofa2_edge.surrogates.linear import LinearSurrogate
 from ofa2_edge.surrogates.lut import LutSurrogate
@@ -48,8 +50,6 @@ from ofa2_edge.surrogates.metrics import latency_metrics
 from ofa2_edge.surrogates.prior import TransferSurrogate
 from ofa2_edge.surrogates.select import fit_best
 from ofa2_edge.surrogates.trees import TreeSurrogate
-from ofa2_edge.space.arch import Arch, SearchSpace, archs_of
-from ofa2_edge.core.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -26,8 +26,8 @@ from exporters.formats import export_format
 from exporters.records import BuiltModel, ExportedModel
 from exporters.representative import RepresentativeSet
 from ofa2_edge.core.errors import ExportError, InvalidArchError, InvalidInputError
-from ofa2_edge.space.netplan import Layer
 from ofa2_edge.space.arch import Arch
+from ofa2_edge.space.netplan import Layer
 from ofa2_edge.supernet import StaticSubnet, Supernet, noise_batches, recalibrate_bn
 from ofa2_edge.supernet.layer import extract_layer, layer_id
 

@@ -11,6 +11,7 @@ from typing import Iterator
 
 import pytest
 
+from ofa2_edge.cli.main import main
 from ofa2_edge.core.assets import (
     ACC_PREDICTOR,
     NOTE10_TABLES,
@@ -22,7 +23,6 @@ from ofa2_edge.core.assets import (
     find_assets,
     sha256_of,
 )
-from ofa2_edge.cli.main import main
 from ofa2_edge.core.errors import AssetError
 
 

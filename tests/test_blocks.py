@@ -21,10 +21,6 @@ from device_agents.records import Protocol
 from exporters import ExportCache, export_layer, random_supernet
 from exporters.onnx_export import LAYER_OUTPUT_NAME, read_onnx_metadata
 from exporters.parity import parity_tensors, torch_outputs
-from ofa2_edge.cli.main import main
-from ofa2_edge.devices.inventory import Device
-from ofa2_edge.core.errors import EXIT_USAGE, InvalidArchError, InvalidInputError, SchemaError
-from ofa2_edge.surrogates.base import load_surrogate
 from ofa2_edge.calibration.blocks import (
     BlockRecords,
     TableLayer,
@@ -36,12 +32,16 @@ from ofa2_edge.calibration.blocks import (
     write_complete_tables,
 )
 from ofa2_edge.calibration.calibrate import fit_table
+from ofa2_edge.cli.main import main
+from ofa2_edge.core.errors import EXIT_USAGE, InvalidArchError, InvalidInputError, SchemaError
+from ofa2_edge.core.workspace import Workspace
+from ofa2_edge.devices.inventory import Device
+from ofa2_edge.space.arch import DEFAULT_RESOLUTIONS, Arch, SearchSpace
+from ofa2_edge.space.netplan import Layer, layer_plan, slot_layer, stem_layers, tail_layers
+from ofa2_edge.supernet.layer import extract_layer
+from ofa2_edge.surrogates.base import load_surrogate
 from ofa2_edge.surrogates.lut import LutSurrogate, lut_latency, read_ofa_table, read_ofa_tables, write_ofa_table
 from ofa2_edge.tables.device import DeviceTable, MeasureKey
-from ofa2_edge.space.netplan import Layer, layer_plan, slot_layer, stem_layers, tail_layers
-from ofa2_edge.space.arch import DEFAULT_RESOLUTIONS, Arch, SearchSpace
-from ofa2_edge.supernet.layer import extract_layer
-from ofa2_edge.core.workspace import Workspace
 
 FINGERPRINT = "f" * 16
 PROTOCOL = Protocol()

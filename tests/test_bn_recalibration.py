@@ -10,6 +10,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from ofa_reference import ofa
 from PIL import Image
 from torch import nn
 
@@ -18,8 +19,6 @@ from ofa2_edge.data.imagefolder import image_batches, list_images
 from ofa2_edge.data.preprocessing import Preprocessing, preprocess_image, resized_hw
 from ofa2_edge.space.arch import Arch
 from ofa2_edge.supernet import Supernet, noise_batches, recalibrate_bn
-
-from ofa_reference import ofa
 
 R = 128  # small, so the passes stay quick
 

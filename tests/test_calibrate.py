@@ -17,13 +17,13 @@ import pytest
 from records_factory import probe_report, record_for
 
 from device_agents.records import Protocol
+from ofa2_edge.calibration.calibrate import design_archs
 from ofa2_edge.cli.main import main
 from ofa2_edge.core.errors import EXIT_USAGE
+from ofa2_edge.space.arch import SearchSpace
 from ofa2_edge.surrogates.base import load_surrogate
-from ofa2_edge.calibration.calibrate import design_archs
 from ofa2_edge.surrogates.lut import LutSurrogate
 from ofa2_edge.tables.device import DeviceTable
-from ofa2_edge.space.arch import SearchSpace
 
 REPO = Path(__file__).resolve().parent.parent
 

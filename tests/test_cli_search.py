@@ -11,8 +11,8 @@ import pytest
 
 from ofa2_edge.cli.main import main
 from ofa2_edge.core.errors import EXIT_FAILURE, EXIT_USAGE
-from ofa2_edge.surrogates.lut import LutSurrogate
 from ofa2_edge.space.arch import SearchSpace, archs_of
+from ofa2_edge.surrogates.lut import LutSurrogate
 
 SMALL = ["--pop", "16", "--gens", "8", "--seed", "2"]
 
@@ -136,8 +136,8 @@ def test_fit_accuracy_then_search_with_it(capsys: pytest.CaptureFixture[str], ws
 
 
 def test_runs_show_an_interrupted_run(capsys: pytest.CaptureFixture[str], ws: Path) -> None:
-    from ofa2_edge.search.runner import SearchConfig, run_search
     from ofa2_edge.core.workspace import Workspace
+    from ofa2_edge.search.runner import SearchConfig, run_search
 
     def stop(progress) -> None:
         if progress.gen == 5:

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ofa2_edge.space.costs import arch_costs, macs_m, params_m, peak_mem_mb, plan_costs
 from ofa2_edge.core.errors import InvalidArchError
+from ofa2_edge.space.arch import Arch, SearchSpace, genomes_of
+from ofa2_edge.space.costs import arch_costs, macs_m, params_m, peak_mem_mb, plan_costs
 from ofa2_edge.space.netplan import layer_plan
 from ofa2_edge.space.ofa_config import load_net_config
-from ofa2_edge.space.arch import Arch, SearchSpace, genomes_of
 
 
 def specialized(assets: Path) -> list[Path]:

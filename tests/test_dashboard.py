@@ -26,15 +26,15 @@ from records_factory import probe_report, record_for
 
 from device_agents.records import FailureKind, Protocol
 from ofa2_edge.cli.main import main
-from ofa2_edge.space.costs import arch_costs
-from ofa2_edge.deploy.dashboard import build_data, embed_json, render_page
 from ofa2_edge.core.errors import EXIT_USAGE, InvalidInputError, SchemaError
-from ofa2_edge.surrogates.lut import LutSurrogate
-from ofa2_edge.tables.device import DeviceTable
+from ofa2_edge.core.workspace import Workspace
+from ofa2_edge.deploy.dashboard import build_data, embed_json, render_page
 from ofa2_edge.search.algorithms import default_algorithm
 from ofa2_edge.search.runstore import RunFolder
 from ofa2_edge.space.arch import Arch, SearchSpace
-from ofa2_edge.core.workspace import Workspace
+from ofa2_edge.space.costs import arch_costs
+from ofa2_edge.surrogates.lut import LutSurrogate
+from ofa2_edge.tables.device import DeviceTable
 
 DEVICES = ("note10", "edge2")
 MEASURED = 6  # front archs measured on edge2 after the search

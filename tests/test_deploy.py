@@ -17,12 +17,12 @@ from sshd import Sshd, make_sshd
 
 from device_agents.records import Protocol
 from ofa2_edge.cli.main import main
-from ofa2_edge.deploy.bundle import check_bundle, read_manifest
 from ofa2_edge.core.errors import EXIT_USAGE, SchemaError
-from ofa2_edge.surrogates.lut import LutSurrogate
-from ofa2_edge.tables.device import DeviceTable
+from ofa2_edge.deploy.bundle import check_bundle, read_manifest
 from ofa2_edge.space.arch import SearchSpace
 from ofa2_edge.supernet import Supernet
+from ofa2_edge.surrogates.lut import LutSurrogate
+from ofa2_edge.tables.device import DeviceTable
 
 QUICK = ["--quick"]
 

@@ -13,8 +13,8 @@ import yaml
 from sshd import Sshd, make_sshd
 
 from ofa2_edge.cli.main import main
-from ofa2_edge.deploy.bundle import check_bundle
 from ofa2_edge.core.errors import EXIT_MEASUREMENT
+from ofa2_edge.deploy.bundle import check_bundle
 from ofa2_edge.workflows.job import knee
 
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from ofa2_edge.core.errors import InvalidArchError, SchemaError
+from ofa2_edge.space.arch import Arch, SearchSpace, genomes_of
 from ofa2_edge.surrogates.base import load_surrogate
 from ofa2_edge.surrogates.lut import LutSurrogate, lut_latency, read_ofa_table, write_ofa_table
-from ofa2_edge.space.arch import Arch, SearchSpace, genomes_of
 
 
 @pytest.fixture(scope="module")

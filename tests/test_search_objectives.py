@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ofa2_edge.space import costs
 from ofa2_edge.core.errors import InvalidInputError
-from ofa2_edge.surrogates.lut import LutSurrogate
-from ofa2_edge.search.objectives import MetricContext, build_objectives, parse_constraint, parse_objective_list
-from ofa2_edge.space.arch import Arch, SearchSpace, genomes_of
 from ofa2_edge.core.workspace import Workspace
+from ofa2_edge.search.objectives import MetricContext, build_objectives, parse_constraint, parse_objective_list
+from ofa2_edge.space import costs
+from ofa2_edge.space.arch import Arch, SearchSpace, genomes_of
+from ofa2_edge.surrogates.lut import LutSurrogate
 
 
 @pytest.fixture(scope="module")

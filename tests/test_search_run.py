@@ -16,8 +16,8 @@ import pytest
 # search itself does to global RNG state (nothing).
 import ofa2_edge.surrogates.trees  # noqa: F401
 from ofa2_edge.core.errors import InvalidInputError, Ofa2EdgeError, SchemaError
-from ofa2_edge.surrogates.lut import LutSurrogate
 from ofa2_edge.core.persist import read_json
+from ofa2_edge.core.workspace import Workspace
 from ofa2_edge.search import runstore as rs
 from ofa2_edge.search.algorithms import ALGORITHMS, OperatorConfig
 from ofa2_edge.search.compare import compare_runs
@@ -25,7 +25,7 @@ from ofa2_edge.search.formatter import PendingRows
 from ofa2_edge.search.indicators import nondominated
 from ofa2_edge.search.runner import SearchConfig, run_search
 from ofa2_edge.space.arch import Arch, SearchSpace
-from ofa2_edge.core.workspace import Workspace
+from ofa2_edge.surrogates.lut import LutSurrogate
 
 SMALL = {"pop_size": 20, "n_gen": 12, "seed": 3, "checkpoint_every": 4}
 

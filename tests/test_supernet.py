@@ -8,16 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from ofa_reference import CALIBRATION_RESOLUTIONS, ofa, reference_dynamic_output, reference_subnet, reference_supernet
 from torch import nn
 
-from ofa2_edge.space.costs import macs_m, params_m
 from ofa2_edge.core.errors import CheckpointError, InvalidArchError, InvalidInputError
-from ofa2_edge.space.netplan import mid_channels
 from ofa2_edge.space.arch import Arch, SearchSpace, genomes_of
+from ofa2_edge.space.costs import macs_m, params_m
+from ofa2_edge.space.netplan import mid_channels
 from ofa2_edge.supernet import StaticSubnet, Supernet, load_supernet
 from ofa2_edge.supernet.checkpoint import expected_shapes
-
-from ofa_reference import CALIBRATION_RESOLUTIONS, ofa, reference_dynamic_output, reference_subnet, reference_supernet
 
 WIDTHS = (1.0, 1.2)
 RESOLUTIONS = CALIBRATION_RESOLUTIONS  # 128, 160, 192, 224 and the odd 236

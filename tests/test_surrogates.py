@@ -16,10 +16,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.ensemble import GradientBoostingRegressor
 
-from ofa2_edge.space.costs import macs_m, params_m, plan_costs
-from ofa2_edge.core.errors import InvalidArchError, InvalidInputError, SchemaError
-from ofa2_edge.surrogates.base import load_surrogate, surrogate_kinds
 from ofa2_edge.calibration.design import size_stratified_genomes
+from ofa2_edge.core.errors import InvalidArchError, InvalidInputError, SchemaError
+from ofa2_edge.core.persist import read_json, write_json
+from ofa2_edge.space.arch import N_BLOCKS, Arch, SearchSpace, archs_of, genomes_of
+from ofa2_edge.space.costs import macs_m, params_m, plan_costs
+from ofa2_edge.surrogates.base import load_surrogate, surrogate_kinds
 from ofa2_edge.surrogates.features import QUANTITIES, Q, arch_features, compact_matrix, stage_matrix, tree_matrix
 from ofa2_edge.surrogates.learned import LearnedSurrogate
 from ofa2_edge.surrogates.linear import LinearSurrogate, design
@@ -28,8 +30,6 @@ from ofa2_edge.surrogates.metrics import interval_coverage, latency_metrics
 from ofa2_edge.surrogates.prior import HybridSurrogate, TransferSurrogate
 from ofa2_edge.surrogates.select import fit_best, format_report
 from ofa2_edge.surrogates.trees import PerfectTrees, TreeSurrogate
-from ofa2_edge.core.persist import read_json, write_json
-from ofa2_edge.space.arch import N_BLOCKS, Arch, SearchSpace, archs_of, genomes_of
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ from records_factory import probe_report, record_for
 
 from device_agents.records import FailureKind, Protocol
 from ofa2_edge.core.errors import InvalidInputError, SchemaError
-from ofa2_edge.tables.device import DeviceTable, MeasureKey
 from ofa2_edge.space.arch import Arch
+from ofa2_edge.tables.device import DeviceTable, MeasureKey
 
 
 def test_bind_refuses_a_table_of_another_device(tmp_path: Path) -> None:

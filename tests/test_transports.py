@@ -10,12 +10,12 @@ from typing import Iterator
 import pytest
 from sshd import Sshd, make_sshd
 
+from ofa2_edge.core.errors import DeviceUnreachableError, InvalidInputError, SchemaError
+from ofa2_edge.core.persist import sha256_file
 from ofa2_edge.devices.connect import transport_for
 from ofa2_edge.devices.inventory import Device, Inventory
 from ofa2_edge.devices.session import DeviceSession
 from ofa2_edge.devices.transport import WORK_MARKER, WORK_PREFIX, LocalTransport, work_marker
-from ofa2_edge.core.errors import DeviceUnreachableError, InvalidInputError, SchemaError
-from ofa2_edge.core.persist import sha256_file
 
 
 @pytest.fixture()

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ofa2_edge.core.assets import find_asset
 from ofa2_edge.accuracy.predictor import DenseAccuracyPredictor
+from ofa2_edge.core.assets import find_asset
 from ofa2_edge.core.errors import AssetError
 from ofa2_edge.core.persist import sha256_file
 from ofa2_edge.space.arch import OFA_RESOLUTIONS, PREDICTOR_FEATURES

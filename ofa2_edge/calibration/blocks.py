@@ -32,20 +32,20 @@ import numpy as np
 
 from device_agents.records import MAX_LINE_CHARS, FailureKind, MeasureResult, Protocol, RecordError, TensorSpec
 from exporters import LAYER_FORMATS, ExportCache, export_layer
+from ofa2_edge.calibration.calibrate import bind_table, device_lut, fit_table
+from ofa2_edge.core.errors import InvalidInputError, SchemaError
+from ofa2_edge.core.persist import append_jsonl, iter_jsonl_numbered
+from ofa2_edge.core.workspace import Workspace
 from ofa2_edge.devices.inventory import Device
 from ofa2_edge.devices.pipeline import MeasurePlan, measure_models
 from ofa2_edge.devices.session import DeviceSession, ShippableModel
-from ofa2_edge.core.errors import InvalidInputError, SchemaError
+from ofa2_edge.space.arch import MAX_DEPTH, N_BLOCKS, SearchSpace
+from ofa2_edge.space.netplan import Layer, slot_layer, stem_layers, tail_layers
+from ofa2_edge.supernet.layer import key_id
 from ofa2_edge.surrogates.base import LatencySurrogate
-from ofa2_edge.calibration.calibrate import bind_table, device_lut, fit_table
 from ofa2_edge.surrogates.lut import LayerStat, LutSurrogate, write_ofa_table
 from ofa2_edge.surrogates.metrics import latency_metrics
 from ofa2_edge.tables.device import DeviceTable, MeasureKey
-from ofa2_edge.space.netplan import Layer, slot_layer, stem_layers, tail_layers
-from ofa2_edge.core.persist import append_jsonl, iter_jsonl_numbered
-from ofa2_edge.space.arch import MAX_DEPTH, N_BLOCKS, SearchSpace
-from ofa2_edge.supernet.layer import key_id
-from ofa2_edge.core.workspace import Workspace
 
 log = logging.getLogger(__name__)
 

@@ -21,17 +21,17 @@ import numpy as np
 
 from device_agents.records import MeasureResult, Protocol
 from exporters import ExportCache
+from ofa2_edge.calibration.design import size_stratified_genomes
+from ofa2_edge.core.errors import DeviceUnreachableError, InvalidInputError
+from ofa2_edge.core.workspace import Workspace
 from ofa2_edge.devices.inventory import Device
 from ofa2_edge.devices.pipeline import MeasurePlan, measure_archs
 from ofa2_edge.devices.session import DeviceSession
-from ofa2_edge.core.errors import DeviceUnreachableError, InvalidInputError
+from ofa2_edge.space.arch import Arch, SearchSpace, archs_of
 from ofa2_edge.surrogates.base import LatencySurrogate, load_surrogate
-from ofa2_edge.calibration.design import size_stratified_genomes
 from ofa2_edge.surrogates.lut import LutSurrogate, read_ofa_tables
 from ofa2_edge.surrogates.select import fit_best
 from ofa2_edge.tables.device import DeviceTable, MeasureKey
-from ofa2_edge.space.arch import Arch, SearchSpace, archs_of
-from ofa2_edge.core.workspace import Workspace
 
 log = logging.getLogger(__name__)
 

@@ -9,11 +9,11 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from ofa2_edge.space.archref import resolve_arch
 from ofa2_edge.cli.common import JSON_OPTION, emit_json, out_console, state
+from ofa2_edge.space.arch import DEFAULT_RESOLUTIONS, Arch, SearchSpace
+from ofa2_edge.space.archref import resolve_arch
 from ofa2_edge.space.costs import arch_costs, plan_costs
 from ofa2_edge.space.ofa_config import load_net_config
-from ofa2_edge.space.arch import DEFAULT_RESOLUTIONS, Arch, SearchSpace
 
 app = typer.Typer(help="Sample, inspect and import subnets.", no_args_is_help=True)
 

@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
+from ofa2_edge.cli.common import JSON_OPTION, emit_json, err_console, out_console, state
 from ofa2_edge.core.assets import (
     OFA_FILES_URL,
     OFA_LFS_URL,
@@ -18,7 +19,6 @@ from ofa2_edge.core.assets import (
     fetch_assets,
     find_assets,
 )
-from ofa2_edge.cli.common import JSON_OPTION, emit_json, err_console, out_console, state
 from ofa2_edge.core.errors import AssetError
 
 app = typer.Typer(help="Fetch and check the official OFA assets.", no_args_is_help=True)

@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 
 from ofa2_edge.cli.common import JSON_OPTION, emit_json, err_console, out_console, state
-from ofa2_edge.devices.inventory import LOCAL_KEY, Device, Inventory
 from ofa2_edge.core.errors import InvalidInputError
+from ofa2_edge.devices.inventory import LOCAL_KEY, Device, Inventory
 
 app = typer.Typer(help="Add, list, remove and probe devices.", no_args_is_help=True)
 

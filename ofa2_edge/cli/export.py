@@ -9,9 +9,9 @@ from typing import Any
 
 import typer
 
-from ofa2_edge.space.archref import resolve_arch
 from ofa2_edge.cli.common import JSON_OPTION, emit_json, err_console, out_console, state
 from ofa2_edge.core.errors import ExportError, InvalidInputError
+from ofa2_edge.space.archref import resolve_arch
 
 TENSORRT_SPEC = "tensorrt-spec"  # a build spec (JSON) beside an ONNX file, for a TensorRT device
 

@@ -11,7 +11,6 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ofa2_edge.space.archref import resolve_arch
 from ofa2_edge.cli.common import (
     JSON_OPTION,
     QUICK_OPTION,
@@ -26,6 +25,7 @@ from ofa2_edge.cli.common import (
 from ofa2_edge.cli.devices import load_inventory
 from ofa2_edge.core.errors import EXIT_MEASUREMENT, EXIT_UNREACHABLE, InvalidInputError
 from ofa2_edge.space.arch import DEFAULT_RESOLUTIONS, SearchSpace
+from ofa2_edge.space.archref import resolve_arch
 
 tables_app = typer.Typer(help="List, show, export and import latency tables.", no_args_is_help=True)
 
@@ -131,7 +131,7 @@ def calibrate(
             elif event == "result":
                 bar.update(task, advance=1, last=_record_label(info["record"]))
             elif event == "tables":
-                for r, path in sorted(info["written"].items()):
+                for _r, path in sorted(info["written"].items()):
                     err_console.print(f"wrote {path}")
                 for r, keys in sorted(info["incomplete"].items()):
                     err_console.print(f"[yellow]{r} px: {len(keys)} layer(s) without a measurement; no table written")
@@ -535,9 +535,9 @@ def tables_export(
     ),
 ) -> None:
     """Write a table as CSV, or pack it (to bring it back from the field)."""
-    from ofa2_edge.tables.device import DeviceTable
     from ofa2_edge.core.persist import atomic_write_text
     from ofa2_edge.core.tarsafe import pack_folder
+    from ofa2_edge.tables.device import DeviceTable
 
     table = DeviceTable(state(ctx).workspace.tables_dir, key)
     if not table.exists():
@@ -604,9 +604,9 @@ def tables_import(
     replace: bool = typer.Option(False, "--replace", help="Overwrite an existing table of that key."),
 ) -> None:
     """Import a packed table, or an OFA-format block lookup table (e.g. OFA's Samsung Note10 tables)."""
+    from ofa2_edge.core.tarsafe import unpack_folder
     from ofa2_edge.surrogates.lut import LutSurrogate, read_ofa_tables, write_ofa_table
     from ofa2_edge.tables.device import DeviceTable
-    from ofa2_edge.core.tarsafe import unpack_folder
 
     root = state(ctx).workspace.tables_dir
     if source.is_dir():

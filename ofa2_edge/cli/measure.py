@@ -8,7 +8,6 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from ofa2_edge.space.archref import resolve_arch
 from ofa2_edge.cli.common import (
     JSON_OPTION,
     QUICK_OPTION,
@@ -23,6 +22,7 @@ from ofa2_edge.cli.common import (
 from ofa2_edge.cli.devices import app as devices_app
 from ofa2_edge.cli.devices import load_inventory
 from ofa2_edge.core.errors import EXIT_MEASUREMENT, EXIT_UNREACHABLE, InvalidInputError
+from ofa2_edge.space.archref import resolve_arch
 
 
 @devices_app.command()

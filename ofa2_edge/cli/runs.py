@@ -10,9 +10,9 @@ from rich.table import Table
 
 from ofa2_edge.cli.common import JSON_OPTION, emit_json, out_console, state
 from ofa2_edge.core.errors import InvalidInputError
+from ofa2_edge.core.workspace import Workspace
 from ofa2_edge.search.compare import compare_runs
 from ofa2_edge.search.runstore import FRONT_FILE, RunFolder, list_runs
-from ofa2_edge.core.workspace import Workspace
 
 app = typer.Typer(help="List, inspect and compare search runs.", no_args_is_help=True)
 

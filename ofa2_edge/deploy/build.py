@@ -12,18 +12,18 @@ import numpy as np
 from exporters import ExportCache, export_module, export_subnet
 from exporters.representative import folder_digest
 from exporters.tensorrt import build_spec
+from ofa2_edge.core.errors import InvalidInputError
+from ofa2_edge.core.persist import sha256_file
+from ofa2_edge.core.workspace import Workspace
+from ofa2_edge.data.imagefolder import image_batches
 from ofa2_edge.deploy.bundle import BundleFacts, build_bundle, read_labels, read_manifest
 from ofa2_edge.deploy.select import INTERVAL_COVERAGE, Candidate
 from ofa2_edge.devices.inventory import Device
 from ofa2_edge.devices.pipeline import MeasurePlan
-from ofa2_edge.core.errors import InvalidInputError
-from ofa2_edge.data.imagefolder import image_batches
-from ofa2_edge.tables.device import DeviceTable
-from ofa2_edge.space.netplan import N_CLASSES
-from ofa2_edge.core.persist import sha256_file
 from ofa2_edge.search.runstore import RunFolder
+from ofa2_edge.space.netplan import N_CLASSES
 from ofa2_edge.supernet import load_supernet, recalibrate_bn
-from ofa2_edge.core.workspace import Workspace
+from ofa2_edge.tables.device import DeviceTable
 
 #: Seed of the random subset of images used for BN recalibration (recorded in the manifest).
 CALIB_SEED = 0

@@ -24,11 +24,11 @@ from typing import Any, Callable
 from exporters.records import ExportedModel
 from exporters.tensorrt import TensorRTBuildSpec
 from ofa2_edge import __version__
-from ofa2_edge.space.costs import arch_costs
 from ofa2_edge.core.errors import InvalidInputError, SchemaError
 from ofa2_edge.core.persist import atomic_write_text, check_schema, sha256_file, write_json
-from ofa2_edge.space.arch import Arch
 from ofa2_edge.core.tarsafe import DEFAULT_LIMITS, ArchiveLimits, is_plain_file, pack_folder, unpack_folder
+from ofa2_edge.space.arch import Arch
+from ofa2_edge.space.costs import arch_costs
 
 MANIFEST_SCHEMA = "ofa2-edge/bundle-manifest"
 MANIFEST_VERSION = 1

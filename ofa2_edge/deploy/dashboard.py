@@ -33,15 +33,15 @@ from typing import Any
 import numpy as np
 
 from ofa2_edge import __version__
-from ofa2_edge.space.costs import arch_costs
 from ofa2_edge.core.errors import InvalidInputError, Ofa2EdgeError, SchemaError
-from ofa2_edge.surrogates.base import LatencySurrogate, load_surrogate
-from ofa2_edge.tables.device import DeviceTable
 from ofa2_edge.core.persist import atomic_write_text, sha256_file
+from ofa2_edge.core.workspace import Workspace
 from ofa2_edge.search import runstore as rs
 from ofa2_edge.search.indicators import nondominated
 from ofa2_edge.space.arch import Arch
-from ofa2_edge.core.workspace import Workspace
+from ofa2_edge.space.costs import arch_costs
+from ofa2_edge.surrogates.base import LatencySurrogate, load_surrogate
+from ofa2_edge.tables.device import DeviceTable
 
 log = logging.getLogger(__name__)
 

@@ -14,13 +14,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ofa2_edge.space.costs import arch_costs
 from ofa2_edge.core.errors import InvalidInputError
-from ofa2_edge.surrogates.base import LatencySurrogate
-from ofa2_edge.tables.device import DeviceTable
 from ofa2_edge.search.indicators import nondominated
 from ofa2_edge.search.runstore import RunFolder
 from ofa2_edge.space.arch import Arch
+from ofa2_edge.space.costs import arch_costs
+from ofa2_edge.surrogates.base import LatencySurrogate
+from ofa2_edge.tables.device import DeviceTable
 
 #: Coverage of the prediction interval shown with every candidate.
 INTERVAL_COVERAGE = 0.8

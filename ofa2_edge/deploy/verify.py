@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from device_agents.records import MeasureResult, Protocol, TensorRTBuild, TensorSpec
+from ofa2_edge.core.errors import MeasurementError
+from ofa2_edge.core.workspace import Workspace
 from ofa2_edge.deploy.bundle import TENSORRT_SPEC, check_bundle, model_file, record_measurement
 from ofa2_edge.devices.inventory import Device
 from ofa2_edge.devices.runtimes import runtime_for_file
 from ofa2_edge.devices.session import DeviceSession, ShippableModel
-from ofa2_edge.core.errors import MeasurementError
-from ofa2_edge.tables.device import DeviceTable
 from ofa2_edge.space.arch import Arch
-from ofa2_edge.core.workspace import Workspace
+from ofa2_edge.tables.device import DeviceTable
 
 log = logging.getLogger(__name__)
 

@@ -8,16 +8,16 @@ fails becomes an `export_error` record like any other failure, and the batch goe
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence, TypeVar
 
 from device_agents.records import FailureKind, MeasureResult, Protocol, TensorRTBuild, TensorSpec
 from exporters import ExportCache, export_subnet
+from ofa2_edge.core.errors import InvalidInputError, Ofa2EdgeError
 from ofa2_edge.devices.inventory import Device
 from ofa2_edge.devices.runtimes import host_runtime
 from ofa2_edge.devices.session import BatchReport, DeviceSession, ShippableModel, Subject
-from ofa2_edge.core.errors import InvalidInputError, Ofa2EdgeError
 from ofa2_edge.space.arch import Arch
 from ofa2_edge.supernet import Supernet
 

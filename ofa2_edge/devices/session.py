@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from device_agents.build import build_pyz
+from device_agents.jsonrecord import to_json
 from device_agents.records import (
     BatchEnd,
     FailureKind,
@@ -36,12 +37,11 @@ from device_agents.records import (
     TensorSpec,
     parse_agent_line,
 )
-from device_agents.jsonrecord import to_json
+from ofa2_edge.core.errors import DeviceUnreachableError, InvalidInputError, MeasurementError
 from ofa2_edge.devices.connect import transport_for
 from ofa2_edge.devices.inventory import Device
 from ofa2_edge.devices.runtimes import host_runtime, runtime_for_file
 from ofa2_edge.devices.transport import Transport, UploadCorruptedError
-from ofa2_edge.core.errors import DeviceUnreachableError, InvalidInputError, MeasurementError
 
 if TYPE_CHECKING:
     from exporters.records import ExportedModel

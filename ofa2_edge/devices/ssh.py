@@ -23,6 +23,7 @@ from typing import Sequence
 
 import paramiko
 
+from ofa2_edge.core.errors import DeviceUnreachableError, InvalidInputError
 from ofa2_edge.devices.inventory import Device
 from ofa2_edge.devices.transport import (
     WORK_MARKER,
@@ -34,7 +35,6 @@ from ofa2_edge.devices.transport import (
     retry,
     work_marker,
 )
-from ofa2_edge.core.errors import DeviceUnreachableError, InvalidInputError
 
 log = logging.getLogger(__name__)
 

@@ -29,9 +29,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ofa2_edge.devices.inventory import Device
 from ofa2_edge.core.errors import DeviceUnreachableError, MeasurementError
 from ofa2_edge.core.persist import sha256_file
+from ofa2_edge.devices.inventory import Device
 
 log = logging.getLogger(__name__)
 

@@ -26,11 +26,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ofa2_edge.space import costs
 from ofa2_edge.core.errors import InvalidInputError, Ofa2EdgeError
 from ofa2_edge.core.persist import sha256_file
-from ofa2_edge.space.arch import SearchSpace, genomes_of
 from ofa2_edge.core.workspace import DEVICE_KEY_PATTERN, Workspace
+from ofa2_edge.space import costs
+from ofa2_edge.space.arch import SearchSpace, genomes_of
 from ofa2_edge.tables.device import DeviceTable
 
 _CONSTRAINT = re.compile(r"^\s*([A-Za-z0-9:_.\-]+?)\s*(<=|>=|<|>|==|=)\s*(\S+)\s*$")

@@ -38,6 +38,7 @@ from ofa2_edge import __version__
 from ofa2_edge.core.errors import InvalidInputError, Ofa2EdgeError, SchemaError
 from ofa2_edge.core.locks import exclusive
 from ofa2_edge.core.persist import atomic_write_text, sha256_file
+from ofa2_edge.core.workspace import Workspace
 from ofa2_edge.search import runstore as rs
 from ofa2_edge.search.algorithms import (
     AUTO,
@@ -56,12 +57,11 @@ from ofa2_edge.search.objectives import (
     Evaluation,
     MetricContext,
     Objectives,
-    probe_genomes,
     build_objectives,
+    probe_genomes,
 )
 from ofa2_edge.search.problem import ArchProblem
 from ofa2_edge.space.arch import N_GENES, SearchSpace
-from ofa2_edge.core.workspace import Workspace
 
 log = logging.getLogger(__name__)
 

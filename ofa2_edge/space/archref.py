@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ofa2_edge.core.errors import InvalidArchError
-from ofa2_edge.space.ofa_config import load_net_config
-from ofa2_edge.space.arch import N_GENES, Arch, SearchSpace
 from ofa2_edge.core.workspace import Workspace
+from ofa2_edge.space.arch import N_GENES, Arch, SearchSpace
+from ofa2_edge.space.ofa_config import load_net_config
 
 ARCH_ID = re.compile(r"^a-[0-9a-f]{12}$")
 _MINMAX = re.compile(r"^(min|max)(?:@(\d{1,6}))?$")

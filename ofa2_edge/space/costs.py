@@ -17,9 +17,9 @@ from typing import Iterable
 
 import numpy as np
 
+from ofa2_edge.space.arch import DEFAULT_WIDTH_MULT, Arch, genomes_of
 from ofa2_edge.space.netplan import Layer, layer_plan, se_channels
 from ofa2_edge.space.slotcost import SlotTable, build_slot_table, evaluate
-from ofa2_edge.space.arch import DEFAULT_WIDTH_MULT, Arch, genomes_of
 
 BYTES_PER_ACTIVATION = 4
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ofa2_edge.core.errors import InvalidArchError
-from ofa2_edge.space.netplan import mid_channels, widths
 from ofa2_edge.space.arch import EXPAND_CHOICES, MAX_DEPTH, N_STAGES, WIDTH_MULTS, Arch
+from ofa2_edge.space.netplan import mid_channels, widths
 
 
 def _width_of(config: Mapping[str, Any]) -> float:

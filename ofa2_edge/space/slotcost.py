@@ -14,7 +14,6 @@ from typing import Callable, Literal
 
 import numpy as np
 
-from ofa2_edge.space.netplan import Layer, slot_layer, stem_layers, tail_layers
 from ofa2_edge.space.arch import (
     E_GENES,
     EXPAND_CHOICES,
@@ -26,6 +25,7 @@ from ofa2_edge.space.arch import (
     as_genomes,
     choice_indices,
 )
+from ofa2_edge.space.netplan import Layer, slot_layer, stem_layers, tail_layers
 
 Reduce = Literal["sum", "max"]
 

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from ofa2_edge.core.errors import InvalidInputError
-from ofa2_edge.space.netplan import Layer, conv_out, mid_channels, slot_layer, stem_layers, tail_layers
 from ofa2_edge.space.arch import EXPAND_CHOICES, MAX_DEPTH, N_BLOCKS, N_STAGES, Arch
+from ofa2_edge.space.netplan import Layer, conv_out, mid_channels, slot_layer, stem_layers, tail_layers
 from ofa2_edge.supernet.network import Supernet
 from ofa2_edge.supernet.static import ResidualBlock
 

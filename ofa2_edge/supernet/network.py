@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ofa2_edge.core.errors import InvalidArchError, InvalidInputError
+from ofa2_edge.space.arch import EXPAND_CHOICES, KERNEL_CHOICES, N_BLOCKS, WIDTH_MULTS, Arch
 from ofa2_edge.space.netplan import (
     Layer,
     mid_channels,
@@ -38,7 +39,6 @@ from ofa2_edge.space.netplan import (
     stem_layers,
     tail_layers,
 )
-from ofa2_edge.space.arch import EXPAND_CHOICES, KERNEL_CHOICES, N_BLOCKS, WIDTH_MULTS, Arch
 from ofa2_edge.supernet.static import ResidualBlock, StaticSubnet, batch_norm, conv_bn_act, tail_modules
 
 #: Any resolution: the supernet's tensors do not depend on it; the plan functions want one.

@@ -17,9 +17,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ofa2_edge.space.netplan import BN_EPS, BN_MOMENTUM, N_CLASSES, Layer, layer_plan, se_channels
 from ofa2_edge.data.preprocessing import Preprocessing
 from ofa2_edge.space.arch import Arch
+from ofa2_edge.space.netplan import BN_EPS, BN_MOMENTUM, N_CLASSES, Layer, layer_plan, se_channels
 
 
 def batch_norm(channels: int) -> nn.BatchNorm2d:

@@ -17,9 +17,6 @@ from functools import cached_property, lru_cache
 
 import numpy as np
 
-from ofa2_edge.space.costs import BYTES_PER_ACTIVATION, layer_macs, layer_params
-from ofa2_edge.space.netplan import Layer, se_channels, slot_layer, stem_layers, tail_layers
-from ofa2_edge.space.slotcost import slot_choice_indices
 from ofa2_edge.space.arch import (
     D_GENES,
     DEFAULT_WIDTH_MULT,
@@ -31,6 +28,9 @@ from ofa2_edge.space.arch import (
     R_GENE,
     as_genomes,
 )
+from ofa2_edge.space.costs import BYTES_PER_ACTIVATION, layer_macs, layer_params
+from ofa2_edge.space.netplan import Layer, se_channels, slot_layer, stem_layers, tail_layers
+from ofa2_edge.space.slotcost import slot_choice_indices
 
 #: Per-layer quantities, in this order along the last axis of every quantity array.
 QUANTITIES: tuple[str, ...] = (

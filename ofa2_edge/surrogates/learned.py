@@ -21,9 +21,9 @@ import numpy as np
 from scipy.stats import t as student_t
 
 from ofa2_edge.core.errors import InvalidInputError
+from ofa2_edge.space.arch import DEFAULT_WIDTH_MULT
 from ofa2_edge.surrogates.base import ArchBatch, LatencySurrogate, finite_array
 from ofa2_edge.surrogates.metrics import latency_metrics
-from ofa2_edge.space.arch import DEFAULT_WIDTH_MULT
 
 #: Leave-one-out up to this many samples, `MAX_FOLDS`-fold above.
 LOO_UP_TO = 20

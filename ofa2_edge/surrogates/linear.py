@@ -29,6 +29,8 @@ import numpy as np
 from scipy.optimize import nnls
 
 from ofa2_edge.core.errors import InvalidInputError
+from ofa2_edge.space.arch import DEFAULT_WIDTH_MULT, MAX_DEPTH, N_BLOCKS
+from ofa2_edge.space.slotcost import SlotTable, evaluate
 from ofa2_edge.surrogates.base import finite_array, finite_number, register_surrogate
 from ofa2_edge.surrogates.features import (
     COMPACT_QUANTITIES,
@@ -44,8 +46,6 @@ from ofa2_edge.surrogates.features import (
     stage_matrix,
 )
 from ofa2_edge.surrogates.learned import LearnedSurrogate
-from ofa2_edge.space.slotcost import SlotTable, evaluate
-from ofa2_edge.space.arch import DEFAULT_WIDTH_MULT, MAX_DEPTH, N_BLOCKS
 
 FEATURE_SETS = ("minimal", "compact", "stage")
 #: Ridge strengths (per sample, on columns scaled to mean 1) tried by the inner CV.

@@ -21,11 +21,11 @@ import yaml
 from scipy.stats import norm
 
 from ofa2_edge.core.errors import InvalidArchError, SchemaError
-from ofa2_edge.surrogates.base import ArchBatch, LatencySurrogate, register_surrogate
-from ofa2_edge.space.netplan import Layer, layer_plan, slot_layer, stem_layers, tail_layers
 from ofa2_edge.core.persist import atomic_write_text
-from ofa2_edge.space.slotcost import SlotTable, build_slot_table, evaluate
 from ofa2_edge.space.arch import EXPAND_CHOICES, KERNEL_CHOICES, N_BLOCKS, NETWORK_RESOLUTIONS, WIDTH_MULTS, Arch
+from ofa2_edge.space.netplan import Layer, layer_plan, slot_layer, stem_layers, tail_layers
+from ofa2_edge.space.slotcost import SlotTable, build_slot_table, evaluate
+from ofa2_edge.surrogates.base import ArchBatch, LatencySurrogate, register_surrogate
 
 TABLE_NAME = re.compile(r"^(\d+)_lookup_table\.yaml$")
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

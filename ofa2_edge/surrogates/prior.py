@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ofa2_edge.core.errors import InvalidInputError
+from ofa2_edge.space.arch import DEFAULT_WIDTH_MULT
 from ofa2_edge.surrogates.base import (
     LatencySurrogate,
     finite_array,
@@ -33,7 +34,6 @@ from ofa2_edge.surrogates.base import (
 from ofa2_edge.surrogates.features import Q, arch_features
 from ofa2_edge.surrogates.learned import LearnedSurrogate
 from ofa2_edge.surrogates.lut import LutSurrogate
-from ofa2_edge.space.arch import DEFAULT_WIDTH_MULT
 
 LINKS = ("log", "add")
 #: Ridge strengths (per sample, on standardised columns) tried by leave-one-out.

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ofa2_edge.core.errors import InvalidInputError
+from ofa2_edge.space.arch import DEFAULT_WIDTH_MULT
 from ofa2_edge.surrogates.base import ArchBatch, LatencySurrogate, as_genome_batch
 from ofa2_edge.surrogates.learned import LearnedSurrogate, check_latencies, cv_folds, folds_label
 from ofa2_edge.surrogates.linear import LinearSurrogate
@@ -28,7 +29,6 @@ from ofa2_edge.surrogates.lut import LutSurrogate
 from ofa2_edge.surrogates.metrics import latency_metrics
 from ofa2_edge.surrogates.prior import HybridSurrogate, TransferSurrogate
 from ofa2_edge.surrogates.trees import TreeSurrogate
-from ofa2_edge.space.arch import DEFAULT_WIDTH_MULT
 
 SELECTION_RULE = (
     "paired one-standard-error rule on the cross-validated mean squared log(measured/predicted): "

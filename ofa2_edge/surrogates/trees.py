@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 from sklearn.ensemble import GradientBoostingRegressor
 
+from ofa2_edge.space.arch import DEFAULT_WIDTH_MULT, Arch, genomes_of
 from ofa2_edge.surrogates.base import finite_array, finite_number, register_surrogate
 from ofa2_edge.surrogates.features import arch_features, compact_matrix, tree_matrix
 from ofa2_edge.surrogates.learned import LearnedSurrogate
 from ofa2_edge.surrogates.linear import relative_nnls
-from ofa2_edge.space.arch import DEFAULT_WIDTH_MULT, Arch, genomes_of
 
 #: Bounds of a saved ensemble (the fitted default is 100 trees of depth 3).
 MAX_TREES = 10_000

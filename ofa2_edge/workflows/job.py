@@ -27,16 +27,16 @@ import numpy as np
 import yaml
 
 from device_agents.records import Protocol
+from ofa2_edge.calibration.calibrate import CalibrationResult, calibrate
 from ofa2_edge.core.assets import NOTE10_TABLES, find_assets
+from ofa2_edge.core.errors import InvalidInputError, Ofa2EdgeError, SchemaError
+from ofa2_edge.core.persist import sha256_file
+from ofa2_edge.core.workspace import Workspace
 from ofa2_edge.devices.inventory import Inventory
 from ofa2_edge.devices.pipeline import standard_protocol
-from ofa2_edge.core.errors import InvalidInputError, Ofa2EdgeError, SchemaError
-from ofa2_edge.calibration.calibrate import CalibrationResult, calibrate
+from ofa2_edge.space.arch import DEFAULT_RESOLUTIONS, SearchSpace
 from ofa2_edge.surrogates.lut import LutSurrogate, read_ofa_tables, write_ofa_table
 from ofa2_edge.tables.device import DeviceTable
-from ofa2_edge.core.persist import sha256_file
-from ofa2_edge.space.arch import DEFAULT_RESOLUTIONS, SearchSpace
-from ofa2_edge.core.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
