@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # The official OFA assets; CI and this workplace keep them beside the repo.
 export OFA2_EDGE_ASSETS ?= $(abspath ../shared/ofa_assets)
 
-.PHONY: run test system-deps clean
+.PHONY: run test lint system-deps clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ system-deps:
 
 test: system-deps $(VENV)/.test-deps
 	$(BIN)/python -m pytest
+
+lint: $(VENV)/.test-deps
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
