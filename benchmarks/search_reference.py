@@ -63,6 +63,7 @@ from ofa2_edge.space.arch import EXPAND_CHOICES, KERNEL_CHOICES, N_BLOCKS, Searc
 from ofa2_edge.space.costs import layer_macs, layer_params  # noqa: E402
 from ofa2_edge.space.netplan import slot_layer, stem_layers, tail_layers  # noqa: E402
 from ofa2_edge.surrogates.lut import LayerStat, LutSurrogate  # noqa: E402
+from ofa2_edge.tables.device import DeviceTable  # noqa: E402
 
 PUBLISHED_HV = 758.3
 AUTHORS_HV = {1: 756.4, 2: 759.8, 3: 756.7}
@@ -94,13 +95,14 @@ def roofline_table(r: int, w: float, gmacs: float = 10.0, gbytes: float = 4.0) -
 
 
 def make_workspace(root: Path, assets: Path) -> Workspace:
-    LutSurrogate.from_folder(assets / "note10").save(root / "latency_tables" / "note10" / "surrogate.json", device="note10")
+    workspace = Workspace.resolve(root, root / "cache")
+    note10 = DeviceTable(workspace.tables_dir, "note10").surrogate_path
+    LutSurrogate.from_folder(assets / "note10").save(note10, device="note10")
     space = SearchSpace()
     tables = {r: roofline_table(r, space.w) for r in space.resolutions}
-    LutSurrogate(tables, space.w).save(
-        root / "latency_tables" / "roofline" / "surrogate.json", device="roofline", note="analytic roofline stand-in"
-    )
-    return Workspace.resolve(root, root / "cache")
+    roofline = DeviceTable(workspace.tables_dir, "roofline").surrogate_path
+    LutSurrogate(tables, space.w).save(roofline, device="roofline", note="analytic roofline stand-in")
+    return workspace
 
 
 # --------------------------------------------------------------------- runs
