@@ -40,8 +40,7 @@ from ofa2_edge.devices.inventory import Device
 from ofa2_edge.devices.pipeline import MeasurePlan, measure_models
 from ofa2_edge.devices.session import DeviceSession, ShippableModel
 from ofa2_edge.space.arch import MAX_DEPTH, N_BLOCKS, SearchSpace
-from ofa2_edge.space.netplan import Layer, slot_layer, stem_layers, tail_layers
-from ofa2_edge.supernet.layer import key_id
+from ofa2_edge.space.netplan import Layer, key_id, slot_layer, stem_layers, tail_layers
 from ofa2_edge.surrogates.base import LatencySurrogate
 from ofa2_edge.surrogates.lut import LayerStat, LutSurrogate, write_ofa_table
 from ofa2_edge.surrogates.metrics import latency_metrics

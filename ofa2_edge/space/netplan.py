@@ -10,6 +10,7 @@ Layer kinds and key format follow OFA's latency lookup tables (`Conv`, `expanded
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -143,3 +144,12 @@ def layer_plan(arch: Arch) -> list[Layer]:
     """Every layer the subnet `arch` runs, in order."""
     blocks = [slot_layer(arch.r, arch.w, i, arch.ks[i], arch.e[i]) for i in arch.active_slots]
     return [*stem_layers(arch.r, arch.w), *blocks, *tail_layers(arch.r, arch.w)]
+
+
+def key_id(lut_key: str) -> str:
+    """Short stable id of a layer shape: ``l-`` + 12 hex of the sha256 of its lookup-table key.
+
+    The key spells the whole shape (sizes, channels, kernel, stride, SE, activation), so
+    equal keys are the same model; the 1x1 tail layers share one id across resolutions.
+    """
+    return "l-" + hashlib.sha256(lut_key.encode()).hexdigest()[:12]

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 
 import torch
 from torch import nn
 
 from ofa2_edge.core.errors import InvalidInputError
 from ofa2_edge.space.arch import EXPAND_CHOICES, MAX_DEPTH, N_BLOCKS, N_STAGES, Arch
-from ofa2_edge.space.netplan import Layer, conv_out, mid_channels, slot_layer, stem_layers, tail_layers
+from ofa2_edge.space.netplan import Layer, conv_out, key_id, mid_channels, slot_layer, stem_layers, tail_layers
 from ofa2_edge.supernet.network import Supernet
 from ofa2_edge.supernet.static import ResidualBlock
 
@@ -34,15 +33,6 @@ FIXED_MODULES = {
     "Conv_2": "feature_mix_layer",
     "Logits": "classifier",
 }
-
-
-def key_id(lut_key: str) -> str:
-    """Short stable id of a layer shape: ``l-`` + 12 hex of the sha256 of its lookup-table key.
-
-    The key spells the whole shape (sizes, channels, kernel, stride, SE, activation), so
-    equal keys are the same model; the 1x1 tail layers share one id across resolutions.
-    """
-    return "l-" + hashlib.sha256(lut_key.encode()).hexdigest()[:12]
 
 
 def layer_id(layer: Layer) -> str:
