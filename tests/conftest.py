@@ -12,6 +12,13 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from hypothesis import settings
+
+# CI draws the same examples every run (a verdict that changes between two runs of the
+# same commit is no verdict); a developer's run explores new ones: HYPOTHESIS_PROFILE=explore.
+settings.register_profile("ci", derandomize=True, deadline=None)
+settings.register_profile("explore", deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "explore"))
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO.parent / "shared" / "fixtures" / "device_outputs"

@@ -468,3 +468,8 @@ def test_every_fixture_file_parses(fixtures_dir):
             (fn for prefix, fn in PARSER_OF_PREFIX.items() if path.name.startswith(prefix)), None)
         assert parser is not None, f"no parser for fixture {rel}"
         assert parser(body(fixtures_dir, rel)), f"{rel} parsed to nothing"
+
+
+def test_throttled_values_in_hex_or_decimal_with_a_leading_zero():
+    # found by the fuzz suite: int("01", 0) raised a raw ValueError
+    assert [t.raw for t in find_throttled("throttled=0x50005\nthrottled=01\nthrottled=5")] == [0x50005, 1, 5]

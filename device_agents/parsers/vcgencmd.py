@@ -28,7 +28,8 @@ class ClockReading:
 
 
 def find_throttled(text: str) -> List[ThrottleState]:
-    return [ThrottleState.from_raw(int(v, 0)) for v in _THROTTLED.findall(text)]
+    # vcgencmd prints hex (0x50005); a bare number is decimal, also with a leading zero
+    return [ThrottleState.from_raw(int(v, 16) if v[:2].lower() == "0x" else int(v, 10)) for v in _THROTTLED.findall(text)]
 
 
 def parse_throttled(text: str) -> ThrottleState:
