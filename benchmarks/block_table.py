@@ -42,7 +42,7 @@ import numpy as np
 from benchlib import load1, machine_info, measure_end_to_end, record_load
 
 from exporters import ExportCache, export_layer
-from ofa2_edge.calibration.blocks import BlockRecords, calibrate_blocks, distinct_layers, table_layers
+from ofa2_edge.calibration.blocks import calibrate_blocks, distinct_layers, table_layers
 from ofa2_edge.calibration.calibrate import design_archs
 from ofa2_edge.calibration.design import size_stratified_genomes
 from ofa2_edge.cli.common import make_protocol
@@ -86,7 +86,7 @@ def build_block_tables(ws: Workspace, device: Device, protocol: Any, space: Sear
     out["tables"] = sorted(res.tables)
     out["incomplete"] = {r: len(k) for r, k in res.incomplete.items()}
     out["load1_after"] = load1()
-    out["records"] = record_load(list(BlockRecords(DeviceTable(ws.tables_dir, device.key)).records()))
+    out["records"] = record_load(list(DeviceTable(ws.tables_dir, device.key).block_records()))
     if res.measured:
         out["measure_s_per_layer"] = out["measure_s"] / len(res.measured)
     return out

@@ -22,7 +22,6 @@ from exporters import ExportCache, export_layer, random_supernet
 from exporters.onnx_export import LAYER_OUTPUT_NAME, read_onnx_metadata
 from exporters.parity import parity_tensors, torch_outputs
 from ofa2_edge.calibration.blocks import (
-    BlockRecords,
     TableLayer,
     calibrate_blocks,
     distinct_layers,
@@ -158,19 +157,18 @@ def _bound_table(ws: Path, key: str = "board") -> DeviceTable:
 
 def test_tables_are_written_only_when_complete_and_price_archs_by_their_layers(tmp_path: Path) -> None:
     table = _bound_table(tmp_path)
-    blocks = BlockRecords(table)
     by_r = table_layers(SearchSpace(resolutions=(160, 176)))
     rng = np.random.default_rng(0)
     layers = distinct_layers(by_r)
     ms = {t.id: float(rng.uniform(0.01, 2.0)) for t in layers}
     for t in layers[:-30]:  # the last 30 belong to 176 only
-        blocks.append(layer_record(t, ms[t.id]))
-    blocks.append(layer_record(layers[-1], 9.9, protocol=Protocol(blocks=3)))  # another protocol: not counted
-    written, missing = write_complete_tables(table, by_r, blocks.measured(KEY))
+        table.append_block(layer_record(t, ms[t.id]))
+    table.append_block(layer_record(layers[-1], 9.9, protocol=Protocol(blocks=3)))  # another protocol: not counted
+    written, missing = write_complete_tables(table, by_r, table.measured_blocks(KEY))
     assert list(written) == [160] and len(missing[176]) == 30
     for t in layers[-30:]:
-        blocks.append(layer_record(t, ms[t.id]))
-    written, missing = write_complete_tables(table, by_r, blocks.measured(KEY))
+        table.append_block(layer_record(t, ms[t.id]))
+    written, missing = write_complete_tables(table, by_r, table.measured_blocks(KEY))
     assert sorted(written) == [160, 176] and not missing
 
     lut = LutSurrogate(read_ofa_tables(table.folder))
@@ -242,16 +240,15 @@ def test_a_damaged_block_record_is_refused_and_nothing_changes(
 ) -> None:
     ws = tmp_path / "ws"
     table = _bound_table(ws, "local")
-    blocks = BlockRecords(table)
     layers = resolution_layers(160, SearchSpace(resolutions=(160,)))
     for t in layers[:5]:
-        blocks.append(layer_record(t, 0.5))
-    lines = blocks.path.read_text().splitlines()
+        table.append_block(layer_record(t, 0.5))
+    lines = table.blocks_path.read_text().splitlines()
     lines[2] = json.dumps(damage(json.loads(lines[2])))
-    blocks.path.write_text("\n".join(lines) + "\n")
+    table.blocks_path.write_text("\n".join(lines) + "\n")
     before = _snapshot(table.folder)
     with pytest.raises(SchemaError, match=message) as info:
-        list(blocks.records())
+        list(table.block_records())
     assert "blocks.jsonl:3" in str(info.value)
     args = ["-W", str(ws), "calibrate", "--blocks", "--resolutions", "160", "--quick"]
     assert main(args) != 0
@@ -262,13 +259,12 @@ def test_a_damaged_block_record_is_refused_and_nothing_changes(
 
 def test_a_torn_last_line_is_measured_again(tmp_path: Path) -> None:
     table = _bound_table(tmp_path)
-    blocks = BlockRecords(table)
     layers = resolution_layers(160, SearchSpace(resolutions=(160,)))
     for t in layers[:3]:
-        blocks.append(layer_record(t, 0.5))
-    with open(blocks.path, "ab") as fh:
-        fh.write(blocks.path.read_bytes().splitlines()[0][:40])  # a crash mid-write
-    assert len(blocks.measured(KEY)) == 3
+        table.append_block(layer_record(t, 0.5))
+    with open(table.blocks_path, "ab") as fh:
+        fh.write(table.blocks_path.read_bytes().splitlines()[0][:40])  # a crash mid-write
+    assert len(table.measured_blocks(KEY)) == 3
 
 
 def test_bad_options_change_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -297,13 +293,12 @@ def test_block_calibration_on_local_survives_kill_9_and_prices_archs(tmp_path: P
                "--json")
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
     table = DeviceTable(ws / "latency_tables", "local")
-    blocks = BlockRecords(table)
     deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and (not blocks.path.exists() or len(list(blocks.records())) < 10):
+    while time.monotonic() < deadline and (not table.blocks_path.exists() or len(list(table.block_records())) < 10):
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # the whole tree: CLI, agent and workers
     proc.wait()
-    before = list(blocks.records())
+    before = list(table.block_records())
     assert 10 <= len(before) < 96, "the kill should land mid-calibration"
     assert not (table.folder / "160_lookup_table.yaml").exists() and not table.surrogate_path.exists()
 
@@ -311,7 +306,7 @@ def test_block_calibration_on_local_survives_kill_9_and_prices_archs(tmp_path: P
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads(done.stdout)["blocks"]
     assert summary["already_measured"] == len(before) and summary["measured_now"] == 96 - len(before)
-    after = list(blocks.records())
+    after = list(table.block_records())
     assert [r.arch_id for r in after[: len(before)]] == [r.arch_id for r in before]  # nothing lost or rewritten
     assert len({r.arch_id for r in after}) == 96 and all(r.ok for r in after)
     assert all(r.protocol.timer == "thread_cpu" for r in after)
@@ -337,4 +332,4 @@ def test_block_calibration_on_local_survives_kill_9_and_prices_archs(tmp_path: P
     assert summary["measured_now"] == 4 and summary["blocks"]["lut_vs_end_to_end"]["n"] == 4
     assert summary["fit"]["table"]["block_table"]["used"] is True
     assert "hybrid[add]" in {row["name"] for row in summary["fit"]["selection"]["candidates"]}
-    assert len(list(blocks.records())) == 96 and len(list(table.records())) == 4
+    assert len(list(table.block_records())) == 96 and len(list(table.records())) == 4

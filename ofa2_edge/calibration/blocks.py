@@ -26,15 +26,14 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from device_agents.records import MAX_LINE_CHARS, FailureKind, MeasureResult, Protocol, RecordError, TensorSpec
+from device_agents.records import FailureKind, MeasureResult, Protocol, TensorSpec
 from exporters import LAYER_FORMATS, ExportCache, export_layer
 from ofa2_edge.calibration.calibrate import bind_table, device_lut, fit_table
-from ofa2_edge.core.errors import InvalidInputError, SchemaError
-from ofa2_edge.core.persist import append_jsonl, iter_jsonl_numbered
+from ofa2_edge.core.errors import InvalidInputError
 from ofa2_edge.core.workspace import Workspace
 from ofa2_edge.devices.inventory import Device
 from ofa2_edge.devices.pipeline import MeasurePlan, measure_models
@@ -44,11 +43,10 @@ from ofa2_edge.space.netplan import Layer, key_id, slot_layer, stem_layers, tail
 from ofa2_edge.surrogates.base import LatencySurrogate
 from ofa2_edge.surrogates.lut import LayerStat, LutSurrogate, write_ofa_table
 from ofa2_edge.surrogates.metrics import latency_metrics
-from ofa2_edge.tables.device import DeviceTable, MeasureKey
+from ofa2_edge.tables.device import DeviceTable
 
 log = logging.getLogger(__name__)
 
-BLOCKS = "blocks.jsonl"
 Progress = Callable[[str, dict[str, Any]], None]
 
 
@@ -98,46 +96,6 @@ def distinct_layers(by_resolution: dict[int, list[TableLayer]]) -> list[TableLay
         for t in layers:
             seen.setdefault(t.id, t)
     return list(seen.values())
-
-
-class BlockRecords:
-    """`latency_tables/<device>/blocks.jsonl`: the agent's per-layer records, append-only."""
-
-    def __init__(self, table: DeviceTable) -> None:
-        self.table = table
-        self.path = table.folder / BLOCKS
-
-    def append(self, result: MeasureResult) -> None:
-        """Commit one record durably (flushed and fsynced) before returning."""
-        append_jsonl(self.path, result.to_dict())
-
-    def records(self) -> Iterator[MeasureResult]:
-        """Every stored record, validated; a malformed one stops with its line number.
-
-        An unterminated last line left by a crash is skipped (its layer is measured again);
-        any other unreadable line, or one that is not a layer record of this table, is an
-        error naming file and line, never skipped.
-        """
-        if not self.path.exists():
-            return
-        for lineno, doc in iter_jsonl_numbered(self.path, MAX_LINE_CHARS):
-            where = f"{self.path}:{lineno}"
-            try:
-                record = MeasureResult.from_dict(doc, where=f"{where}: record")
-            except RecordError as exc:
-                raise SchemaError(f"{exc}; fix or remove that line (the table was not changed)") from exc
-            layer = (record.arch or {}).get("layer")
-            if not isinstance(layer, str) or record.arch_id != key_id(layer):
-                raise SchemaError(
-                    f"{where}: not a layer record (arch_id {record.arch_id!r}, arch {record.arch!r}: expected "
-                    "arch {'layer': <lookup-table key>, ...} and arch_id l-<sha256 of the key>); fix or remove "
-                    "that line (the table was not changed)"
-                )
-            yield record
-
-    def measured(self, key: MeasureKey) -> dict[str, MeasureResult]:
-        """Successful records taken under `key`, by layer id (the latest one wins)."""
-        return {r.arch_id: r for r in self.records() if r.ok and MeasureKey.of(r) == key}
 
 
 def layer_stat(record: MeasureResult) -> LayerStat:
@@ -261,8 +219,7 @@ def _calibrate_blocks_locked(
     progress: Progress | None,
 ) -> BlockCalibrationResult:
     emit = progress or (lambda event, info: None)
-    blocks = BlockRecords(table)
-    for _ in (*blocks.records(), *table.records()):  # refuse a damaged table before anything changes
+    for _ in (*table.block_records(), *table.records()):  # refuse a damaged table before anything changes
         pass
     by_resolution = table_layers(space)
     distinct = distinct_layers(by_resolution)
@@ -271,18 +228,18 @@ def _calibrate_blocks_locked(
     with DeviceSession(device, workspace.cache_dir, trust_on_first_use=trust_on_first_use) as session:
         key = bind_table(session, table, device, plan, protocol, reuse_table)
         result = BlockCalibrationResult(device.key, key.fingerprint, len(distinct))
-        done = blocks.measured(key)
+        done = table.measured_blocks(key)
         todo = [t for t in distinct if t.id not in done]
         result.skipped = len(distinct) - len(todo)
         emit("round", {"label": "block table", "total": len(distinct), "todo": len(todo), "skipped": result.skipped})
 
         def commit(record: MeasureResult) -> None:
-            blocks.append(record)  # durable before anything else happens
+            table.append_block(record)  # durable before anything else happens
             result.measured.append(record)
             emit("result", {"record": record})
 
         result.not_measured = measure_layers(session, todo, plan, protocol, cache, commit)
-        result.tables, result.incomplete = write_complete_tables(table, by_resolution, blocks.measured(key))
+        result.tables, result.incomplete = write_complete_tables(table, by_resolution, table.measured_blocks(key))
     emit("tables", {"written": result.tables, "incomplete": result.incomplete})
     result.seconds["measure"] = time.perf_counter() - t0
     return result

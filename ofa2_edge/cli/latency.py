@@ -389,7 +389,6 @@ def predict(
 
 # ---------------------------------------------------------------------------- tables
 def _table_summary(folder: Path) -> dict[str, Any]:
-    from ofa2_edge.calibration.blocks import BlockRecords
     from ofa2_edge.tables.device import DeviceTable
 
     table = DeviceTable(folder.parent, folder.name)
@@ -409,7 +408,7 @@ def _table_summary(folder: Path) -> dict[str, Any]:
             "mape_pct": held.get("mape_pct"),
         }
     luts = sorted(int(p.name.split("_")[0]) for p in folder.glob("*_lookup_table.yaml"))
-    block_layers = len({r.arch_id for r in BlockRecords(table).records() if r.ok})
+    block_layers = len({r.arch_id for r in table.block_records() if r.ok})
     return {
         "key": folder.name,
         "fingerprint": info.get("fingerprint"),
@@ -511,7 +510,6 @@ def _table_file_names(where: str, names: list[str], read: Any = None) -> None:
 
 def _validate_table_folder(folder: Path) -> None:
     """Read back everything a table holds, as its owners do; raise on the first bad file."""
-    from ofa2_edge.calibration.blocks import BlockRecords
     from ofa2_edge.surrogates.base import load_surrogate
     from ofa2_edge.surrogates.lut import read_ofa_tables
     from ofa2_edge.tables.device import DeviceTable
@@ -519,7 +517,7 @@ def _validate_table_folder(folder: Path) -> None:
     incoming = DeviceTable(folder.parent, folder.name)
     incoming.device_info()
     sum(1 for _ in incoming.records())
-    sum(1 for _ in BlockRecords(incoming).records())
+    sum(1 for _ in incoming.block_records())
     if any(folder.glob("*_lookup_table.yaml")):
         read_ofa_tables(folder)
     if incoming.surrogate_path.exists():

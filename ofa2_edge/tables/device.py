@@ -13,7 +13,8 @@
 - `surrogate.json`: the fitted latency predictor the search uses (read through
   :meth:`DeviceTable.surrogate`, which validates it);
 - `blocks.jsonl`: block mode's per-layer records (:mod:`ofa2_edge.calibration.blocks`), apart
-  from the arch records above;
+  from the arch records above (same rules; each row's `arch` is `{"layer": <lookup-table key>}`
+  and its `arch_id` `l-<sha256 of the key>`);
 - `<r>_lookup_table.yaml`: OFA-format block tables (block mode or imported).
 
 Writers hold :meth:`DeviceTable.lock` (`latency_tables/.<key>.lock`, beside the folder so
@@ -38,6 +39,7 @@ from ofa2_edge.core.locks import exclusive
 from ofa2_edge.core.persist import append_jsonl, iter_jsonl_numbered, read_json, write_json
 from ofa2_edge.core.workspace import DEVICE_KEY_PATTERN
 from ofa2_edge.space.arch import Arch
+from ofa2_edge.space.netplan import key_id
 
 if TYPE_CHECKING:
     from ofa2_edge.surrogates.base import LatencySurrogate
@@ -47,6 +49,7 @@ log = logging.getLogger(__name__)
 DEVICE_SCHEMA = "ofa2-edge/device-table"
 DEVICE_VERSION = 1
 MEASUREMENTS = "measurements.jsonl"
+BLOCKS = "blocks.jsonl"
 SURROGATE = "surrogate.json"
 
 
@@ -80,6 +83,10 @@ class DeviceTable:
     @property
     def measurements_path(self) -> Path:
         return self.folder / MEASUREMENTS
+
+    @property
+    def blocks_path(self) -> Path:
+        return self.folder / BLOCKS
 
     @property
     def surrogate_path(self) -> Path:
@@ -209,6 +216,39 @@ class DeviceTable:
                     f"({', '.join(sorted(fingerprints))}, {self.device_path}); {fix}"
                 )
             yield record
+
+    # ------------------------------------------------------------------ block records
+    def append_block(self, result: MeasureResult) -> None:
+        """Commit one layer record to `blocks.jsonl` durably (flushed and fsynced)."""
+        append_jsonl(self.blocks_path, result.to_dict())
+
+    def block_records(self) -> Iterator[MeasureResult]:
+        """Every stored layer record, validated; a malformed one stops with its line number.
+
+        An unterminated last line left by a crash is skipped (its layer is measured again);
+        any other unreadable line, or one that is not a layer record, is an error naming
+        file and line, never skipped.
+        """
+        if not self.blocks_path.exists():
+            return
+        fix = "fix or remove that line (the table was not changed)"
+        for lineno, doc in iter_jsonl_numbered(self.blocks_path, MAX_LINE_CHARS):
+            where = f"{self.blocks_path}:{lineno}"
+            try:
+                record = MeasureResult.from_dict(doc, where=f"{where}: record")
+            except RecordError as exc:
+                raise SchemaError(f"{exc}; {fix}") from exc
+            layer = (record.arch or {}).get("layer")
+            if not isinstance(layer, str) or record.arch_id != key_id(layer):
+                raise SchemaError(
+                    f"{where}: not a layer record (arch_id {record.arch_id!r}, arch {record.arch!r}: expected "
+                    f"arch {{'layer': <lookup-table key>, ...}} and arch_id l-<sha256 of the key>); {fix}"
+                )
+            yield record
+
+    def measured_blocks(self, key: MeasureKey) -> dict[str, MeasureResult]:
+        """Successful layer records taken under `key`, by layer id (the latest one wins)."""
+        return {r.arch_id: r for r in self.block_records() if r.ok and MeasureKey.of(r) == key}
 
     # ------------------------------------------------------------------ predictor
     def surrogate(self) -> LatencySurrogate | None:
