@@ -81,7 +81,7 @@ def measure_end_to_end(
     the same session/agent path as calibration, in a seeded random order so that drift in the
     machine's state hits every group of archs alike. Returns arch id -> record, and timings."""
     archs = [archs[i] for i in np.random.default_rng(order_seed).permutation(len(archs))]
-    table = DeviceTable(ws.tables_dir, device.key)
+    table = DeviceTable.of(ws, device.key)
     plan = MeasurePlan.for_device(device)
     cache = ExportCache(ws.exports_dir)
     info: dict[str, Any] = {"load1_before": load1()}

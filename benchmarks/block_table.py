@@ -86,7 +86,7 @@ def build_block_tables(ws: Workspace, device: Device, protocol: Any, space: Sear
     out["tables"] = sorted(res.tables)
     out["incomplete"] = {r: len(k) for r, k in res.incomplete.items()}
     out["load1_after"] = load1()
-    out["records"] = record_load(list(DeviceTable(ws.tables_dir, device.key).block_records()))
+    out["records"] = record_load(list(DeviceTable.of(ws, device.key).block_records()))
     if res.measured:
         out["measure_s_per_layer"] = out["measure_s"] / len(res.measured)
     return out
@@ -195,7 +195,7 @@ def main() -> int:
             "median_abs_rel_diff": float(np.median(rel)),
             "mean_ratio_b_to_a": float(np.mean(second / first)),
         }
-    lut = LutSurrogate.from_folder(DeviceTable(ws.tables_dir, device.key).folder)
+    lut = LutSurrogate.from_folder(DeviceTable.of(ws, device.key).folder)
     doc["accuracy"] = accuracy(lut, designs, test, y)
     print_report(doc)
     if args.json:

@@ -96,11 +96,11 @@ def roofline_table(r: int, w: float, gmacs: float = 10.0, gbytes: float = 4.0) -
 
 def make_workspace(root: Path, assets: Path) -> Workspace:
     workspace = Workspace.resolve(root, root / "cache")
-    note10 = DeviceTable(workspace.tables_dir, "note10").surrogate_path
+    note10 = DeviceTable.of(workspace, "note10").surrogate_path
     LutSurrogate.from_folder(assets / "note10").save(note10, device="note10")
     space = SearchSpace()
     tables = {r: roofline_table(r, space.w) for r in space.resolutions}
-    roofline = DeviceTable(workspace.tables_dir, "roofline").surrogate_path
+    roofline = DeviceTable.of(workspace, "roofline").surrogate_path
     LutSurrogate(tables, space.w).save(roofline, device="roofline", note="analytic roofline stand-in")
     return workspace
 

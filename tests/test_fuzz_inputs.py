@@ -24,7 +24,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_archives import make_bundle, make_table, write_sums
 
-from ofa2_edge.cli.latency import _table_file_names, _validate_table_folder
 from ofa2_edge.cli.main import main
 from ofa2_edge.core.errors import Ofa2EdgeError
 from ofa2_edge.core.tarsafe import unpack_folder
@@ -32,6 +31,7 @@ from ofa2_edge.deploy.bundle import MANIFEST, SUMS, check_bundle, model_file
 from ofa2_edge.devices.inventory import Device, Inventory
 from ofa2_edge.space.arch import Arch
 from ofa2_edge.space.archref import resolve_arch
+from ofa2_edge.tables.transfer import check_table_names, validate_table
 
 FAST = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
@@ -307,7 +307,7 @@ def test_table_archive_with_a_hostile_member(
     dest = box / "latency_tables"
     dest.mkdir()
     try:
-        unpack_folder(archive, dest, validate=_validate_table_folder, check_names=_table_file_names)
+        unpack_folder(archive, dest, validate=validate_table, check_names=check_table_names)
     except Ofa2EdgeError:
         assert list(dest.iterdir()) == []
     else:

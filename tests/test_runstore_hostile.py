@@ -341,7 +341,7 @@ def test_fuzz_every_reader_of_a_completed_run(ws: Workspace, tmp_path: Path, cap
         "checkpoint": run.checkpoint,
         "evaluations": lambda: list(run.evaluations()),
         "archive": lambda: run.read_archive(["latency_ms:note10", "top1_pct"], 24, 3),
-        "select": lambda: price_front(run, surrogate, DeviceTable(ws.tables_dir, "note10")),
+        "select": lambda: price_front(run, surrogate, DeviceTable.of(ws, "note10")),
         "dashboard": lambda: build_data(run, ws),
         "compare": lambda: compare_runs(run, original),
     }

@@ -94,7 +94,7 @@ def test_objective_lists() -> None:
     [
         (["top1", "flops"], [], "unknown objective 'flops'"),
         (["top1", "latency"], [], "names its device"),
-        (["top1", "latency:rpi4"], [], r"unknown device 'rpi4'.*calibrate.*devices with a fitted predictor here: note10"),
+        (["top1", "latency:rpi4"], [], r"unknown device 'rpi4'.*calibrate.*devices with a fitted latency predictor here: note10"),
         (["top1", "macs"], ["latency:rpi4<=80"], "unknown device 'rpi4'"),
         (["top1", "latency:bad/key"], [], "a device key is"),
         (["top1", "macs"], ["latency:note10<=5"], r"cannot be met: the smallest arch .* 9.89 ms"),
@@ -109,7 +109,7 @@ def test_bad_input_is_one_error_before_work(workspace: Workspace, assets_dir: Pa
 def test_device_with_a_table_but_no_fitted_predictor(workspace: Workspace, assets_dir: Path) -> None:
     (workspace.tables_dir / "rpi4").mkdir()
     (workspace.tables_dir / "rpi4" / "measurements.jsonl").write_text("")
-    with pytest.raises(InvalidInputError, match=r"'rpi4' has a latency table but no fitted predictor.*ofa2-edge fit --device rpi4"):
+    with pytest.raises(InvalidInputError, match=r"'rpi4' has a latency table but no fitted latency predictor.*ofa2-edge fit --device rpi4"):
         build_objectives(["top1"], ["latency:rpi4<=80"], ctx(workspace, assets_dir))
 
 

@@ -105,10 +105,6 @@ def layer_stat(record: MeasureResult) -> LayerStat:
     return LayerStat(mean=stats.estimate_ms, std=stats.std_ms, count=stats.n_total)
 
 
-def table_path(table: DeviceTable, r: int) -> Path:
-    return table.folder / f"{r}_lookup_table.yaml"
-
-
 def write_complete_tables(
     table: DeviceTable, by_resolution: dict[int, list[TableLayer]], done: dict[str, MeasureResult]
 ) -> tuple[dict[int, Path], dict[int, list[str]]]:
@@ -123,7 +119,7 @@ def write_complete_tables(
         if lacking:
             missing[r] = lacking
             continue
-        written[r] = write_ofa_table(table_path(table, r), {t.key: layer_stat(done[t.id]) for t in layers})
+        written[r] = write_ofa_table(table.lookup_table_path(r), {t.key: layer_stat(done[t.id]) for t in layers})
     return written, missing
 
 
@@ -200,7 +196,7 @@ def calibrate_blocks(
             f"block tables are measured from single-layer {'/'.join(LAYER_FORMATS)} exports; device {device.key} "
             f"measures {plan.fmt} with {plan.runtime}. Calibrate it end to end (without --blocks) instead"
         )
-    table = DeviceTable(workspace.tables_dir, device.key)
+    table = DeviceTable.of(workspace, device.key)
     with table.lock():
         return _calibrate_blocks_locked(
             device, workspace, table, plan, protocol, space or SearchSpace(), reuse_table, trust_on_first_use, progress

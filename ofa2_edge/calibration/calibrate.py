@@ -14,7 +14,6 @@ import logging
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -28,7 +27,7 @@ from ofa2_edge.devices.inventory import Device
 from ofa2_edge.devices.pipeline import MeasurePlan, measure_archs
 from ofa2_edge.devices.session import DeviceSession
 from ofa2_edge.space.arch import Arch, SearchSpace, archs_of
-from ofa2_edge.surrogates.base import LatencySurrogate, load_surrogate
+from ofa2_edge.surrogates.base import LatencySurrogate
 from ofa2_edge.surrogates.lut import LutSurrogate, read_ofa_tables
 from ofa2_edge.surrogates.select import fit_best
 from ofa2_edge.tables.device import DeviceTable, MeasureKey
@@ -102,7 +101,7 @@ def bind_table(
 
 def device_lut(table: DeviceTable) -> LutSurrogate | None:
     """This device's block table (block-mode calibration or an import), if it has one."""
-    if not table.exists() or not any(table.folder.glob("*_lookup_table.yaml")):
+    if not table.lookup_table_paths():
         return None
     return LutSurrogate(read_ofa_tables(table.folder))
 
@@ -133,15 +132,22 @@ def fit_table(
     prior_label: str = "",
     seed: int = 0,
     nested: bool = True,
+    quantity: str = "latency",
 ) -> tuple[LatencySurrogate, dict[str, Any]]:
-    """Fit the best surrogate on a table's measurements and save it as `surrogate.json`."""
-    archs, latencies, records = table.dataset()
-    archs_w = [(a, y) for a, y in zip(archs, latencies, strict=True) if a.w == width_mult]
+    """Fit the best surrogate on a table's measurements of `quantity` and save it as that
+    quantity's predictor (`surrogate.json` for latency). The block table (a latency LUT)
+    and a prior (another device's latency predictor) take part only in a latency fit."""
+    archs, values, records = table.dataset(quantity=quantity)
+    archs_w = [(a, y) for a, y in zip(archs, values, strict=True) if a.w == width_mult]
     if not archs_w:
+        what = "measurements" if quantity == "latency" else f"measurements that report {quantity}"
         raise InvalidInputError(
-            f"latency_tables/{table.key} has no successful w{width_mult} measurements to fit; run calibrate first"
+            f"latency_tables/{table.key} has no successful w{width_mult} {what} to fit; run calibrate first"
         )
-    lut, lut_note = usable_lut(table, [a for a, _ in archs_w], width_mult)
+    if quantity == "latency":
+        lut, lut_note = usable_lut(table, [a for a, _ in archs_w], width_mult)
+    else:
+        lut, lut_note, prior, prior_label = None, {"used": False, "reason": f"a block table prices latency, not {quantity}"}, None, ""
     model, report = fit_best(
         [a for a, _ in archs_w],
         np.array([y for _, y in archs_w]),
@@ -153,9 +159,10 @@ def fit_table(
         prior_label=prior_label,
     )
     flagged = sum(1 for r in records if r.flags)
+    report["quantity"] = quantity
     report["table"] = {"measurements": len(archs_w), "flagged": flagged, "block_table": lut_note}
     model.report = report
-    model.save(table.surrogate_path, device=table.key)
+    model.save(table.predictor_path(quantity), device=table.key)
     return model, report
 
 
@@ -183,7 +190,7 @@ def calibrate(
     throughout: a second calibration of the same device is refused (LockedError) before
     it measures anything; other devices' tables are not affected.
     """
-    table = DeviceTable(workspace.tables_dir, device.key)
+    table = DeviceTable.of(workspace, device.key)
     with table.lock():
         return _calibrate_locked(
             device, workspace, table, budget, protocol, fmt, space, seed, adaptive_rounds, reuse_table,
@@ -260,14 +267,3 @@ def _calibrate_locked(
     result.surrogate, result.report = fit_table(table, space.w, prior, prior_label, seed)
     result.seconds["fit"] = time.perf_counter() - t1
     return result
-
-
-def load_device_surrogate(workspace: Workspace, key: str) -> LatencySurrogate:
-    """The fitted predictor of device `key` (what the search's `latency:<key>` uses)."""
-    path: Path = DeviceTable(workspace.tables_dir, key).surrogate_path
-    if not path.exists():
-        raise InvalidInputError(
-            f"device {key} has no fitted latency predictor ({path}); run `ofa2-edge calibrate --device {key}` "
-            f"or `ofa2-edge fit --device {key}`, or import a table with `ofa2-edge tables import`"
-        )
-    return load_surrogate(path)

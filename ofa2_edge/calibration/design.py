@@ -31,6 +31,9 @@ _TILT = 4.0
 #: Per-arch jitter of the size level between kernel, expand and depth genes, for diversity.
 _JITTER = 0.15
 
+#: Subnets calibration measures end to end when no budget is given.
+DEFAULT_BUDGET = 60
+
 
 def _tilted_choice(choices: tuple[int, ...], t: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     """(n, size) draws from `choices`, each row tilted towards large values by its t."""

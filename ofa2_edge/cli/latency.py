@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -11,6 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ofa2_edge.calibration.design import DEFAULT_BUDGET
 from ofa2_edge.cli.common import (
     JSON_OPTION,
     QUICK_OPTION,
@@ -40,12 +39,9 @@ def parse_resolutions(text: str) -> tuple[int, ...]:
 def _prior(ctx: typer.Context, key: Optional[str]) -> Any:
     if key is None:
         return None
-    from ofa2_edge.calibration.calibrate import load_device_surrogate
+    from ofa2_edge.tables.device import DeviceTable
 
-    return load_device_surrogate(state(ctx).workspace, key)
-
-
-DEFAULT_BUDGET = 60
+    return DeviceTable.of(state(ctx).workspace, key).predictor()
 
 
 def _record_label(record: Any) -> str:
@@ -98,19 +94,16 @@ def calibrate(
 ) -> None:
     """Measure a space-filling set of subnets (and/or, with --blocks, every layer shape) on a device,
     resumably, then fit its latency predictor."""
-    from ofa2_edge.calibration.calibrate import calibrate as run_calibration
+    from ofa2_edge.calibration.run import CalibrationRequest, calibrate_device
 
     st = state(ctx)
     device = load_inventory(ctx).get(device_key)
     protocol = make_protocol(threads or device.threads, timer, quick)
-    space = SearchSpace(resolutions=parse_resolutions(resolutions))
-    budget = budget if budget is not None else (0 if blocks else DEFAULT_BUDGET)
-    if budget == 0 and not blocks:
-        raise InvalidInputError("--budget 0 measures nothing; give a budget, or --blocks for the block tables")
-    block_summary: Optional[dict[str, Any]] = None
-    e2e_summary: Optional[dict[str, Any]] = None
-    report: dict[str, Any] = {}
-    incomplete = False
+    request = CalibrationRequest(
+        budget=budget, blocks=blocks, fmt=fmt, space=SearchSpace(resolutions=parse_resolutions(resolutions)),
+        seed=seed, adaptive_rounds=adaptive_rounds, prior=prior, reuse_table=reuse_table,
+        trust_on_first_use=trust_on_first_use,
+    )  # fmt: skip
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -138,116 +131,15 @@ def calibrate(
             elif event == "fit":
                 bar.update(task, description=f"{device.key}: fitting the predictor", last="")
 
-        if blocks:
-            block_summary, incomplete = _run_blocks(
-                ctx, device, protocol, fmt, space, reuse_table, trust_on_first_use, on_event
-            )
-        if budget > 0:
-            result = run_calibration(
-                device,
-                st.workspace,
-                budget,
-                protocol,
-                fmt=fmt,
-                space=space,
-                seed=seed,
-                adaptive_rounds=adaptive_rounds,
-                reuse_table=reuse_table,
-                trust_on_first_use=trust_on_first_use,
-                prior=_prior(ctx, prior),
-                prior_label=prior or "",
-                progress=on_event,
-            )
-            report = result.report
-            incomplete = incomplete or bool(result.not_measured)
-            e2e_summary = {
-                "design": len(result.design),
-                "measured_now": len(result.measured) - len(result.failed),
-                "failed": [
-                    {"arch_id": r.arch_id, "error": r.error_kind.value, "message": r.error_msg} for r in result.failed
-                ],
-                "already_measured": result.skipped,
-                "not_measured": [a.id for a in result.not_measured],
-                "seconds": result.seconds,
-            }
-            fingerprint = result.fingerprint
-        else:
-            from ofa2_edge.calibration.blocks import fit_after_blocks
-            from ofa2_edge.tables.device import DeviceTable
-
-            on_event("fit", {})
-            table = DeviceTable(st.workspace.tables_dir, device.key)
-            with table.lock():
-                _, report = fit_after_blocks(table, space.w, _prior(ctx, prior), prior or "", seed)
-            fingerprint = block_summary["fingerprint"] if block_summary else None
-    if block_summary is not None:
-        block_summary["lut_vs_end_to_end"] = _lut_comparison(st, device.key)
-    summary = {
-        "device": device.key,
-        "fingerprint": fingerprint,
-        **(e2e_summary or {}),  # the end-to-end figures stay at the top level, as without --blocks
-        "table": str(st.workspace.tables_dir / device.key),
-        "blocks": block_summary,
-        "fit": report,
-    }
+        outcome = calibrate_device(device, st.workspace, request, protocol, progress=on_event)
     if as_json:
-        emit_json(summary)
+        emit_json(outcome.summary)
     else:
-        _print_calibration(summary)
-    unreached = bool((e2e_summary or {}).get("not_measured")) or bool((block_summary or {}).get("not_measured"))
-    if unreached:  # the device could not be reached (again): 3, as for any unreachable device
+        _print_calibration(outcome.summary)
+    if outcome.unreached:  # the device could not be reached (again): 3, as for any unreachable device
         raise typer.Exit(EXIT_UNREACHABLE)
-    if incomplete:
+    if outcome.incomplete:
         raise typer.Exit(EXIT_MEASUREMENT)
-
-
-def _run_blocks(
-    ctx: typer.Context,
-    device: Any,
-    protocol: Any,
-    fmt: Optional[str],
-    space: SearchSpace,
-    reuse_table: bool,
-    trust_on_first_use: bool,
-    on_event: Any,
-) -> tuple[dict[str, Any], bool]:
-    from ofa2_edge.calibration.blocks import calibrate_blocks
-
-    res = calibrate_blocks(
-        device,
-        state(ctx).workspace,
-        protocol,
-        fmt=fmt,
-        space=space,
-        reuse_table=reuse_table,
-        trust_on_first_use=trust_on_first_use,
-        progress=on_event,
-    )
-    summary = {
-        "fingerprint": res.fingerprint,
-        "layers": res.layers,
-        "measured_now": len(res.measured) - len(res.failed),
-        "failed": [
-            {"layer": (r.arch or {}).get("layer"), "error": r.error_kind.value, "message": r.error_msg}
-            for r in res.failed
-        ],
-        "already_measured": res.skipped,
-        "not_measured": res.not_measured,
-        "tables": {str(r): str(p) for r, p in sorted(res.tables.items())},
-        "incomplete": {str(r): len(keys) for r, keys in sorted(res.incomplete.items())},
-        "seconds": res.seconds,
-    }
-    return summary, bool(res.incomplete)
-
-
-def _lut_comparison(st: Any, key: str) -> Optional[dict[str, Any]]:
-    from ofa2_edge.calibration.blocks import lut_vs_measured
-    from ofa2_edge.calibration.calibrate import device_lut
-    from ofa2_edge.tables.device import DeviceTable
-
-    table = DeviceTable(st.workspace.tables_dir, key)
-    lut = device_lut(table)
-    return lut_vs_measured(table, lut) if lut is not None else None
 
 
 def _print_calibration(summary: dict[str, Any]) -> None:
@@ -288,71 +180,35 @@ def fit(
     ctx: typer.Context,
     device_key: str = typer.Option(..., "--device", "-d"),
     prior: Optional[str] = typer.Option(
-        None, "--prior", help="Another device's key: few-shot transfer from its predictor."
+        None, "--prior", help="Another device's key: few-shot transfer from its predictor (latency only)."
     ),
     width: float = typer.Option(1.2, "--width", help="Width multiplier of the measured subnets."),
+    quantity: str = typer.Option(
+        "latency", "--quantity", "-q", help="What to fit a predictor of: latency, or energy / memory where the "
+        "device's records report them (search objective <quantity>:<device>).",
+    ),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Fit (again) a device's latency predictor from its table, choosing the kind by cross-validation."""
+    """Fit (again) a device's predictor from its table, choosing the kind by cross-validation."""
     from ofa2_edge.calibration.calibrate import fit_table
     from ofa2_edge.surrogates.select import format_report
     from ofa2_edge.tables.device import DeviceTable
+    from ofa2_edge.tables.quantities import quantity as known
 
-    table = DeviceTable(state(ctx).workspace.tables_dir, device_key)
+    known(quantity)  # an unknown quantity is refused before the table is read
+    table = DeviceTable.of(state(ctx).workspace, device_key)
     if not table.exists():
         raise InvalidInputError(f"no latency table for {device_key}; run `ofa2-edge calibrate --device {device_key}`")
+    if prior and quantity != "latency":
+        raise InvalidInputError(f"--prior transfers a latency predictor; it does not apply to --quantity {quantity}")
     with table.lock():
-        _, report = fit_table(table, width, _prior(ctx, prior), prior or "", seed)
+        _, report = fit_table(table, width, _prior(ctx, prior), prior or "", seed, quantity=quantity)
     if as_json:
         emit_json(report)
     else:
         out_console.print(format_report(report), highlight=False, markup=False)
-        err_console.print(f"saved {table.surrogate_path}")
-
-
-def _calibrated_resolutions(workspace: Any, key: str, model: Any) -> set[int]:
-    """The resolutions `key`'s table holds measurements or block tables of."""
-    from ofa2_edge.core.errors import Ofa2EdgeError
-    from ofa2_edge.tables.device import DeviceTable
-
-    table = DeviceTable(workspace.tables_dir, key)
-    found = {int(r) for r in getattr(model, "resolutions", ())}
-    found |= {int(p.name.split("_")[0]) for p in table.folder.glob("*_lookup_table.yaml") if p.name.split("_")[0].isdigit()}
-    try:
-        for record in table.records():
-            r = (record.arch or {}).get("r") if record.ok else None
-            if isinstance(r, int) and not isinstance(r, bool):
-                found.add(r)
-    except Ofa2EdgeError:  # a damaged table is reported by the commands that read it; predict needs the predictor
-        pass
-    return found
-
-
-def _check_resolutions(workspace: Any, key: str, model: Any, archs: list[Any]) -> None:
-    """Refuse a resolution outside the space (OFA's trained resolutions and the table's);
-    warn on stderr about one the table was not calibrated on (the prediction extrapolates)."""
-    from ofa2_edge.core.errors import InvalidArchError
-    from ofa2_edge.space.arch import OFA_RESOLUTIONS
-
-    calibrated = _calibrated_resolutions(workspace, key, model)
-    known = set(OFA_RESOLUTIONS) | calibrated
-    low, high = min(known), max(known)
-    listed = ", ".join(map(str, sorted(calibrated))) or "none"
-    for r in sorted({a.r for a in archs}):
-        if not low <= r <= high:
-            raise InvalidArchError(
-                f"r: resolution {r} px is outside the space a latency can be predicted for ({low}..{high} px: OFA's "
-                f"trained resolutions {OFA_RESOLUTIONS[0]}..{OFA_RESOLUTIONS[-1]} and those latency_tables/{key} was "
-                f"calibrated on: {listed}); calibrate at {r} px first (`ofa2-edge calibrate --resolutions {r}`)"
-            )
-        if r not in calibrated:
-            inside = bool(calibrated) and min(calibrated) < r < max(calibrated)
-            err_console.print(
-                f"[yellow]warning:[/] {r} px is not among the resolutions latency_tables/{key} was calibrated on "
-                f"({listed}); the prediction {'interpolates between' if inside else 'extrapolates beyond'} them",
-                highlight=False,
-            )
+        err_console.print(f"saved {table.predictor_path(quantity)}")
 
 
 def predict(
@@ -363,21 +219,17 @@ def predict(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Predicted latency of subnets on a device, with a prediction interval."""
-    from ofa2_edge.calibration.calibrate import load_device_surrogate
+    from ofa2_edge.workflows.predict import predict_latency
 
     st = state(ctx)
-    model = load_device_surrogate(st.workspace, device_key)
     resolved = [resolve_arch(a, st.workspace) for a in archs]
-    _check_resolutions(st.workspace, device_key, model, resolved)
-    mean = model.predict(resolved)
-    lo, hi = model.predict_interval(resolved, coverage)
-    rows = [
-        {"arch_id": a.id, "arch": a.to_dict(), "latency_ms": float(m), "lower_ms": float(lo_), "upper_ms": float(hi_)}
-        for a, m, lo_, hi_ in zip(resolved, mean, lo, hi, strict=True)
-    ]
+    prediction = predict_latency(st.workspace, device_key, resolved, coverage)
+    for warning in prediction.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if as_json:
-        emit_json({"device": device_key, "surrogate": model.kind, "coverage": coverage, "predictions": rows})
+        emit_json(prediction.to_dict())
         return
+    model, rows = prediction.model, prediction.rows
     table = Table(title=f"{device_key} ({model.kind})")
     table.add_column("arch id", no_wrap=True)
     for col in ("r", "latency ms", f"{coverage:.0%} interval"):
@@ -388,46 +240,12 @@ def predict(
 
 
 # ---------------------------------------------------------------------------- tables
-def _table_summary(folder: Path) -> dict[str, Any]:
-    from ofa2_edge.tables.device import DeviceTable
-
-    table = DeviceTable(folder.parent, folder.name)
-    info = table.device_info() or {}
-    ok = failed = flagged = 0
-    for r in table.records():
-        ok += r.ok
-        failed += not r.ok
-        flagged += bool(r.ok and r.flags)
-    surrogate = None
-    model = table.surrogate()  # validated by the table, its owner
-    if model is not None:
-        held = model.report.get("held_out") or {}
-        surrogate = {
-            "kind": model.kind,
-            "within_10pct": held.get("share_within_10pct"),
-            "mape_pct": held.get("mape_pct"),
-        }
-    luts = sorted(int(p.name.split("_")[0]) for p in folder.glob("*_lookup_table.yaml"))
-    block_layers = len({r.arch_id for r in table.block_records() if r.ok})
-    return {
-        "key": folder.name,
-        "fingerprint": info.get("fingerprint"),
-        "runtime": info.get("runtime"),
-        "runtime_version": info.get("runtime_version"),
-        "ok": ok,
-        "failed": failed,
-        "flagged": flagged,
-        "surrogate": surrogate,
-        "block_tables": luts,
-        "block_layers_measured": block_layers,
-    }
-
-
 @tables_app.command("list")
 def tables_list(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
     """Every device table in the workspace, with its predictor's held-out accuracy."""
-    root = state(ctx).workspace.tables_dir
-    rows = [_table_summary(p) for p in sorted(root.iterdir()) if p.is_dir()] if root.is_dir() else []
+    from ofa2_edge.tables.device import DeviceTable
+
+    rows = [t.summary() for t in DeviceTable.all(state(ctx).workspace.tables_dir)]
     if as_json:
         emit_json(rows)
         return
@@ -453,75 +271,28 @@ def tables_show(ctx: typer.Context, key: str = typer.Argument(...), as_json: boo
     from ofa2_edge.surrogates.select import format_report
     from ofa2_edge.tables.device import DeviceTable
 
-    table = DeviceTable(state(ctx).workspace.tables_dir, key)
+    table = DeviceTable.of(state(ctx).workspace, key)
     if not table.exists():
         raise InvalidInputError(f"no latency table for {key}")
-    summary = _table_summary(table.folder)
+    summary = table.summary()
     model = table.surrogate()
     report = model.report if model is not None else None
     if as_json:
         emit_json({**summary, "device": table.device_info(), "report": report})
         return
-    out_console.print(summary)
+    s = summary["surrogate"] or {}
+    lines = [
+        f"table      {table.folder}",
+        f"device     {summary['key']} (fingerprint {(summary['fingerprint'] or '-')[:16]})",
+        f"runtime    {summary['runtime'] or '-'} {summary['runtime_version'] or ''}",
+        f"records    {summary['ok']} measured ({summary['flagged']} flagged), {summary['failed']} failed",
+        f"blocks     {summary['block_layers_measured']} layers measured; lookup tables for "
+        f"{', '.join(map(str, summary['block_tables'])) or 'no resolution'}",
+        f"predictor  {s.get('kind') or 'none (run `ofa2-edge fit --device ' + key + '`)'}",
+    ]
+    out_console.print("\n".join(lines), highlight=False, markup=False)
     if report and report.get("held_out"):
         out_console.print(format_report(report), highlight=False, markup=False)
-
-
-MEASUREMENT_COLUMNS = (
-    "arch_id",
-    "arch",
-    "r",
-    "runtime",
-    "runtime_version",
-    "estimate_ms",
-    "median_ms",
-    "min_ms",
-    "p90_ms",
-    "cv",
-    "flags",
-    "error",
-    "device_fingerprint",
-    "finished_at",
-)
-
-
-#: The files a latency table holds (`tables export` packs exactly these; `tables import`
-#: refuses an archive with anything else before a byte is written).
-TABLE_FILE = r"^(device\.json|measurements\.jsonl|surrogate\.json|blocks\.jsonl|\d{2,4}_lookup_table\.yaml)$"
-
-
-def _is_table_file(name: str) -> bool:
-    import re
-
-    return re.match(TABLE_FILE, name) is not None
-
-
-def _table_file_names(where: str, names: list[str], read: Any = None) -> None:
-    """The archive check of a table: only the table's known files, no folders."""
-    from ofa2_edge.core.errors import SchemaError
-
-    extra = sorted(n for n in names if not _is_table_file(n))
-    if extra:
-        raise SchemaError(
-            f"{where}: {', '.join(repr(n) for n in extra[:5])} is not a latency table file "
-            "(device.json, measurements.jsonl, surrogate.json, blocks.jsonl, <r>_lookup_table.yaml); refusing it"
-        )
-
-
-def _validate_table_folder(folder: Path) -> None:
-    """Read back everything a table holds, as its owners do; raise on the first bad file."""
-    from ofa2_edge.surrogates.base import load_surrogate
-    from ofa2_edge.surrogates.lut import read_ofa_tables
-    from ofa2_edge.tables.device import DeviceTable
-
-    incoming = DeviceTable(folder.parent, folder.name)
-    incoming.device_info()
-    sum(1 for _ in incoming.records())
-    sum(1 for _ in incoming.block_records())
-    if any(folder.glob("*_lookup_table.yaml")):
-        read_ofa_tables(folder)
-    if incoming.surrogate_path.exists():
-        load_surrogate(incoming.surrogate_path)
 
 
 @tables_app.command("export")
@@ -533,63 +304,11 @@ def tables_export(
     ),
 ) -> None:
     """Write a table as CSV, or pack it (to bring it back from the field)."""
-    from ofa2_edge.core.persist import atomic_write_text
-    from ofa2_edge.core.tarsafe import pack_folder
     from ofa2_edge.tables.device import DeviceTable
+    from ofa2_edge.tables.transfer import export_table
 
-    table = DeviceTable(state(ctx).workspace.tables_dir, key)
-    if not table.exists():
-        raise InvalidInputError(f"no latency table for {key}")
-    if output.name.endswith(".tar.gz"):
-        # Pack exactly the table's files, as plain files (a linked device.json would arrive as a
-        # link the receiver refuses), after the checks the receiver runs: what leaves imports.
-        names = sorted(p.name for p in table.folder.iterdir() if _is_table_file(p.name) and p.is_file())
-        _validate_table_folder(table.folder)
-        pack_folder(table.folder, output, arcname=key, names=names)
-    elif output.suffix == ".csv":
-        import io
-
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(MEASUREMENT_COLUMNS)
-        for r in table.records():
-            s = r.stats
-            writer.writerow(
-                [
-                    r.arch_id,
-                    json.dumps(r.arch, separators=(",", ":")),
-                    (r.arch or {}).get("r"),
-                    r.runtime,
-                    r.runtime_version,
-                    s and s.estimate_ms,
-                    s and s.median_ms,
-                    s and s.min_ms,
-                    s and s.p90_ms,
-                    s and s.cv,
-                    ";".join(f.value for f in r.flags),
-                    r.error_kind.value if r.error_kind else "",
-                    r.device_fingerprint,
-                    r.finished_at,
-                ]
-            )
-        atomic_write_text(output, buf.getvalue())
-    else:
-        raise InvalidInputError(f"--output {output}: use a .csv or a .tar.gz name")
+    export_table(DeviceTable.of(state(ctx).workspace, key), output)
     err_console.print(f"wrote {output}")
-
-
-def _archive_top(source: Path) -> str:
-    """The table key a packed table unpacks to (its single top-level folder)."""
-    import tarfile
-
-    from ofa2_edge.core.errors import SchemaError
-    from ofa2_edge.core.tarsafe import check_members
-
-    try:
-        with tarfile.open(source, "r:gz") as tar:
-            return check_members(tar, str(source))
-    except (OSError, EOFError, tarfile.TarError) as exc:
-        raise SchemaError(f"{source}: not a readable .tar.gz ({type(exc).__name__}: {exc})") from exc
 
 
 @tables_app.command("import")
@@ -602,34 +321,17 @@ def tables_import(
     replace: bool = typer.Option(False, "--replace", help="Overwrite an existing table of that key."),
 ) -> None:
     """Import a packed table, or an OFA-format block lookup table (e.g. OFA's Samsung Note10 tables)."""
-    from ofa2_edge.core.tarsafe import unpack_folder
-    from ofa2_edge.surrogates.lut import LutSurrogate, read_ofa_tables, write_ofa_table
-    from ofa2_edge.tables.device import DeviceTable
+    from ofa2_edge.tables.transfer import import_lookup_tables, import_table
 
-    root = state(ctx).workspace.tables_dir
+    workspace = state(ctx).workspace
     if source.is_dir():
         if key is None:
             raise InvalidInputError("importing OFA lookup tables needs --key (e.g. --key note10)")
-        tables = read_ofa_tables(source)  # validates every file before anything is written
-        lut = LutSurrogate(tables)
-        table = DeviceTable(root, key)
-        with table.lock():
-            if table.exists() and not replace:
-                raise InvalidInputError(f"latency_tables/{key} exists; pass --replace to overwrite it")
-            for r, entries in tables.items():
-                write_ofa_table(table.folder / f"{r}_lookup_table.yaml", entries)
-            lut.report = {"source": f"OFA lookup tables imported from {source}", "resolutions": list(tables)}
-            lut.save(table.surrogate_path, device=key)
-        err_console.print(f"imported {len(tables)} lookup table(s) as {key} (LUT-sum predictor, w{lut.width_mult})")
-        return
-    if not source.name.endswith(".tar.gz") or not source.is_file():
-        raise InvalidInputError(f"{source}: expected a table .tar.gz or a folder of OFA lookup tables")
-    # Every name is checked against the table's known files and every size against the
-    # archive limits before a byte is written; every record and table must read back
-    # before the table lands, under the table's writer lock.
-    with DeviceTable(root, key or _archive_top(source)).lock():
-        imported = unpack_folder(
-            source, root, rename_to=key, replace=replace, validate=_validate_table_folder, check_names=_table_file_names
+        info = import_lookup_tables(workspace, source, key, replace)
+        err_console.print(
+            f"imported {info['tables']} lookup table(s) as {key} (LUT-sum predictor, w{info['width_mult']})"
         )
-    count = sum(1 for _ in DeviceTable(root, imported).records())
-    err_console.print(f"imported latency_tables/{imported} ({count} records)")
+        return
+    table = import_table(workspace, source, key, replace)
+    count = sum(1 for _ in table.records())
+    err_console.print(f"imported latency_tables/{table.key} ({count} records)")

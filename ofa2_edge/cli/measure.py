@@ -90,7 +90,7 @@ def measure(
         raise InvalidInputError("the same arch is listed twice")
     plan = MeasurePlan.for_device(device, fmt)
     protocol = make_protocol(threads or device.threads, timer, quick)
-    table = DeviceTable(st.workspace.tables_dir, device.key) if record else None
+    table = DeviceTable.of(st.workspace, device.key) if record else None
     already: list[str] = []
     with table.lock() if table is not None else nullcontext():
         if table is not None:

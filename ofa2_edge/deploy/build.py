@@ -54,7 +54,7 @@ def _accuracy(run: RunFolder, chosen: Candidate, real_weights: bool) -> dict[str
 
 
 def _device_facts(device: Device, workspace: Workspace, runtime: str) -> dict[str, Any]:
-    info = DeviceTable(workspace.tables_dir, device.key).device_info() or {}
+    info = DeviceTable.of(workspace, device.key).device_info() or {}
     return {
         "key": device.key,
         "fingerprint": info.get("fingerprint"),
@@ -100,7 +100,7 @@ def make_bundle(
                 raise InvalidInputError(f"{calib_images}: no images found to recalibrate BatchNorm statistics")
             model = export_module(subnet, plan.fmt, cache=cache)
     tensorrt = build_spec(model, precision=precision) if plan.runtime == "tensorrt" else None
-    surrogate_path = DeviceTable(workspace.tables_dir, device.key).surrogate_path
+    surrogate_path = DeviceTable.of(workspace, device.key).surrogate_path
     surrogate_doc = json.loads(surrogate_path.read_text())
     facts = BundleFacts(
         device=_device_facts(device, workspace, plan.runtime),

@@ -60,7 +60,7 @@ def verify_bundle(
     if manifest["device"]["key"] != device.key:
         raise MeasurementError(f"{folder} was built for device {manifest['device']['key']}, not {device.key}")
     model = _shippable(folder, manifest)
-    table = DeviceTable(workspace.tables_dir, device.key)
+    table = DeviceTable.of(workspace, device.key)
     with DeviceSession(device, workspace.cache_dir, trust_on_first_use=trust_on_first_use) as session:
         assert session.probe is not None
         table.bind(session.probe, model.runtime)

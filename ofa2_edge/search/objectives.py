@@ -7,7 +7,8 @@ natural unit, in one call per population:
   maximised. pymoo minimises, so the search works on the top-1 *error* ``100 - top1``
   (the OFA² convention; hypervolume reference points are in that space too).
 - ``latency:<device>``: that device's fitted latency predictor in ms, read from its
-  latency table with `load_surrogate` (any kind).
+  latency table with `load_surrogate` (any kind); ``energy:<device>`` and
+  ``memory:<device>`` likewise, one family per quantity of :mod:`ofa2_edge.tables.quantities`.
 - ``macs``, ``params``, ``peak-mem``: analytic costs (millions of MACs / parameters, MB).
 
 Each family is registered with `register_metric` (a new objective is one builder and its
@@ -32,6 +33,7 @@ from ofa2_edge.core.workspace import DEVICE_KEY_PATTERN, Workspace
 from ofa2_edge.space import costs
 from ofa2_edge.space.arch import SearchSpace, genomes_of
 from ofa2_edge.tables.device import DeviceTable
+from ofa2_edge.tables.quantities import Quantity, quantity, quantity_names
 
 _CONSTRAINT = re.compile(r"^\s*([A-Za-z0-9:_.\-]+?)\s*(<=|>=|<|>|==|=)\s*(\S+)\s*$")
 OFFICIAL_ACCURACY = "official"
@@ -121,8 +123,9 @@ class MetricContext:
     assets_dir: Path | None = None
     _cache: dict[str, Metric] = field(default_factory=dict)
 
-    def known_devices(self) -> list[str]:
-        return [t.key for t in DeviceTable.all(self.workspace.tables_dir) if t.surrogate_path.is_file()]
+    def known_devices(self, quantity: str = "latency") -> list[str]:
+        """Devices with a fitted predictor of `quantity` in the workspace."""
+        return [t.key for t in DeviceTable.all(self.workspace.tables_dir) if t.predictor_path(quantity).is_file()]
 
 
 MetricBuilder = Callable[[str, MetricContext], Metric]
@@ -180,35 +183,46 @@ def _top1(arg: str, ctx: MetricContext) -> Metric:
     return Metric("top1", "top1_pct", "%", True, predictor.predict, predictor.source)
 
 
-@register_metric("latency", arg="device", help="the device's fitted latency predictor, ms")
-def _latency(key: str, ctx: MetricContext) -> Metric:
-    import ofa2_edge.surrogates.lut  # noqa: F401  (registers the "lut" kind with load_surrogate)
-    from ofa2_edge.surrogates.base import load_surrogate
+def _device_metric(q: Quantity) -> None:
+    """``<quantity>:<device>``: that device's fitted predictor of `q` (latency, energy, ...)."""
 
-    if not DEVICE_KEY_PATTERN.match(key):
-        raise InvalidInputError(f"latency:{key}: a device key is lowercase letters, digits, '_', '.', '-'")
-    table = DeviceTable(ctx.workspace.tables_dir, key)
-    path = table.surrogate_path
-    if not path.is_file():
-        known = ctx.known_devices()
-        have = f"devices with a fitted predictor here: {', '.join(known)}" if known else "no device has a fitted predictor here yet"
-        if table.folder.is_dir():
-            why = f"device {key!r} has a latency table but no fitted predictor ({path} is missing); run `ofa2-edge fit --device {key}`"
-        else:
-            why = f"unknown device {key!r} (no {table.folder}); calibrate it with `ofa2-edge calibrate --device {key}`"
-        raise InvalidInputError(f"latency:{key}: {why}; {have} (workspace {ctx.workspace.root})")
-    try:
-        surrogate = load_surrogate(path)
-    except Ofa2EdgeError as exc:
-        raise InvalidInputError(f"latency:{key}: cannot use {path}: {exc}") from exc
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InvalidInputError(f"latency:{key}: {path} is not a valid latency predictor ({type(exc).__name__}: {exc})") from exc
-    if abs(surrogate.width_mult - ctx.space.w) > 1e-9:
-        raise InvalidInputError(
-            f"latency:{key}: the predictor in {path} is for width multiplier {surrogate.width_mult}, the search space is w{ctx.space.w}"
-        )
-    source = {"kind": surrogate.kind, "device": key, "path": str(path.resolve()), "sha256": sha256_file(path)}
-    return Metric(f"latency:{key}", f"latency_ms:{key}", "ms", False, surrogate.predict, source)
+    def build(key: str, ctx: MetricContext) -> Metric:
+        import ofa2_edge.surrogates.lut  # noqa: F401  (registers the "lut" kind with load_surrogate)
+        from ofa2_edge.surrogates.base import load_surrogate
+
+        name = f"{q.name}:{key}"
+        if not DEVICE_KEY_PATTERN.match(key):
+            raise InvalidInputError(f"{name}: a device key is lowercase letters, digits, '_', '.', '-'")
+        table = DeviceTable.of(ctx.workspace, key)
+        path = table.predictor_path(q.name)
+        if not path.is_file():
+            known = ctx.known_devices(q.name)
+            have = (f"devices with a fitted {q.name} predictor here: {', '.join(known)}" if known
+                    else f"no device has a fitted {q.name} predictor here yet")  # fmt: skip
+            if table.folder.is_dir():
+                fit = f"ofa2-edge fit --device {key}" + ("" if q.name == "latency" else f" --quantity {q.name}")
+                why = f"device {key!r} has a latency table but no fitted {q.name} predictor ({path} is missing); run `{fit}`"
+            else:
+                why = f"unknown device {key!r} (no {table.folder}); calibrate it with `ofa2-edge calibrate --device {key}`"
+            raise InvalidInputError(f"{name}: {why}; {have} (workspace {ctx.workspace.root})")
+        try:
+            surrogate = load_surrogate(path)
+        except Ofa2EdgeError as exc:
+            raise InvalidInputError(f"{name}: cannot use {path}: {exc}") from exc
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidInputError(f"{name}: {path} is not a valid {q.name} predictor ({type(exc).__name__}: {exc})") from exc
+        if abs(surrogate.width_mult - ctx.space.w) > 1e-9:
+            raise InvalidInputError(
+                f"{name}: the predictor in {path} is for width multiplier {surrogate.width_mult}, the search space is w{ctx.space.w}"
+            )
+        source = {"kind": surrogate.kind, "device": key, "path": str(path.resolve()), "sha256": sha256_file(path)}
+        return Metric(name, f"{q.field}:{key}", q.unit, False, surrogate.predict, source)
+
+    register_metric(q.name, arg="device", help=f"the device's fitted {q.name} predictor, {q.unit} ({q.help})")(build)
+
+
+for _q in quantity_names():
+    _device_metric(quantity(_q))
 
 
 def _analytic(name: str, fld: str, unit: str, fn: Callable[[np.ndarray, float], np.ndarray], help: str) -> None:

@@ -11,7 +11,9 @@
   fingerprint against `device.json`), and a row that fails is an error naming file and
   line, never skipped: a poisoned table is never fitted silently;
 - `surrogate.json`: the fitted latency predictor the search uses (read through
-  :meth:`DeviceTable.surrogate`, which validates it);
+  :meth:`DeviceTable.surrogate`, which validates it); `surrogate.<quantity>.json` the
+  predictor of another measured quantity (:mod:`ofa2_edge.tables.quantities`: energy,
+  memory) when the device reports it;
 - `blocks.jsonl`: block mode's per-layer records (:mod:`ofa2_edge.calibration.blocks`), apart
   from the arch records above (same rules; each row's `arch` is `{"layer": <lookup-table key>}`
   and its `arch_id` `l-<sha256 of the key>`);
@@ -25,6 +27,7 @@ exported table): a second writer of the same table is refused, another table's i
 from __future__ import annotations
 
 import logging
+import re
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -37,7 +40,7 @@ from device_agents.records import MAX_LINE_CHARS, MeasureResult, ProbeReport, Pr
 from ofa2_edge.core.errors import InvalidInputError, Ofa2EdgeError, SchemaError
 from ofa2_edge.core.locks import exclusive
 from ofa2_edge.core.persist import append_jsonl, iter_jsonl_numbered, read_json, write_json
-from ofa2_edge.core.workspace import DEVICE_KEY_PATTERN
+from ofa2_edge.core.workspace import DEVICE_KEY_PATTERN, Workspace
 from ofa2_edge.space.arch import Arch
 from ofa2_edge.space.netplan import key_id
 
@@ -48,9 +51,11 @@ log = logging.getLogger(__name__)
 
 DEVICE_SCHEMA = "ofa2-edge/device-table"
 DEVICE_VERSION = 1
+DEVICE = "device.json"
 MEASUREMENTS = "measurements.jsonl"
 BLOCKS = "blocks.jsonl"
 SURROGATE = "surrogate.json"
+LOOKUP_TABLE = re.compile(r"^\d{2,4}_lookup_table\.yaml$")
 
 
 @dataclass(frozen=True)
@@ -76,9 +81,14 @@ class DeviceTable:
         self.key = key
         self.folder = Path(tables_dir) / key
 
+    @classmethod
+    def of(cls, workspace: Workspace, key: str) -> "DeviceTable":
+        """Device `key`'s table in `workspace` (`latency_tables/<key>/`)."""
+        return cls(workspace.tables_dir, key)
+
     @property
     def device_path(self) -> Path:
-        return self.folder / "device.json"
+        return self.folder / DEVICE
 
     @property
     def measurements_path(self) -> Path:
@@ -90,11 +100,46 @@ class DeviceTable:
 
     @property
     def surrogate_path(self) -> Path:
+        """The latency predictor's file."""
         return self.folder / SURROGATE
+
+    def predictor_path(self, quantity: str = "latency") -> Path:
+        """The file of `quantity`'s predictor (`surrogate.json` for latency, as always)."""
+        from ofa2_edge.tables.quantities import quantity as known
+
+        name = known(quantity).name
+        return self.surrogate_path if name == "latency" else self.folder / f"surrogate.{name}.json"
+
+    def lookup_table_paths(self) -> dict[int, Path]:
+        """The OFA-format block tables, by resolution."""
+        found = {}
+        for path in self.folder.glob("*_lookup_table.yaml"):
+            if LOOKUP_TABLE.match(path.name):
+                found[int(path.name.split("_")[0])] = path
+        return dict(sorted(found.items()))
+
+    def lookup_table_path(self, r: int) -> Path:
+        return self.folder / f"{r}_lookup_table.yaml"
+
+    def predictor_paths(self) -> dict[str, Path]:
+        """Every predictor file the table holds, by quantity."""
+        from ofa2_edge.tables.quantities import quantity_names
+
+        paths = {q: self.predictor_path(q) for q in quantity_names()}
+        return {q: p for q, p in paths.items() if p.is_file()}
 
     @property
     def lock_path(self) -> Path:
         return self.folder.parent / f".{self.key}.lock"
+
+    @staticmethod
+    def is_table_file(name: str) -> bool:
+        """Whether `name` is one of the files a table holds (what `tables export` packs and
+        `tables import` accepts)."""
+        from ofa2_edge.tables.quantities import quantity_names
+
+        predictors = {SURROGATE, *(f"surrogate.{q}.json" for q in quantity_names() if q != "latency")}
+        return name in {DEVICE, MEASUREMENTS, BLOCKS, *predictors} or LOOKUP_TABLE.match(name) is not None
 
     def exists(self) -> bool:
         return self.folder.is_dir()
@@ -251,28 +296,91 @@ class DeviceTable:
         return {r.arch_id: r for r in self.block_records() if r.ok and MeasureKey.of(r) == key}
 
     # ------------------------------------------------------------------ predictor
-    def surrogate(self) -> LatencySurrogate | None:
-        """The fitted predictor in `surrogate.json`, validated (None if there is none)."""
+    def surrogate(self, quantity: str = "latency") -> LatencySurrogate | None:
+        """The fitted predictor of `quantity`, validated (None if there is none)."""
         from ofa2_edge.surrogates.base import load_surrogate
 
-        if not self.surrogate_path.exists():
+        path = self.predictor_path(quantity)
+        if not path.exists():
             return None
-        return load_surrogate(self.surrogate_path)
+        return load_surrogate(path)
+
+    def predictor(self, quantity: str = "latency") -> LatencySurrogate:
+        """The fitted predictor of `quantity`; an error saying how to get one if there is none."""
+        model = self.surrogate(quantity)
+        if model is None:
+            how = (
+                f"run `ofa2-edge calibrate --device {self.key}` or `ofa2-edge fit --device {self.key}`, or import a "
+                "table with `ofa2-edge tables import`"
+                if quantity == "latency"
+                else f"run `ofa2-edge fit --device {self.key} --quantity {quantity}` on a table whose records carry it"
+            )
+            raise InvalidInputError(
+                f"device {self.key} has no fitted {quantity} predictor ({self.predictor_path(quantity)}); {how}"
+            )
+        return model
 
     def measured(self, key: MeasureKey) -> dict[str, MeasureResult]:
         """Successful records taken under `key`, by arch id (the latest one wins)."""
         return {r.arch_id: r for r in self.records() if r.ok and MeasureKey.of(r) == key}
 
-    def dataset(self, include_flagged: bool = True) -> tuple[list[Arch], np.ndarray, list[MeasureResult]]:
-        """(archs, latency estimates in ms, records) of every successful measurement.
+    def dataset(
+        self, include_flagged: bool = True, quantity: str = "latency"
+    ) -> tuple[list[Arch], np.ndarray, list[MeasureResult]]:
+        """(archs, values of `quantity` in its unit, records) of every successful measurement
+        that reports it (latency: the estimate in ms).
 
-        An arch measured several times contributes its latest record. Flagged records
+        An arch measured several times contributes its latest such record. Flagged records
         (unstable, throttled) are kept unless `include_flagged` is false.
         """
+        from ofa2_edge.tables.quantities import quantity as known
+
+        value = known(quantity).value
         latest: dict[str, MeasureResult] = {}
         for r in self.records():
-            if r.ok and r.arch is not None and (include_flagged or not r.flags):
+            if r.ok and r.arch is not None and (include_flagged or not r.flags) and value(r) is not None:
                 latest[r.arch_id] = r
         records = list(latest.values())
         archs = [Arch.from_dict(r.arch) for r in records]
-        return archs, np.array([r.estimate_ms for r in records], dtype=np.float64), records
+        return archs, np.array([value(r) for r in records], dtype=np.float64), records
+
+    # ------------------------------------------------------------------ overview
+    def resolutions(self) -> set[int]:
+        """The resolutions this table holds end-to-end measurements or block tables of."""
+        found = set(self.lookup_table_paths())
+        for record in self.records():
+            r = (record.arch or {}).get("r") if record.ok else None
+            if isinstance(r, int) and not isinstance(r, bool):
+                found.add(r)
+        return found
+
+    def summary(self) -> dict[str, Any]:
+        """What `tables list/show` print: the device, record counts, the predictor's held-out figures."""
+        info = self.device_info() or {}
+        ok = failed = flagged = 0
+        for r in self.records():
+            ok += r.ok
+            failed += not r.ok
+            flagged += bool(r.ok and r.flags)
+        predictor = None
+        model = self.surrogate()
+        if model is not None:
+            held = model.report.get("held_out") or {}
+            predictor = {
+                "kind": model.kind,
+                "within_10pct": held.get("share_within_10pct"),
+                "mape_pct": held.get("mape_pct"),
+            }
+        luts = list(self.lookup_table_paths())
+        return {
+            "key": self.key,
+            "fingerprint": info.get("fingerprint"),
+            "runtime": info.get("runtime"),
+            "runtime_version": info.get("runtime_version"),
+            "ok": ok,
+            "failed": failed,
+            "flagged": flagged,
+            "surrogate": predictor,
+            "block_tables": luts,
+            "block_layers_measured": len({r.arch_id for r in self.block_records() if r.ok}),
+        }

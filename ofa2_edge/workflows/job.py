@@ -35,8 +35,9 @@ from ofa2_edge.core.workspace import Workspace
 from ofa2_edge.devices.inventory import Inventory
 from ofa2_edge.devices.pipeline import standard_protocol
 from ofa2_edge.space.arch import DEFAULT_RESOLUTIONS, SearchSpace
-from ofa2_edge.surrogates.lut import LutSurrogate, read_ofa_tables, write_ofa_table
 from ofa2_edge.tables.device import DeviceTable
+from ofa2_edge.tables.quantities import quantity_names
+from ofa2_edge.tables.transfer import import_lookup_tables
 
 log = logging.getLogger(__name__)
 
@@ -151,29 +152,25 @@ class _Timer:
 
 def import_reference(workspace: Workspace, key: str, assets_dir: Path | None) -> None:
     """Make the reference table `key` (only `note10` ships with OFA) a workspace device."""
-    table = DeviceTable(workspace.tables_dir, key)
-    if table.surrogate_path.exists():
+    if DeviceTable.of(workspace, key).surrogate_path.exists():
         return
     if key != "note10":
         raise InvalidInputError(f"reference table {key!r}: only OFA's note10 tables ship with the assets")
     paths = find_assets([a.relpath for a in NOTE10_TABLES], assets_dir)
-    tables = read_ofa_tables(next(iter(paths.values())).parent)
-    for r, entries in tables.items():
-        write_ofa_table(table.folder / f"{r}_lookup_table.yaml", entries)
-    lut = LutSurrogate(tables)
-    lut.report = {"source": "OFA's Samsung Note10 lookup tables (official assets, sha256-verified)"}
-    lut.save(table.surrogate_path, device=key)
+    note = "OFA's Samsung Note10 lookup tables (official assets, sha256-verified)"
+    import_lookup_tables(workspace, next(iter(paths.values())).parent, key, replace=True, note=note)
 
 
 def run_name(prefix: str, search: Any, workspace: Workspace) -> str:
-    """`<prefix>-<hash>` of the search config and every latency predictor it uses: a rerun
+    """`<prefix>-<hash>` of the search config and every device predictor it uses: a rerun
     with the same inputs resumes (or reuses) its run; new measurements (which refit a
     predictor) start a new run beside the old one instead of mixing two predictors."""
     doc = {"search": search.to_dict(), "predictors": {}}
     for name in search.objectives:
-        if name.startswith("latency:"):
-            key = name.split(":", 1)[1]
-            doc["predictors"][key] = sha256_file(DeviceTable(workspace.tables_dir, key).surrogate_path)
+        family, _, key = name.partition(":")
+        if family in quantity_names():
+            path = DeviceTable.of(workspace, key).predictor_path(family)
+            doc["predictors"][key if family == "latency" else name] = sha256_file(path)
     digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:8]
     return f"{prefix}-{digest}"
 

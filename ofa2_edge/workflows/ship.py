@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from device_agents.records import Protocol
-from ofa2_edge.calibration.calibrate import load_device_surrogate
 from ofa2_edge.core.errors import InvalidInputError
 from ofa2_edge.core.workspace import Workspace
 from ofa2_edge.deploy.build import BuiltBundle, make_bundle
@@ -35,8 +34,8 @@ def priced_front(
 ) -> tuple[RunFolder, list[Candidate]]:
     """The run's feasible front with `device_key`'s predicted (and measured) latencies."""
     folder = open_run(workspace, run)
-    surrogate = load_device_surrogate(workspace, device_key)
-    return folder, price_front(folder, surrogate, DeviceTable(workspace.tables_dir, device_key), safe)
+    table = DeviceTable.of(workspace, device_key)
+    return folder, price_front(folder, table.predictor(), table, safe)
 
 
 def choose(
