@@ -28,7 +28,7 @@ import json
 import logging
 import platform
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -41,95 +41,27 @@ from ofa2_edge.core.persist import atomic_write_text, sha256_file
 from ofa2_edge.core.workspace import Workspace
 from ofa2_edge.search import runstore as rs
 from ofa2_edge.search.algorithms import (
-    AUTO,
     BuildContext,
-    OperatorConfig,
-    default_algorithm,
     get_algorithm,
     restore_survival_state,
     survival_state,
 )
+from ofa2_edge.search.config import SearchConfig, reference_point, stored_config
 from ofa2_edge.search.encoding import GenomeCodec
 from ofa2_edge.search.formatter import PendingRows, submit_rows
 from ofa2_edge.search.indicators import hypervolume, nondominated
 from ofa2_edge.search.objectives import (
-    OFFICIAL_ACCURACY,
     Evaluation,
     MetricContext,
     Objectives,
     build_objectives,
-    probe_genomes,
 )
 from ofa2_edge.search.problem import ArchProblem
-from ofa2_edge.space.arch import N_GENES, SearchSpace
+from ofa2_edge.space.arch import N_GENES
 
 log = logging.getLogger(__name__)
 
 BLAS_THREADS = 1
-
-
-# --------------------------------------------------------------------- configuration
-@dataclass(frozen=True)
-class SearchConfig:
-    """Everything that defines a search; stored in the run's config.json."""
-
-    objectives: tuple[str, ...]
-    constraints: tuple[str, ...] = ()
-    space: SearchSpace = field(default_factory=SearchSpace)
-    algorithm: str = AUTO  # resolved by the number of objectives: see `default_algorithm`
-    pop_size: int = 100
-    n_gen: int = 1000
-    seed: int = 1
-    operators: OperatorConfig = field(default_factory=OperatorConfig)
-    algorithm_params: dict[str, Any] = field(default_factory=dict)
-    accuracy: str = OFFICIAL_ACCURACY
-    #: Hypervolume reference point in natural units by metric name (``{"top1": 75,
-    #: "latency:note10": 100}``); missing ones are derived from the space's corner archs.
-    reference_point: dict[str, float] = field(default_factory=dict)
-    checkpoint_every: int = 100
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "objectives", tuple(self.objectives))
-        object.__setattr__(self, "constraints", tuple(self.constraints))
-        if self.algorithm == AUTO:  # stored resolved, so a run folder always names its algorithm
-            object.__setattr__(self, "algorithm", default_algorithm(len(self.objectives)))
-        if self.pop_size < 2:
-            raise InvalidInputError(f"population size {self.pop_size} must be at least 2")
-        if self.n_gen < 1:
-            raise InvalidInputError(f"generations {self.n_gen} must be at least 1")
-        if self.seed < 0:
-            raise InvalidInputError(f"seed {self.seed} must be a non-negative integer")
-        if self.checkpoint_every < 1:
-            raise InvalidInputError("checkpoint interval must be at least 1 generation")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "objectives": list(self.objectives),
-            "constraints": list(self.constraints),
-            "space": self.space.to_dict(),
-            "algorithm": self.algorithm,
-            "pop_size": self.pop_size,
-            "n_gen": self.n_gen,
-            "seed": self.seed,
-            "operators": self.operators.to_dict(),
-            "algorithm_params": dict(self.algorithm_params),
-            "accuracy": self.accuracy,
-            "reference_point": dict(self.reference_point),
-            "checkpoint_every": self.checkpoint_every,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SearchConfig":
-        keys = set(cls.__dataclass_fields__)
-        try:
-            kw = {k: data[k] for k in keys if k in data}
-            kw["space"] = SearchSpace.from_dict(kw.get("space", {}))
-            kw["operators"] = OperatorConfig.from_dict(kw.get("operators", {}))
-            return cls(**kw)
-        except Ofa2EdgeError:
-            raise
-        except (TypeError, ValueError) as exc:
-            raise SchemaError(f"search config does not parse: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -252,27 +184,6 @@ def _versions() -> dict[str, str]:
     import pymoo
 
     return {"ofa2_edge": __version__, "pymoo": pymoo.__version__, "numpy": np.__version__, "python": platform.python_version()}
-
-
-def reference_point(objectives: Objectives, space: SearchSpace, given: dict[str, float]) -> np.ndarray:
-    """The hypervolume reference point in minimised space.
-
-    Given values (natural units) win; others are the worst value over the space's corner
-    archs (smallest and largest at every resolution) plus 10 % of the range, so every
-    arch of the space counts."""
-    unknown = sorted(set(given) - {m.name for m in objectives.objectives})
-    if unknown:
-        raise InvalidInputError(f"reference point names {', '.join(unknown)}, which are not objectives of this search")
-    probes = probe_genomes(space, n_random=0)
-    ev = objectives.evaluate(probes)
-    ref = []
-    for j, m in enumerate(objectives.objectives):
-        if m.name in given:
-            ref.append(float(m.minimised(np.float64(given[m.name]))))
-        else:
-            lo, hi = ev.F[:, j].min(), ev.F[:, j].max()
-            ref.append(float(hi + 0.1 * max(hi - lo, 1e-9)))
-    return np.asarray(ref)
 
 
 def _pop_front(algorithm) -> np.ndarray:
@@ -698,17 +609,6 @@ def run_search(
         with exclusive(store.lock_path, what):
             run.start()
             return _drive(run, progress, plot)
-
-
-def stored_config(run: rs.RunFolder) -> SearchConfig:
-    """The `SearchConfig` of a run folder's config.json; errors name the file."""
-    try:
-        return SearchConfig.from_dict(run.config())
-    except SchemaError as exc:
-        path = str(run.file(rs.CONFIG_FILE))
-        if path in str(exc):
-            raise
-        raise SchemaError(f"{path}: {exc}; config.json defines the run: restore it from a copy, or start a new run") from None
 
 
 def _resumed_config(config: SearchConfig | None, run: rs.RunFolder) -> SearchConfig:
