@@ -1,5 +1,8 @@
 """Run a search end to end: resolve, search with pymoo, record, checkpoint, resume, finish.
 
+What defines a search is `config.SearchConfig`; the networks evaluated are kept in
+`archive.Archive`; this module owns the loop and everything a checkpoint or resume does.
+
 `run_search` drives a pymoo algorithm generation by generation (``has_next()`` / ``next()``)
 so that after each one it can record the new archs, the population's hypervolume and, every
 `checkpoint_every` generations, a checkpoint. A checkpoint is plain JSON: the population's
@@ -40,22 +43,13 @@ from ofa2_edge.core.locks import exclusive
 from ofa2_edge.core.persist import atomic_write_text, sha256_file
 from ofa2_edge.core.workspace import Workspace
 from ofa2_edge.search import runstore as rs
-from ofa2_edge.search.algorithms import (
-    BuildContext,
-    get_algorithm,
-    restore_survival_state,
-    survival_state,
-)
+from ofa2_edge.search.algorithms import BuildContext, get_algorithm, restore_survival_state, survival_state
 from ofa2_edge.search.archive import Archive
 from ofa2_edge.search.config import SearchConfig, reference_point, stored_config
 from ofa2_edge.search.encoding import GenomeCodec
 from ofa2_edge.search.formatter import PendingRows
 from ofa2_edge.search.indicators import hypervolume, nondominated
-from ofa2_edge.search.objectives import (
-    MetricContext,
-    Objectives,
-    build_objectives,
-)
+from ofa2_edge.search.objectives import MetricContext, Objectives, build_objectives
 from ofa2_edge.search.problem import ArchProblem
 
 log = logging.getLogger(__name__)
