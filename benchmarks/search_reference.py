@@ -56,8 +56,9 @@ sys.path.insert(0, str(REPO))
 
 from ofa2_edge.core.workspace import Workspace  # noqa: E402
 from ofa2_edge.search.algorithms import OperatorConfig, default_algorithm  # noqa: E402
+from ofa2_edge.search.config import SearchConfig  # noqa: E402
 from ofa2_edge.search.indicators import hypervolume, nondominated  # noqa: E402
-from ofa2_edge.search.runner import SearchConfig, run_search  # noqa: E402
+from ofa2_edge.search.runner import run_search  # noqa: E402
 from ofa2_edge.search.runstore import RunFolder  # noqa: E402
 from ofa2_edge.space.arch import EXPAND_CHOICES, KERNEL_CHOICES, N_BLOCKS, SearchSpace  # noqa: E402
 from ofa2_edge.space.costs import layer_macs, layer_params  # noqa: E402

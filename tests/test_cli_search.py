@@ -137,7 +137,8 @@ def test_fit_accuracy_then_search_with_it(capsys: pytest.CaptureFixture[str], ws
 
 def test_runs_show_an_interrupted_run(capsys: pytest.CaptureFixture[str], ws: Path) -> None:
     from ofa2_edge.core.workspace import Workspace
-    from ofa2_edge.search.runner import SearchConfig, run_search
+    from ofa2_edge.search.config import SearchConfig
+    from ofa2_edge.search.runner import run_search
 
     def stop(progress) -> None:
         if progress.gen == 5:

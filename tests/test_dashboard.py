@@ -231,7 +231,8 @@ def test_a_predictor_refitted_after_the_search_is_flagged(
 
 
 def test_interrupted_run_shows_a_provisional_front(ws: Path) -> None:
-    from ofa2_edge.search.runner import SearchConfig, run_search
+    from ofa2_edge.search.config import SearchConfig
+    from ofa2_edge.search.runner import run_search
 
     def stop(progress: Any) -> None:
         if progress.gen == 7:

@@ -76,7 +76,8 @@ def test_the_checker_sees_a_lazy_import(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "module",
     ["ofa2_edge.space.costs", "ofa2_edge.surrogates.select", "ofa2_edge.tables.device",
-     "ofa2_edge.search.runner", "ofa2_edge.deploy.select", "ofa2_edge.devices.session"],
+     "ofa2_edge.search.archive", "ofa2_edge.search.config", "ofa2_edge.search.runner",
+     "ofa2_edge.deploy.select", "ofa2_edge.devices.session"],
 )
 def test_pure_parts_load_without_torch(module: str) -> None:
     """Importing them (transitively) pulls in neither torch nor the exporters."""

@@ -30,7 +30,8 @@ from ofa2_edge.deploy.dashboard import build_data
 from ofa2_edge.deploy.select import price_front
 from ofa2_edge.search import runstore as rs
 from ofa2_edge.search.compare import compare_runs
-from ofa2_edge.search.runner import SearchConfig, run_search, stored_config
+from ofa2_edge.search.config import SearchConfig, stored_config
+from ofa2_edge.search.runner import run_search
 from ofa2_edge.surrogates.base import load_surrogate
 from ofa2_edge.surrogates.lut import LutSurrogate
 from ofa2_edge.tables.device import DeviceTable

@@ -21,9 +21,10 @@ from ofa2_edge.core.workspace import Workspace
 from ofa2_edge.search import runstore as rs
 from ofa2_edge.search.algorithms import ALGORITHMS, OperatorConfig
 from ofa2_edge.search.compare import compare_runs
+from ofa2_edge.search.config import SearchConfig
 from ofa2_edge.search.formatter import PendingRows
 from ofa2_edge.search.indicators import nondominated
-from ofa2_edge.search.runner import SearchConfig, run_search
+from ofa2_edge.search.runner import run_search
 from ofa2_edge.space.arch import Arch, SearchSpace
 from ofa2_edge.surrogates.lut import LutSurrogate
 

@@ -14,7 +14,8 @@ from ofa2_edge.cli.common import JSON_OPTION, emit_json, err_console, out_consol
 from ofa2_edge.core.errors import InvalidInputError
 from ofa2_edge.search import runstore as rs
 from ofa2_edge.search.algorithms import ALGORITHMS, AUTO, DEDUPES, MUTATIONS, REFINE_ANCHORS, SAMPLINGS, OperatorConfig
-from ofa2_edge.search.runner import SearchConfig, run_search, stored_config
+from ofa2_edge.search.config import SearchConfig, stored_config
+from ofa2_edge.search.runner import run_search
 from ofa2_edge.space.arch import DEFAULT_RESOLUTIONS, SearchSpace
 
 

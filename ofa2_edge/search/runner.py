@@ -1,5 +1,8 @@
 """Run a search end to end: resolve, search with pymoo, record, checkpoint, resume, finish.
 
+What defines a search is `config.SearchConfig`; the networks evaluated are kept in
+`archive.Archive`; this module owns the loop and everything a checkpoint or resume does.
+
 `run_search` drives a pymoo algorithm generation by generation (``has_next()`` / ``next()``)
 so that after each one it can record the new archs, the population's hypervolume and, every
 `checkpoint_every` generations, a checkpoint. A checkpoint is plain JSON: the population's
@@ -28,7 +31,7 @@ import json
 import logging
 import platform
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -40,96 +43,18 @@ from ofa2_edge.core.locks import exclusive
 from ofa2_edge.core.persist import atomic_write_text, sha256_file
 from ofa2_edge.core.workspace import Workspace
 from ofa2_edge.search import runstore as rs
-from ofa2_edge.search.algorithms import (
-    AUTO,
-    BuildContext,
-    OperatorConfig,
-    default_algorithm,
-    get_algorithm,
-    restore_survival_state,
-    survival_state,
-)
+from ofa2_edge.search.algorithms import BuildContext, get_algorithm, restore_survival_state, survival_state
+from ofa2_edge.search.archive import Archive
+from ofa2_edge.search.config import SearchConfig, reference_point, stored_config
 from ofa2_edge.search.encoding import GenomeCodec
-from ofa2_edge.search.formatter import PendingRows, submit_rows
+from ofa2_edge.search.formatter import PendingRows
 from ofa2_edge.search.indicators import hypervolume, nondominated
-from ofa2_edge.search.objectives import (
-    OFFICIAL_ACCURACY,
-    Evaluation,
-    MetricContext,
-    Objectives,
-    build_objectives,
-    probe_genomes,
-)
+from ofa2_edge.search.objectives import MetricContext, Objectives, build_objectives
 from ofa2_edge.search.problem import ArchProblem
-from ofa2_edge.space.arch import N_GENES, SearchSpace
 
 log = logging.getLogger(__name__)
 
 BLAS_THREADS = 1
-
-
-# --------------------------------------------------------------------- configuration
-@dataclass(frozen=True)
-class SearchConfig:
-    """Everything that defines a search; stored in the run's config.json."""
-
-    objectives: tuple[str, ...]
-    constraints: tuple[str, ...] = ()
-    space: SearchSpace = field(default_factory=SearchSpace)
-    algorithm: str = AUTO  # resolved by the number of objectives: see `default_algorithm`
-    pop_size: int = 100
-    n_gen: int = 1000
-    seed: int = 1
-    operators: OperatorConfig = field(default_factory=OperatorConfig)
-    algorithm_params: dict[str, Any] = field(default_factory=dict)
-    accuracy: str = OFFICIAL_ACCURACY
-    #: Hypervolume reference point in natural units by metric name (``{"top1": 75,
-    #: "latency:note10": 100}``); missing ones are derived from the space's corner archs.
-    reference_point: dict[str, float] = field(default_factory=dict)
-    checkpoint_every: int = 100
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "objectives", tuple(self.objectives))
-        object.__setattr__(self, "constraints", tuple(self.constraints))
-        if self.algorithm == AUTO:  # stored resolved, so a run folder always names its algorithm
-            object.__setattr__(self, "algorithm", default_algorithm(len(self.objectives)))
-        if self.pop_size < 2:
-            raise InvalidInputError(f"population size {self.pop_size} must be at least 2")
-        if self.n_gen < 1:
-            raise InvalidInputError(f"generations {self.n_gen} must be at least 1")
-        if self.seed < 0:
-            raise InvalidInputError(f"seed {self.seed} must be a non-negative integer")
-        if self.checkpoint_every < 1:
-            raise InvalidInputError("checkpoint interval must be at least 1 generation")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "objectives": list(self.objectives),
-            "constraints": list(self.constraints),
-            "space": self.space.to_dict(),
-            "algorithm": self.algorithm,
-            "pop_size": self.pop_size,
-            "n_gen": self.n_gen,
-            "seed": self.seed,
-            "operators": self.operators.to_dict(),
-            "algorithm_params": dict(self.algorithm_params),
-            "accuracy": self.accuracy,
-            "reference_point": dict(self.reference_point),
-            "checkpoint_every": self.checkpoint_every,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SearchConfig":
-        keys = set(cls.__dataclass_fields__)
-        try:
-            kw = {k: data[k] for k in keys if k in data}
-            kw["space"] = SearchSpace.from_dict(kw.get("space", {}))
-            kw["operators"] = OperatorConfig.from_dict(kw.get("operators", {}))
-            return cls(**kw)
-        except Ofa2EdgeError:
-            raise
-        except (TypeError, ValueError) as exc:
-            raise SchemaError(f"search config does not parse: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -142,108 +67,7 @@ class Progress:
     elapsed_s: float
 
 
-# --------------------------------------------------------------------- the archive
-class Archive:
-    """Every distinct network evaluated, in memory, and which rows are not handed over for
-    writing yet.
-
-    It is the problem's memo (`ArchProblem`): a network met again takes its stored values.
-    Rows live in arrays that double when full; a checkpoint hands over only the rows that
-    came since the last one, so writing the archive costs O(new rows), not O(all rows)."""
-
-    def __init__(self, objectives: Objectives, w: float) -> None:
-        self.objectives = objectives
-        self.w = w
-        self.names = list(objectives.metrics)
-        self.fields = [objectives.metrics[n].field for n in self.names]
-        self._row_of: dict[bytes, int] = {}  # genome bytes (int16) -> row
-        self._genomes = np.zeros((0, N_GENES), dtype=np.int64)
-        self._values = np.zeros((0, len(self.names)), dtype=np.float64)
-        self._gens = np.zeros(0, dtype=np.int64)
-        self.n_rows = 0
-        self.n_handed = 0
-        self.gen = 0
-        self.seconds = 0.0
-
-    def lookup(self, genomes: np.ndarray) -> tuple[list[bytes], np.ndarray, np.ndarray]:
-        keys = [row.tobytes() for row in genomes.astype(np.int16)]
-        rows = [self._row_of.get(k, -1) for k in keys]
-        known = np.fromiter((r >= 0 for r in rows), dtype=bool, count=len(rows))
-        return keys, known, self._values[[r for r in rows if r >= 0]]
-
-    def record(self, keys: list[bytes], genomes: np.ndarray, ev: Evaluation) -> None:
-        start = time.perf_counter()
-        new = []
-        for i, key in enumerate(keys):
-            if key not in self._row_of:  # a batch may hold one network twice (no duplicate elimination)
-                self._row_of[key] = self.n_rows + len(new)
-                new.append(i)
-        if new:
-            values = np.column_stack([ev.values[name][new] for name in self.names])
-            self._append(genomes[new], values, np.full(len(new), self.gen, dtype=np.int64))
-        self.seconds += time.perf_counter() - start
-
-    def _append(self, genomes: np.ndarray, values: np.ndarray, gens: np.ndarray) -> None:
-        end = self.n_rows + len(genomes)
-        if end > len(self._gens):
-            cap = max(end, 2 * len(self._gens), 1024)
-            self._genomes, self._values, self._gens = (_grown(a, cap) for a in (self._genomes, self._values, self._gens))
-        self._genomes[self.n_rows : end] = genomes
-        self._values[self.n_rows : end] = values
-        self._gens[self.n_rows : end] = gens
-        self.n_rows = end
-
-    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(genomes, values, gen) of every row, in the order they were evaluated."""
-        return self._genomes[: self.n_rows], self._values[: self.n_rows], self._gens[: self.n_rows]
-
-    def minimised(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(F, G) of archive values."""
-        ev = self.objectives.from_values({n: values[:, i] for i, n in enumerate(self.names)})
-        return ev.F, ev.G
-
-    def _row_args(self, rows: slice | np.ndarray) -> tuple:
-        """`runstore.format_rows` arguments for the archive rows `rows`."""
-        g, v, n = (a[rows] for a in self.arrays())
-        feasible = None
-        if self.objectives.constraints:
-            _, G = self.minimised(v)
-            feasible = (G <= 0).all(axis=1)
-        return g, self.w, n, self.fields, v, feasible
-
-    def lines(self, rows: np.ndarray) -> list[bytes]:
-        """JSON Lines of the archive rows `rows`."""
-        return rs.format_rows(*self._row_args(rows))
-
-    def hand_over(self) -> PendingRows | None:
-        """Start formatting the rows evaluated since the last hand-over (`formatter`)."""
-        if self.n_handed == self.n_rows:
-            return None
-        args = self._row_args(slice(self.n_handed, self.n_rows))
-        self.n_handed = self.n_rows
-        return submit_rows(*args)
-
-    def load(self, rows: rs.ArchiveRows) -> None:
-        """Rebuild from the rows of evaluations.jsonl a checkpoint counts (on resume;
-        `RunFolder.read_archive` validated them)."""
-        self._row_of.clear()
-        self.n_rows = 0
-        if len(rows.genomes):
-            g = rows.genomes
-            self._row_of = {row.tobytes(): i for i, row in enumerate(g.astype(np.int16))}
-            if len(self._row_of) != len(g):
-                raise SchemaError(f"evaluations.jsonl holds an arch twice among the {len(g)} rows its checkpoint counts; restore it or start the run again")
-            self._append(g, rows.values, rows.gens)
-        self.n_handed = self.n_rows
-
-
 # --------------------------------------------------------------------- helpers
-def _grown(a: np.ndarray, rows: int) -> np.ndarray:
-    out = np.zeros((rows, *a.shape[1:]), dtype=a.dtype)
-    out[: len(a)] = a
-    return out
-
-
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -252,27 +76,6 @@ def _versions() -> dict[str, str]:
     import pymoo
 
     return {"ofa2_edge": __version__, "pymoo": pymoo.__version__, "numpy": np.__version__, "python": platform.python_version()}
-
-
-def reference_point(objectives: Objectives, space: SearchSpace, given: dict[str, float]) -> np.ndarray:
-    """The hypervolume reference point in minimised space.
-
-    Given values (natural units) win; others are the worst value over the space's corner
-    archs (smallest and largest at every resolution) plus 10 % of the range, so every
-    arch of the space counts."""
-    unknown = sorted(set(given) - {m.name for m in objectives.objectives})
-    if unknown:
-        raise InvalidInputError(f"reference point names {', '.join(unknown)}, which are not objectives of this search")
-    probes = probe_genomes(space, n_random=0)
-    ev = objectives.evaluate(probes)
-    ref = []
-    for j, m in enumerate(objectives.objectives):
-        if m.name in given:
-            ref.append(float(m.minimised(np.float64(given[m.name]))))
-        else:
-            lo, hi = ev.F[:, j].min(), ev.F[:, j].max()
-            ref.append(float(hi + 0.1 * max(hi - lo, 1e-9)))
-    return np.asarray(ref)
 
 
 def _pop_front(algorithm) -> np.ndarray:
@@ -698,17 +501,6 @@ def run_search(
         with exclusive(store.lock_path, what):
             run.start()
             return _drive(run, progress, plot)
-
-
-def stored_config(run: rs.RunFolder) -> SearchConfig:
-    """The `SearchConfig` of a run folder's config.json; errors name the file."""
-    try:
-        return SearchConfig.from_dict(run.config())
-    except SchemaError as exc:
-        path = str(run.file(rs.CONFIG_FILE))
-        if path in str(exc):
-            raise
-        raise SchemaError(f"{path}: {exc}; config.json defines the run: restore it from a copy, or start a new run") from None
 
 
 def _resumed_config(config: SearchConfig | None, run: rs.RunFolder) -> SearchConfig:

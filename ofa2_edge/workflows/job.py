@@ -197,7 +197,8 @@ def run_job(
     """Calibrate, fit, search, dashboard, bundle; see the module docstring."""
     from ofa2_edge.deploy.dashboard import write_dashboard
     from ofa2_edge.deploy.select import non_dominated
-    from ofa2_edge.search.runner import SearchConfig, run_search
+    from ofa2_edge.search.config import SearchConfig
+    from ofa2_edge.search.runner import run_search
     from ofa2_edge.search.runstore import RunFolder
     from ofa2_edge.workflows.ship import priced_front, ship
 
