@@ -26,32 +26,54 @@ def run_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict]
 
 
 @pytest.mark.slow
-def test_run_on_local_then_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_on_local_then_rerun_changes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ws = ["-W", str(tmp_path)]
-    code, summary = run_json(capsys, *ws, "run", "--budget", "10", "--quick", "--gens", "20", "--json")
-    assert code == 0, summary
-    for name, path in summary["files"].items():
+    args = [*ws, "run", "--budget", "10", "--quick", "--gens", "20", "--json"]
+    code, first = run_json(capsys, *args)
+    quality = first["devices"]["local"]["quality"]
+    # The quality verdict depends on how busy this machine is; what follows from it does not.
+    if not quality["good"]:
+        assert code == 1 and "--accept-unstable" in first["bundle_refused"] and not first["bundle"]
+        code, first = run_json(capsys, *args, "--accept-unstable")
+    assert code == 0, first
+    for name, path in first["files"].items():
         assert Path(path).is_file(), name
-    assert summary["front_size"] > 5 and summary["hypervolume"]["value"] > 0
-    local = summary["devices"]["local"]
-    assert local["n_train"] == 10 and local["measured_now"] == 10 and local["spearman"] > 0.8
-    manifest = check_bundle(summary["files"]["bundle"])
+    assert first["front_size"] > 5 and first["hypervolume"]["value"] > 0
+    local = first["devices"]["local"]
+    assert local["n_train"] == 10 and local["measured_now"] + local["already_measured"] == 10
+    manifest = check_bundle(first["files"]["bundle"])
     assert manifest["latency"]["measured"]["latency_ms"] > 0 and manifest["status"] == "latency-only"
-    html = Path(summary["files"]["dashboard"]).read_text()
+    recorded = manifest["latency"]["predicted"]["predictor_quality"]
+    assert recorded["good"] == quality["good"] and recorded["accepted_unstable"] == (not quality["good"])
+    html = Path(first["files"]["dashboard"]).read_text()
     assert "latency:local" in html and "latency:note10" in html
-    assert set(summary["seconds"]) == {"reference tables", "calibrate + fit", "search", "dashboard", "bundle"}
+    assert set(first["seconds"]) == {"reference tables", "calibrate + fit", "search", "dashboard", "bundle"}
 
-    # The verified bundle added a measurement, which refits the predictor on the next run:
-    # that run starts a new search folder instead of mixing two predictors in one.
-    args = [*ws, "run", "--budget", "10", "--quick", "--gens", "20", "--no-verify", "--json"]
-    code, again = run_json(capsys, *args)
-    assert code == 0
-    assert again["devices"]["local"]["already_measured"] == 10 and again["devices"]["local"]["measured_now"] == 0
-    assert again["run"] != summary["run"] and Path(summary["run"], "front.json").is_file()
-    # Nothing new: the same inputs reuse the finished run.
-    code, third = run_json(capsys, *args)
-    assert code == 0 and third["run"] == again["run"] and third["front_size"] == again["front_size"]
-    assert third["seconds"]["search"] < again["seconds"]["search"] + 1.0
+    # The verification added a record to the table, but nothing new was calibrated: the
+    # predictor is kept, so the rerun reuses the search, the pick and the bundle.
+    table = tmp_path / "latency_tables" / "local"
+    predictor = (table / "surrogate.json").read_bytes()
+    bundle_sha = Path(first["files"]["bundle"]).read_bytes()
+    code, again = run_json(capsys, *args, "--accept-unstable")
+    assert code == 0, again
+    assert again["devices"]["local"]["measured_now"] == 0 and again["devices"]["local"]["refitted"] is False
+    assert (table / "surrogate.json").read_bytes() == predictor
+    assert again["run"] == first["run"] and again["bundle"]["pick"]["arch_id"] == first["bundle"]["pick"]["arch_id"]
+    assert again["bundle"]["reused"] is True and again["pick_change"] is None
+    assert Path(again["files"]["bundle"]).read_bytes() == bundle_sha
+    assert sorted(p.name for p in (tmp_path / "bundles").iterdir() if not p.name.startswith(".")) == sorted(
+        [Path(first["bundle"]["folder"]).name, Path(first["files"]["bundle"]).name]
+    )
+
+    # Asked for, a refit takes the verification in; the next run says why its pick may differ.
+    assert main([*ws, "fit", "-d", "local"]) == 0
+    assert (table / "surrogate.json").read_bytes() != predictor
+    code, third = run_json(capsys, *args, "--accept-unstable", "--no-verify")
+    assert code == 0 and third["run"] != first["run"]
+    if third["bundle"]["pick"]["arch_id"] != first["bundle"]["pick"]["arch_id"]:
+        assert "the local predictor changed" in third["pick_change"]
+    else:
+        assert third["pick_change"] is None
 
 
 @pytest.fixture()

@@ -50,6 +50,7 @@ class CalibrationResult:
     surrogate: LatencySurrogate | None = None
     report: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    refitted: bool = True  # False: nothing new was measured, the saved predictor was kept
 
     @property
     def failed(self) -> list[MeasureResult]:
@@ -263,7 +264,27 @@ def _calibrate_locked(
             "nothing to fit. Run calibrate again when the device is reachable: it resumes"
         )
     t1 = time.perf_counter()
-    emit("fit", {})
-    result.surrogate, result.report = fit_table(table, space.w, prior, prior_label, seed)
+    kept = _kept_predictor(table, result, space.w, prior)
+    if kept is not None:
+        # Nothing new from this design: the saved predictor stays, so a rerun prices (and
+        # picks) exactly as before; records added since (e.g. bundle verifications) enter
+        # at the next explicit `fit`.
+        result.surrogate, result.report, result.refitted = kept, kept.report, False
+    else:
+        emit("fit", {})
+        result.surrogate, result.report = fit_table(table, space.w, prior, prior_label, seed)
     result.seconds["fit"] = time.perf_counter() - t1
     return result
+
+
+def _kept_predictor(
+    table: DeviceTable, result: CalibrationResult, width_mult: float, prior: LatencySurrogate | None
+) -> LatencySurrogate | None:
+    """The saved predictor, if this calibration gives no reason to refit it: nothing new was
+    measured, no prior was asked for, and it was fitted on this width's measurements."""
+    if prior is not None or any(r.ok for r in result.measured):
+        return None
+    saved = table.surrogate()
+    if saved is None or saved.width_mult != width_mult or not (saved.report or {}).get("table"):
+        return None  # none yet, another width, or a block-table sum not yet fitted on measurements
+    return saved

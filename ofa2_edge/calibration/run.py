@@ -18,6 +18,7 @@ from ofa2_edge.core.workspace import Workspace
 from ofa2_edge.devices.inventory import Device
 from ofa2_edge.space.arch import SearchSpace
 from ofa2_edge.tables.device import DeviceTable
+from ofa2_edge.tables.quality import assess
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ def calibrate_device(
             "already_measured": result.skipped,
             "not_measured": [a.id for a in result.not_measured],
             "seconds": result.seconds,
+            "refitted": result.refitted,
         }
     else:
         emit("fit", {})
@@ -118,6 +120,7 @@ def calibrate_device(
     if blocks is not None:
         lut = device_lut(table)
         blocks["lut_vs_end_to_end"] = lut_vs_measured(table, lut) if lut is not None else None
+    model = table.surrogate()
     summary = {
         "device": device.key,
         "fingerprint": fingerprint,
@@ -125,6 +128,7 @@ def calibrate_device(
         "table": str(table.folder),
         "blocks": blocks,
         "fit": report,
+        "quality": assess(table, model).to_dict() if model is not None else None,
     }
     unreached = bool(e2e.get("not_measured")) or bool((blocks or {}).get("not_measured"))
     return CalibrationSummary(summary, unreached, incomplete)

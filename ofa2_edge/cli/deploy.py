@@ -151,10 +151,24 @@ def build(
         err_console.print(
             "[bold yellow]LATENCY-ONLY bundle[/]: random weights (no --supernet). Its latency is real; its outputs are not."
         )
+    quality = shipped.bundle.manifest["latency"]["predicted"].get("predictor_quality") or {}
+    if quality and not quality["good"]:
+        err_console.print(
+            f"[yellow]warning:[/] the {device.key} predictor that priced this pick is not good enough to trust ("
+            + "; ".join(quality["problems"]) + "); the manifest records it. Fix: " + " ".join(quality["fixes"][:1]),
+            highlight=False,
+        )
     if summary.get("within_predicted_interval") is False:
         err_console.print(
             f"[yellow]warning:[/] measured {summary['measured_latency_ms']:.2f} ms is outside the predicted interval; "
-            f"calibrate {device.key} further"
+            f"calibrate {device.key} further",
+            highlight=False,
+        )
+    if summary.get("measurement_flags"):
+        err_console.print(
+            f"[yellow]warning:[/] the verification measurement is flagged {', '.join(summary['measurement_flags'])}: "
+            f"the device was busy or throttling while measuring; measure again on a quiet {device.key}",
+            highlight=False,
         )
     if as_json:
         emit_json(summary)

@@ -167,6 +167,12 @@ def _print_calibration(summary: dict[str, Any]) -> None:
             f"the table, {len(summary['failed'])} failed, {len(summary['not_measured'])} not reached"
         )
     report = summary["fit"]
+    if summary.get("refitted") is False:
+        err_console.print(
+            f"{device}: nothing new measured; the saved predictor is kept (`ofa2-edge fit --device {device}` refits it "
+            "on every record, bundle verifications included)",
+            highlight=False,
+        )
     if report.get("held_out"):
         out_console.print(format_report(report), highlight=False, markup=False)
     elif report:
@@ -174,6 +180,22 @@ def _print_calibration(summary: dict[str, Any]) -> None:
     else:
         out_console.print("no predictor: no complete block table and no end-to-end measurements", highlight=False)
     out_console.print(f"table: {summary['table']}")
+    _print_quality(summary.get("quality"))
+
+
+def _print_quality(quality: Optional[dict[str, Any]]) -> None:
+    """The predictor's verdict: one line when good, problems, causes and fixes when not."""
+    if not quality:
+        return
+    if quality["good"]:
+        err_console.print(f"{quality['device']}: predictor quality ok", highlight=False)
+        return
+    err_console.print(f"[bold yellow]warning:[/] {quality['device']}: the predictor is NOT good enough to trust: "
+                      + "; ".join(quality["problems"]), highlight=False)  # fmt: skip
+    for cause in quality["causes"]:
+        err_console.print(f"  cause: {cause}", highlight=False, markup=False)
+    for fix in quality["fixes"]:
+        err_console.print(f"  fix: {fix}", highlight=False, markup=False)
 
 
 def fit(
@@ -194,6 +216,7 @@ def fit(
     from ofa2_edge.calibration.calibrate import fit_table
     from ofa2_edge.surrogates.select import format_report
     from ofa2_edge.tables.device import DeviceTable
+    from ofa2_edge.tables.quality import assess
     from ofa2_edge.tables.quantities import quantity as known
 
     known(quantity)  # an unknown quantity is refused before the table is read
@@ -203,12 +226,14 @@ def fit(
     if prior and quantity != "latency":
         raise InvalidInputError(f"--prior transfers a latency predictor; it does not apply to --quantity {quantity}")
     with table.lock():
-        _, report = fit_table(table, width, _prior(ctx, prior), prior or "", seed, quantity=quantity)
+        model, report = fit_table(table, width, _prior(ctx, prior), prior or "", seed, quantity=quantity)
+    quality = assess(table, model).to_dict() if quantity == "latency" else None
     if as_json:
-        emit_json(report)
+        emit_json({**report, "quality": quality} if quality else report)
     else:
         out_console.print(format_report(report), highlight=False, markup=False)
         err_console.print(f"saved {table.predictor_path(quantity)}")
+        _print_quality(quality)
 
 
 def predict(

@@ -10,8 +10,9 @@ from typing import Any, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from device_agents.records import TIMERS
 from ofa2_edge.cli.common import JSON_OPTION, QUICK_OPTION, TOFU_OPTION, emit_json, err_console, out_console, state
-from ofa2_edge.core.errors import InvalidInputError
+from ofa2_edge.core.errors import EXIT_FAILURE, EXIT_MEASUREMENT, InvalidInputError
 
 
 def run(
@@ -23,6 +24,14 @@ def run(
     gens: Optional[int] = typer.Option(None, "--gens", min=1, help="Search generations."),
     run_id: Optional[str] = typer.Option(None, "--run-id", help="Name of the run folder under runs/."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Measure the bundle on its device."),
+    timer: Optional[str] = typer.Option(
+        None, "--timer", help="wall or thread_cpu for every device (default: each device's in ofa2-edge.yaml, else "
+        "wall); thread_cpu times the runtime thread's CPU (1 thread; immune to other processes on a shared host).",
+    ),
+    accept_unstable: bool = typer.Option(
+        False, "--accept-unstable", help="Ship a bundle even when the device's predictor fails its quality check "
+        "(too many flagged measurements, poor held-out accuracy, wide intervals); the manifest records it.",
+    ),
     quick: bool = QUICK_OPTION,
     trust_on_first_use: bool = TOFU_OPTION,
     as_json: bool = JSON_OPTION,
@@ -35,8 +44,15 @@ def run(
     if config is not None and not config.exists():
         raise InvalidInputError(f"--config {config}: no such file")
     job = JobConfig.load(path) if path.exists() else JobConfig()
-    devices = tuple(replace(d, budget=budget or d.budget, quick=quick or d.quick) for d in job.devices)
-    job = replace(job, devices=devices, gens=gens or job.gens, run_id=run_id or job.run_id, verify=verify)
+    if timer is not None and timer not in TIMERS:
+        raise InvalidInputError(f"--timer {timer!r}: choose wall or thread_cpu")
+    devices = tuple(
+        replace(d, budget=budget or d.budget, quick=quick or d.quick, timer=timer or d.timer) for d in job.devices
+    )
+    job = replace(
+        job, devices=devices, gens=gens or job.gens, run_id=run_id or job.run_id, verify=verify,
+        accept_unstable=accept_unstable,
+    )  # fmt: skip
 
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -71,6 +87,8 @@ def run(
                 err_console.print(f"[red]{info['device']} failed:[/] {info['error']}", highlight=False)
             elif event == "search.start":
                 task("search", info["gens"])
+            elif event == "bundle.refused":
+                err_console.print(f"[bold red]{info['reason']}[/]", highlight=False)
             elif event == "search.progress":
                 bar.update(tasks["search"], completed=info["gen"], last=f"HV {info['hv']:.4g}")
 
@@ -82,7 +100,9 @@ def run(
     else:
         _print_summary(summary)
     if result.failed_devices:
-        raise typer.Exit(4)
+        raise typer.Exit(EXIT_MEASUREMENT)
+    if result.refused:
+        raise typer.Exit(EXIT_FAILURE)
 
 
 def _summary(result: Any, root: Path) -> dict[str, Any]:
@@ -99,8 +119,11 @@ def _summary(result: Any, root: Path) -> dict[str, Any]:
             "spearman": held.get("spearman"),
             "measured_now": len(cal.measured),
             "already_measured": cal.skipped,
+            "refitted": cal.refitted,
+            "quality": result.quality.get(key),
         }
     run = result.run_folder
+    device = result.bundle.get("device") or next(iter(result.calibrations), "local")
     return {
         "run": str(run),
         "front_size": front.get("front_size"),
@@ -114,10 +137,17 @@ def _summary(result: Any, root: Path) -> dict[str, Any]:
             "bundle": result.bundle.get("archive"),
         },
         "bundle": result.bundle,
+        "bundle_refused": result.refused,
+        "pick_change": result.pick_change,
         "seconds": result.seconds,
         "next": [
-            f"ofa2-edge select {run.name} --device {result.bundle.get('device')} --max-latency MS --min-top1 PCT",
-            f"ofa2-edge bundle check {result.bundle.get('archive')}",
+            f"ofa2-edge select {run.name} --device {device} --max-latency MS --min-top1 PCT",
+            *([f"ofa2-edge bundle check {result.bundle['archive']}"] if result.bundle.get("archive") else []),
+            *(
+                [f"ofa2-edge calibrate --device {device} --budget N   # more measurements, then run again"]
+                if result.refused
+                else []
+            ),
             "ofa2-edge devices add rpi4 --host HOST --user pi --key-file ~/.ssh/id_ed25519   # then add it to ofa2-edge.yaml",
         ],
     }
@@ -134,19 +164,32 @@ def _print_summary(s: dict[str, Any]) -> None:
             f"{key}: {f['surrogate']} predictor on {f['n_train']} measurements; held out: {within} within +-10%, "
             f"MAPE {f['mape_pct']:.1f}%, Spearman {f['spearman']:.3f}"
         )
+    for key, f in s["devices"].items():
+        q = f.get("quality") or {}
+        if f.get("refitted") is False:
+            lines.append(f"{key}: nothing new measured; the saved predictor was kept (same search, same pick)")
+        if q and not q["good"]:
+            lines.append(f"{key}: WARNING: the predictor is not good enough to trust: " + "; ".join(q["problems"]))
+            lines += [f"  cause: {c}" for c in q["causes"]] + [f"  fix: {x}" for x in q["fixes"]]
     b = s["bundle"]
-    pick = b.get("pick", {})
-    lines.append(
-        f"bundle for {b.get('device')}: {pick.get('arch_id')} ({pick.get('top1_pct', 0):.2f}% top-1, "
-        f"{pick.get('latency_ms', 0):.2f} ms predicted"
-        + (f", {b['measured_ms']:.2f} ms measured" if b.get("measured_ms") is not None else "")
-        + ")"
-        + (
-            ", LATENCY-ONLY (random weights; pass --supernet to `ofa2-edge bundle` for real ones)"
-            if b.get("status") == "latency-only"
-            else ""
+    if s.get("bundle_refused"):
+        lines.append(s["bundle_refused"])
+    else:
+        pick = b.get("pick", {})
+        lines.append(
+            f"bundle for {b.get('device')}: {pick.get('arch_id')} ({pick.get('top1_pct', 0):.2f}% top-1, "
+            f"{pick.get('latency_ms', 0):.2f} ms predicted"
+            + (f", {b['measured_ms']:.2f} ms measured" if b.get("measured_ms") is not None else "")
+            + ")"
+            + (", reused from the previous run" if b.get("reused") else "")
+            + (
+                ", LATENCY-ONLY (random weights; pass --supernet to `ofa2-edge bundle` for real ones)"
+                if b.get("status") == "latency-only"
+                else ""
+            )
         )
-    )
+    if s.get("pick_change"):
+        lines.append(s["pick_change"])
     lines += [f"{name}: {path}" for name, path in s["files"].items()]
     lines.append("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in s["seconds"].items()))
     lines.append("next:")

@@ -76,8 +76,12 @@ def make_bundle(
     calib_images: Path | None = None,
     calib_max: int = 2000,
     labels: Path | None = None,
+    quality: dict[str, Any] | None = None,
 ) -> BuiltBundle:
-    """Export `chosen` for `device` (real weights from `supernet`, else random) and bundle it."""
+    """Export `chosen` for `device` (real weights from `supernet`, else random) and bundle it.
+
+    `quality` (the predictor's verdict, :mod:`ofa2_edge.tables.quality`) is recorded beside the
+    predicted latency, so a bundle shipped with an untrusted predictor says so."""
     plan = MeasurePlan.for_device(device, fmt, precision)
     label_lines = read_labels(labels, N_CLASSES) if labels is not None else None  # fail before the export
     cache = ExportCache(workspace.exports_dir)
@@ -115,6 +119,7 @@ def make_bundle(
                 "device": device.key,
                 "sha256": sha256_file(surrogate_path),
             },
+            **({"predictor_quality": quality} if quality is not None else {}),
         },
         run={"id": run.run_id, "path": str(run.path)},
     )

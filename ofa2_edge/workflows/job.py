@@ -30,12 +30,13 @@ from device_agents.records import Protocol
 from ofa2_edge.calibration.calibrate import CalibrationResult, calibrate
 from ofa2_edge.core.assets import NOTE10_TABLES, find_assets
 from ofa2_edge.core.errors import InvalidInputError, Ofa2EdgeError, SchemaError
-from ofa2_edge.core.persist import sha256_file
+from ofa2_edge.core.persist import read_json, sha256_file, write_json
 from ofa2_edge.core.workspace import Workspace
 from ofa2_edge.devices.inventory import Inventory
 from ofa2_edge.devices.pipeline import standard_protocol
 from ofa2_edge.space.arch import DEFAULT_RESOLUTIONS, SearchSpace
 from ofa2_edge.tables.device import DeviceTable
+from ofa2_edge.tables.quality import assess
 from ofa2_edge.tables.quantities import quantity_names
 from ofa2_edge.tables.transfer import import_lookup_tables
 
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE = "ofa2-edge.yaml"
 CONFIG_VERSION = 1
+PICK_SCHEMA = "ofa2-edge/last-pick"
+PICK_VERSION = 1
 Event = Callable[[str, dict[str, Any]], None]
 
 
@@ -69,6 +72,7 @@ class JobConfig:
     seed: int = 1
     run_id: str = "main"
     verify: bool = True
+    accept_unstable: bool = False  # ship even when the device's predictor fails its quality check
 
     @property
     def all_objectives(self) -> tuple[str, ...]:
@@ -137,6 +141,9 @@ class JobResult:
     search_status: dict[str, Any] = field(default_factory=dict)
     dashboard: Path | None = None
     bundle: dict[str, Any] = field(default_factory=dict)
+    quality: dict[str, dict[str, Any]] = field(default_factory=dict)  # per device, tables.quality's verdict
+    refused: str | None = None  # why no bundle was shipped (a predictor that failed its check)
+    pick_change: str | None = None  # how this pick differs from the previous run's, and why
 
 
 class _Timer:
@@ -161,16 +168,21 @@ def import_reference(workspace: Workspace, key: str, assets_dir: Path | None) ->
     import_lookup_tables(workspace, next(iter(paths.values())).parent, key, replace=True, note=note)
 
 
-def run_name(prefix: str, search: Any, workspace: Workspace) -> str:
-    """`<prefix>-<hash>` of the search config and every device predictor it uses: a rerun
-    with the same inputs resumes (or reuses) its run; new measurements (which refit a
-    predictor) start a new run beside the old one instead of mixing two predictors."""
-    doc = {"search": search.to_dict(), "predictors": {}}
+def run_name_inputs(search: Any, workspace: Workspace) -> dict[str, Any]:
+    """What a run's name hashes: the search config and the sha256 of every device predictor it uses."""
+    doc: dict[str, Any] = {"search": search.to_dict(), "predictors": {}}
     for name in search.objectives:
         family, _, key = name.partition(":")
         if family in quantity_names():
             path = DeviceTable.of(workspace, key).predictor_path(family)
             doc["predictors"][key if family == "latency" else name] = sha256_file(path)
+    return doc
+
+
+def run_name(prefix: str, search: Any, workspace: Workspace) -> str:
+    """`<prefix>-<hash>` of `run_name_inputs`: a rerun with the same inputs resumes (or reuses)
+    its run; a refitted predictor starts a new run beside the old one instead of mixing two."""
+    doc = run_name_inputs(search, workspace)
     digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:8]
     return f"{prefix}-{digest}"
 
@@ -197,6 +209,7 @@ def run_job(
     """Calibrate, fit, search, dashboard, bundle; see the module docstring."""
     from ofa2_edge.deploy.dashboard import write_dashboard
     from ofa2_edge.deploy.select import non_dominated
+    from ofa2_edge.deploy.verify import verify_bundle
     from ofa2_edge.search.config import SearchConfig
     from ofa2_edge.search.runner import run_search
     from ofa2_edge.search.runstore import RunFolder
@@ -277,31 +290,107 @@ def run_job(
         result.dashboard = Path(write_dashboard(run, folder / "dashboard.html", workspace)["output"])
 
     target = usable[0]
-    with _Timer(result, "bundle"):
-        cands = non_dominated(priced_front(workspace, folder, target)[1])
-        pick = cands[knee(np.array([c.top1_pct for c in cands]), np.array([c.latency_ms for c in cands]))]
-        plan = next(p for p in config.devices if p.key == target)
-        shipped = ship(
-            pick,
-            run,
-            devices[target],
-            workspace,
-            workspace.bundles_dir,
-            verify_protocol=_protocol(devices[target].threads, plan) if config.verify else None,
-            trust_on_first_use=trust_on_first_use,
-            host_cpu=host_cpu,
+    for key in usable:
+        model = result.calibrations[key].surrogate
+        result.quality[key] = assess(DeviceTable.of(workspace, key), model).to_dict()
+    cands = non_dominated(priced_front(workspace, folder, target)[1])
+    pick = cands[knee(np.array([c.top1_pct for c in cands]), np.array([c.latency_ms for c in cands]))]
+    history = workspace.runs_dir / f"{config.run_id}.last-pick.json"
+    result.pick_change = _pick_change(history, folder, pick.arch.id, run_name_inputs(search_config, workspace))
+    quality = result.quality[target]
+    if not quality["good"] and not config.accept_unstable:
+        result.refused = (
+            f"no bundle shipped: the {target} predictor is not good enough to price one ("
+            + "; ".join(quality["problems"]) + "). Fix the cause and calibrate again, or pass --accept-unstable "
+            "to ship anyway (the manifest records it)"
         )
+        emit("bundle.refused", {"device": target, "reason": result.refused})
+        return result
+    with _Timer(result, "bundle"):
+        plan = next(p for p in config.devices if p.key == target)
+        protocol = _protocol(devices[target].threads, plan) if config.verify else None
+        shipped = _reused_bundle(workspace, run, target, pick.arch.id)
+        if shipped is None:
+            built = ship(
+                pick,
+                run,
+                devices[target],
+                workspace,
+                workspace.bundles_dir,
+                verify_protocol=protocol,
+                trust_on_first_use=trust_on_first_use,
+                host_cpu=host_cpu,
+                quality={**quality, "accepted_unstable": not quality["good"]},
+            )
+            manifest = built.bundle.manifest
+            verification = built.verification
+            bundle_folder = built.bundle.folder
+        else:
+            bundle_folder, manifest = shipped
+            verification = None
+            if protocol is not None and manifest["latency"].get("measured") is None:
+                verification = verify_bundle(bundle_folder, devices[target], workspace, protocol, trust_on_first_use)
+                manifest = verification.manifest
         result.bundle = {
-            "folder": str(shipped.bundle.folder),
-            "archive": f"{shipped.bundle.folder}.tar.gz",
+            "folder": str(bundle_folder),
+            "archive": f"{bundle_folder}.tar.gz",
             "pick": pick.to_dict(),
             "device": target,
-            "status": shipped.bundle.manifest["status"],
+            "status": manifest["status"],
+            "reused": shipped is not None,
         }
-        if shipped.verification is not None:
-            result.bundle["measured_ms"] = shipped.verification.result.estimate_ms
-            result.bundle["within_predicted_interval"] = shipped.verification.within_interval
+        measured = (manifest["latency"].get("measured") or {})
+        if measured:
+            result.bundle["measured_ms"] = measured.get("latency_ms")
+            result.bundle["within_predicted_interval"] = measured.get("within_predicted_interval")
+    _write_pick(history, folder, pick.arch.id, run_name_inputs(search_config, workspace))
     return result
+
+
+def _reused_bundle(workspace: Workspace, run: Any, device_key: str, arch_id: str) -> tuple[Path, dict[str, Any]] | None:
+    """The bundle a previous run of the same search shipped for this pick, if it is intact
+    and was priced by the same predictor (then it is reused as is: no second export)."""
+    from ofa2_edge.deploy.bundle import bundle_name, check_bundle
+
+    folder = workspace.bundles_dir / bundle_name(device_key, arch_id)
+    if not folder.is_dir() or not Path(f"{folder}.tar.gz").is_file():
+        return None
+    try:
+        manifest = check_bundle(folder)
+    except Ofa2EdgeError:
+        return None  # damaged or edited: build it again
+    predictor = DeviceTable.of(workspace, device_key).surrogate_path
+    priced_by = ((manifest.get("latency", {}).get("predicted") or {}).get("surrogate") or {}).get("sha256")
+    same_run = (manifest.get("run") or {}).get("id") == run.run_id
+    if not same_run or priced_by != sha256_file(predictor):
+        return None
+    return folder, manifest
+
+
+def _pick_change(history: Path, folder: Path, arch_id: str, inputs: dict[str, Any]) -> str | None:
+    """Why the pick differs from the previous run's (None: same pick, or no previous run)."""
+    try:
+        last = read_json(history, PICK_SCHEMA, [PICK_VERSION])
+    except FileNotFoundError:
+        return None
+    except Ofa2EdgeError as exc:
+        log.warning("%s", exc)
+        return None
+    if last.get("arch_id") == arch_id:
+        return None
+    reasons = []
+    before, now = last.get("inputs") or {}, inputs
+    if before.get("search") != now.get("search"):
+        reasons.append("the search settings changed")
+    for key in sorted(set(before.get("predictors", {})) | set(now.get("predictors", {}))):
+        if before.get("predictors", {}).get(key) != now.get("predictors", {}).get(key):
+            reasons.append(f"the {key} predictor changed (it was refitted on new measurements)")
+    why = "; ".join(reasons) or "the search was rerun with the same inputs"
+    return f"the pick changed from {last.get('arch_id')} (run {last.get('run')}) to {arch_id} (run {folder.name}): {why}"
+
+
+def _write_pick(history: Path, folder: Path, arch_id: str, inputs: dict[str, Any]) -> None:
+    write_json(history, PICK_SCHEMA, PICK_VERSION, {"run": folder.name, "arch_id": arch_id, "inputs": inputs})
 
 
 def _protocol(threads: int, plan: DevicePlan) -> Protocol:

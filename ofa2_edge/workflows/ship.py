@@ -21,6 +21,7 @@ from ofa2_edge.deploy.verify import Verification, verify_bundle
 from ofa2_edge.devices.inventory import Device
 from ofa2_edge.search.runstore import RunFolder
 from ofa2_edge.tables.device import DeviceTable
+from ofa2_edge.tables.quality import assess
 
 
 def open_run(workspace: Workspace, run: str | Path) -> RunFolder:
@@ -72,9 +73,13 @@ class Shipped:
             "top1_pct": self.chosen.top1_pct,
             "predicted_latency_ms": self.chosen.latency_ms,
         }
+        quality = (self.bundle.manifest["latency"].get("predicted") or {}).get("predictor_quality")
+        if quality is not None:
+            out["predictor_quality_ok"] = quality["good"]
         if self.verification is not None:
             out["measured_latency_ms"] = self.verification.result.estimate_ms
             out["within_predicted_interval"] = self.verification.within_interval
+            out["measurement_flags"] = [f.value for f in self.verification.result.flags]
         return out
 
 
@@ -94,6 +99,9 @@ def ship(
     `verify_protocol`, measure the bundle there. `host_cpu` is held around the export and the
     measurement, so a local device is never timed while this machine exports."""
     cpu = host_cpu or nullcontext()
+    if "quality" not in build_options:  # the verdict on the predictor that priced the pick goes into the manifest
+        verdict = assess(DeviceTable.of(workspace, device.key))
+        build_options["quality"] = {**verdict.to_dict(), "accepted_unstable": not verdict.good}
     with cpu:
         built = make_bundle(chosen, run, device, workspace, out_root, **build_options)
     checked = None
