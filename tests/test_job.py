@@ -151,6 +151,34 @@ def test_config_errors_name_the_key(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "unknown device 'nosuch'" in capsys.readouterr().err
 
 
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize(("flag", "expected"), [([], False), (["--verify"], True), (["--no-verify"], False)])
+def test_the_configs_verify_is_kept_unless_a_flag_overrides_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flag: list[str], expected: bool
+) -> None:
+    import ofa2_edge.workflows.job as job_module
+
+    seen = {}
+
+    def fake_run_job(workspace: object, config: job_module.JobConfig, *args: object) -> None:
+        seen["config"] = config
+        raise _Stop
+
+    monkeypatch.setattr(job_module, "run_job", fake_run_job)
+    (tmp_path / "ofa2-edge.yaml").write_text("schema_version: 1\nverify: false\n")
+    with pytest.raises(_Stop):
+        main(["-W", str(tmp_path), "run", *flag])
+    assert seen["config"].verify is expected
+
+
+def test_a_run_id_that_is_a_path_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-W", str(tmp_path), "run", "--run-id", "../elsewhere"]) == 2
+    assert "--run-id '../elsewhere'" in capsys.readouterr().err
+
+
 def test_knee_is_the_corner_of_a_front() -> None:
     latency = np.array([1.0, 2.0, 3.0, 10.0])
     top1 = np.array([70.0, 78.0, 79.0, 80.0])

@@ -9,15 +9,13 @@ into a numpy `DenseAccuracyPredictor` that reports percent.
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from ofa2_edge.accuracy.predictor import DenseAccuracyPredictor
 from ofa2_edge.core.assets import find_asset
-from ofa2_edge.core.errors import AssetError
+from ofa2_edge.core.errors import AssetError, SchemaError
 from ofa2_edge.core.persist import sha256_file
 from ofa2_edge.space.arch import OFA_RESOLUTIONS, PREDICTOR_FEATURES
 
@@ -51,8 +49,11 @@ def load_official_predictor(path: str | Path) -> DenseAccuracyPredictor:
         raise AssetError(f"{path}: no such file; fetch the official predictor with `ofa2-edge assets fetch`")
     try:
         state = torch.load(path, weights_only=True, map_location="cpu")
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as exc:
-        raise _refuse(path, f"cannot be read as a torch state_dict ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+    except Exception as exc:  # noqa: BLE001  damaged bytes fail deep inside torch's unpickler and zip reader
+        # (UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, but also KeyError,
+        # AssertionError, ... on a damaged storage table): every one is this file's fault.
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise _refuse(path, f"cannot be read as a torch state_dict ({type(exc).__name__}: {first})") from exc
     if not isinstance(state, dict):
         raise _refuse(path, f"holds a {type(state).__name__}, not a state_dict")
     keys = set(state)
@@ -73,13 +74,16 @@ def load_official_predictor(path: str | Path) -> DenseAccuracyPredictor:
         if not np.isfinite(arrays[key]).all():
             raise _refuse(path, f"{key} holds non-finite values")
     layers = ("0", "2", "4", "6")
-    return DenseAccuracyPredictor(
-        [arrays[f"{i}.weight"].T for i in layers],
-        [arrays[f"{i}.bias"] for i in layers],
-        output_scale=100.0,  # OFA's predictor answers a fraction; the toolkit speaks percent
-        resolutions=OFA_RESOLUTIONS,
-        source={"kind": "official", "name": "ofa-official", "path": str(path.resolve()), "sha256": sha256_file(path)},
-    )
+    try:
+        return DenseAccuracyPredictor(
+            [arrays[f"{i}.weight"].T for i in layers],
+            [arrays[f"{i}.bias"] for i in layers],
+            output_scale=100.0,  # OFA's predictor answers a fraction; the toolkit speaks percent
+            resolutions=OFA_RESOLUTIONS,
+            source={"kind": "official", "name": "ofa-official", "path": str(path.resolve()), "sha256": sha256_file(path)},
+        )
+    except SchemaError as exc:  # e.g. weights so large that its outputs could overflow
+        raise _refuse(path, str(exc)) from exc
 
 
 def official_predictor(assets_dir: Path | None = None) -> DenseAccuracyPredictor:

@@ -22,6 +22,8 @@ from ofa2_edge.space.arch import PREDICTOR_FEATURES, PREDICTOR_RESOLUTIONS, R_GE
 
 ACCURACY_SCHEMA = "ofa2-edge/accuracy-predictor"
 ACCURACY_VERSION = 1
+#: No predictor output may exceed this in magnitude (float32 overflows near 3.4e38).
+MAX_OUTPUT = 1e30
 
 
 class DenseAccuracyPredictor:
@@ -59,10 +61,31 @@ class DenseAccuracyPredictor:
             fan_in = w.shape[1]
         if fan_in != 1:
             raise SchemaError(f"accuracy predictor must end in one output, got {fan_in}")
+        for name, value in (("output_scale", output_scale), ("output_offset", output_offset)):
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not np.isfinite(value):
+                raise SchemaError(f"accuracy predictor {name} must be a finite number, got {value!r}")
+        res = list(resolutions) if isinstance(resolutions, (list, tuple, range)) else None
+        if not res or any(
+            isinstance(r, (bool, np.bool_)) or not isinstance(r, (int, np.integer)) or r not in PREDICTOR_RESOLUTIONS
+            for r in res
+        ):
+            raise SchemaError(
+                "accuracy predictor resolutions must be a non-empty list of integers in "
+                f"{PREDICTOR_RESOLUTIONS.start}..{PREDICTOR_RESOLUTIONS.stop - 1}, got {str(resolutions)[:60]}"
+            )
+        # Inputs are one-hot (each feature in [0, 1]): bound |output| through the layers, so a
+        # predictor whose float32 forward pass could overflow is refused here, not mid-search.
+        bound = np.ones(PREDICTOR_FEATURES)
+        with np.errstate(all="ignore"):
+            for w, b in zip(ws, bs):
+                bound = bound @ np.abs(w.astype(np.float64)) + np.abs(b.astype(np.float64))
+            out = float(bound[0]) * abs(float(output_scale)) + abs(float(output_offset))
+        if not (np.isfinite(bound).all() and out <= MAX_OUTPUT):
+            raise SchemaError(f"accuracy predictor weights are too large: its outputs could reach {out:.3g}")
         self.weights, self.biases = ws, bs
         self.output_scale = float(output_scale)
         self.output_offset = float(output_offset)
-        self.resolutions = tuple(sorted({int(r) for r in resolutions}))
+        self.resolutions = tuple(sorted({int(r) for r in res}))
         self._known_r = np.zeros(max(self.resolutions) + 2, dtype=bool)
         self._known_r[list(self.resolutions)] = True
         self.source = dict(source or {})
@@ -125,23 +148,38 @@ def load_accuracy_predictor(path: str | Path) -> DenseAccuracyPredictor:
     if not path.is_file():
         raise SchemaError(f"{path}: no such accuracy predictor file; fit one with `ofa2-edge fit-accuracy`")
     doc = read_json(path, ACCURACY_SCHEMA, [ACCURACY_VERSION])
+    fix = "fit it again (`ofa2-edge fit-accuracy`) or restore the file"
     if doc.get("kind") != "dense-relu" or doc.get("features") != "ofa-onehot-128":
         raise SchemaError(f"{path}: unknown accuracy predictor kind {doc.get('kind')!r} / features {doc.get('features')!r}")
+    p, meta, report = doc.get("params"), doc.get("meta", {}), doc.get("report", {})
+    for name, value in (("params", p), ("meta", meta), ("report", report)):
+        if not isinstance(value, dict):
+            raise SchemaError(f"{path}: {name!r} must be an object, got {type(value).__name__}; {fix}")
     try:
-        p = doc["params"]
-        weights = [np.asarray(w, dtype=np.float32) for w in p["weights"]]
-        biases = [np.asarray(b, dtype=np.float32) for b in p["biases"]]
-        scale, offset, res = float(p["output_scale"]), float(p["output_offset"]), p["resolutions"]
+        weights = [_layer(w) for w in p["weights"]]
+        biases = [_layer(b) for b in p["biases"]]
+        scale, offset, res = p["output_scale"], p["output_offset"], p["resolutions"]
     except (KeyError, TypeError, ValueError) as exc:
-        raise SchemaError(f"{path}: malformed accuracy predictor parameters ({exc})") from exc
-    meta = doc.get("meta", {})
-    source = {"kind": "fitted", "name": meta.get("name") or path.stem, "path": str(path.resolve()), "sha256": sha256_file(path)}
+        raise SchemaError(f"{path}: malformed accuracy predictor parameters ({type(exc).__name__}: {exc}); {fix}") from exc
+    name = meta.get("name") if isinstance(meta.get("name"), str) and meta.get("name") else path.stem
+    source = {"kind": "fitted", "name": name, "path": str(path.resolve()), "sha256": sha256_file(path)}
     try:
         return DenseAccuracyPredictor(
-            weights, biases, output_scale=scale, output_offset=offset, resolutions=res, source=source, report=doc.get("report", {})
+            weights, biases, output_scale=scale, output_offset=offset, resolutions=res, source=source, report=report
         )
     except SchemaError as exc:
-        raise SchemaError(f"{path}: {exc}") from exc
+        raise SchemaError(f"{path}: {exc}; {fix}") from exc
+
+
+def _layer(value: Any) -> np.ndarray:
+    """A weight matrix or bias vector from nested JSON lists of numbers (not texts, not booleans)."""
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list of numbers, got {type(value).__name__}")
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"expected numbers, got {arr.dtype} values")
+    with np.errstate(all="ignore"):
+        return arr.astype(np.float32)  # a value beyond float32 becomes inf: refused as non-finite
 
 
 def _ranges(values: Sequence[int]) -> str:

@@ -23,7 +23,9 @@ def run(
     budget: Optional[int] = typer.Option(None, "--budget", "-n", min=10, help="Calibration budget of every device."),
     gens: Optional[int] = typer.Option(None, "--gens", min=1, help="Search generations."),
     run_id: Optional[str] = typer.Option(None, "--run-id", help="Name of the run folder under runs/."),
-    verify: bool = typer.Option(True, "--verify/--no-verify", help="Measure the bundle on its device."),
+    verify: Optional[bool] = typer.Option(
+        None, "--verify/--no-verify", help="Measure the bundle on its device (default: the config's `verify`, else yes)."
+    ),
     timer: Optional[str] = typer.Option(
         None, "--timer", help="wall or thread_cpu for every device (default: each device's in ofa2-edge.yaml, else "
         "wall); thread_cpu times the runtime thread's CPU (1 thread; immune to other processes on a shared host).",
@@ -37,7 +39,10 @@ def run(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """The main job: calibrate this machine (and any configured boards), search, dashboard, bundle."""
-    from ofa2_edge.workflows.job import CONFIG_FILE, JobConfig, run_job
+    from ofa2_edge.workflows.job import CONFIG_FILE, RUN_ID_PATTERN, JobConfig, run_job
+
+    if run_id is not None and not RUN_ID_PATTERN.match(run_id):
+        raise InvalidInputError(f"--run-id {run_id!r}: a plain folder name (letters, digits, '.', '_', '-'; at most 64)")
 
     st = state(ctx)
     path = config or (st.workspace.root / CONFIG_FILE)
@@ -50,8 +55,8 @@ def run(
         replace(d, budget=budget or d.budget, quick=quick or d.quick, timer=timer or d.timer) for d in job.devices
     )
     job = replace(
-        job, devices=devices, gens=gens or job.gens, run_id=run_id or job.run_id, verify=verify,
-        accept_unstable=accept_unstable,
+        job, devices=devices, gens=gens or job.gens, run_id=run_id or job.run_id,
+        verify=job.verify if verify is None else verify, accept_unstable=accept_unstable,
     )  # fmt: skip
 
     with Progress(

@@ -25,7 +25,7 @@ from ofa2_edge.core.persist import atomic_write_text
 from ofa2_edge.space.arch import EXPAND_CHOICES, KERNEL_CHOICES, N_BLOCKS, NETWORK_RESOLUTIONS, WIDTH_MULTS, Arch
 from ofa2_edge.space.netplan import Layer, layer_plan, slot_layer, stem_layers, tail_layers
 from ofa2_edge.space.slotcost import SlotTable, build_slot_table, evaluate
-from ofa2_edge.surrogates.base import ArchBatch, LatencySurrogate, register_surrogate
+from ofa2_edge.surrogates.base import MAX_PREDICTED_MS, ArchBatch, LatencySurrogate, register_surrogate
 
 TABLE_NAME = re.compile(r"^(\d+)_lookup_table\.yaml$")
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -43,30 +43,84 @@ class LayerStat:
 Table = dict[str, LayerStat]
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _stat(value: Any, key: str, where: str) -> LayerStat:
     if not isinstance(value, Mapping) or "mean" not in value:
         raise SchemaError(f"{where}: entry {key!r} must be a mapping with count, mean, std")
-    try:
-        mean = float(value["mean"])
-        std = float(value.get("std", 0.0))
-        count = int(value.get("count", 1))
-    except (TypeError, ValueError) as exc:
-        raise SchemaError(f"{where}: entry {key!r} has a non-numeric value ({exc})") from exc
-    if not (math.isfinite(mean) and mean >= 0 and math.isfinite(std) and std >= 0 and count >= 1):
-        raise SchemaError(f"{where}: entry {key!r} needs mean >= 0, std >= 0, count >= 1 (got {dict(value)})")
+    mean, std, count = value["mean"], value.get("std", 0.0), value.get("count", 1)
+    if not (_number(mean) and _number(std)) or isinstance(count, bool) or not isinstance(count, int):
+        raise SchemaError(
+            f"{where}: entry {key!r} has a non-numeric value (mean and std are numbers of ms, count an integer; "
+            f"got mean={_short(mean)}, std={_short(std)}, count={_short(count)})"
+        )
+    mean, std = _as_float(mean), _as_float(std)
+    if not (
+        math.isfinite(mean) and 0 <= mean <= MAX_PREDICTED_MS and math.isfinite(std) and 0 <= std <= MAX_PREDICTED_MS
+        and count >= 1
+    ):
+        raise SchemaError(
+            f"{where}: entry {key!r} needs mean >= 0, std >= 0 (both finite, at most {MAX_PREDICTED_MS:.0f} ms), "
+            f"count >= 1 (got mean={mean!r}, std={std!r}, count={_short(count)})"
+        )
     return LayerStat(mean, std, count)
+
+
+def _as_float(value: int | float) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond any float: refused as out of range
+        return math.inf
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+class _TableLoader(_SAFE_LOADER):  # type: ignore[misc,valid-type]
+    """The safe loader, refusing a key given twice (YAML would silently keep the last one)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)  # resolve `<<` merge keys first, as the base constructor does
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                twice = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base constructor says so
+                break
+            if twice:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {_short(key)} is given twice", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep=deep)
 
 
 def read_ofa_table(path: str | Path) -> Table:
     """Read one `<r>_lookup_table.yaml`; malformed files raise `SchemaError` naming the entry."""
     path = Path(path)
+    fix = "restore the file from its source, or measure it again (`ofa2-edge calibrate --blocks`)"
     try:
-        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_SAFE_LOADER)
-    except yaml.YAMLError as exc:
-        raise SchemaError(f"{path}: not valid YAML ({exc})") from exc
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SchemaError(f"{path}: not UTF-8 text ({exc}); {fix}") from exc
+    except OSError as exc:
+        raise SchemaError(f"{path}: cannot be read ({exc.strerror or exc}); {fix}") from exc
+    try:
+        doc = yaml.load(text, Loader=_TableLoader)
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise SchemaError(f"{path}: not valid YAML ({str(exc)[:300] or type(exc).__name__}); {fix}") from exc
     if not isinstance(doc, Mapping) or not doc:
         raise SchemaError(f"{path}: expected a mapping of layer keys to {{count, mean, std}}")
-    return {str(k): _stat(v, str(k), str(path)) for k, v in doc.items()}
+    bad = next((k for k in doc if not isinstance(k, str)), None)
+    if bad is not None:
+        raise SchemaError(f"{path}: layer key {_short(bad)} is not a text (keys look like 'Conv-input:...'); {fix}")
+    return {k: _stat(v, k, str(path)) for k, v in doc.items()}
 
 
 def write_ofa_table(path: str | Path, table: Mapping[str, LayerStat]) -> Path:
@@ -76,15 +130,42 @@ def write_ofa_table(path: str | Path, table: Mapping[str, LayerStat]) -> Path:
 
 
 def read_ofa_tables(folder: str | Path) -> dict[int, Table]:
-    """Read every `<r>_lookup_table.yaml` in `folder`, keyed by resolution."""
+    """Read every `<r>_lookup_table.yaml` in `folder`, keyed by resolution.
+
+    Each file is checked entry by entry (`read_ofa_table`); its name must spell a resolution
+    the network runs (no leading zeros: two files never give the same one), every table must
+    hold the first conv of one supported width, the same in all, and the LUT-sum of the
+    min and max nets must be a plausible latency. Errors name the file (or the folder)."""
     folder = Path(folder)
-    tables = {}
+    tables: dict[int, Table] = {}
+    widths: dict[float, Path] = {}
     for path in sorted(folder.iterdir()) if folder.is_dir() else []:
         m = TABLE_NAME.match(path.name)
-        if m:
-            tables[int(m.group(1))] = read_ofa_table(path)
+        if not m:
+            continue
+        digits = m.group(1)
+        if not (digits.isascii() and len(digits) <= 4 and str(int(digits)) == digits and int(digits) in NETWORK_RESOLUTIONS):
+            raise SchemaError(
+                f"{path}: {digits!r} is not a resolution the network runs ({NETWORK_RESOLUTIONS.start}.."
+                f"{NETWORK_RESOLUTIONS.stop - 1} px, without leading zeros); rename or remove that file"
+            )
+        r = int(digits)
+        tables[r] = read_ofa_table(path)
+        w = next((w for w in WIDTH_MULTS if stem_layers(r, w)[0].lut_key() in tables[r]), None)
+        if w is None:
+            raise SchemaError(
+                f"{path}: no entry for the first conv of a supported width (w {', '.join(map(str, WIDTH_MULTS))}: "
+                f"{stem_layers(r, WIDTH_MULTS[-1])[0].lut_key()!r} ...); not a lookup table of this network"
+            )
+        widths.setdefault(w, path)
     if not tables:
         raise SchemaError(f"{folder}: no <r>_lookup_table.yaml files found")
+    if len(widths) > 1:
+        raise SchemaError(
+            f"{folder}: tables of different network widths ({'; '.join(f'w{w}: {p.name}' for w, p in widths.items())}); "
+            "keep the tables of one network in a folder"
+        )
+    LutSurrogate(tables).check_loaded(str(folder))
     return tables
 
 
@@ -147,7 +228,9 @@ class LutSurrogate(LatencySurrogate):
         bad = np.flatnonzero(~np.isfinite(values))
         if bad.size:
             arch = Arch.from_genome(g[bad[0]], w=self.width_mult)
-            missing = next(l.lut_key() for l in layer_plan(arch) if l.lut_key() not in self.tables[arch.r])
+            missing = next((l.lut_key() for l in layer_plan(arch) if l.lut_key() not in self.tables[arch.r]), None)
+            if missing is None:
+                raise InvalidArchError(f"{arch.id}: the lookup table at {arch.r} px sums to {values[bad[0]]!r} ms")
             raise InvalidArchError(f"{arch.id}: the lookup table at {arch.r} px has no entry for {missing}")
         return values
 

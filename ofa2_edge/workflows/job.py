@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,15 +27,15 @@ from typing import Any, Callable
 import numpy as np
 import yaml
 
-from device_agents.records import Protocol
+from device_agents.records import TIMERS, Protocol
 from ofa2_edge.calibration.calibrate import CalibrationResult, calibrate
 from ofa2_edge.core.assets import NOTE10_TABLES, find_assets
 from ofa2_edge.core.errors import InvalidInputError, Ofa2EdgeError, SchemaError
 from ofa2_edge.core.persist import read_json, sha256_file, write_json
-from ofa2_edge.core.workspace import Workspace
+from ofa2_edge.core.workspace import DEVICE_KEY_PATTERN, Workspace
 from ofa2_edge.devices.inventory import Inventory
 from ofa2_edge.devices.pipeline import standard_protocol
-from ofa2_edge.space.arch import DEFAULT_RESOLUTIONS, SearchSpace
+from ofa2_edge.space.arch import DEFAULT_RESOLUTIONS, NETWORK_RESOLUTIONS, SearchSpace
 from ofa2_edge.tables.device import DeviceTable
 from ofa2_edge.tables.quality import assess
 from ofa2_edge.tables.quantities import quantity_names
@@ -85,51 +86,187 @@ class JobConfig:
 
     @classmethod
     def load(cls, path: Path) -> "JobConfig":
-        """Read `ofa2-edge.yaml`; unknown keys and bad values are errors that name the key."""
+        """Read `ofa2-edge.yaml`; unknown keys and bad values are SchemaErrors naming the file and
+        the key, with what it should be. Every field is type-checked here, before any work."""
+        path = Path(path)
         try:
-            doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise SchemaError(f"{path}: not readable YAML ({exc})") from exc
-        if not isinstance(doc, dict) or doc.get("schema_version") != CONFIG_VERSION:
-            raise SchemaError(f"{path}: expected an ofa2-edge job config with schema_version: {CONFIG_VERSION}")
-        known = {
-            "schema_version",
-            "devices",
-            "reference_tables",
-            "objectives",
-            "search",
-            "resolutions",
-            "run_id",
-            "verify",
-        }
-        unknown = sorted(set(doc) - known)
-        if unknown:
-            raise SchemaError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        search = doc.get("search") or {}
-        bad = sorted(set(search) - {"algorithm", "pop", "gens", "seed"})
-        if bad:
-            raise SchemaError(f"{path}: unknown search key(s) {', '.join(bad)}")
-        devices = []
-        for entry in doc.get("devices") or [{"key": "local"}]:
-            entry = {"key": entry} if isinstance(entry, str) else entry
-            extra = sorted(set(entry) - {"key", "budget", "format", "timer", "quick"})
-            if extra:
-                raise SchemaError(f"{path}: device entry {entry.get('key')!r} has unknown key(s) {', '.join(extra)}")
-            devices.append(DevicePlan(**entry))
+            doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_SAFE_LOADER)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:
+            raise SchemaError(f"{path}: not readable YAML ({str(exc)[:300] or type(exc).__name__})") from exc
+        doc = {} if doc is None else doc
+        version = doc.get("schema_version") if isinstance(doc, dict) else None
+        if not isinstance(doc, dict) or isinstance(version, bool) or not isinstance(version, int) or version != CONFIG_VERSION:
+            raise SchemaError(
+                f"{path}: expected an ofa2-edge job config (a mapping) with schema_version: {CONFIG_VERSION}, found "
+                f"{_short(version) if isinstance(doc, dict) else type(doc).__name__}; see the README for its keys"
+            )
+        check = _Check(path)
+        check.keys(doc, "", CONFIG_KEYS)
+        search = check.mapping(doc.get("search", {}), "search")
+        check.keys(search, "search ", SEARCH_KEYS)
+        raw_devices = doc.get("devices")
+        if raw_devices is None or raw_devices == []:
+            raw_devices = ["local"]
+        if not isinstance(raw_devices, list):
+            raise check.fault("devices", raw_devices, "a list of device keys or {key, budget, format, timer, quick}")
+        devices = tuple(check.device(entry, i) for i, entry in enumerate(raw_devices))
         if len({d.key for d in devices}) != len(devices):
             raise SchemaError(f"{path}: a device is listed twice")
+        objectives = check.texts(doc.get("objectives"), "objectives", allow_none=True)
+        if objectives:
+            check.objectives(objectives)
+        resolutions = check.resolutions(doc.get("resolutions", list(DEFAULT_RESOLUTIONS)))
         return cls(
-            devices=tuple(devices),
-            reference_tables=tuple(doc.get("reference_tables", ("note10",))),
-            objectives=tuple(doc["objectives"]) if doc.get("objectives") else None,
-            resolutions=tuple(doc.get("resolutions", DEFAULT_RESOLUTIONS)),
-            algorithm=search.get("algorithm", "auto"),
-            pop=int(search.get("pop", 100)),
-            gens=int(search.get("gens", 300)),
-            seed=int(search.get("seed", 1)),
-            run_id=str(doc.get("run_id", "main")),
-            verify=bool(doc.get("verify", True)),
+            devices=devices,
+            reference_tables=tuple(
+                check.key(k, f"reference_tables[{i}]")
+                for i, k in enumerate(check.texts(doc.get("reference_tables", ["note10"]), "reference_tables") or ())
+            ),
+            objectives=objectives or None,
+            resolutions=resolutions,
+            algorithm=check.algorithm(search.get("algorithm", "auto")),
+            pop=check.integer(search.get("pop", 100), "search.pop", 2, 100_000),
+            gens=check.integer(search.get("gens", 300), "search.gens", 1, 10_000_000),
+            seed=check.integer(search.get("seed", 1), "search.seed", 0, 2**32 - 1),
+            run_id=check.run_id(doc.get("run_id", "main")),
+            verify=check.boolean(doc.get("verify", True), "verify"),
         )
+
+
+CONFIG_KEYS = ("schema_version", "devices", "reference_tables", "objectives", "search", "resolutions", "run_id", "verify")
+SEARCH_KEYS = ("algorithm", "pop", "gens", "seed")
+DEVICE_KEYS = ("key", "budget", "format", "timer", "quick")
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+#: A run folder is `<run_id>-<hash>` under runs/: a plain name, never a path.
+RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def _name(key: Any) -> str:
+    """A key as written in a message: plain if printable text, else its repr (no terminal escapes)."""
+    return key if isinstance(key, str) and key.isprintable() and len(key) <= 60 else _short(key)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _Check:
+    """Field checks of one job config file; each failure is a SchemaError naming the file and key."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fault(self, where: str, value: Any, want: str) -> SchemaError:
+        return SchemaError(f"{self.path}: {where} must be {want}, got {_short(value)}; fix that key in {self.path.name}")
+
+    def keys(self, doc: dict[Any, Any], where: str, known: tuple[str, ...]) -> None:
+        unknown = sorted(_name(k) for k in doc if k not in known)
+        if unknown:
+            raise SchemaError(f"{self.path}: unknown {where}key(s) {', '.join(unknown)}; known: {', '.join(known)}")
+
+    def mapping(self, value: Any, where: str) -> dict[Any, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fault(where, value, "a mapping")
+        return value
+
+    def integer(self, value: Any, where: str, low: int, high: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self.fault(where, value, f"an integer in {low}..{high}")
+        return value
+
+    def boolean(self, value: Any, where: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fault(where, value, "true or false")
+        return value
+
+    def key(self, value: Any, where: str) -> str:
+        if not isinstance(value, str) or not DEVICE_KEY_PATTERN.match(value):
+            raise self.fault(where, value, "a device key (lowercase letters, digits, '.', '_', '-')")
+        return value
+
+    def texts(self, value: Any, where: str, allow_none: bool = False) -> tuple[str, ...] | None:
+        if value is None and allow_none:
+            return None
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise self.fault(where, value, "a list of names")
+        return tuple(value)
+
+    def device(self, entry: Any, i: int) -> DevicePlan:
+        where = f"devices[{i}]"
+        entry = {"key": entry} if isinstance(entry, str) else entry
+        if not isinstance(entry, dict):
+            raise self.fault(where, entry, "a device key or a mapping {key, budget, format, timer, quick}")
+        extra = sorted(_name(k) for k in entry if k not in DEVICE_KEYS)
+        if extra:
+            raise SchemaError(
+                f"{self.path}: device entry {_short(entry.get('key'))} has unknown key(s) {', '.join(extra)}; "
+                f"known: {', '.join(DEVICE_KEYS)}"
+            )
+        if "key" not in entry:
+            raise SchemaError(f"{self.path}: {where} has no 'key' (the device's name in devices.yaml)")
+        key = self.key(entry["key"], f"{where}.key")
+        fmt = entry.get("format")
+        if fmt is not None and not (isinstance(fmt, str) and fmt in _export_formats()):
+            raise self.fault(f"{where}.format", fmt, f"null or one of {', '.join(_export_formats())}")
+        timer = entry.get("timer", "wall")
+        if timer not in TIMERS or not isinstance(timer, str):
+            raise self.fault(f"{where}.timer", timer, f"one of {', '.join(TIMERS)}")
+        return DevicePlan(
+            key=key,
+            budget=self.integer(entry.get("budget", 40), f"{where}.budget", 10, 1_000_000),
+            format=fmt,
+            timer=timer,
+            quick=self.boolean(entry.get("quick", False), f"{where}.quick"),
+        )
+
+    def objectives(self, names: tuple[str, ...]) -> None:
+        from ofa2_edge.search.objectives import metric_kinds, parse_objective_list
+
+        try:
+            parse_objective_list(names)
+        except InvalidInputError as exc:
+            raise SchemaError(f"{self.path}: objectives: {exc}") from exc
+        kinds = {k.name: k for k in metric_kinds()}
+        for name in names:
+            family, _, arg = name.partition(":")
+            kind = kinds.get(family)
+            if kind is None or bool(kind.arg) != bool(arg):
+                raise self.fault(
+                    "objectives", name, f"one of {', '.join(k.spelling for k in kinds.values())}"
+                )
+
+    def resolutions(self, value: Any) -> tuple[int, ...]:
+        want = f"a non-empty list of integers in {NETWORK_RESOLUTIONS.start}..{NETWORK_RESOLUTIONS.stop - 1} (px)"
+        if not isinstance(value, list) or not value:
+            raise self.fault("resolutions", value, want)
+        for r in value:
+            if isinstance(r, bool) or not isinstance(r, int) or r not in NETWORK_RESOLUTIONS:
+                raise self.fault("resolutions", r, want)
+        try:
+            return SearchSpace(resolutions=tuple(value)).resolutions
+        except InvalidInputError as exc:
+            raise SchemaError(f"{self.path}: resolutions: {exc}") from exc
+
+    def algorithm(self, value: Any) -> str:
+        from ofa2_edge.search.algorithms import ALGORITHMS, AUTO
+
+        if not isinstance(value, str) or (value != AUTO and value not in ALGORITHMS):
+            raise self.fault("search.algorithm", value, f"one of {AUTO}, {', '.join(ALGORITHMS)}")
+        return value
+
+    def run_id(self, value: Any) -> str:
+        if not isinstance(value, str) or not RUN_ID_PATTERN.match(value):
+            raise self.fault("run_id", value, "a plain folder name (letters, digits, '.', '_', '-'; at most 64)")
+        return value
+
+
+def _export_formats() -> tuple[str, ...]:
+    from exporters.formats import format_names
+
+    return format_names()
 
 
 @dataclass
