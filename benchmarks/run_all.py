@@ -49,6 +49,8 @@ BENCHES = (
           (), ("--pool", "30", "--test", "10", "--repeats", "1", "--workspace", "{out}/cpu-latency")),
     Bench("block_table", "Block (LUT) tables measured on this CPU and the LUT hybrid", ("--retest",), ("--quick",)),
     Bench("run_time", "End-to-end `ofa2-edge run` time", (), ()),
+    Bench("busy_host", "Busy host: estimates and calibration with CPU-bound competitors", (),
+          ("--models", "5", "--budget", "12")),
     Bench("search_reference", "OFA² reference reproduction, 9-budget comparison, 4-objective check",
           ("--many-algo", "nsga2,spea2"), ("--quick",),
           json_flag=False),
