@@ -479,11 +479,11 @@ class Energy:
 
 @dataclasses.dataclass(frozen=True)
 class QuietCheck:
-    """The quiet gate before a model's (last) measurement: was the device quiet, how long
-    the agent waited for it, and why it was not (see :mod:`device_agents.quiet`)."""
+    """The quiet gate before a model's last attempt: was the device quiet, and why not; and
+    how long the agent waited for quiet before its attempts (see :mod:`device_agents.quiet`)."""
 
     quiet: bool
-    waited_s: float  # seconds waited for quiet at this gate (the batch's total is <= quiet_wait_s)
+    waited_s: float  # seconds waited before this model's attempts (a batch waits <= quiet_wait_s)
     busy_share: Optional[float]  # share of all CPUs other processes kept busy (None: /proc/stat unreadable)
     reasons: Tuple[str, ...]  # why it was not quiet; empty when quiet
     notes: Tuple[str, ...]  # what waiting cannot change (a frequency-scaling governor, unknown load)

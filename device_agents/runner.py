@@ -490,7 +490,9 @@ class BatchRunner:
         p = self.protocol
         started: List[_ModelRun] = []
         for run in runs:
-            run.quiet_check = check
+            # the gate before this attempt; waited_s adds up the waits before all its attempts
+            waited = run.quiet_check.waited_s if run.quiet_check is not None else 0.0
+            run.quiet_check = dataclasses.replace(check, waited_s=round(waited + check.waited_s, 3))
             try:
                 started.append(self._start(run))
             except _Failed:
