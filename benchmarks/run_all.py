@@ -49,6 +49,8 @@ BENCHES = (
           (), ("--pool", "30", "--test", "10", "--repeats", "1", "--workspace", "{out}/cpu-latency")),
     Bench("block_table", "Block (LUT) tables measured on this CPU and the LUT hybrid", ("--retest",), ("--quick",)),
     Bench("run_time", "End-to-end `ofa2-edge run` time", (), ()),
+    Bench("busy_host", "Busy host: estimates and calibration with CPU-bound competitors", (),
+          ("--models", "5", "--budget", "12")),
     Bench("search_reference", "OFA² reference reproduction, 9-budget comparison, 4-objective check",
           ("--many-algo", "nsga2,spea2"), ("--quick",),
           json_flag=False),
@@ -67,7 +69,9 @@ def run_one(bench: Bench, out: Path, quick: bool) -> dict:
     print(f"== {bench.name}: {meta['command']}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     with open(out / f"{bench.name}.txt", "w") as text:
-        rc = subprocess.run(cmd, cwd=REPO, stdout=text, env={**os.environ, "PYTHONPATH": str(HERE)}).returncode
+        # this checkout's code, even where another checkout is installed in the environment
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(REPO)])}
+        rc = subprocess.run(cmd, cwd=REPO, stdout=text, env=env).returncode
     meta.update(returncode=rc, seconds=round(time.perf_counter() - t0, 1))
     (out / f"{bench.name}.meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     print(f"== {bench.name}: exit {rc} after {meta['seconds']:.0f} s", file=sys.stderr, flush=True)

@@ -7,4 +7,4 @@ runtime that measures (onnxruntime, LiteRT, TensorRT). It ships as one zipapp bu
 The host imports :mod:`device_agents.records` to validate what comes back.
 """
 
-AGENT_VERSION = "0.1.0"
+AGENT_VERSION = "0.2.0"

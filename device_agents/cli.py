@@ -66,6 +66,9 @@ def _progress(total: int) -> Any:
             _err(f"{info['arch_id']}: building a TensorRT engine (cached for the next run)")
         elif name == "remeasure":
             _err(f"unstable, measuring again (attempt {info['attempt']}): {', '.join(info['arch_ids'])}")
+        elif name == "quiet" and not info["quiet"]:
+            _err(f"the device is not quiet after waiting {info['waited_s']:.1f} s ({'; '.join(info['reasons'])}); "
+                 "measuring anyway, the records say so")
 
     return hook
 

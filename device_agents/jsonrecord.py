@@ -122,9 +122,13 @@ def from_json(cls: Type[T], doc: Any, where: str = "record") -> T:
     """Build the dataclass `cls` from a JSON object; every field must be present and valid.
 
     Unknown fields are refused too: a record written by a newer agent with the same schema
-    version would otherwise lose data silently. Semantic checks live in each record's
+    version would otherwise lose data silently. A class may define ``upgrade_json(doc)`` to
+    turn an older version of its JSON into the current one first. Semantic checks live in each record's
     ``__post_init__``; their ``ValueError`` is re-raised as :class:`RecordError` with `where`.
     """
+    upgrade = getattr(cls, "upgrade_json", None)
+    if upgrade is not None:  # an older version of the record: fill in what its fields meant
+        doc = upgrade(doc)
     if not isinstance(doc, Mapping):
         raise RecordError(f"{where}: expected an object, got {_type_name(doc)}")
     hints = _hints(cls)

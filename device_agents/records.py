@@ -19,8 +19,14 @@ from typing import Any, Dict, Optional, Tuple
 
 from device_agents.jsonrecord import RecordError, check_envelope, from_json, to_json
 
-SCHEMA_VERSION = 1
-PROTOCOL_VERSION = 1
+#: Envelope versions. Results and requests are at 2 (quiet gate, interference, the
+#: timer behind the estimate); readers still accept 1, whose records mean the old protocol.
+SCHEMA_VERSION = 2
+SCHEMA_VERSIONS = (1, 2)
+PROTOCOL_VERSION = 2
+#: A version-1 protocol in version-2 terms: no quiet gate, no thread-CPU fallback.
+PROTOCOL_V1_VALUES: Dict[str, Any] = {"quiet_wait_s": 0.0, "quiet_max_busy": 1.0, "max_wall_excess": 1.0,
+                                      "cpu_fallback": False}
 
 REQUEST_SCHEMA = "agent.measure_request"
 RESULT_SCHEMA = "agent.measure_result"
@@ -32,6 +38,8 @@ DTYPES = ("float32", "float16", "int8", "uint8", "int32", "int64", "bool")
 ESTIMATORS = ("block_min_median", "p10", "min", "median")
 TRT_PRECISIONS = ("fp32", "fp16", "int8")
 TIMERS = ("wall", "thread_cpu")
+#: Runtimes that compute on the calling thread (with one thread): thread-CPU time is their latency.
+CPU_RUNTIMES = ("onnxruntime", "litert")
 
 #: Bounds on what a result line may hold, so a broken or hostile agent cannot make the host
 #: store (or hold in memory) what no measurement needs. A record with every sample kept
@@ -61,7 +69,9 @@ __all__ = [
     "MeasureResult",
     "ModelSpec",
     "ProbeReport",
+    "Interference",
     "Protocol",
+    "QuietCheck",
     "RecordError",
     "RuntimeInfo",
     "Stats",
@@ -70,6 +80,7 @@ __all__ = [
     "TensorSpec",
     "ThrottleState",
     "check_json_bounds",
+    "thread_cpu_valid",
     "fingerprint_of",
     "parse_agent_line",
 ]
@@ -147,6 +158,13 @@ class Protocol:
     the block minima (see :mod:`device_agents.stats` for why). `timer` "thread_cpu" times
     each run by the calling thread's CPU time instead of the wall clock: with one thread it
     is the model's own compute time, immune to other processes on a shared host.
+
+    Version 2 adds the quiet gate and the interference check: before each interleave group
+    the agent waits (at most `quiet_wait_s` in all per batch) until other processes keep at
+    most `quiet_max_busy` of all CPUs busy and nothing throttles; each run is timed on both
+    clocks, and with `cpu_fallback` a single-threaded CPU runtime whose wall clock is
+    disturbed (unstable, or its estimate more than `max_wall_excess` above the thread-CPU
+    one) gets the thread-CPU estimate. Version 1 means `PROTOCOL_V1_VALUES`.
     """
 
     version: int = PROTOCOL_VERSION
@@ -172,18 +190,27 @@ class Protocol:
     keep_samples: bool = False
     input_seed: int = 0
     timer: str = "wall"
+    quiet_wait_s: float = 10.0
+    quiet_max_busy: float = 0.10
+    max_wall_excess: float = 0.03
+    cpu_fallback: bool = True
 
     def __post_init__(self) -> None:
-        _need(self.version == PROTOCOL_VERSION, f"protocol version {self.version} is not known "
-              f"(this agent speaks protocol version {PROTOCOL_VERSION})")
+        _need(self.version in (1, PROTOCOL_VERSION), f"protocol version {self.version} is not known "
+              f"(this agent speaks protocol versions 1 and {PROTOCOL_VERSION})")
+        if self.version == 1:
+            for name, value in PROTOCOL_V1_VALUES.items():
+                _need(getattr(self, name) == value, f"a version 1 protocol has {name} {value!r} "
+                      "(no quiet gate, no thread-CPU fallback); use version 2")
         _need(self.warmup_runs >= 1, "warmup_runs must be >= 1 (never time a cold model)")
         _need(self.blocks >= 1 and self.runs_per_block >= 1, "blocks and runs_per_block must be >= 1")
         _need(self.blocks * self.runs_per_block >= 2, "need at least 2 timed runs (never one run)")
         _need(self.block_warmup_runs >= 0 and self.remeasure >= 0, "counts must be >= 0")
-        for name in ("warmup_min_s", "block_min_s", "cooldown_s"):
+        for name in ("warmup_min_s", "block_min_s", "cooldown_s", "quiet_wait_s"):
             _need(getattr(self, name) >= 0, f"{name} must be >= 0")
+        _need(0 < self.quiet_max_busy <= 1, "quiet_max_busy is a share of all CPUs: > 0 and <= 1")
         for name in ("timeout_s", "build_timeout_s", "outlier_z", "max_cv", "max_block_spread",
-                     "power_sample_s"):
+                     "power_sample_s", "max_wall_excess"):
             _need(getattr(self, name) > 0, f"{name} must be > 0")
         _need(self.estimator in ESTIMATORS, f"estimator {self.estimator!r} is not one of {', '.join(ESTIMATORS)}")
         _need(self.timer in TIMERS, f"timer {self.timer!r} is not one of {', '.join(TIMERS)}")
@@ -205,6 +232,18 @@ class Protocol:
     @classmethod
     def from_dict(cls, doc: Any, where: str = "protocol") -> Protocol:
         return from_json(cls, doc, where)
+
+    @staticmethod
+    def upgrade_json(doc: Any) -> Any:
+        """A stored version-1 protocol lacks the version-2 fields: fill in what version 1 meant."""
+        if isinstance(doc, dict) and doc.get("version") == 1:
+            return {**PROTOCOL_V1_VALUES, **doc}
+        return doc
+
+
+def thread_cpu_valid(protocol: Protocol, runtime: str) -> bool:
+    """True when the runtime thread's CPU time is the model's latency (one thread, CPU runtime)."""
+    return protocol.threads == 1 and runtime in CPU_RUNTIMES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,20 +326,24 @@ class MeasureRequest:
         """An upper bound of the batch's wall time, for the host's outer timeout.
 
         Each model's own command time is capped by ``timeout_s`` (an engine build by
-        ``build_timeout_s``); 30 s per model covers starting and stopping its worker and two
-        telemetry snapshots (each tool call is capped at 5 s); cooldowns come between groups.
+        ``build_timeout_s``) over all its attempts; 30 s per attempt covers starting and
+        stopping its worker and two telemetry snapshots (each tool call is capped at 5 s);
+        the quiet gate takes a look of at least a cooldown (or 0.5 s) before each group,
+        plus the batch's ``quiet_wait_s``, and 5 s of tool calls per look.
         """
         p = self.protocol
-        groups = -(-len(self.models) // p.interleave)
+        attempts = 1 + p.remeasure
+        groups = attempts * -(-len(self.models) // p.interleave)
         builds = sum(1 for m in self.models if m.runtime == "tensorrt")
-        return len(self.models) * (p.timeout_s + 30.0) + builds * p.build_timeout_s + (groups - 1) * p.cooldown_s
+        gate = groups * (max(p.cooldown_s, 0.5) + 5.0) + p.quiet_wait_s + 5.5
+        return len(self.models) * (p.timeout_s + 30.0 * attempts) + builds * p.build_timeout_s + gate
 
     def to_dict(self) -> Dict[str, Any]:
         return {"schema": REQUEST_SCHEMA, "schema_version": SCHEMA_VERSION, **to_json(self)}
 
     @classmethod
     def from_dict(cls, doc: Any, where: str = "request") -> MeasureRequest:
-        return from_json(cls, check_envelope(doc, REQUEST_SCHEMA, [SCHEMA_VERSION], where), where)
+        return from_json(cls, check_envelope(doc, REQUEST_SCHEMA, SCHEMA_VERSIONS, where), where)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -435,6 +478,62 @@ class Energy:
 
 
 @dataclasses.dataclass(frozen=True)
+class QuietCheck:
+    """The quiet gate before a model's last attempt: was the device quiet, and why not; and
+    how long the agent waited for quiet before its attempts (see :mod:`device_agents.quiet`)."""
+
+    quiet: bool
+    waited_s: float  # seconds waited before this model's attempts (a batch waits <= quiet_wait_s)
+    busy_share: Optional[float]  # share of all CPUs other processes kept busy (None: /proc/stat unreadable)
+    reasons: Tuple[str, ...]  # why it was not quiet; empty when quiet
+    notes: Tuple[str, ...]  # what waiting cannot change (a frequency-scaling governor, unknown load)
+
+    def __post_init__(self) -> None:
+        _need(self.waited_s >= 0, "waited_s must be >= 0")
+        _need(self.busy_share is None or 0 <= self.busy_share <= 1, "busy_share must lie in [0, 1]")
+        _need(self.quiet == (not self.reasons), "quiet must be true exactly when there are no reasons")
+
+
+@dataclasses.dataclass(frozen=True)
+class Interference:
+    """How much other work disturbed a model's timed runs, on both clocks.
+
+    `off_cpu_share` is the share of the timed wall time the runtime thread was not on a CPU
+    (1 - thread-CPU / wall, summed over the runs). The thread-CPU fields are null where that
+    clock is not the model's latency (several threads, TensorRT). `wall_trusted` /
+    `cpu_trusted`: stable within the protocol's limits, and for the wall clock an estimate at
+    most ``max_wall_excess`` above the thread-CPU one.
+    """
+
+    wall_estimate_ms: float
+    cpu_estimate_ms: Optional[float]
+    off_cpu_share: Optional[float]
+    wall_cv: float
+    cpu_cv: Optional[float]
+    wall_block_min_spread: float
+    cpu_block_min_spread: Optional[float]
+    wall_trusted: bool
+    cpu_trusted: bool
+    reason: str
+
+    def __post_init__(self) -> None:
+        cpu = (self.cpu_estimate_ms, self.off_cpu_share, self.cpu_cv, self.cpu_block_min_spread)
+        _need(all(v is None for v in cpu) or all(v is not None for v in cpu),
+              "the thread-CPU fields are all set or all null")
+        _need(self.cpu_estimate_ms is not None or not self.cpu_trusted, "cpu_trusted needs a thread-CPU estimate")
+        for name in ("wall_estimate_ms", "cpu_estimate_ms"):
+            value = getattr(self, name)
+            _need(value is None or value >= MIN_LATENCY_MS, f"{name} ({value!r}) is below {MIN_LATENCY_MS} ms")
+        _need(self.off_cpu_share is None or 0 <= self.off_cpu_share <= 1, "off_cpu_share must lie in [0, 1]")
+        for name in ("wall_cv", "cpu_cv", "wall_block_min_spread", "cpu_block_min_spread"):
+            value = getattr(self, name)
+            _need(value is None or value >= 0, f"{name} must be >= 0")
+
+    def estimate_of(self, timer: str) -> Optional[float]:
+        return self.wall_estimate_ms if timer == "wall" else self.cpu_estimate_ms
+
+
+@dataclasses.dataclass(frozen=True)
 class MeasureResult:
     """One model's outcome (autotvm's MeasureResult): statistics, or a failure kind and message."""
 
@@ -465,6 +564,11 @@ class MeasureResult:
     telemetry_after: Optional[Telemetry]
     started_at: str
     finished_at: str
+    # Schema 2. `timer_used`: the clock behind stats (and estimate_ms): the protocol's timer,
+    # or "thread_cpu" where the wall clock was disturbed. Null on failures and host records.
+    timer_used: Optional[str] = None
+    interference: Optional[Interference] = None
+    quiet_check: Optional[QuietCheck] = None
 
     def __post_init__(self) -> None:
         if self.error_kind is None:
@@ -488,6 +592,26 @@ class MeasureResult:
             expected = self.stats.estimator_value(self.protocol.estimator)
             _need(self.stats.estimate_ms == expected, f"stats.estimate_ms ({self.stats.estimate_ms!r}) is not the "
                   f"protocol's estimator {self.protocol.estimator!r} ({expected!r})")
+        self._check_timer()
+
+    def _check_timer(self) -> None:
+        """The timer behind the estimate is one the protocol and runtime allow, and agrees
+        with the interference figures."""
+        if self.timer_used is None:
+            _need(self.interference is None, "interference figures need timer_used")
+            return
+        _need(self.stats is not None, "timer_used is set only with stats")
+        _need(self.timer_used in TIMERS, f"timer_used {self.timer_used!r} is not one of {', '.join(TIMERS)}")
+        if self.timer_used == "thread_cpu":
+            _need(thread_cpu_valid(self.protocol, self.runtime), f"timer_used 'thread_cpu' needs one thread and a "
+                  f"CPU runtime ({', '.join(CPU_RUNTIMES)}), not {self.protocol.threads} thread(s) of {self.runtime}")
+        fallback = self.protocol.timer == "wall" and self.protocol.cpu_fallback and self.timer_used == "thread_cpu"
+        _need(self.timer_used == self.protocol.timer or fallback, f"timer_used {self.timer_used!r} is neither the "
+              f"protocol's timer {self.protocol.timer!r} nor its thread-CPU fallback")
+        if self.interference is not None and self.stats is not None:
+            chosen = self.interference.estimate_of(self.timer_used)
+            _need(chosen == self.stats.estimate_ms, f"stats.estimate_ms ({self.stats.estimate_ms!r}) is not the "
+                  f"interference figures' {self.timer_used} estimate ({chosen!r})")
 
     @property
     def ok(self) -> bool:
@@ -506,7 +630,10 @@ class MeasureResult:
     @classmethod
     def from_dict(cls, doc: Any, where: str = "result") -> MeasureResult:
         check_json_bounds(doc, where)
-        return from_json(cls, check_envelope(doc, RESULT_SCHEMA, [SCHEMA_VERSION], where), where)
+        body = check_envelope(doc, RESULT_SCHEMA, SCHEMA_VERSIONS, where)
+        if doc.get("schema_version") == 1:
+            body = _result_v1(body, where)
+        return from_json(cls, body, where)
 
     @classmethod
     def failure(
@@ -527,6 +654,7 @@ class MeasureResult:
         telemetry_after: Optional[Telemetry] = None,
         session_init_ms: Optional[float] = None,
         output_shapes: Optional[Tuple[Tuple[int, ...], ...]] = None,
+        quiet_check: Optional[QuietCheck] = None,
     ) -> MeasureResult:
         """A failure record; the host uses it too, for export and upload errors."""
         return cls(
@@ -537,8 +665,22 @@ class MeasureResult:
             attempts=0, stats=None, session_init_ms=session_init_ms, first_inference_ms=None,
             peak_rss_mib=None, output_shapes=output_shapes, cpu_affinity_used=None, energy=None,
             telemetry_before=telemetry_before, telemetry_after=telemetry_after,
-            started_at=started_at, finished_at=finished_at,
+            started_at=started_at, finished_at=finished_at, quiet_check=quiet_check,
         )
+
+
+_RESULT_V2_FIELDS = ("timer_used", "interference", "quiet_check")
+
+
+def _result_v1(body: Dict[str, Any], where: str) -> Dict[str, Any]:
+    """A schema-1 result in schema-2 terms: its estimate came from the protocol's timer."""
+    extra = [k for k in _RESULT_V2_FIELDS if k in body]
+    if extra:
+        raise RecordError(f"{where}: field(s) {', '.join(extra)} are not part of schema_version 1")
+    protocol = body.get("protocol")
+    timer = protocol.get("timer", "wall") if isinstance(protocol, dict) else None
+    ok = body.get("error_kind") is None and body.get("stats") is not None
+    return {**body, "timer_used": timer if ok else None, "interference": None, "quiet_check": None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -559,7 +701,7 @@ class BatchEnd:
 
     @classmethod
     def from_dict(cls, doc: Any, where: str = "batch_end") -> BatchEnd:
-        return from_json(cls, check_envelope(doc, BATCH_END_SCHEMA, [SCHEMA_VERSION], where), where)
+        return from_json(cls, check_envelope(doc, BATCH_END_SCHEMA, SCHEMA_VERSIONS, where), where)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -617,7 +759,7 @@ class ProbeReport:
     @classmethod
     def from_dict(cls, doc: Any, where: str = "probe") -> ProbeReport:
         check_json_bounds(doc, where)
-        return from_json(cls, check_envelope(doc, PROBE_SCHEMA, [SCHEMA_VERSION], where), where)
+        return from_json(cls, check_envelope(doc, PROBE_SCHEMA, SCHEMA_VERSIONS, where), where)
 
 
 def parse_agent_line(line: str, where: str = "agent output") -> Any:

@@ -1,21 +1,26 @@
 """The parent side of ``measure``: verify, isolate, interleave, time out, record.
 
-For each group of ``protocol.interleave`` models the runner starts one worker process per
-model (model loaded, first inference checked against the expected output shapes, warm-up
-done), then asks for timed blocks round-robin — block 1 of every model, then block 2 of
-every model in a rotated order, ... — so slow drift and bursts of interference spread over
-all models of the group instead of landing on one. Only one worker runs at a time; the
-others wait on their pipes. Models whose statistics come out unstable get new attempts
-(``protocol.remeasure``), interleaved the same way: a stable attempt replaces the
-earlier ones; when every attempt is unstable the result pools the blocks of all of them
-(and keeps its ``unstable`` flag). Each worker is killed when it uses up
+For each group of ``protocol.interleave`` models the runner first passes the quiet gate
+(:mod:`device_agents.quiet`: a look at the device's load, throttling and temperatures,
+waiting for quiet within the batch's ``quiet_wait_s``; between groups the look is the
+cooldown), then starts one worker process per model (model loaded, first inference
+checked against the expected output shapes, warm-up done) and asks for timed blocks
+round-robin — block 1 of every model, then block 2 of every model in a rotated order, ...
+— so slow drift and bursts of interference spread over all models of the group instead of
+landing on one. Only one worker runs at a time; the others wait on their pipes. Each run
+is timed on both clocks and :func:`device_agents.stats.choose` picks the estimate. A model
+that neither clock can be trusted for is measured again (``protocol.remeasure`` times,
+with a fresh worker) after the other groups of the batch, in groups of its own: a trusted
+attempt replaces the earlier ones; when no attempt is trusted the result pools the blocks
+of all of them and is flagged ``unstable``. Each worker is killed when the model uses up
 ``protocol.timeout_s`` of its own command time (a hang), and its death by signal or exit
 becomes a ``crash`` record; the batch goes on. Every model ends as exactly one
 :class:`MeasureResult`, passed to `emit` as soon as it is final: a failure at once, a
 measurement when its group ends (the models of a group finish together), always before
-the next group starts. A host that dies therefore loses at most one group
-(``protocol.interleave`` models); :func:`exit_when_host_gone` makes the agent and its
-workers die with it instead of measuring on for nobody.
+the next group starts; a model waiting to be measured again, when its last attempt ends.
+A host that dies therefore loses at most the group in flight and the models waiting to be
+measured again; :func:`exit_when_host_gone` makes the agent and its workers die with it
+instead of measuring on for nobody.
 """
 
 from __future__ import annotations
@@ -37,16 +42,18 @@ from typing import IO, Any, BinaryIO, Callable, Dict, List, Optional, Set, Tuple
 import device_agents
 from device_agents import AGENT_VERSION
 from device_agents.jsonrecord import to_json
+from device_agents.quiet import LOOK_S, QuietGate
 from device_agents.records import (
     FailureKind,
     Flag,
     MeasureRequest,
     MeasureResult,
     ModelSpec,
-    Stats,
+    QuietCheck,
     Telemetry,
+    thread_cpu_valid,
 )
-from device_agents.stats import is_unstable, summarize
+from device_agents.stats import Choice, choose
 from device_agents.telemetry import PowerSampler, TelemetryReader, condition_flags
 from device_agents.worker import WorkerJob
 
@@ -240,10 +247,14 @@ class _ModelRun:
     worker: Optional[WorkerProcess] = None
     used_s: float = 0.0
     ready: Dict[str, Any] = dataclasses.field(default_factory=dict)
-    blocks: List[List[float]] = dataclasses.field(default_factory=list)
-    earlier_blocks: List[List[float]] = dataclasses.field(default_factory=list)
+    wall: List[List[float]] = dataclasses.field(default_factory=list)  # this attempt's blocks, wall clock
+    cpu: Optional[List[List[float]]] = dataclasses.field(default_factory=list)  # thread-CPU clock; None: not valid
+    earlier_wall: List[List[float]] = dataclasses.field(default_factory=list)
+    earlier_cpu: Optional[List[List[float]]] = dataclasses.field(default_factory=list)
     attempts: int = 0
-    stats: Optional[Stats] = None
+    choice: Optional[Choice] = None
+    quiet_check: Optional[QuietCheck] = None
+    peak_rss_mib: Optional[float] = None
     sampler: Optional[PowerSampler] = None
     result: Optional[MeasureResult] = None
 
@@ -300,6 +311,7 @@ class BatchRunner:
             telemetry_before=run.telemetry_before, telemetry_after=after,
             session_init_ms=run.ready.get("session_init_ms"),
             output_shapes=tuple(tuple(s) for s in run.ready["output_shapes"]) if "output_shapes" in run.ready else None,
+            quiet_check=run.quiet_check,
         ))
         raise _Failed()
 
@@ -362,8 +374,9 @@ class BatchRunner:
             self._fail(run, kind, str(reply.get("message") or "the worker reported an error"))
         return reply
 
-    def _start(self, spec: ModelSpec) -> _ModelRun:
-        run = _ModelRun(spec=spec, started_at=now_iso(), telemetry_before=self._snapshot())
+    def _start(self, run: _ModelRun) -> _ModelRun:
+        """Start a worker for `run` (its first attempt, or a fresh one for a re-measure)."""
+        spec = run.spec
         path = os.path.join(self.request.work_dir, spec.model_file)
         self.on_event("start", {"arch_id": spec.arch_id, "model_file": spec.model_file})
         if not os.path.isfile(path):
@@ -401,7 +414,12 @@ class BatchRunner:
         def work() -> int:
             reply = self._ask(run, {"cmd": "block", "warmup": p.block_warmup_runs, "runs": p.runs_per_block,
                                     "min_s": p.block_min_s}, f"timed block {index + 1}")
-            run.blocks.append([float(t) for t in reply["times_ms"]])
+            run.wall.append([float(t) for t in reply["wall_ms"]])
+            cpu = reply.get("cpu_ms")
+            if run.cpu is not None and cpu is not None and len(cpu) == len(reply["wall_ms"]):
+                run.cpu.append([float(t) for t in cpu])
+            else:
+                run.cpu = None  # no thread-CPU clock on this platform: the wall clock alone
             return int(reply["runs"])
 
         if run.sampler is not None and run.sampler.available:
@@ -409,18 +427,27 @@ class BatchRunner:
         else:
             work()
 
-    def _complete(self, run: _ModelRun) -> None:
-        assert run.worker is not None and run.stats is not None
-        peak = None
+    def _stop_worker(self, run: _ModelRun) -> None:
+        """Stop the worker politely (its peak memory is part of the record), then close it."""
+        if run.worker is None:
+            return
         try:
             bye = run.worker.recv(10.0) if self._send_quiet(run, {"cmd": "stop"}) else {}
             peak = bye.get("peak_rss_mib")
+            if peak is not None:
+                run.peak_rss_mib = max(float(peak), run.peak_rss_mib or 0.0)
         except (WorkerTimeout, WorkerDied) as exc:
             print(f"[agent] {run.spec.arch_id}: worker did not stop cleanly ({exc}); measurement kept",
                   file=sys.stderr)
+        run.worker.close()
+        run.worker = None
+
+    def _complete(self, run: _ModelRun) -> None:
+        assert run.choice is not None
+        self._stop_worker(run)
         after = self._snapshot()
         flags = []
-        if is_unstable(run.stats, self.protocol):
+        if not run.choice.trusted:
             flags.append(Flag.UNSTABLE)
         flags += condition_flags(run.telemetry_before, after, self.protocol)
         ready = run.ready
@@ -429,14 +456,15 @@ class BatchRunner:
             agent_version=AGENT_VERSION, arch_id=run.spec.arch_id, arch=run.spec.arch,
             model_file=run.spec.model_file, model_sha256=run.spec.sha256, runtime=run.spec.runtime,
             runtime_version=ready["runtime_version"], tensorrt=run.spec.tensorrt, protocol=self.protocol,
-            error_kind=None, error_msg=None, flags=tuple(flags), attempts=run.attempts, stats=run.stats,
+            error_kind=None, error_msg=None, flags=tuple(flags), attempts=run.attempts, stats=run.choice.stats,
             session_init_ms=float(ready["session_init_ms"]), first_inference_ms=float(ready["first_inference_ms"]),
-            peak_rss_mib=float(peak) if peak is not None else None,
+            peak_rss_mib=run.peak_rss_mib,
             output_shapes=tuple(tuple(s) for s in ready["output_shapes"]),
             cpu_affinity_used=tuple(ready["affinity"]) if ready.get("affinity") is not None else None,
             energy=run.sampler.result() if run.sampler is not None else None,
             telemetry_before=run.telemetry_before, telemetry_after=after,
             started_at=run.started_at, finished_at=now_iso(),
+            timer_used=run.choice.timer, interference=run.choice.interference, quiet_check=run.quiet_check,
         ))
 
     @staticmethod
@@ -449,53 +477,90 @@ class BatchRunner:
             return False
 
     # --- the schedule ------------------------------------------------------------------------
-    def _measure_group(self, specs: List[ModelSpec]) -> None:
+    def _choose(self, run: _ModelRun, wall: List[List[float]], cpu: Optional[List[List[float]]]) -> Choice:
+        try:
+            return choose(wall, cpu, self.protocol)
+        except ValueError as exc:  # a timer gave zero or negative times: no latency can come of it
+            message = f"the timed runs cannot be summarised: {exc}"
+        self._fail(run, FailureKind.RUN_ERROR, message)  # raises _Failed
+        raise AssertionError("unreachable")
+
+    def _measure_group(self, runs: List[_ModelRun], check: QuietCheck) -> List[_ModelRun]:
+        """One attempt of every model in `runs`, interleaved; returns those to measure again."""
         p = self.protocol
-        runs: List[_ModelRun] = []
-        for spec in specs:
+        started: List[_ModelRun] = []
+        for run in runs:
+            # the gate before this attempt; waited_s adds up the waits before all its attempts
+            waited = run.quiet_check.waited_s if run.quiet_check is not None else 0.0
+            run.quiet_check = dataclasses.replace(check, waited_s=round(waited + check.waited_s, 3))
             try:
-                runs.append(self._start(spec))
+                started.append(self._start(run))
             except _Failed:
                 pass
-        targets = runs
-        for attempt in range(1 + p.remeasure):
-            for run in targets:
-                run.earlier_blocks += run.blocks
-                run.blocks = []
-                run.attempts += 1
-                run.sampler = PowerSampler(self.reader, p.power_sample_s)
-            for b in range(p.blocks):
-                alive = [r for r in targets if r.result is None]
-                if not alive:
-                    break
-                shift = b % len(alive)
-                for run in alive[shift:] + alive[:shift]:
-                    if run.result is not None:
-                        continue
-                    try:
-                        self._block(run, b)
-                    except _Failed:
-                        pass
-            for run in targets:
-                if run.result is None:
-                    run.stats = summarize(run.blocks, p)
-            targets = [r for r in targets if r.result is None and r.stats is not None and is_unstable(r.stats, p)]
-            if not targets or attempt == p.remeasure:
-                # Unstable through every attempt: the noise is not transient, so more blocks
-                # beat a fresh small sample; the result keeps its unstable flag.
-                for run in targets:
-                    run.stats = summarize(run.earlier_blocks + run.blocks, p)
+        for run in started:
+            run.earlier_wall += run.wall
+            if run.earlier_cpu is not None and run.cpu is not None:
+                run.earlier_cpu += run.cpu
+            else:
+                run.earlier_cpu = None
+            run.wall = []
+            run.cpu = [] if thread_cpu_valid(p, run.spec.runtime) and run.earlier_cpu is not None else None
+            run.attempts += 1
+            run.sampler = PowerSampler(self.reader, p.power_sample_s)
+        for b in range(p.blocks):
+            alive = [r for r in started if r.result is None]
+            if not alive:
                 break
-            self.on_event("remeasure", {"arch_ids": [r.spec.arch_id for r in targets], "attempt": attempt + 2})
-        for run in runs:
-            if run.result is None:
-                self._complete(run)
+            shift = b % len(alive)
+            for run in alive[shift:] + alive[:shift]:
+                if run.result is not None:
+                    continue
+                try:
+                    self._block(run, b)
+                except _Failed:
+                    pass
+        again: List[_ModelRun] = []
+        for run in started:
+            if run.result is not None:
+                continue
+            try:
+                run.choice = self._choose(run, run.wall, run.cpu)
+                if not run.choice.trusted and run.attempts <= p.remeasure:
+                    self._stop_worker(run)  # measured again later, with a fresh worker
+                    again.append(run)
+                    continue
+                if not run.choice.trusted and run.earlier_wall:
+                    # Untrusted through every attempt: the noise is not transient, so more
+                    # blocks beat a fresh small sample (flagged unless the pool is trusted).
+                    cpu = run.earlier_cpu + run.cpu if run.earlier_cpu is not None and run.cpu is not None else None
+                    run.choice = self._choose(run, run.earlier_wall + run.wall, cpu)
+            except _Failed:
+                continue
+            self._complete(run)
+        return again
 
     def run(self) -> List[MeasureResult]:
-        models = list(self.request.models)
-        size = self.protocol.interleave
-        for g in range(0, len(models), size):
-            if g > 0 and self.protocol.cooldown_s > 0:
-                time.sleep(self.protocol.cooldown_s)
-            self._measure_group(models[g:g + size])
+        p = self.protocol
+        gate = QuietGate(self.reader, p)
+        size = p.interleave
+        todo = [_ModelRun(spec=spec, started_at=now_iso(), telemetry_before=None) for spec in self.request.models]
+        retry: List[_ModelRun] = []
+        for i, g in enumerate(range(0, len(todo), size)):
+            check = gate.check(LOOK_S if i == 0 else p.cooldown_s)
+            self.on_event("quiet", {"quiet": check.quiet, "waited_s": check.waited_s, "reasons": list(check.reasons)})
+            group = todo[g:g + size]
+            for run in group:
+                run.started_at, run.telemetry_before = now_iso(), self._snapshot()
+            retry += self._measure_group(group, check)
+        while retry:
+            again: List[_ModelRun] = []
+            for g in range(0, len(retry), size):
+                group = retry[g:g + size]
+                check = gate.check(p.cooldown_s)
+                self.on_event("quiet", {"quiet": check.quiet, "waited_s": check.waited_s,
+                                        "reasons": list(check.reasons)})
+                self.on_event("remeasure", {"arch_ids": [r.spec.arch_id for r in group],
+                                            "attempt": group[0].attempts + 1})
+                again += self._measure_group(group, check)
+            retry = again
         return self.results

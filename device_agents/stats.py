@@ -25,14 +25,21 @@ Hence:
   one-sided because noise is one-sided); order statistics use every sample.
 * **Instability** is measured two ways: the CV of the inliers (broad noise), and the spread
   of the block minima relative to their median (drift between blocks: thermal, DVFS).
+* **Two clocks** (:func:`choose`). Every run is timed on the wall clock and on the runtime
+  thread's CPU clock. Time another process takes from the model shows on the first only:
+  where the wall clock is disturbed (unstable, or its estimate above the thread-CPU one by
+  more than ``max_wall_excess``) and one thread of a CPU runtime does the work, the
+  thread-CPU estimate is the model's latency. Where neither clock is trusted, the runner
+  measures the model again later in the batch, then flags it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import List, Optional, Sequence, Tuple
 
-from device_agents.records import Protocol, Stats
+from device_agents.records import Interference, Protocol, Stats
 
 MAD_TO_SIGMA = 1.4826
 
@@ -129,3 +136,71 @@ def is_unstable(stats: Stats, protocol: Protocol) -> bool:
     if stats.cv > protocol.max_cv:
         return True
     return len(stats.block_min_ms) >= 3 and stats.block_min_spread > protocol.max_block_spread
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """Which clock's statistics a model's record carries, and whether they can be trusted."""
+
+    timer: str
+    stats: Stats
+    interference: Interference
+    trusted: bool
+
+
+def _describe(name: str, stats: Stats, protocol: Protocol) -> str:
+    return f"{name} CV {stats.cv:.1%}, block spread {stats.block_min_spread:.1%}" + (
+        " (unstable)" if is_unstable(stats, protocol) else "")
+
+
+def choose(
+    wall_blocks: Sequence[Sequence[float]],
+    cpu_blocks: Optional[Sequence[Sequence[float]]],
+    protocol: Protocol,
+) -> Choice:
+    """The estimate a record carries, from the same runs timed on both clocks.
+
+    `cpu_blocks` is None where thread-CPU time is not the model's latency (several threads,
+    TensorRT) or was not measured. With the protocol's ``thread_cpu`` timer that clock is
+    used; else the wall clock when trusted, else (``cpu_fallback``) the thread-CPU clock.
+    """
+    wall = summarize(wall_blocks, protocol)
+    cpu: Optional[Stats] = None
+    if cpu_blocks is not None and all(v > 0 for b in cpu_blocks for v in b):
+        cpu = summarize(cpu_blocks, protocol)
+    parts = [_describe("wall", wall, protocol)]
+    off_cpu = excess = None
+    if cpu is not None:
+        assert cpu_blocks is not None
+        wall_sum = sum(v for b in wall_blocks for v in b)
+        off_cpu = min(1.0, max(0.0, 1.0 - sum(v for b in cpu_blocks for v in b) / wall_sum))
+        excess = wall.estimate_ms / cpu.estimate_ms - 1.0
+        parts += [f"estimate {excess:+.1%} vs thread-CPU", f"off-CPU {off_cpu:.0%} of the wall time",
+                  _describe("thread-CPU", cpu, protocol)]
+    wall_trusted = not is_unstable(wall, protocol) and (excess is None or excess <= protocol.max_wall_excess)
+    cpu_trusted = cpu is not None and not is_unstable(cpu, protocol)
+    if protocol.timer == "thread_cpu":
+        if cpu is None:
+            raise ValueError("the protocol's thread-CPU timer needs thread-CPU times")
+        timer, trusted, verdict = "thread_cpu", cpu_trusted, "thread-CPU timer (protocol)"
+    elif wall_trusted:
+        timer, trusted, verdict = "wall", True, "wall clock trusted"
+    elif cpu is not None and protocol.cpu_fallback:
+        timer, trusted = "thread_cpu", cpu_trusted
+        verdict = "wall clock disturbed: thread-CPU estimate used" + ("" if cpu_trusted else ", also unstable")
+    else:
+        timer, trusted, verdict = "wall", False, "wall clock disturbed, no thread-CPU fallback"
+    interference = Interference(
+        wall_estimate_ms=wall.estimate_ms,
+        cpu_estimate_ms=cpu.estimate_ms if cpu is not None else None,
+        off_cpu_share=round(off_cpu, 4) if off_cpu is not None else None,
+        wall_cv=wall.cv,
+        cpu_cv=cpu.cv if cpu is not None else None,
+        wall_block_min_spread=wall.block_min_spread,
+        cpu_block_min_spread=cpu.block_min_spread if cpu is not None else None,
+        wall_trusted=wall_trusted,
+        cpu_trusted=cpu_trusted,
+        reason=f"{verdict} ({'; '.join(parts)})",
+    )
+    stats = cpu if timer == "thread_cpu" and cpu is not None else wall
+    return Choice(timer, stats, interference, trusted)

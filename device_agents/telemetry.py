@@ -350,8 +350,13 @@ class PowerSampler:
         )
 
 
+def usable_temperatures(temperatures_c: Dict[str, float]) -> Dict[str, float]:
+    """The zones that may raise the HOT flag: no placeholder sensors, none powered off."""
+    return {k: v for k, v in temperatures_c.items() if not _IGNORED_FOR_FLAGS.search(k) and v > _MIN_REAL_TEMP_C}
+
+
 def _usable_temps(t: Telemetry) -> List[float]:
-    return [v for k, v in t.temperatures_c.items() if not _IGNORED_FOR_FLAGS.search(k) and v > _MIN_REAL_TEMP_C]
+    return list(usable_temperatures(t.temperatures_c).values())
 
 
 def condition_flags(before: Optional[Telemetry], after: Optional[Telemetry], protocol: Protocol) -> List[Flag]:

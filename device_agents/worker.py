@@ -54,22 +54,33 @@ def run_for(session: Session, runs: int, min_s: float) -> int:
     return n
 
 
-def timed_block(session: Session, warmup: int, runs: int, min_s: float, timer: str = "wall") -> Dict[str, Any]:
+def timed_block(session: Session, warmup: int, runs: int, min_s: float) -> Dict[str, Any]:
     """`warmup` untimed runs (caches after another model ran), then timed runs: at least
-    `runs` and at least `min_s` seconds (wall clock), each timed alone with `timer`: the
-    monotonic clock, or this thread's CPU time (a single-threaded runtime computes on the
-    calling thread, so time the scheduler gives to other processes is left out)."""
+    `runs` and at least `min_s` seconds (wall clock), each timed on the monotonic clock and
+    on this thread's CPU clock (a single-threaded runtime computes on the calling thread, so
+    the second leaves out time the scheduler gives to other processes). ``cpu_ms`` is None
+    where this platform has no thread-CPU clock."""
     for _ in range(warmup):
         session.infer()
-    times: List[float] = []
+    wall: List[float] = []
+    cpu: List[float] = []
     clock = time.perf_counter_ns
-    run_clock = time.thread_time_ns if timer == "thread_cpu" else clock
+    cpu_clock = getattr(time, "thread_time_ns", None)
     deadline = clock() + int(min_s * 1e9)
-    while len(times) < runs or clock() < deadline:
-        t0 = run_clock()
+    while len(wall) < runs or clock() < deadline:
+        if cpu_clock is None:
+            t0 = clock()
+            session.infer()
+            wall.append((clock() - t0) / 1e6)
+            continue
+        t0 = clock()
+        c0 = cpu_clock()
         session.infer()
-        times.append((run_clock() - t0) / 1e6)
-    return {"event": "block", "times_ms": times, "runs": warmup + len(times)}
+        c1 = cpu_clock()
+        wall.append((clock() - t0) / 1e6)
+        cpu.append((c1 - c0) / 1e6)
+    return {"event": "block", "wall_ms": wall, "cpu_ms": cpu if cpu_clock is not None else None,
+            "runs": warmup + len(wall)}
 
 
 class _Channel:
@@ -142,7 +153,7 @@ def serve(chan: _Channel) -> int:
                 n = run_for(session, int(cmd["runs"]), float(cmd["min_s"]))
                 chan.send({"event": "done", "runs": n})
             elif cmd["cmd"] == "block":
-                chan.send(timed_block(session, int(cmd["warmup"]), int(cmd["runs"]), float(cmd["min_s"]), protocol.timer))
+                chan.send(timed_block(session, int(cmd["warmup"]), int(cmd["runs"]), float(cmd["min_s"])))
             elif cmd["cmd"] == "stop":
                 session.close()
                 chan.send({"event": "bye", "peak_rss_mib": peak_rss_mib()})

@@ -63,8 +63,8 @@ def test_failure_record_for_host_side_errors():
 
 def test_unknown_schema_version_is_refused_clearly():
     doc = _ok_result().to_dict()
-    doc["schema_version"] = 2
-    with pytest.raises(RecordError, match=r"schema_version 2 of 'agent.measure_result' is not supported"):
+    doc["schema_version"] = 3
+    with pytest.raises(RecordError, match=r"schema_version 3 of 'agent.measure_result' is not supported"):
         MeasureResult.from_dict(doc)
     doc["schema_version"] = True  # bool is not a version
     with pytest.raises(RecordError, match="schema_version"):
@@ -195,7 +195,9 @@ def test_worst_case_bounds_the_batch(tmp_path):
     proto = Protocol(timeout_s=100.0, build_timeout_s=1000.0, cooldown_s=2.0, interleave=2)
     req = request(tmp_path, [spec("a-1", "m.onnx", SHA), spec("a-2", "m.onnx", SHA),
                              spec("a-3", "m.onnx", SHA, runtime="tensorrt", tensorrt=TensorRTBuild())], proto)
-    assert req.worst_case_s() == 3 * 130.0 + 1000.0 + 2.0
+    # 3 models x (timeout + 30 s for each of 2 attempts), one engine build, and the quiet
+    # gate: 2 x 2 groups of (cooldown + 5 s of tool calls), plus the batch's wait (10 s + 5.5 s)
+    assert req.worst_case_s() == 3 * 160.0 + 1000.0 + 4 * 7.0 + 15.5
 
 
 def test_fast_protocol_used_by_tests_is_valid():

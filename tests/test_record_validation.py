@@ -32,7 +32,7 @@ from ofa2_edge.tables.device import DeviceTable
 
 QUICK = Protocol(
     warmup_runs=2, warmup_min_s=0.0, blocks=3, runs_per_block=5, block_min_s=0.0, block_warmup_runs=1,
-    interleave=1, cooldown_s=0.0, timeout_s=60.0, remeasure=0,
+    interleave=1, cooldown_s=0.0, timeout_s=60.0, remeasure=0, quiet_wait_s=0.0,
 )
 KEY = "fake"
 

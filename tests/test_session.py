@@ -29,6 +29,7 @@ QUICK = Protocol(
     cooldown_s=0.0,
     timeout_s=60.0,
     remeasure=0,
+    quiet_wait_s=0.0,
 )
 
 

@@ -137,10 +137,11 @@ def measure_models(
 
 
 def standard_protocol(threads: int, timer: str = "wall", quick: bool = False) -> Protocol:
-    """The default measurement protocol (benchmark_model/trtexec-like), or a short one for smoke tests."""
+    """The default measurement protocol (benchmark_model/trtexec-like), or a short one for smoke
+    tests (its quiet gate looks and records, but does not wait)."""
     if quick:
         return Protocol(
             threads=threads, timer=timer, warmup_runs=3, warmup_min_s=0.1, blocks=3, runs_per_block=5,
-            block_min_s=0.05, cooldown_s=0.0, remeasure=0,
+            block_min_s=0.05, cooldown_s=0.0, remeasure=0, quiet_wait_s=0.0,
         )
     return Protocol(threads=threads, timer=timer)
