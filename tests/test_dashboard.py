@@ -26,7 +26,7 @@ from records_factory import probe_report, record_for
 
 from device_agents.records import FailureKind, Protocol
 from ofa2_edge.cli.main import main
-from ofa2_edge.core.errors import EXIT_USAGE, InvalidInputError, SchemaError
+from ofa2_edge.core.errors import EXIT_FAILURE, InvalidInputError, SchemaError
 from ofa2_edge.core.workspace import Workspace
 from ofa2_edge.deploy.dashboard import build_data, embed_json, render_page
 from ofa2_edge.search.algorithms import default_algorithm
@@ -165,7 +165,7 @@ def test_bad_input_is_a_clear_error_and_leaves_no_html(
 ) -> None:
     out = tmp_path / "report.html"
     code, _, err = cli(capsys, ws, "dashboard", str(tmp_path), "-o", str(out))
-    assert code == EXIT_USAGE and "no run" in err and "not a run folder" in err and not out.exists()
+    assert code == EXIT_FAILURE and "no run" in err and "not a run folder" in err and not out.exists()
 
     run = copy_run(ws, tmp_path)
     front_path = run / "front.json"
@@ -185,9 +185,9 @@ def test_bad_input_is_a_clear_error_and_leaves_no_html(
     assert code != 0 and "says arch_id a-000000000000" in err and out.read_text() == "previous page"
     front_path.write_text(json.dumps(doc))
     code, _, err = cli(capsys, ws, "dashboard", str(run), "-o", str(tmp_path))
-    assert code == EXIT_USAGE and "is a folder" in err
+    assert code == EXIT_FAILURE and "is a folder" in err
     code, _, err = cli(capsys, ws, "dashboard", str(run), "-o", str(out), "--device", "nosuch")
-    assert code == EXIT_USAGE and "device nosuch" in err and out.read_text() == "previous page"
+    assert code == EXIT_FAILURE and "device nosuch" in err and out.read_text() == "previous page"
 
 
 def test_degrades_without_hv_table_or_predictor(ws: Path, tmp_path: Path, front: list[dict[str, Any]]) -> None:

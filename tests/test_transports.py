@@ -172,13 +172,13 @@ def test_devices_cli_add_list_remove(tmp_path: Path, capsys: pytest.CaptureFixtu
 
     ws = ["-W", str(tmp_path)]
     assert main([*ws, "devices", "add", "jetson-nano", "--host", "10.1.2.3", "--user", "nvidia", "--runtime", "tensorrt"]) == 0
-    assert main([*ws, "devices", "add", "jetson-nano", "--host", "10.1.2.4"]) == 2  # exists: usage error
+    assert main([*ws, "devices", "add", "jetson-nano", "--host", "10.1.2.4"]) == 1  # exists: bad input
     capsys.readouterr()
     assert main([*ws, "devices", "list", "--json"]) == 0
     listed = {d["key"]: d for d in json.loads(capsys.readouterr().out)}
     assert listed["jetson-nano"]["runtime"] == "tensorrt" and "local" in listed
     assert main([*ws, "devices", "remove", "jetson-nano"]) == 0
-    assert main([*ws, "devices", "remove", "jetson-nano"]) == 2
+    assert main([*ws, "devices", "remove", "jetson-nano"]) == 1  # not there: bad input
 
 
 # --------------------------------------------------------------------------- the user's folders
