@@ -64,6 +64,12 @@ def test_select_filters_ranks_and_explains(workspace: Path, capsys: pytest.Captu
     assert main([*ws, "select", "demo", "--device", "note10", "--max-latency", "1"]) == EXIT_FAILURE
     err = capsys.readouterr().err
     assert "no candidate meets latency <= 1 ms" in err and "the fastest candidate needs" in err
+    # --json still prints its document (no candidates, the reason) and keeps the exit code
+    assert main([*ws, "select", "demo", "--device", "note10", "--max-latency", "1", "--json"]) == EXIT_FAILURE
+    captured = capsys.readouterr()
+    empty = json.loads(captured.out)
+    assert empty["candidates"] == [] and "the fastest candidate needs" in empty["reason"]
+    assert empty["limits"]["max_latency_ms"] == 1 and "no candidate meets" in captured.err
 
 
 def test_bundle_check_tamper_and_verify_locally(

@@ -64,9 +64,8 @@ def select(
     folder, cands = priced_front(state(ctx).workspace, run, device, safe)
     limits = Limits(max_latency, min_top1, max_macs)
     chosen = choose(cands, limits, top)
-    if not chosen:
-        raise InvalidInputError(nearest_tradeoffs(cands, limits, safe))
-    if as_json:
+    reason = None if chosen else nearest_tradeoffs(cands, limits, safe)
+    if as_json:  # a document even when nothing passes: scripts read `candidates` and `reason`
         emit_json(
             {
                 "run": folder.run_id,
@@ -74,8 +73,12 @@ def select(
                 "limits": limits.__dict__,
                 "safe": safe,
                 "candidates": [c.to_dict() for c in chosen],
+                "reason": reason,
             }
         )
+    if reason is not None:
+        raise InvalidInputError(reason)
+    if as_json:
         return
     table = Table(title=f"{folder.run_id} on {device}: {limits.describe(safe)}")
     table.add_column("arch id", no_wrap=True)
