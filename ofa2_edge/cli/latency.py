@@ -268,6 +268,7 @@ def tables_list(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
 @tables_app.command("show")
 def tables_show(ctx: typer.Context, key: str = typer.Argument(...), as_json: bool = JSON_OPTION) -> None:
     """One table: the device it belongs to, its measurements and its predictor's report."""
+    from ofa2_edge.cli.common import command_name
     from ofa2_edge.surrogates.select import format_report
     from ofa2_edge.tables.device import DeviceTable
 
@@ -288,7 +289,7 @@ def tables_show(ctx: typer.Context, key: str = typer.Argument(...), as_json: boo
         f"records    {summary['ok']} measured ({summary['flagged']} flagged), {summary['failed']} failed",
         f"blocks     {summary['block_layers_measured']} layers measured; lookup tables for "
         f"{', '.join(map(str, summary['block_tables'])) or 'no resolution'}",
-        f"predictor  {s.get('kind') or 'none (run `ofa2-edge fit --device ' + key + '`)'}",
+        f"predictor  {s.get('kind') or f'none (run `{command_name()} fit --device {key}`)'}",
     ]
     out_console.print("\n".join(lines), highlight=False, markup=False)
     if report and report.get("held_out"):

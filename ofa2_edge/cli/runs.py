@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from ofa2_edge.cli.common import JSON_OPTION, emit_json, out_console, state
+from ofa2_edge.cli.common import JSON_OPTION, command_name, emit_json, out_console, state
 from ofa2_edge.core.errors import InvalidInputError
 from ofa2_edge.core.workspace import Workspace
 from ofa2_edge.search.compare import compare_runs
@@ -60,7 +60,7 @@ def list_(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
             r["run_id"], r["state"], r["algorithm"], ",".join(r["objectives"]), ",".join(r["constraints"]),
             f"{r['gen']}/{r['n_gen']}", str(r["front_size"] or ""), hv,
         )  # fmt: skip
-    out_console.print(table if runs else "no runs yet: start one with `ofa2-edge search`")
+    out_console.print(table if runs else f"no runs yet: start one with `{command_name()} search`")
 
 
 @app.command()
