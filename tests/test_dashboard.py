@@ -187,7 +187,7 @@ def test_bad_input_is_a_clear_error_and_leaves_no_html(
     code, _, err = cli(capsys, ws, "dashboard", str(run), "-o", str(tmp_path))
     assert code == EXIT_FAILURE and "is a folder" in err
     code, _, err = cli(capsys, ws, "dashboard", str(run), "-o", str(out), "--device", "nosuch")
-    assert code == EXIT_FAILURE and "device nosuch" in err and out.read_text() == "previous page"
+    assert code == EXIT_FAILURE and "unknown device 'nosuch'" in err and out.read_text() == "previous page"
 
 
 def test_degrades_without_hv_table_or_predictor(ws: Path, tmp_path: Path, front: list[dict[str, Any]]) -> None:

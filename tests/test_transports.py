@@ -152,7 +152,7 @@ def test_inventory_roundtrip_and_validation(tmp_path: Path) -> None:
     assert again.get("rpi4-livingroom").threads == 4 and again.get("local").transport == "local"
     with pytest.raises(InvalidInputError, match="already exists"):
         again.add(Device(key="rpi4-livingroom", transport="ssh", host="x"))
-    with pytest.raises(InvalidInputError, match="unknown device 'nope'; known: local, rpi4-livingroom"):
+    with pytest.raises(InvalidInputError, match=r"unknown device 'nope' \(not in devices.yaml\); known devices: local, rpi4-livingroom"):
         again.get("nope")
     for bad, msg in (
         ({"key": "Bad Key"}, "must be lowercase"),

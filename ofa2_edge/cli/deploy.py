@@ -20,7 +20,8 @@ from ofa2_edge.cli.common import (
     out_console,
     state,
 )
-from ofa2_edge.cli.devices import load_inventory
+from ofa2_edge.cli.devices import load_inventory, require_known_device
+from ofa2_edge.cli.runs import resolve_run
 from ofa2_edge.core.errors import InvalidInputError
 
 
@@ -61,7 +62,9 @@ def select(
     from ofa2_edge.deploy.select import select as choose
     from ofa2_edge.workflows.ship import priced_front
 
-    folder, cands = priced_front(state(ctx).workspace, run, device, safe)
+    ws = state(ctx).workspace
+    require_known_device(ctx, device)
+    folder, cands = priced_front(ws, resolve_run(run, ws).path, device, safe)
     limits = Limits(max_latency, min_top1, max_macs)
     chosen = choose(cands, limits, top)
     reason = None if chosen else nearest_tradeoffs(cands, limits, safe)
@@ -130,8 +133,9 @@ def build(
     from ofa2_edge.workflows.ship import choose, priced_front, ship
 
     st = state(ctx)
+    require_known_device(ctx, device_key)
     device = load_inventory(ctx).get(device_key)
-    folder, cands = priced_front(st.workspace, run, device.key, safe)
+    folder, cands = priced_front(st.workspace, resolve_run(run, st.workspace).path, device.key, safe)
     chosen = choose(cands, folder, device.key, pick, Limits(max_latency, min_top1, max_macs), safe)
     out_root = output if output.is_absolute() else st.workspace.root / output
     shipped = ship(

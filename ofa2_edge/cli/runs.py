@@ -18,8 +18,8 @@ app = typer.Typer(help="List, inspect and compare search runs.", no_args_is_help
 
 
 def resolve_run(text: str, workspace: Workspace) -> RunFolder:
-    """A run folder path, or a run id under the workspace's runs/."""
-    for candidate in (Path(text), workspace.runs_dir / text):
+    """A run folder path (from the current folder or the workspace), or a run id under the workspace's runs/."""
+    for candidate in dict.fromkeys((Path(text), workspace.root / text, workspace.runs_dir / text)):
         run = RunFolder(candidate)
         if run.exists():
             return run

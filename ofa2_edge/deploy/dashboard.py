@@ -35,7 +35,7 @@ import numpy as np
 from ofa2_edge import __version__
 from ofa2_edge.core.errors import InvalidInputError, Ofa2EdgeError, SchemaError
 from ofa2_edge.core.persist import atomic_write_text, sha256_file
-from ofa2_edge.core.workspace import Workspace
+from ofa2_edge.core.workspace import Workspace, unknown_device
 from ofa2_edge.search import runstore as rs
 from ofa2_edge.search.indicators import nondominated
 from ofa2_edge.space.arch import Arch
@@ -266,6 +266,9 @@ def _device_view(
         "notes": notes,
     }
     table = _table_for(key, workspace, config)
+    if table is None and not in_run:  # a typo, most often
+        tables = [t.key for t in DeviceTable.all(workspace.tables_dir)]
+        raise InvalidInputError(unknown_device(key, [*run_devices(config), *tables], "not in the run, no latency table"))
     if table is None:
         notes.append(
             f"No latency table for {key} in {workspace.tables_dir} (nor where the run read it): "
