@@ -131,6 +131,23 @@ def test_lookup_order_and_missing_message(tmp_path: Path, assets_dir: Path, monk
     assert "ofa2-edge assets fetch" in msg and "$OFA2_EDGE_ASSETS: (not set)" in msg
 
 
+def test_missing_message_names_every_missing_official_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`run` looks for the Note10 tables first; the error also names the accuracy predictor,
+    which the search needs minutes later, so that one fetch (or one folder) supplies all."""
+    monkeypatch.setenv("OFA2_EDGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("OFA2_EDGE_ASSETS", raising=False)
+    with pytest.raises(AssetError) as info:
+        find_assets([a.relpath for a in NOTE10_TABLES])
+    needed, also = str(info.value).split("Looked in")[0].split("Also missing")
+    assert all(a.relpath in needed for a in NOTE10_TABLES) and "acc_predictor.pth" in also
+    capsys.readouterr()
+    assert main(["-W", str(tmp_path / "ws"), "run"]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "note10/224_lookup_table.yaml" in err and "acc_predictor.pth" in err and "assets fetch" in err
+
+
 def test_damaged_local_copy_is_reported(tmp_path: Path, assets_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OFA2_EDGE_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("OFA2_EDGE_ASSETS", raising=False)
