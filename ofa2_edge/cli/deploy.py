@@ -115,7 +115,12 @@ def build(
         None, "--format", "-f", help="onnx, tflite or tflite-int8 (default: the device's)."
     ),
     precision: str = typer.Option("fp16", "--precision", help="TensorRT devices: fp32, fp16 or int8."),
-    supernet: Optional[Path] = typer.Option(None, "--supernet", help="OFA supernet checkpoint (real weights)."),
+    supernet: Optional[Path] = typer.Option(
+        None,
+        "--supernet",
+        help="OFA supernet checkpoint (real weights): a path, or ofa_mbv3_d234_e346_k357_w1.2 after "
+        "`assets fetch --supernet`.",
+    ),
     calib_images: Optional[Path] = typer.Option(
         None, "--calib-images", help="Image folder to recalibrate BN statistics."
     ),
@@ -130,6 +135,7 @@ def build(
 ) -> None:
     """Build a bundle (model, manifest.json, SHA256SUMS, .tar.gz) for one pick of a run."""
     from ofa2_edge.deploy.select import Limits
+    from ofa2_edge.supernet.checkpoint import find_checkpoint
     from ofa2_edge.workflows.ship import choose, priced_front, ship
 
     st = state(ctx)
@@ -148,7 +154,7 @@ def build(
         trust_on_first_use=trust_on_first_use,
         fmt=fmt,
         precision=precision,
-        supernet=supernet,
+        supernet=find_checkpoint(supernet, st.assets_dir) if supernet is not None else None,
         calib_images=calib_images,
         calib_max=calib_max,
         labels=labels,
