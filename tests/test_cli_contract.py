@@ -219,3 +219,19 @@ def test_error_hints_name_the_command_that_was_run(
     assert code == EXIT_FAILURE and "`.venv/bin/ofa2-edge devices add lcoal" in err and "`ofa2-edge " not in err
     code, out, _ = cli(capsys, "runs", "list")
     assert code == 0 and "`.venv/bin/ofa2-edge search`" in out
+
+
+def test_runs_list_never_cuts_a_run_id(capsys: pytest.CaptureFixture[str], ws: Path, tmp_path: Path) -> None:
+    import shutil
+
+    long_id = "main-3f9c2a7b1e5d4c6a0b1c2d3e"
+    other = tmp_path / "ws"
+    shutil.copytree(ws / "runs" / "demo", other / "runs" / long_id)
+    old = common.out_console.width
+    common.out_console.width = 80  # a plain terminal, as in CI logs
+    try:
+        code, out, _ = cli(capsys, "-W", str(other), "runs", "list")
+    finally:
+        common.out_console.width = old
+    assert code == 0 and long_id in out and "…" not in out
+    assert max(len(line) for line in out.splitlines()) <= 80
