@@ -90,6 +90,8 @@ def test_bundle_check_tamper_and_verify_locally(
     assert manifest["latency"]["measured"]["device_fingerprint"] == probe_report().fingerprint
     assert manifest["input"]["shape"] == [1, 3, manifest["arch"]["r"], manifest["arch"]["r"]]
     assert {f["name"] for f in manifest["files"]} == {"model.onnx"}
+    assert manifest["run"] == {"id": "demo", "path": "runs/demo"}  # no path of this host
+    assert str(workspace) not in (folder / "manifest.json").read_text()
     import onnx
 
     props = {p.key: p.value for p in onnx.load(str(folder / "model.onnx")).metadata_props}
