@@ -235,3 +235,9 @@ def test_runs_list_never_cuts_a_run_id(capsys: pytest.CaptureFixture[str], ws: P
         common.out_console.width = old
     assert code == 0 and long_id in out and "…" not in out
     assert max(len(line) for line in out.splitlines()) <= 80
+
+
+def test_a_workspace_inventory_is_not_committed_by_accident() -> None:
+    """`make run` uses the repository as its workspace; `devices add` writes hosts and key paths there."""
+    ignored = (README.parent / ".gitignore").read_text().splitlines()
+    assert "/devices.yaml" in ignored
