@@ -130,6 +130,13 @@ def test_blob_holds_the_front_predictions_and_measurements(ws: Path, front: list
     assert note10["n_measurements"] == 0 and not any(note10["measured"])  # an imported table: nothing measured
     got = {c["id"]: m["ms"] for c, m in zip(data["candidates"], edge2["measured"]) if m}
     assert got == {k: v for k, v in measured.items() if k in got} and len(got) == MEASURED  # the failed one is absent
+    # The header counts what the page marks, and says apart how many archs the table holds.
+    assert edge2["n_measurements"] == len(measured) > MEASURED
+    header = " ".join(render_page(data).split())
+    assert (
+        f"{MEASURED} of the {len(front)} candidates measured (marked), {len(measured)} archs measured in the table in all"
+        in header
+    )
     assert data["hypervolume"]["gen"] == list(range(1, 21)) and all(h > 0 for h in data["hypervolume"]["hv"])
     assert data["notes"] == [] and note10["notes"] == [] and edge2["notes"] == []
     # The 2-D front flags are the (top-1, latency) non-dominated rows of each device.

@@ -210,7 +210,7 @@ def _predictor(table: DeviceTable, notes: list[str]) -> LatencySurrogate | None:
 
 def _measured(table: DeviceTable, archs: list[Arch], notes: list[str]) -> tuple[list[dict[str, Any] | None], int]:
     """The latest successful measurement of each arch on the device (None where there is none),
-    and how many archs the table has measured."""
+    and how many distinct archs the table has measured (most of them not on this front)."""
     try:
         _, _, records = table.dataset()
     except Ofa2EdgeError as exc:
@@ -231,7 +231,7 @@ def _measured(table: DeviceTable, archs: list[Arch], notes: list[str]) -> tuple[
                 "flags": [getattr(f, "value", str(f)) for f in r.flags],
             }
         )
-    return out, len(records)
+    return out, len(by_id)
 
 
 def _device_view(
@@ -453,10 +453,14 @@ def _header_html(data: dict[str, Any]) -> str:
         if sur:
             same = "the one the search used" if sur["same_as_run"] else "changed since the search"
             pred = f"predictor {sur['kind']} {sur['path']} ({same})"
+        # What the page marks is the candidates measured; the table's other archs (its
+        # calibration design) are said apart, so the count matches the marks.
+        marked = sum(m is not None for m in dev["measured"])
         facts.append(
             (
                 f"device {dev['key']}",
-                f"table {dev['table'] or 'not found'}; {pred}; {dev['n_measurements']} measured archs",
+                f"table {dev['table'] or 'not found'}; {pred}; {marked} of the {len(dev['measured'])} candidates "
+                f"measured (marked), {dev['n_measurements']} archs measured in the table in all",
             )
         )
     hv = data["hypervolume"]
