@@ -131,6 +131,23 @@ def test_lookup_order_and_missing_message(tmp_path: Path, assets_dir: Path, monk
     assert "ofa2-edge assets fetch" in msg and "$OFA2_EDGE_ASSETS: (not set)" in msg
 
 
+def test_missing_message_names_every_missing_official_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`run` looks for the Note10 tables first; the error also names the accuracy predictor,
+    which the search needs minutes later, so that one fetch (or one folder) supplies all."""
+    monkeypatch.setenv("OFA2_EDGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("OFA2_EDGE_ASSETS", raising=False)
+    with pytest.raises(AssetError) as info:
+        find_assets([a.relpath for a in NOTE10_TABLES])
+    needed, also = str(info.value).split("Looked in")[0].split("Also missing")
+    assert all(a.relpath in needed for a in NOTE10_TABLES) and "acc_predictor.pth" in also
+    capsys.readouterr()
+    assert main(["-W", str(tmp_path / "ws"), "run"]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "note10/224_lookup_table.yaml" in err and "acc_predictor.pth" in err and "assets fetch" in err
+
+
 def test_damaged_local_copy_is_reported(tmp_path: Path, assets_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OFA2_EDGE_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("OFA2_EDGE_ASSETS", raising=False)
@@ -152,3 +169,47 @@ def test_cli_fetch_and_list(
     assert len(doc["files"]) == len(OFFICIAL_ASSETS)
     assert main(["assets", "list", "--json"]) == 0
     assert all(row["path"] for row in json.loads(capsys.readouterr().out))
+
+
+def test_the_readmes_real_weights_flow(
+    tmp_path: Path, assets_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`assets fetch --supernet --supernet-sha256 SHA` from a mirror, then `--supernet
+    ofa_mbv3_d234_e346_k357_w1.2` by name, as the README shows (a random w1.2 supernet plays
+    OFA's checkpoint, whose sha256 OFA does not publish)."""
+    import torch
+
+    from ofa2_edge.supernet import Supernet
+
+    mirror = tmp_path / "mirror"
+    for asset in OFFICIAL_ASSETS:
+        (mirror / asset.relpath).parent.mkdir(parents=True, exist_ok=True)
+        (mirror / asset.relpath).symlink_to(assets_dir / asset.relpath)
+    checkpoint = mirror / SUPERNET_W12.relpath
+    checkpoint.parent.mkdir(parents=True)
+    torch.save({"state_dict": Supernet.random(1.2, seed=4).state_dict()}, checkpoint)
+    sha = sha256_of(checkpoint)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(AssetHandler, directory=str(mirror)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/"
+    monkeypatch.setenv("OFA2_EDGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("OFA2_EDGE_ASSETS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    name = Path(SUPERNET_W12.relpath).name
+    export = ["export", "min@160", "--supernet", name, "-o", str(tmp_path / "m.onnx"), "--json"]
+    try:
+        capsys.readouterr()
+        assert main(export) == 1  # not fetched yet: the error says how to get it
+        err = " ".join(capsys.readouterr().err.split())
+        assert f"checkpoint {name} not found" in err and "assets fetch --supernet --supernet-sha256" in err
+        assert main(["assets", "fetch", "--supernet", "--base-url", url]) == 1  # no sha256: refused
+        assert "no sha256 is pinned" in capsys.readouterr().err
+        assert main(["assets", "fetch", "--supernet", "--supernet-sha256", "0" * 64, "--base-url", url]) == 1
+        assert not (tmp_path / "cache" / "assets" / SUPERNET_W12.relpath).exists()  # a mismatch keeps nothing
+        assert main(["assets", "fetch", "--supernet", "--supernet-sha256", sha, "--base-url", url]) == 0
+        capsys.readouterr()
+        assert main(export) == 0
+        assert json.loads(capsys.readouterr().out)["metadata"]["weights_source"] == f"sha256:{sha}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -32,7 +32,7 @@ from ofa2_edge.calibration.blocks import (
 )
 from ofa2_edge.calibration.calibrate import fit_table
 from ofa2_edge.cli.main import main
-from ofa2_edge.core.errors import EXIT_USAGE, InvalidArchError, InvalidInputError, SchemaError
+from ofa2_edge.core.errors import EXIT_FAILURE, InvalidArchError, InvalidInputError, SchemaError
 from ofa2_edge.core.workspace import Workspace
 from ofa2_edge.devices.inventory import Device
 from ofa2_edge.space.arch import DEFAULT_RESOLUTIONS, Arch, SearchSpace
@@ -269,9 +269,9 @@ def test_a_torn_last_line_is_measured_again(tmp_path: Path) -> None:
 
 def test_bad_options_change_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ws = tmp_path / "ws"
-    assert main(["-W", str(ws), "calibrate", "--blocks", "--resolutions", "20", "--quick"]) == EXIT_USAGE
+    assert main(["-W", str(ws), "calibrate", "--blocks", "--resolutions", "20", "--quick"]) == EXIT_FAILURE
     assert "resolutions value 20 is not allowed" in capsys.readouterr().err
-    assert main(["-W", str(ws), "calibrate", "--budget", "0"]) == EXIT_USAGE
+    assert main(["-W", str(ws), "calibrate", "--budget", "0"]) == EXIT_FAILURE
     assert "--budget 0 measures nothing" in capsys.readouterr().err
     assert not (ws / "latency_tables").exists()
     pi = Device("pi", runtime="litert")

@@ -19,7 +19,7 @@ from records_factory import probe_report, record_for
 from device_agents.records import Protocol
 from ofa2_edge.calibration.calibrate import design_archs
 from ofa2_edge.cli.main import main
-from ofa2_edge.core.errors import EXIT_USAGE
+from ofa2_edge.core.errors import EXIT_FAILURE
 from ofa2_edge.space.arch import SearchSpace
 from ofa2_edge.surrogates.base import load_surrogate
 from ofa2_edge.surrogates.lut import LutSurrogate
@@ -106,17 +106,17 @@ def test_fit_predict_and_tables_cli(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_predict_without_a_fit_says_what_to_do(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["-W", str(tmp_path), "predict", "--device", "pi", "min"]) == EXIT_USAGE
+    assert main(["-W", str(tmp_path), "predict", "--device", "pi", "min"]) == EXIT_FAILURE
     assert "ofa2-edge calibrate --device pi" in capsys.readouterr().err
 
 
 def test_ofa_tables_import_and_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str], assets_dir: Path) -> None:
     ws = ["-W", str(tmp_path / "ws")]
-    assert main([*ws, "tables", "import", str(assets_dir / "note10")]) == EXIT_USAGE  # needs --key
+    assert main([*ws, "tables", "import", str(assets_dir / "note10")]) == EXIT_FAILURE  # needs --key
     assert main([*ws, "tables", "import", str(assets_dir / "note10"), "--key", "note10"]) == 0
     model = load_surrogate(tmp_path / "ws/latency_tables/note10/surrogate.json")
     assert isinstance(model, LutSurrogate) and round(float(model.predict([SearchSpace().largest()])[0]), 2) == 92.40
-    assert main([*ws, "tables", "import", str(assets_dir / "note10"), "--key", "note10"]) == EXIT_USAGE  # exists
+    assert main([*ws, "tables", "import", str(assets_dir / "note10"), "--key", "note10"]) == EXIT_FAILURE  # exists
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "160_lookup_table.yaml").write_text("Conv-x: {mean: -3}\n")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ofa2_edge.cli.main import main
-from ofa2_edge.core.errors import EXIT_USAGE
+from ofa2_edge.core.errors import EXIT_FAILURE
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -48,15 +48,15 @@ def test_show_resolves_an_id_from_workspace_records(
     code, out, _ = run_cli(capsys, "-W", str(tmp_path), "arch", "show", record["arch_id"], "--json")
     assert code == 0 and json.loads(out)["arch"] == record["arch"]
     code, _, err = run_cli(capsys, "-W", str(tmp_path), "arch", "show", "a-000000000000")
-    assert code == EXIT_USAGE and "not in this workspace" in err
+    assert code == EXIT_FAILURE and "not in this workspace" in err
 
 
-def test_bad_arch_is_a_usage_error_without_traceback(capsys: pytest.CaptureFixture[str], assets_dir: Path) -> None:
+def test_bad_arch_is_bad_input_without_traceback(capsys: pytest.CaptureFixture[str], assets_dir: Path) -> None:
     code, _, err = run_cli(capsys, "arch", "show", '{"ks": [4], "e": [3], "d": [2], "r": 224}')
-    assert code == EXIT_USAGE and "d: expected 5 values, got 1" in err and "Traceback" not in err
+    assert code == EXIT_FAILURE and "d: expected 5 values, got 1" in err and "Traceback" not in err
     proxyless = assets_dir / "ofa_specialized" / "cpu_lat-10ms_top1-71.1_finetune-25"
     code, _, err = run_cli(capsys, "arch", "from-config", str(proxyless))
-    assert code == EXIT_USAGE and "ProxylessNAS" in err
+    assert code == EXIT_FAILURE and "ProxylessNAS" in err
 
 
 def test_console_script_is_installed() -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ofa2_edge.cli.main import main
-from ofa2_edge.core.errors import EXIT_FAILURE, EXIT_USAGE
+from ofa2_edge.core.errors import EXIT_FAILURE
 from ofa2_edge.space.arch import SearchSpace, archs_of
 from ofa2_edge.surrogates.lut import LutSurrogate
 
@@ -68,11 +68,11 @@ def test_search_end_to_end_then_runs(capsys: pytest.CaptureFixture[str], ws: Pat
 def test_resume_and_repeat_from_config(capsys: pytest.CaptureFixture[str], ws: Path) -> None:
     assert cli(capsys, ws, "search", "--objectives", "top1,macs", *SMALL, "-o", "runs/a", "--no-plot")[0] == 0
     code, _, err = cli(capsys, ws, "search", "--objectives", "top1,macs", *SMALL, "-o", "runs/a")
-    assert code == EXIT_USAGE and "already exists" in err
+    assert code == EXIT_FAILURE and "already exists" in err
     code, out, _ = cli(capsys, ws, "search", "--resume", "-o", "runs/a", "--json")
     assert code == 0 and json.loads(out)["state"] == "completed"
     code, _, err = cli(capsys, ws, "search", "--resume", "--seed", "5", "-o", "runs/a")
-    assert code == EXIT_USAGE and "settings differ from it: seed" in err
+    assert code == EXIT_FAILURE and "settings differ from it: seed" in err
     code, _, _ = cli(capsys, ws, "search", "--config", "runs/a/config.json", "-o", "runs/again", "--no-plot")
     assert code == 0
     assert (ws / "runs/a/front.json").read_text().replace('"run_id": "a"', "") == (ws / "runs/again/front.json").read_text().replace('"run_id": "again"', "")
@@ -99,13 +99,13 @@ def test_resume_and_repeat_from_config(capsys: pytest.CaptureFixture[str], ws: P
 )
 def test_bad_input_fails_before_any_work(capsys: pytest.CaptureFixture[str], ws: Path, args: list[str], message: str) -> None:
     code, _, err = cli(capsys, ws, "search", *args, "-o", "runs/bad")
-    assert code == EXIT_USAGE and message in err
+    assert code == EXIT_FAILURE and message in err
     assert not (ws / "runs" / "bad").exists()
 
 
 def test_infeasible_constraint_exits_with_the_reason(capsys: pytest.CaptureFixture[str], ws: Path) -> None:
     code, _, err = cli(capsys, ws, "search", "--objectives", "latency:note10,macs", "-c", "top1>=90", *SMALL, "-o", "runs/x", "--no-plot")
-    assert code == EXIT_USAGE and "no evaluated arch meets top1>=90" in err
+    assert code == EXIT_FAILURE and "no evaluated arch meets top1>=90" in err
     assert json.loads((ws / "runs" / "x" / "status.json").read_text())["state"] == "infeasible"
 
 
@@ -131,8 +131,7 @@ def test_fit_accuracy_then_search_with_it(capsys: pytest.CaptureFixture[str], ws
     config = json.loads((ws / "runs" / "mine" / "config.json").read_text())
     assert config["resolved"]["metrics"]["top1"]["source"]["kind"] == "fitted"
     code, _, err = cli(capsys, ws, "fit-accuracy", "missing.csv")
-    assert code == EXIT_USAGE and "cannot read as CSV" in err
-    assert EXIT_FAILURE != EXIT_USAGE
+    assert code == EXIT_FAILURE and "cannot read as CSV" in err
 
 
 def test_runs_show_an_interrupted_run(capsys: pytest.CaptureFixture[str], ws: Path) -> None:
@@ -152,9 +151,9 @@ def test_runs_show_an_interrupted_run(capsys: pytest.CaptureFixture[str], ws: Pa
     code, out, _ = cli(capsys, ws, "runs", "list", "--json")
     assert json.loads(out)[0]["state"] == "interrupted"
     code, _, err = cli(capsys, ws, "runs", "compare", "cut", "cut")
-    assert code == EXIT_USAGE and "has no front yet" in err
+    assert code == EXIT_FAILURE and "has no front yet" in err
     code, _, err = cli(capsys, ws, "runs", "show", "nope")
-    assert code == EXIT_USAGE and "no run 'nope'" in err
+    assert code == EXIT_FAILURE and "no run 'nope'" in err
 
 
 def test_refinement_options_reach_the_run_config(capsys: pytest.CaptureFixture[str], ws: Path) -> None:

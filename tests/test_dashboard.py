@@ -26,7 +26,7 @@ from records_factory import probe_report, record_for
 
 from device_agents.records import FailureKind, Protocol
 from ofa2_edge.cli.main import main
-from ofa2_edge.core.errors import EXIT_USAGE, InvalidInputError, SchemaError
+from ofa2_edge.core.errors import EXIT_FAILURE, InvalidInputError, SchemaError
 from ofa2_edge.core.workspace import Workspace
 from ofa2_edge.deploy.dashboard import build_data, embed_json, render_page
 from ofa2_edge.search.algorithms import default_algorithm
@@ -130,6 +130,13 @@ def test_blob_holds_the_front_predictions_and_measurements(ws: Path, front: list
     assert note10["n_measurements"] == 0 and not any(note10["measured"])  # an imported table: nothing measured
     got = {c["id"]: m["ms"] for c, m in zip(data["candidates"], edge2["measured"]) if m}
     assert got == {k: v for k, v in measured.items() if k in got} and len(got) == MEASURED  # the failed one is absent
+    # The header counts what the page marks, and says apart how many archs the table holds.
+    assert edge2["n_measurements"] == len(measured) > MEASURED
+    header = " ".join(render_page(data).split())
+    assert (
+        f"{MEASURED} of the {len(front)} candidates measured (marked), {len(measured)} archs measured in the table in all"
+        in header
+    )
     assert data["hypervolume"]["gen"] == list(range(1, 21)) and all(h > 0 for h in data["hypervolume"]["hv"])
     assert data["notes"] == [] and note10["notes"] == [] and edge2["notes"] == []
     # The 2-D front flags are the (top-1, latency) non-dominated rows of each device.
@@ -165,7 +172,7 @@ def test_bad_input_is_a_clear_error_and_leaves_no_html(
 ) -> None:
     out = tmp_path / "report.html"
     code, _, err = cli(capsys, ws, "dashboard", str(tmp_path), "-o", str(out))
-    assert code == EXIT_USAGE and "no run" in err and "not a run folder" in err and not out.exists()
+    assert code == EXIT_FAILURE and "no run" in err and "not a run folder" in err and not out.exists()
 
     run = copy_run(ws, tmp_path)
     front_path = run / "front.json"
@@ -185,9 +192,9 @@ def test_bad_input_is_a_clear_error_and_leaves_no_html(
     assert code != 0 and "says arch_id a-000000000000" in err and out.read_text() == "previous page"
     front_path.write_text(json.dumps(doc))
     code, _, err = cli(capsys, ws, "dashboard", str(run), "-o", str(tmp_path))
-    assert code == EXIT_USAGE and "is a folder" in err
+    assert code == EXIT_FAILURE and "is a folder" in err
     code, _, err = cli(capsys, ws, "dashboard", str(run), "-o", str(out), "--device", "nosuch")
-    assert code == EXIT_USAGE and "device nosuch" in err and out.read_text() == "previous page"
+    assert code == EXIT_FAILURE and "unknown device 'nosuch'" in err and out.read_text() == "previous page"
 
 
 def test_degrades_without_hv_table_or_predictor(ws: Path, tmp_path: Path, front: list[dict[str, Any]]) -> None:

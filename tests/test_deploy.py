@@ -17,7 +17,7 @@ from sshd import Sshd, make_sshd
 
 from device_agents.records import Protocol
 from ofa2_edge.cli.main import main
-from ofa2_edge.core.errors import EXIT_USAGE, SchemaError
+from ofa2_edge.core.errors import EXIT_FAILURE, SchemaError
 from ofa2_edge.deploy.bundle import check_bundle, read_manifest
 from ofa2_edge.space.arch import SearchSpace
 from ofa2_edge.supernet import Supernet
@@ -61,9 +61,15 @@ def test_select_filters_ranks_and_explains(workspace: Path, capsys: pytest.Captu
     assert main([*ws, "select", "demo", "--device", "note10", "--max-latency", "30", "--safe", "0.9", "--json"]) == 0
     safe = json.loads(capsys.readouterr().out)["candidates"]
     assert all(c["limit_latency_ms"] >= c["latency_ms"] and c["limit_latency_ms"] <= 30 for c in safe)
-    assert main([*ws, "select", "demo", "--device", "note10", "--max-latency", "1"]) == EXIT_USAGE
+    assert main([*ws, "select", "demo", "--device", "note10", "--max-latency", "1"]) == EXIT_FAILURE
     err = capsys.readouterr().err
     assert "no candidate meets latency <= 1 ms" in err and "the fastest candidate needs" in err
+    # --json still prints its document (no candidates, the reason) and keeps the exit code
+    assert main([*ws, "select", "demo", "--device", "note10", "--max-latency", "1", "--json"]) == EXIT_FAILURE
+    captured = capsys.readouterr()
+    empty = json.loads(captured.out)
+    assert empty["candidates"] == [] and "the fastest candidate needs" in empty["reason"]
+    assert empty["limits"]["max_latency_ms"] == 1 and "no candidate meets" in captured.err
 
 
 def test_bundle_check_tamper_and_verify_locally(
@@ -84,6 +90,8 @@ def test_bundle_check_tamper_and_verify_locally(
     assert manifest["latency"]["measured"]["device_fingerprint"] == probe_report().fingerprint
     assert manifest["input"]["shape"] == [1, 3, manifest["arch"]["r"], manifest["arch"]["r"]]
     assert {f["name"] for f in manifest["files"]} == {"model.onnx"}
+    assert manifest["run"] == {"id": "demo", "path": "runs/demo"}  # no path of this host
+    assert str(workspace) not in (folder / "manifest.json").read_text()
     import onnx
 
     props = {p.key: p.value for p in onnx.load(str(folder / "model.onnx")).metadata_props}
@@ -220,16 +228,16 @@ def test_bundle_with_real_weights_and_bn_recalibration(
             str(tmp_path / "c"),
         ]
     )
-    assert code == EXIT_USAGE and "2 labels, but the model has 1000 classes" in capsys.readouterr().err
+    assert code == EXIT_FAILURE and "2 labels, but the model has 1000 classes" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()  # refused before anything was exported or written
 
 
 def test_bundle_refusals(workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ws = ["-W", str(workspace)]
-    assert main([*ws, "bundle", "demo", "--device", "local", "--pick", "a-000000000000"]) == EXIT_USAGE
+    assert main([*ws, "bundle", "demo", "--device", "local", "--pick", "a-000000000000"]) == EXIT_FAILURE
     assert "not on the front" in capsys.readouterr().err
-    assert main([*ws, "bundle", "demo", "--device", "local", "--calib-images", str(tmp_path)]) == EXIT_USAGE
+    assert main([*ws, "bundle", "demo", "--device", "local", "--calib-images", str(tmp_path)]) == EXIT_FAILURE
     assert "--supernet" in capsys.readouterr().err
-    assert main([*ws, "bundle", "nope", "--device", "local"]) == EXIT_USAGE
-    assert main([*ws, "select", "demo", "--device", "ghost"]) == EXIT_USAGE
+    assert main([*ws, "bundle", "nope", "--device", "local"]) == EXIT_FAILURE
+    assert main([*ws, "select", "demo", "--device", "ghost"]) == EXIT_FAILURE
     assert "ofa2-edge calibrate --device ghost" in capsys.readouterr().err

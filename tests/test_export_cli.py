@@ -14,7 +14,7 @@ from conftest import skip_or_fail
 from exporters import TensorRTBuildSpec, onnx_export, random_supernet, read_sidecar, records, trtexec_argv
 from exporters.onnx_export import read_onnx_metadata
 from ofa2_edge.cli.main import main
-from ofa2_edge.core.errors import EXIT_FAILURE, EXIT_USAGE
+from ofa2_edge.core.errors import EXIT_FAILURE
 from ofa2_edge.space.arch import SearchSpace
 
 MIN = SearchSpace().smallest()
@@ -80,7 +80,7 @@ def test_tensorrt_spec_ships_the_int8_calibration_cache(capsys: pytest.CaptureFi
     )
     fp16 = ["export", "min", "-f", "tensorrt-spec", "--precision", "fp16", "--trt-calib-cache", str(calib)]
     code, _, err = run_cli(capsys, *fp16, "-o", str(out_dir / "b.json"))
-    assert code == EXIT_USAGE and "applies to --precision int8 only" in err and not (out_dir / "b.json").exists()
+    assert code == EXIT_FAILURE and "applies to --precision int8 only" in err and not (out_dir / "b.json").exists()
 
 
 def test_checkpoint_weights(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -97,13 +97,13 @@ def test_checkpoint_weights(capsys: pytest.CaptureFixture[str], tmp_path: Path) 
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (['{"ks": [4], "e": [3], "d": [2], "r": 224}'], EXIT_USAGE, "d: expected 5 values"),
-        (["min", "--format", "coreml"], EXIT_USAGE, "--format 'coreml' is not supported"),
+        (['{"ks": [4], "e": [3], "d": [2], "r": 224}'], EXIT_FAILURE, "d: expected 5 values"),
+        (["min", "--format", "coreml"], EXIT_FAILURE, "--format 'coreml' is not supported"),
         (["min", "--supernet", "{tmp}/missing.pth"], EXIT_FAILURE, "not found"),
         (["min", "--supernet", "{tmp}/garbage.pth"], EXIT_FAILURE, "not a torch checkpoint"),
-        (["min", "--calib-images", "{tmp}"], EXIT_USAGE, "tflite-int8 only"),
-        (["min", "--precision", "fp32"], EXIT_USAGE, "tensorrt-spec only"),
-        (["min", "-f", "tensorrt-spec", "--precision", "int4"], EXIT_USAGE, "--precision 'int4'"),
+        (["min", "--calib-images", "{tmp}"], EXIT_FAILURE, "tflite-int8 only"),
+        (["min", "--precision", "fp32"], EXIT_FAILURE, "tensorrt-spec only"),
+        (["min", "-f", "tensorrt-spec", "--precision", "int4"], EXIT_FAILURE, "--precision 'int4'"),
     ],
     ids=[
         "invalid-arch",
@@ -146,7 +146,7 @@ def test_unwritable_output_is_refused_before_exporting(
     before = _files(tmp_path)
     fmt = "tensorrt-spec" if output == "spec.onnx" else "onnx"
     code, _, err = run_cli(capsys, "export", "min", "-f", fmt, "-o", str(tmp_path / output))
-    assert code == EXIT_USAGE and message in err
+    assert code == EXIT_FAILURE and message in err
     assert _files(tmp_path) == before
 
 
@@ -164,7 +164,7 @@ def test_read_only_output_folder(capsys: pytest.CaptureFixture[str], tmp_path: P
             probe.unlink()
             pytest.skip("running as root: permission bits do not stop writes here")
         code, _, err = run_cli(capsys, "export", "min", "-o", str(folder / "m.onnx"))
-        assert code == EXIT_USAGE and "cannot write" in err and _files(folder) == []
+        assert code == EXIT_FAILURE and "cannot write" in err and _files(folder) == []
     finally:
         folder.chmod(0o700)
 

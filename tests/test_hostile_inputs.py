@@ -20,7 +20,7 @@ from sshd import Sshd, make_sshd
 
 from device_agents.records import Protocol
 from ofa2_edge.cli.main import main
-from ofa2_edge.core.errors import EXIT_USAGE, InvalidArchError, InvalidInputError, SchemaError
+from ofa2_edge.core.errors import EXIT_FAILURE, InvalidArchError, InvalidInputError, SchemaError
 from ofa2_edge.devices.connect import transport_for
 from ofa2_edge.devices.inventory import Device, Inventory
 from ofa2_edge.space.arch import Arch, SearchSpace
@@ -129,7 +129,7 @@ def test_hostile_arch_json_is_a_usage_error(
     with pytest.raises(InvalidArchError, match=re.escape(message)):
         resolve_arch(str(path))
     capsys.readouterr()
-    assert main(["-W", str(tmp_path), "arch", "show", str(path)]) == EXIT_USAGE
+    assert main(["-W", str(tmp_path), "arch", "show", str(path)]) == EXIT_FAILURE
     assert "error:" in capsys.readouterr().err
 
 
@@ -166,7 +166,7 @@ def test_predict_refuses_a_resolution_outside_the_space_and_warns_outside_the_ta
     fitted_table(ws)
     args = ["-W", str(ws), "predict", "--device", "pi", "--json"]
     capsys.readouterr()
-    assert main([*args, json.dumps({**Arch.largest(224).to_dict(), "r": 999})]) == EXIT_USAGE
+    assert main([*args, json.dumps({**Arch.largest(224).to_dict(), "r": 999})]) == EXIT_FAILURE
     captured = capsys.readouterr()
     assert "resolution 999 px is outside" in captured.err and "160, 176, 192, 208, 224" in captured.err
     assert captured.out == ""

@@ -94,7 +94,7 @@ def test_objective_lists() -> None:
     [
         (["top1", "flops"], [], "unknown objective 'flops'"),
         (["top1", "latency"], [], "names its device"),
-        (["top1", "latency:rpi4"], [], r"unknown device 'rpi4'.*calibrate.*devices with a fitted latency predictor here: note10"),
+        (["top1", "latency:rpi4"], [], r"unknown device 'rpi4'.*known devices: note10.*devices add rpi4.*calibrate --device rpi4"),
         (["top1", "macs"], ["latency:rpi4<=80"], "unknown device 'rpi4'"),
         (["top1", "latency:bad/key"], [], "a device key is"),
         (["top1", "macs"], ["latency:note10<=5"], r"cannot be met: the smallest arch .* 9.89 ms"),

@@ -152,7 +152,7 @@ def test_inventory_roundtrip_and_validation(tmp_path: Path) -> None:
     assert again.get("rpi4-livingroom").threads == 4 and again.get("local").transport == "local"
     with pytest.raises(InvalidInputError, match="already exists"):
         again.add(Device(key="rpi4-livingroom", transport="ssh", host="x"))
-    with pytest.raises(InvalidInputError, match="unknown device 'nope'; known: local, rpi4-livingroom"):
+    with pytest.raises(InvalidInputError, match=r"unknown device 'nope' \(not in devices.yaml\); known devices: local, rpi4-livingroom"):
         again.get("nope")
     for bad, msg in (
         ({"key": "Bad Key"}, "must be lowercase"),
@@ -172,13 +172,13 @@ def test_devices_cli_add_list_remove(tmp_path: Path, capsys: pytest.CaptureFixtu
 
     ws = ["-W", str(tmp_path)]
     assert main([*ws, "devices", "add", "jetson-nano", "--host", "10.1.2.3", "--user", "nvidia", "--runtime", "tensorrt"]) == 0
-    assert main([*ws, "devices", "add", "jetson-nano", "--host", "10.1.2.4"]) == 2  # exists: usage error
+    assert main([*ws, "devices", "add", "jetson-nano", "--host", "10.1.2.4"]) == 1  # exists: bad input
     capsys.readouterr()
     assert main([*ws, "devices", "list", "--json"]) == 0
     listed = {d["key"]: d for d in json.loads(capsys.readouterr().out)}
     assert listed["jetson-nano"]["runtime"] == "tensorrt" and "local" in listed
     assert main([*ws, "devices", "remove", "jetson-nano"]) == 0
-    assert main([*ws, "devices", "remove", "jetson-nano"]) == 2
+    assert main([*ws, "devices", "remove", "jetson-nano"]) == 1  # not there: bad input
 
 
 # --------------------------------------------------------------------------- the user's folders

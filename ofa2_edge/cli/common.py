@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +38,45 @@ def state(ctx: typer.Context) -> CliState:
         obj = CliState(workspace=Workspace.resolve())
         ctx.find_root().obj = obj
     return obj
+
+
+def command_name() -> str:
+    """How the user can call this CLI again, for the hints we print (`ofa2-edge ...`).
+
+    `ofa2-edge` when that name on $PATH is the running executable; else the executable's
+    path (relative to the current folder when inside it, e.g. `.venv/bin/ofa2-edge` after
+    `make run`), or `PYTHON -m ofa2_edge` when run that way with no script beside Python.
+    Embedded in another program (tests, a notebook), the plain name.
+    """
+    argv0 = sys.argv[0] if sys.argv else ""
+    if not argv0:
+        return "ofa2-edge"
+    exe = Path(argv0)
+    if exe.name == "__main__.py" and exe.parent.name == "ofa2_edge":  # python -m ofa2_edge
+        exe = Path(sys.executable).parent / "ofa2-edge"
+        if not exe.is_file():
+            return f"{_short_path(Path(sys.executable))} -m ofa2_edge"
+    elif exe.name != "ofa2-edge":
+        return "ofa2-edge"
+    found = shutil.which("ofa2-edge")
+    if found and os.path.realpath(found) == os.path.realpath(exe):
+        return "ofa2-edge"
+    return _short_path(exe)
+
+
+def _short_path(path: Path) -> str:
+    full, cwd = Path(os.path.abspath(path)), Path.cwd()
+    inside = full.is_relative_to(cwd) and cwd != Path(cwd.anchor)
+    text = str(full.relative_to(cwd)) if inside else str(full)
+    if os.sep not in text:  # a bare name would be looked up on $PATH, not here
+        text = os.path.join(".", text)
+    return shlex.quote(text)
+
+
+def with_command_name(text: str) -> str:
+    """`text` with every quoted hint "`ofa2-edge ..." naming a command that works here."""
+    name = command_name()
+    return text if name == "ofa2-edge" else text.replace("`ofa2-edge ", f"`{name} ")
 
 
 def emit_json(doc: Any) -> None:

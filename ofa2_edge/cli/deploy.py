@@ -20,7 +20,8 @@ from ofa2_edge.cli.common import (
     out_console,
     state,
 )
-from ofa2_edge.cli.devices import load_inventory
+from ofa2_edge.cli.devices import load_inventory, require_known_device
+from ofa2_edge.cli.runs import resolve_run
 from ofa2_edge.core.errors import InvalidInputError
 
 
@@ -61,12 +62,13 @@ def select(
     from ofa2_edge.deploy.select import select as choose
     from ofa2_edge.workflows.ship import priced_front
 
-    folder, cands = priced_front(state(ctx).workspace, run, device, safe)
+    ws = state(ctx).workspace
+    require_known_device(ctx, device)
+    folder, cands = priced_front(ws, resolve_run(run, ws).path, device, safe)
     limits = Limits(max_latency, min_top1, max_macs)
     chosen = choose(cands, limits, top)
-    if not chosen:
-        raise InvalidInputError(nearest_tradeoffs(cands, limits, safe))
-    if as_json:
+    reason = None if chosen else nearest_tradeoffs(cands, limits, safe)
+    if as_json:  # a document even when nothing passes: scripts read `candidates` and `reason`
         emit_json(
             {
                 "run": folder.run_id,
@@ -74,8 +76,12 @@ def select(
                 "limits": limits.__dict__,
                 "safe": safe,
                 "candidates": [c.to_dict() for c in chosen],
+                "reason": reason,
             }
         )
+    if reason is not None:
+        raise InvalidInputError(reason)
+    if as_json:
         return
     table = Table(title=f"{folder.run_id} on {device}: {limits.describe(safe)}")
     table.add_column("arch id", no_wrap=True)
@@ -109,7 +115,12 @@ def build(
         None, "--format", "-f", help="onnx, tflite or tflite-int8 (default: the device's)."
     ),
     precision: str = typer.Option("fp16", "--precision", help="TensorRT devices: fp32, fp16 or int8."),
-    supernet: Optional[Path] = typer.Option(None, "--supernet", help="OFA supernet checkpoint (real weights)."),
+    supernet: Optional[Path] = typer.Option(
+        None,
+        "--supernet",
+        help="OFA supernet checkpoint (real weights): a path, or ofa_mbv3_d234_e346_k357_w1.2 after "
+        "`assets fetch --supernet`.",
+    ),
     calib_images: Optional[Path] = typer.Option(
         None, "--calib-images", help="Image folder to recalibrate BN statistics."
     ),
@@ -124,11 +135,13 @@ def build(
 ) -> None:
     """Build a bundle (model, manifest.json, SHA256SUMS, .tar.gz) for one pick of a run."""
     from ofa2_edge.deploy.select import Limits
+    from ofa2_edge.supernet.checkpoint import find_checkpoint
     from ofa2_edge.workflows.ship import choose, priced_front, ship
 
     st = state(ctx)
+    require_known_device(ctx, device_key)
     device = load_inventory(ctx).get(device_key)
-    folder, cands = priced_front(st.workspace, run, device.key, safe)
+    folder, cands = priced_front(st.workspace, resolve_run(run, st.workspace).path, device.key, safe)
     chosen = choose(cands, folder, device.key, pick, Limits(max_latency, min_top1, max_macs), safe)
     out_root = output if output.is_absolute() else st.workspace.root / output
     shipped = ship(
@@ -141,7 +154,7 @@ def build(
         trust_on_first_use=trust_on_first_use,
         fmt=fmt,
         precision=precision,
-        supernet=supernet,
+        supernet=find_checkpoint(supernet, st.assets_dir) if supernet is not None else None,
         calib_images=calib_images,
         calib_max=calib_max,
         labels=labels,

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from ofa2_edge.cli.common import JSON_OPTION, emit_json, err_console, out_console, state
 from ofa2_edge.core.errors import InvalidInputError
+from ofa2_edge.core.workspace import unknown_device
 from ofa2_edge.devices.inventory import LOCAL_KEY, Device, Inventory
 
 app = typer.Typer(help="Add, list, remove and probe devices.", no_args_is_help=True)
@@ -17,6 +18,20 @@ app = typer.Typer(help="Add, list, remove and probe devices.", no_args_is_help=T
 
 def load_inventory(ctx: typer.Context) -> Inventory:
     return Inventory.load(state(ctx).workspace.inventory_path)
+
+
+def require_known_device(ctx: typer.Context, key: str) -> None:
+    """Refuse a device key with neither a latency table nor an entry in devices.yaml (a typo,
+    most often), naming the known ones and the closest before suggesting a new board."""
+    from ofa2_edge.tables.device import DeviceTable
+
+    ws = state(ctx).workspace
+    tables = {t.key for t in DeviceTable.all(ws.tables_dir)}
+    if key in tables:
+        return
+    devices = {d.key for d in load_inventory(ctx).all()}
+    if key not in devices:
+        raise InvalidInputError(unknown_device(key, tables | devices, "not in devices.yaml, no latency table"))
 
 
 @app.command()

@@ -84,7 +84,10 @@ def export(
         ..., "--output", "-o", help="Model file to write (.onnx / .tflite; .json for tensorrt-spec)."
     ),
     supernet: Path | None = typer.Option(
-        None, "--supernet", help="OFA supernet checkpoint (default: seeded random weights, for latency work only)."
+        None,
+        "--supernet",
+        help="OFA supernet checkpoint: a path, or ofa_mbv3_d234_e346_k357_w1.2 after `assets fetch --supernet` "
+        "(default: seeded random weights, for latency work only).",
     ),
     calib_images: Path | None = typer.Option(
         None, "--calib-images", help="tflite-int8: image folder for the representative set (default: seeded noise)."
@@ -129,8 +132,9 @@ def export(
     net = None
     if supernet is not None:
         from ofa2_edge.supernet import load_supernet
+        from ofa2_edge.supernet.checkpoint import find_checkpoint
 
-        net = load_supernet(supernet, width_mult=target.w)
+        net = load_supernet(find_checkpoint(supernet, state(ctx).assets_dir), width_mult=target.w)
     representative = RepresentativeSet.from_folder(calib_images, calib_samples) if calib_images else None
     if representative is None and fmt == "tflite-int8":
         representative = RepresentativeSet(samples=calib_samples)

@@ -21,7 +21,7 @@ from ofa2_edge.cli.common import (
     out_console,
     state,
 )
-from ofa2_edge.cli.devices import load_inventory
+from ofa2_edge.cli.devices import load_inventory, require_known_device
 from ofa2_edge.core.errors import EXIT_MEASUREMENT, EXIT_UNREACHABLE, InvalidInputError
 from ofa2_edge.space.arch import DEFAULT_RESOLUTIONS, SearchSpace
 from ofa2_edge.space.archref import resolve_arch
@@ -247,6 +247,7 @@ def predict(
     from ofa2_edge.workflows.predict import predict_latency
 
     st = state(ctx)
+    require_known_device(ctx, device_key)
     resolved = [resolve_arch(a, st.workspace) for a in archs]
     prediction = predict_latency(st.workspace, device_key, resolved, coverage)
     for warning in prediction.warnings:
@@ -265,6 +266,19 @@ def predict(
 
 
 # ---------------------------------------------------------------------------- tables
+def _existing_table(ctx: typer.Context, key: str) -> Any:
+    """Device `key`'s table; unknown: the tables there are and the closest key."""
+    from ofa2_edge.core.workspace import unknown_device
+    from ofa2_edge.tables.device import DeviceTable
+
+    ws = state(ctx).workspace
+    tables = DeviceTable.all(ws.tables_dir)
+    for table in tables:
+        if table.key == key:
+            return table
+    raise InvalidInputError(unknown_device(key, [t.key for t in tables], f"no latency table in {ws.tables_dir}"))
+
+
 @tables_app.command("list")
 def tables_list(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
     """Every device table in the workspace, with its predictor's held-out accuracy."""
@@ -293,12 +307,10 @@ def tables_list(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
 @tables_app.command("show")
 def tables_show(ctx: typer.Context, key: str = typer.Argument(...), as_json: bool = JSON_OPTION) -> None:
     """One table: the device it belongs to, its measurements and its predictor's report."""
+    from ofa2_edge.cli.common import command_name
     from ofa2_edge.surrogates.select import format_report
-    from ofa2_edge.tables.device import DeviceTable
 
-    table = DeviceTable.of(state(ctx).workspace, key)
-    if not table.exists():
-        raise InvalidInputError(f"no latency table for {key}")
+    table = _existing_table(ctx, key)
     summary = table.summary()
     model = table.surrogate()
     report = model.report if model is not None else None
@@ -313,7 +325,7 @@ def tables_show(ctx: typer.Context, key: str = typer.Argument(...), as_json: boo
         f"records    {summary['ok']} measured ({summary['flagged']} flagged), {summary['failed']} failed",
         f"blocks     {summary['block_layers_measured']} layers measured; lookup tables for "
         f"{', '.join(map(str, summary['block_tables'])) or 'no resolution'}",
-        f"predictor  {s.get('kind') or 'none (run `ofa2-edge fit --device ' + key + '`)'}",
+        f"predictor  {s.get('kind') or f'none (run `{command_name()} fit --device {key}`)'}",
     ]
     out_console.print("\n".join(lines), highlight=False, markup=False)
     if report and report.get("held_out"):
@@ -329,10 +341,9 @@ def tables_export(
     ),
 ) -> None:
     """Write a table as CSV, or pack it (to bring it back from the field)."""
-    from ofa2_edge.tables.device import DeviceTable
     from ofa2_edge.tables.transfer import export_table
 
-    export_table(DeviceTable.of(state(ctx).workspace, key), output)
+    export_table(_existing_table(ctx, key), output)
     err_console.print(f"wrote {output}")
 
 

@@ -15,7 +15,7 @@ from ofa2_edge import __version__
 from ofa2_edge.cli import arch, assets, deploy, devices, export, latency, measure, run, runs
 from ofa2_edge.cli import dashboard as dashboard_cli
 from ofa2_edge.cli import search as search_cli
-from ofa2_edge.cli.common import CliState, err_console
+from ofa2_edge.cli.common import CliState, err_console, with_command_name
 from ofa2_edge.core.errors import EXIT_FAILURE, Ofa2EdgeError
 from ofa2_edge.core.workspace import Workspace
 
@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         command(args=argv, prog_name="ofa2-edge")
     except Ofa2EdgeError as exc:
-        err_console.print(Text("error: ", style="bold red") + Text(str(exc)), highlight=False, soft_wrap=True)
+        message = with_command_name(str(exc))  # its hints name a command that works here
+        err_console.print(Text("error: ", style="bold red") + Text(message), highlight=False, soft_wrap=True)
         return exc.exit_code
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_FAILURE)

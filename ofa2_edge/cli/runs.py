@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich import box
 from rich.table import Table
 
-from ofa2_edge.cli.common import JSON_OPTION, emit_json, out_console, state
+from ofa2_edge.cli.common import JSON_OPTION, command_name, emit_json, out_console, state
 from ofa2_edge.core.errors import InvalidInputError
 from ofa2_edge.core.workspace import Workspace
 from ofa2_edge.search.compare import compare_runs
@@ -18,8 +19,8 @@ app = typer.Typer(help="List, inspect and compare search runs.", no_args_is_help
 
 
 def resolve_run(text: str, workspace: Workspace) -> RunFolder:
-    """A run folder path, or a run id under the workspace's runs/."""
-    for candidate in (Path(text), workspace.runs_dir / text):
+    """A run folder path (from the current folder or the workspace), or a run id under the workspace's runs/."""
+    for candidate in dict.fromkeys((Path(text), workspace.root / text, workspace.runs_dir / text)):
         run = RunFolder(candidate)
         if run.exists():
             return run
@@ -53,14 +54,25 @@ def list_(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
     if as_json:
         emit_json(runs)
         return
-    table = Table("run", "state", "algorithm", "objectives", "constraints", "gens", "front", "HV")
-    for r in runs:
-        hv = "" if r["hv"] is None else f"{r['hv']:.2f}"
-        table.add_row(
-            r["run_id"], r["state"], r["algorithm"], ",".join(r["objectives"]), ",".join(r["constraints"]),
-            f"{r['gen']}/{r['n_gen']}", str(r["front_size"] or ""), hv,
-        )  # fmt: skip
-    out_console.print(table if runs else "no runs yet: start one with `ofa2-edge search`")
+    # Nothing is cut, run ids least of all (every other command takes them): the short
+    # columns keep their full width, the search settings wrap onto more lines.
+    rows = [
+        (
+            r["run_id"], r["state"] or "", f"{r['gen']}/{r['n_gen']}", str(r["front_size"] or ""),
+            "" if r["hv"] is None else f"{r['hv']:.2f}",
+            f"{r['algorithm']}: {', '.join(r['objectives'])}"
+            + (f"; {', '.join(r['constraints'])}" if r["constraints"] else ""),
+        )
+        for r in runs
+    ]  # fmt: skip
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for i, name in enumerate(("run", "state", "gens", "front", "HV")):
+        width = max(len(name), *(len(row[i]) for row in rows)) if rows else len(name)
+        table.add_column(name, no_wrap=True, min_width=width, justify="right" if i > 1 else "left")
+    table.add_column("search", overflow="fold", ratio=1, min_width=12)
+    for row in rows:
+        table.add_row(*row)
+    out_console.print(table if runs else f"no runs yet: start one with `{command_name()} search`")
 
 
 @app.command()

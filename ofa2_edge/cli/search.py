@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ofa2_edge.cli.common import JSON_OPTION, emit_json, err_console, out_console, state
+from ofa2_edge.cli.common import JSON_OPTION, command_name, emit_json, err_console, out_console, state
 from ofa2_edge.core.errors import InvalidInputError
 from ofa2_edge.search import runstore as rs
 from ofa2_edge.search.algorithms import ALGORITHMS, AUTO, DEDUPES, MUTATIONS, REFINE_ANCHORS, SAMPLINGS, OperatorConfig
@@ -214,5 +214,5 @@ def fit_accuracy(
     table.add_row("model", f"{report['model']} (chosen by {report['cv_folds']}-fold CV: " + ", ".join(f"{k} RMSE {v['rmse_pct']:.3f}" for k, v in report["cv"].items()) + ")")
     table.add_row("pairs", f"{report['n_pairs']} ({report['n_train']} train, {report['n_test']} held out)")
     table.add_row("held-out", f"RMSE {h['rmse_pct']:.3f} pt, MAE {h['mae_pct']:.3f} pt, Spearman {h['spearman']:.3f}, R² {h['r2']:.3f}")
-    table.add_row("saved", f"{path}  (use: ofa2-edge search --accuracy {path} ...)")
+    table.add_row("saved", f"{path}  (use: {command_name()} search --accuracy {path} ...)")
     out_console.print(table)

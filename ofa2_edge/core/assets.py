@@ -108,28 +108,39 @@ def _known(relpath: str) -> Asset | None:
     return next((a for a in (*OFFICIAL_ASSETS, SUPERNET_W12) if a.relpath == relpath), None)
 
 
+def _locate(rel: str, assets_dir: str | Path | None, corrupt: list[str]) -> Path | None:
+    """The first verified copy of `rel` in the searched folders; damaged copies go to `corrupt`."""
+    asset = _known(rel)
+    for _, folder in search_dirs(assets_dir):
+        if folder is None or not (folder / rel).is_file():
+            continue
+        path = folder / rel
+        st = path.stat()
+        if asset and asset.sha256 and not _verified(str(path), st.st_size, st.st_mtime_ns, asset.sha256):
+            corrupt.append(f"{path} (sha256 differs from the official file)")
+            continue
+        return path
+    return None
+
+
 def find_assets(relpaths: Sequence[str], assets_dir: str | Path | None = None) -> dict[str, Path]:
     """Locate each file (verified against its pinned hash); one error lists all that are missing."""
     found: dict[str, Path] = {}
     corrupt: list[str] = []
     for rel in relpaths:
-        asset = _known(rel)
-        for _, folder in search_dirs(assets_dir):
-            if folder is None or not (folder / rel).is_file():
-                continue
-            path = folder / rel
-            st = path.stat()
-            if asset and asset.sha256 and not _verified(str(path), st.st_size, st.st_mtime_ns, asset.sha256):
-                corrupt.append(f"{path} (sha256 differs from the official file)")
-                continue
+        path = _locate(rel, assets_dir, corrupt)
+        if path is not None:
             found[rel] = path
-            break
     missing = [rel for rel in relpaths if rel not in found]
     if missing:
         looked = "; ".join(f"{label}: {folder if folder else '(not set)'}" for label, folder in search_dirs(assets_dir))
         problems = f" Damaged copies ignored: {', '.join(corrupt)}." if corrupt else ""
+        # The next step would stop on the others (the accuracy predictor after minutes of
+        # calibration): name every official file missing, so that one fetch supplies them all.
+        others = [a.relpath for a in OFFICIAL_ASSETS if a.relpath not in relpaths and not _locate(a.relpath, assets_dir, [])]
+        also = f" Also missing (needed by later steps): {', '.join(others)}." if others else ""
         raise AssetError(
-            f"missing official OFA asset(s): {', '.join(missing)}. Looked in {looked}.{problems} "
+            f"missing official OFA asset(s): {', '.join(missing)}.{also} Looked in {looked}.{problems} "
             "Supply them either with `ofa2-edge assets fetch` (needs internet), or by pointing --assets DIR "
             "or $OFA2_EDGE_ASSETS at a folder that holds them."
         )

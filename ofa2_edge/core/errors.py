@@ -21,9 +21,13 @@ class Ofa2EdgeError(Exception):
 
 
 class InvalidInputError(Ofa2EdgeError, ValueError):
-    """Bad user input: an arch outside the space, a malformed option or file."""
+    """Bad user input: an arch outside the space, a malformed option or file.
 
-    exit_code = EXIT_USAGE
+    Exits 1 like any failed check; 2 is left to the usage errors Typer itself reports
+    (an unknown option, a missing argument, a value of the wrong type).
+    """
+
+    exit_code = EXIT_FAILURE
 
 
 class InvalidArchError(InvalidInputError):

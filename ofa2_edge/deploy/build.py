@@ -64,6 +64,17 @@ def _device_facts(device: Device, workspace: Workspace, runtime: str) -> dict[st
     }
 
 
+def _run_ref(run: RunFolder, workspace: Workspace) -> dict[str, str]:
+    """The run that chose the pick: its id, and its folder relative to the workspace (a
+    manifest travels to devices and other teams, so it holds no path of this host)."""
+    ref = {"id": run.run_id}
+    try:
+        ref["path"] = run.path.resolve().relative_to(workspace.root).as_posix()
+    except ValueError:  # a run outside the workspace: the id alone
+        pass
+    return ref
+
+
 def make_bundle(
     chosen: Candidate,
     run: RunFolder,
@@ -121,7 +132,7 @@ def make_bundle(
             },
             **({"predictor_quality": quality} if quality is not None else {}),
         },
-        run={"id": run.run_id, "path": str(run.path)},
+        run=_run_ref(run, workspace),
     )
     folder = build_bundle(out_root, model, facts, tensorrt=tensorrt, labels=label_lines)
     return BuiltBundle(folder, read_manifest(folder))

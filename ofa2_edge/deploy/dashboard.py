@@ -35,7 +35,7 @@ import numpy as np
 from ofa2_edge import __version__
 from ofa2_edge.core.errors import InvalidInputError, Ofa2EdgeError, SchemaError
 from ofa2_edge.core.persist import atomic_write_text, sha256_file
-from ofa2_edge.core.workspace import Workspace
+from ofa2_edge.core.workspace import Workspace, unknown_device
 from ofa2_edge.search import runstore as rs
 from ofa2_edge.search.indicators import nondominated
 from ofa2_edge.space.arch import Arch
@@ -210,7 +210,7 @@ def _predictor(table: DeviceTable, notes: list[str]) -> LatencySurrogate | None:
 
 def _measured(table: DeviceTable, archs: list[Arch], notes: list[str]) -> tuple[list[dict[str, Any] | None], int]:
     """The latest successful measurement of each arch on the device (None where there is none),
-    and how many archs the table has measured."""
+    and how many distinct archs the table has measured (most of them not on this front)."""
     try:
         _, _, records = table.dataset()
     except Ofa2EdgeError as exc:
@@ -231,7 +231,7 @@ def _measured(table: DeviceTable, archs: list[Arch], notes: list[str]) -> tuple[
                 "flags": [getattr(f, "value", str(f)) for f in r.flags],
             }
         )
-    return out, len(records)
+    return out, len(by_id)
 
 
 def _device_view(
@@ -266,6 +266,9 @@ def _device_view(
         "notes": notes,
     }
     table = _table_for(key, workspace, config)
+    if table is None and not in_run:  # a typo, most often
+        tables = [t.key for t in DeviceTable.all(workspace.tables_dir)]
+        raise InvalidInputError(unknown_device(key, [*run_devices(config), *tables], "not in the run, no latency table"))
     if table is None:
         notes.append(
             f"No latency table for {key} in {workspace.tables_dir} (nor where the run read it): "
@@ -450,10 +453,14 @@ def _header_html(data: dict[str, Any]) -> str:
         if sur:
             same = "the one the search used" if sur["same_as_run"] else "changed since the search"
             pred = f"predictor {sur['kind']} {sur['path']} ({same})"
+        # What the page marks is the candidates measured; the table's other archs (its
+        # calibration design) are said apart, so the count matches the marks.
+        marked = sum(m is not None for m in dev["measured"])
         facts.append(
             (
                 f"device {dev['key']}",
-                f"table {dev['table'] or 'not found'}; {pred}; {dev['n_measurements']} measured archs",
+                f"table {dev['table'] or 'not found'}; {pred}; {marked} of the {len(dev['measured'])} candidates "
+                f"measured (marked), {dev['n_measurements']} archs measured in the table in all",
             )
         )
     hv = data["hypervolume"]

@@ -17,7 +17,7 @@ import yaml
 
 from ofa2_edge.core.errors import InvalidInputError, SchemaError
 from ofa2_edge.core.persist import atomic_write_text
-from ofa2_edge.core.workspace import DEVICE_KEY_PATTERN
+from ofa2_edge.core.workspace import DEVICE_KEY_PATTERN, unknown_device
 from ofa2_edge.devices.runtimes import runtime_names
 
 INVENTORY_SCHEMA = "ofa2-edge/devices"
@@ -215,8 +215,7 @@ class Inventory:
             return self.devices[key]
         if key == LOCAL_KEY:
             return LOCAL_DEVICE
-        known = ", ".join(sorted({LOCAL_KEY, *self.devices}))
-        raise InvalidInputError(f"unknown device {key!r}; known: {known} (add one with `ofa2-edge devices add`)")
+        raise InvalidInputError(unknown_device(key, {LOCAL_KEY, *self.devices}, f"not in {self.path.name}"))
 
     def all(self) -> list[Device]:
         return [self.get(LOCAL_KEY), *(d for k, d in sorted(self.devices.items()) if k != LOCAL_KEY)]

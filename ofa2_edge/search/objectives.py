@@ -29,7 +29,7 @@ import numpy as np
 
 from ofa2_edge.core.errors import InvalidInputError, Ofa2EdgeError
 from ofa2_edge.core.persist import sha256_file
-from ofa2_edge.core.workspace import DEVICE_KEY_PATTERN, Workspace
+from ofa2_edge.core.workspace import DEVICE_KEY_PATTERN, Workspace, unknown_device
 from ofa2_edge.space import costs
 from ofa2_edge.space.arch import SearchSpace, genomes_of
 from ofa2_edge.tables.device import DeviceTable
@@ -199,11 +199,11 @@ def _device_metric(q: Quantity) -> None:
             known = ctx.known_devices(q.name)
             have = (f"devices with a fitted {q.name} predictor here: {', '.join(known)}" if known
                     else f"no device has a fitted {q.name} predictor here yet")  # fmt: skip
-            if table.folder.is_dir():
-                fit = f"ofa2-edge fit --device {key}" + ("" if q.name == "latency" else f" --quantity {q.name}")
-                why = f"device {key!r} has a latency table but no fitted {q.name} predictor ({path} is missing); run `{fit}`"
-            else:
-                why = f"unknown device {key!r} (no {table.folder}); calibrate it with `ofa2-edge calibrate --device {key}`"
+            if not table.folder.is_dir():  # a typo, most often: the known ones and the closest first
+                why = unknown_device(key, known, f"no table {table.folder}")
+                raise InvalidInputError(f"{name}: {why} (workspace {ctx.workspace.root})")
+            fit = f"ofa2-edge fit --device {key}" + ("" if q.name == "latency" else f" --quantity {q.name}")
+            why = f"device {key!r} has a latency table but no fitted {q.name} predictor ({path} is missing); run `{fit}`"
             raise InvalidInputError(f"{name}: {why}; {have} (workspace {ctx.workspace.root})")
         try:
             surrogate = load_surrogate(path)

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 import torch
 
+from ofa2_edge.core.assets import SUPERNET_W12, search_dirs
 from ofa2_edge.core.errors import CheckpointError
 from ofa2_edge.space.arch import DEPTH_CHOICES, EXPAND_CHOICES, KERNEL_CHOICES, WIDTH_MULTS
 from ofa2_edge.supernet.network import Supernet, check_width_mult
@@ -29,6 +30,9 @@ LEGACY_KEY_RENAMES = ((".mobile_inverted_conv.", ".conv."),)
 #: A BN layer's batch counter does not change any output; a file without it is still complete.
 OPTIONAL_SUFFIX = ".num_batches_tracked"
 _SHOWN = 5
+#: OFA's released checkpoint names: given bare, they are also looked up as `ofa_nets/<name>` in
+#: the assets folders, where `ofa2-edge assets fetch --supernet` puts the w1.2 one.
+OFA_CHECKPOINT_NAME = re.compile(r"ofa_mbv3_d234_e346_k357_w1\.[02]")
 
 
 @lru_cache(maxsize=None)
@@ -48,13 +52,40 @@ def _listing(title: str, items: list[str]) -> str:
     return f"  {title} ({len(items)}): {shown}{more}"
 
 
+def find_checkpoint(source: str | Path, assets_dir: str | Path | None = None) -> Path:
+    """`source` as a path; a bare OFA checkpoint name (``ofa_mbv3_d234_e346_k357_w1.2``) that
+    is not a file here is looked up as `ofa_nets/<name>` in --assets, $OFA2_EDGE_ASSETS and
+    the user cache, in that order."""
+    path = Path(source)
+    if path.exists() or len(path.parts) != 1 or not OFA_CHECKPOINT_NAME.fullmatch(path.name):
+        return path
+    for _, folder in search_dirs(assets_dir):
+        if folder is not None and (folder / "ofa_nets" / path.name).is_file():
+            return folder / "ofa_nets" / path.name
+    return path
+
+
+def _not_found(path: Path) -> str:
+    if len(path.parts) != 1 or not OFA_CHECKPOINT_NAME.fullmatch(path.name):
+        return f"checkpoint {path} not found; pass the path of a downloaded supernet checkpoint"
+    looked = "; ".join(f"{label}: {folder / 'ofa_nets' if folder else '(not set)'}" for label, folder in search_dirs())
+    fetch = (
+        "fetch it with `ofa2-edge assets fetch --supernet --supernet-sha256 SHA256` (OFA publishes no checksum "
+        "for its checkpoints: give the sha256 of a copy you trust; nothing unverified is kept), or "
+        if path.name == Path(SUPERNET_W12.relpath).name
+        else ""
+    )
+    return (
+        f"checkpoint {path} not found: not a file in the current folder, nor in the assets folders ({looked}); "
+        f"{fetch}pass the path of a downloaded checkpoint"
+    )
+
+
 def _read_file(path: Path) -> tuple[Any, str]:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise CheckpointError(
-            f"checkpoint {path} not found; pass the path of a downloaded supernet checkpoint"
-        ) from None
+        raise CheckpointError(_not_found(path)) from None
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
     source = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -155,7 +186,7 @@ def load_supernet(source: str | Path | Mapping[str, Any], width_mult: float = 1.
     """
     w = check_width_mult(width_mult)
     if isinstance(source, (str, Path)):
-        path = Path(source)
+        path = find_checkpoint(source)
         obj, weights_source = _read_file(path)
         where = f"checkpoint {path}"
         state, copy = _unwrap(obj, where), False
