@@ -175,7 +175,7 @@ def test_the_configs_verify_is_kept_unless_a_flag_overrides_it(
 
 
 def test_a_run_id_that_is_a_path_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["-W", str(tmp_path), "run", "--run-id", "../elsewhere"]) == 2
+    assert main(["-W", str(tmp_path), "run", "--run-id", "../elsewhere"]) == 1
     assert "--run-id '../elsewhere'" in capsys.readouterr().err
 
 
