@@ -55,6 +55,7 @@ DEVICE = "device.json"
 MEASUREMENTS = "measurements.jsonl"
 BLOCKS = "blocks.jsonl"
 SURROGATE = "surrogate.json"
+ROW_FIX = "fix or remove that line (the table was not changed)"
 LOOKUP_TABLE = re.compile(r"^\d{2,4}_lookup_table\.yaml$")
 
 
@@ -227,38 +228,43 @@ class DeviceTable:
         """Commit one record durably (flushed and fsynced) before returning."""
         append_jsonl(self.measurements_path, result.to_dict())
 
+    @staticmethod
+    def _rows(path: Path) -> Iterator[tuple[str, MeasureResult]]:
+        """(file:line, agent record) of every row of one of the table's JSON Lines files;
+        a row that is not a valid agent record is an error naming file and line."""
+        if not path.exists():
+            return
+        for lineno, doc in iter_jsonl_numbered(path, MAX_LINE_CHARS):
+            where = f"{path}:{lineno}"
+            try:
+                yield where, MeasureResult.from_dict(doc, where=f"{where}: record")
+            except RecordError as exc:
+                raise SchemaError(f"{exc}; {ROW_FIX}") from exc
+
     def records(self) -> Iterator[MeasureResult]:
         """Every stored record, validated; a malformed one stops with its file and line.
 
         Each row must be a valid agent record (schema, physics, sizes) about an arch whose
         id is its `arch_id`, taken on a device this table is bound to.
         """
-        if not self.measurements_path.exists():
-            return
-        fingerprints = self.fingerprints()
-        fix = "fix or remove that line (the table was not changed)"
-        for lineno, doc in iter_jsonl_numbered(self.measurements_path, MAX_LINE_CHARS):
-            where = f"{self.measurements_path}:{lineno}"
-            try:
-                record = MeasureResult.from_dict(doc, where=f"{where}: record")
-            except RecordError as exc:
-                raise SchemaError(f"{exc}; {fix}") from exc
+        fingerprints = self.fingerprints() if self.measurements_path.exists() else None
+        for where, record in self._rows(self.measurements_path):
             if record.arch is not None:
                 try:
                     arch_id = Arch.from_dict(record.arch).id
                 except (Ofa2EdgeError, TypeError, ValueError, OverflowError) as exc:
-                    raise SchemaError(f"{where}: field arch is not a valid arch ({exc}); {fix}") from exc
+                    raise SchemaError(f"{where}: field arch is not a valid arch ({exc}); {ROW_FIX}") from exc
                 if arch_id != record.arch_id:
                     raise SchemaError(
-                        f"{where}: field arch is the arch {arch_id}, not {record.arch_id} (its arch_id); {fix}"
+                        f"{where}: field arch is the arch {arch_id}, not {record.arch_id} (its arch_id); {ROW_FIX}"
                     )
             elif record.ok:
-                raise SchemaError(f"{where}: a successful record without its arch; {fix}")
+                raise SchemaError(f"{where}: a successful record without its arch; {ROW_FIX}")
             fingerprint = record.device_fingerprint
             if fingerprints is not None and fingerprint is not None and fingerprint not in fingerprints:
                 raise SchemaError(
                     f"{where}: field device_fingerprint {fingerprint[:40]!r} is not this table's device "
-                    f"({', '.join(sorted(fingerprints))}, {self.device_path}); {fix}"
+                    f"({', '.join(sorted(fingerprints))}, {self.device_path}); {ROW_FIX}"
                 )
             yield record
 
@@ -274,20 +280,12 @@ class DeviceTable:
         any other unreadable line, or one that is not a layer record, is an error naming
         file and line, never skipped.
         """
-        if not self.blocks_path.exists():
-            return
-        fix = "fix or remove that line (the table was not changed)"
-        for lineno, doc in iter_jsonl_numbered(self.blocks_path, MAX_LINE_CHARS):
-            where = f"{self.blocks_path}:{lineno}"
-            try:
-                record = MeasureResult.from_dict(doc, where=f"{where}: record")
-            except RecordError as exc:
-                raise SchemaError(f"{exc}; {fix}") from exc
+        for where, record in self._rows(self.blocks_path):
             layer = (record.arch or {}).get("layer")
             if not isinstance(layer, str) or record.arch_id != key_id(layer):
                 raise SchemaError(
                     f"{where}: not a layer record (arch_id {record.arch_id!r}, arch {record.arch!r}: expected "
-                    f"arch {{'layer': <lookup-table key>, ...}} and arch_id l-<sha256 of the key>); {fix}"
+                    f"arch {{'layer': <lookup-table key>, ...}} and arch_id l-<sha256 of the key>); {ROW_FIX}"
                 )
             yield record
 

@@ -79,7 +79,7 @@ def assess(
 ) -> Quality:
     """Judge `table`'s latency predictor (`model`, default: the table's own) and its records."""
     model = model if model is not None else table.predictor()
-    _, _, records = table.dataset()
+    archs, _, records = table.dataset()
     held = (model.report or {}).get("held_out") or {}
     figures: dict[str, Any] = {"measurements": len(records), "predictor": model.kind}
     problems: list[str] = []
@@ -100,7 +100,7 @@ def assess(
     within = held.get("share_within_10pct")
     figures["within_10pct_held_out"] = within
     figures["mape_pct_held_out"] = held.get("mape_pct")
-    archs = [a for a in table.dataset()[0] if a.w == model.width_mult]
+    archs = [a for a in archs if a.w == model.width_mult]
     if archs:
         lo, hi = model.predict_interval(archs, INTERVAL_COVERAGE)
         mean = np.maximum(model.predict(archs), 1e-12)
