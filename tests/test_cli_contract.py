@@ -130,6 +130,7 @@ def test_a_failed_measurement_exits_4(capsys: pytest.CaptureFixture[str], tmp_pa
         ["bundle", "demo", "--device", "nte10"],
         ["dashboard", "demo", "--device", "nte10", "-o", "{ws}/page.html"],
         ["tables", "show", "nte10"],
+        ["fit", "--device", "nte10"],
         ["search", "--objectives", "top1,latency:nte10", "-o", "{ws}/runs/typo"],
     ],
     ids=lambda a: a[0] if a[0] != "tables" else "tables-show",

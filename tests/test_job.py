@@ -179,6 +179,26 @@ def test_a_run_id_that_is_a_path_is_refused(tmp_path: Path, capsys: pytest.Captu
     assert "--run-id '../elsewhere'" in capsys.readouterr().err
 
 
+def test_missing_assets_are_all_named_before_any_calibration(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ofa2_edge.core.assets import NOTE10_TABLES, find_assets
+
+    # The Note10 tables are there, OFA's accuracy predictor is not: the job must say so
+    # before calibrating `local` (minutes), not when the search first needs it.
+    partial = tmp_path / "partial-assets"
+    for asset in NOTE10_TABLES:
+        (partial / asset.relpath).parent.mkdir(parents=True, exist_ok=True)
+        (partial / asset.relpath).symlink_to(find_assets([asset.relpath])[asset.relpath])
+    monkeypatch.setenv("OFA2_EDGE_ASSETS", str(partial))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    assert main(["-W", str(ws), "--assets", str(partial), "run"]) == 1
+    assert "acc_predictor.pth" in capsys.readouterr().err
+    assert not (ws / "latency_tables" / "local").exists()
+
+
 def test_knee_is_the_corner_of_a_front() -> None:
     latency = np.array([1.0, 2.0, 3.0, 10.0])
     top1 = np.array([70.0, 78.0, 79.0, 80.0])

@@ -222,6 +222,7 @@ def fit(
     known(quantity)  # an unknown quantity is refused before the table is read
     table = DeviceTable.of(state(ctx).workspace, device_key)
     if not table.exists():
+        require_known_device(ctx, device_key)  # a typo is named as one, with the closest known key
         raise InvalidInputError(f"no latency table for {device_key}; run `ofa2-edge calibrate --device {device_key}`")
     if prior and quantity != "latency":
         raise InvalidInputError(f"--prior transfers a latency predictor; it does not apply to --quantity {quantity}")

@@ -11,7 +11,16 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from device_agents.records import TIMERS
-from ofa2_edge.cli.common import JSON_OPTION, QUICK_OPTION, TOFU_OPTION, emit_json, err_console, out_console, state
+from ofa2_edge.cli.common import (
+    JSON_OPTION,
+    QUICK_OPTION,
+    TOFU_OPTION,
+    command_name,
+    emit_json,
+    err_console,
+    out_console,
+    state,
+)
 from ofa2_edge.core.errors import EXIT_FAILURE, EXIT_MEASUREMENT, InvalidInputError
 
 
@@ -129,6 +138,7 @@ def _summary(result: Any, root: Path) -> dict[str, Any]:
         }
     run = result.run_folder
     device = result.bundle.get("device") or next(iter(result.calibrations), "local")
+    cli = command_name()
     return {
         "run": str(run),
         "front_size": front.get("front_size"),
@@ -146,14 +156,14 @@ def _summary(result: Any, root: Path) -> dict[str, Any]:
         "pick_change": result.pick_change,
         "seconds": result.seconds,
         "next": [
-            f"ofa2-edge select {run.name} --device {device} --max-latency MS --min-top1 PCT",
-            *([f"ofa2-edge bundle check {result.bundle['archive']}"] if result.bundle.get("archive") else []),
+            f"{cli} select {run.name} --device {device} --max-latency MS --min-top1 PCT",
+            *([f"{cli} bundle check {result.bundle['archive']}"] if result.bundle.get("archive") else []),
             *(
-                [f"ofa2-edge calibrate --device {device} --budget N   # more measurements, then run again"]
+                [f"{cli} calibrate --device {device} --budget N   # more measurements, then run again"]
                 if result.refused
                 else []
             ),
-            "ofa2-edge devices add rpi4 --host HOST --user pi --key-file ~/.ssh/id_ed25519   # then add it to ofa2-edge.yaml",
+            f"{cli} devices add rpi4 --host HOST --user pi --key-file ~/.ssh/id_ed25519   # then add it to ofa2-edge.yaml",
         ],
     }
 
@@ -188,7 +198,7 @@ def _print_summary(s: dict[str, Any]) -> None:
             + ")"
             + (", reused from the previous run" if b.get("reused") else "")
             + (
-                ", LATENCY-ONLY (random weights; pass --supernet to `ofa2-edge bundle` for real ones)"
+                f", LATENCY-ONLY (random weights; pass --supernet to `{command_name()} bundle build` for real ones)"
                 if b.get("status") == "latency-only"
                 else ""
             )

@@ -29,7 +29,7 @@ import yaml
 
 from device_agents.records import TIMERS, Protocol
 from ofa2_edge.calibration.calibrate import CalibrationResult, calibrate
-from ofa2_edge.core.assets import NOTE10_TABLES, find_assets
+from ofa2_edge.core.assets import ACC_PREDICTOR, NOTE10_TABLES, find_assets
 from ofa2_edge.core.errors import InvalidInputError, Ofa2EdgeError, SchemaError
 from ofa2_edge.core.persist import read_json, sha256_file, write_json
 from ofa2_edge.core.workspace import DEVICE_KEY_PATTERN, Workspace
@@ -360,6 +360,11 @@ def run_job(
     host_cpu = threading.Lock()
 
     with _Timer(result, "reference tables"):
+        # Every official file a later step reads is looked up now: one error naming all that
+        # are missing, before minutes of calibration rather than after them.
+        needed = [ACC_PREDICTOR.relpath] if any(o.startswith("top1") for o in config.all_objectives) else []
+        needed += [a.relpath for a in NOTE10_TABLES] if config.reference_tables else []
+        find_assets(needed, assets_dir)
         for key in config.reference_tables:
             import_reference(workspace, key, assets_dir)
 
