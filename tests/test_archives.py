@@ -36,6 +36,7 @@ def manifest_payload(files: list[dict]) -> dict:
         "device": {"key": "local"},
         "format": "onnx",
         "input": {"name": "input", "shape": [1, 3, 160, 160], "dtype": "float32"},
+        "output": {"name": "logits", "shape": [1, 1000], "dtype": "float32"},
         "preprocessing": {},
         "weights": {"source": "random:0"},
         "files": files,
@@ -94,9 +95,29 @@ def _arch_mismatch(doc: dict) -> None:
     doc["arch"]["r"] = 224
 
 
+def _shape_junk(doc: dict) -> None:
+    doc["input"]["shape"] = [1, "3", 160, 160]
+
+
+def _no_output(doc: dict) -> None:
+    del doc["output"]
+
+
+def _dtype_junk(doc: dict) -> None:
+    doc["output"]["dtype"] = "complex256"
+
+
+def _format_junk(doc: dict) -> None:
+    doc["format"] = "exe"
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
+        (_shape_junk, "'input.shape' must be a list of 1-8 positive sizes"),
+        (_no_output, "manifest field 'output' is missing"),
+        (_dtype_junk, "'output.dtype' must be one of"),
+        (_format_junk, "'format' must be one of"),
         (_no_model, "exactly one model file"),
         (_no_sha, "sha256 must be 64 hex digits"),
         (_files_not_a_list, "'files' must be a list"),
@@ -117,6 +138,17 @@ def test_a_damaged_manifest_is_a_clear_error(
     capsys.readouterr()
     assert main(["bundle", "check", str(folder)]) == 1
     assert message in capsys.readouterr().err
+
+
+def test_a_damaged_tensorrt_build_spec_is_a_clear_error(tmp_path: Path) -> None:
+    from ofa2_edge.deploy.bundle import TENSORRT_SPEC, read_tensorrt_build
+
+    folder = make_bundle(tmp_path)
+    assert read_tensorrt_build(folder) is None
+    for text, message in [("[1, 2]", "expected a JSON object"), ('{"precision": "fp16"}', "malformed"), ("{", "not readable JSON")]:
+        (folder / TENSORRT_SPEC).write_text(text)
+        with pytest.raises(SchemaError, match=message):
+            read_tensorrt_build(folder)
 
 
 def test_sums_that_are_not_utf8_or_malformed_are_clear_errors(tmp_path: Path) -> None:

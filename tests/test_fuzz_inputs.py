@@ -28,6 +28,7 @@ from ofa2_edge.cli.main import main
 from ofa2_edge.core.errors import Ofa2EdgeError
 from ofa2_edge.core.tarsafe import unpack_folder
 from ofa2_edge.deploy.bundle import MANIFEST, SUMS, check_bundle, model_file
+from ofa2_edge.deploy.verify import _shippable
 from ofa2_edge.devices.inventory import Device, Inventory
 from ofa2_edge.space.arch import Arch
 from ofa2_edge.space.archref import resolve_arch
@@ -175,6 +176,7 @@ def _check_or_clear_error(path: Path, original: dict[str, Any] | None, forged: b
     if not forged:
         assert manifest == original  # a change the checksums did not catch would be a silent change
     model_file(path, manifest)
+    _shippable(path, manifest)  # what `bundle --verify` reads from it: valid, not a KeyError
     assert main(["bundle", "check", str(path)]) == 0
 
 
@@ -192,7 +194,7 @@ def test_bundle_mutated_manifest_or_sums_bytes(bundle_src: Path, work: Path, dat
 
 
 @FAST
-@given(path=st.lists(st.sampled_from(["arch", "device", "latency", "files", 0, "name", "sha256", "bytes", "measured", "r", "ks"]), min_size=1, max_size=3), value=json_values)
+@given(path=st.lists(st.sampled_from(["arch", "device", "latency", "files", 0, "name", "sha256", "bytes", "measured", "r", "ks", "input", "output", "shape", "dtype", "format"]), min_size=1, max_size=3), value=json_values)
 def test_bundle_forged_manifest_fields(bundle_src: Path, work: Path, path: list[Any], value: Any) -> None:
     """A manifest edited and re-signed (SHA256SUMS recomputed): valid, or a clear error."""
     folder = _fresh_copy(bundle_src, work)

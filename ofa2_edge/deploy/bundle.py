@@ -21,6 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from device_agents.records import DTYPES
+from exporters.formats import format_names
 from exporters.records import ExportedModel
 from exporters.tensorrt import TensorRTBuildSpec
 from ofa2_edge import __version__
@@ -190,14 +192,31 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _check_tensor(doc: dict[str, Any], where: str, field: str) -> None:
+    """An input/output description the agent will be asked to feed or expect."""
+    name, shape, dtype = doc.get("name"), doc.get("shape"), doc.get("dtype", "float32")
+    _need(name is None or (isinstance(name, str) and len(name) <= 256), where, f"'{field}.name' must be a short text")
+    _need(
+        isinstance(shape, list)
+        and 1 <= len(shape) <= 8
+        and all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 1 << 20 for d in shape),
+        where,
+        f"'{field}.shape' must be a list of 1-8 positive sizes",
+    )
+    _need(dtype in DTYPES, where, f"'{field}.dtype' must be one of {', '.join(DTYPES)}")
+
+
 def check_manifest(doc: Any, where: str) -> dict[str, Any]:
     """A parsed manifest, checked field by field (what `bundle check/verify` read from it)."""
     doc = check_schema(doc, MANIFEST_SCHEMA, [MANIFEST_VERSION], where)
-    for field in ("arch", "device", "files", "input", "preprocessing", "weights", "latency"):
+    for field in ("arch", "device", "files", "format", "input", "output", "preprocessing", "weights", "latency"):
         if field not in doc:
             raise SchemaError(f"{where}: manifest field {field!r} is missing")
-    for field in ("arch", "device", "input", "preprocessing", "weights", "latency"):
+    for field in ("arch", "device", "input", "output", "preprocessing", "weights", "latency"):
         _need(isinstance(doc[field], dict), where, f"{field!r} must be an object")
+    _need(doc["format"] in format_names(), where, f"'format' must be one of {', '.join(format_names())}")
+    for field in ("input", "output"):
+        _check_tensor(doc[field], where, field)
     _need(isinstance(doc.get("status"), str), where, "'status' must be a text")
     _need(isinstance(doc["device"].get("key"), str), where, "'device.key' must be a text")
     arch = doc["arch"]
@@ -230,23 +249,41 @@ def check_manifest(doc: Any, where: str) -> dict[str, Any]:
     return doc
 
 
-def read_manifest(folder: str | Path) -> dict[str, Any]:
-    path = Path(folder) / MANIFEST
+def _read_json(path: Path, what: str) -> Any:
+    """A small JSON file of a bundle: a plain file, bounded, strict JSON (no NaN)."""
     if path.is_symlink():
         raise SchemaError(f"{path}: is a link; a bundle holds only plain files")
     try:
         data = path.read_bytes()
     except FileNotFoundError as exc:
-        raise SchemaError(f"{folder}: no {MANIFEST}; not an ofa2-edge bundle") from exc
+        raise SchemaError(f"{path.parent}: no {path.name}; not an ofa2-edge bundle") from exc
     except OSError as exc:
         raise SchemaError(f"{path}: not readable ({exc})") from exc
     if len(data) > MAX_INDEX_BYTES:
-        raise SchemaError(f"{path}: {len(data):,} bytes; not a bundle manifest")
+        raise SchemaError(f"{path}: {len(data):,} bytes; not a bundle {what}")
     try:
-        doc = json.loads(data.decode("utf-8"), parse_constant=_no_constant)
+        return json.loads(data.decode("utf-8"), parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:
         raise SchemaError(f"{path}: not readable JSON ({str(exc)[:200] or type(exc).__name__})") from exc
-    return check_manifest(doc, str(path))
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / MANIFEST
+    return check_manifest(_read_json(path, "manifest"), str(path))
+
+
+def read_tensorrt_build(folder: str | Path) -> TensorRTBuildSpec | None:
+    """The bundle's TensorRT build spec when it ships one, checked field by field."""
+    path = Path(folder) / TENSORRT_SPEC
+    if not path.exists() and not path.is_symlink():
+        return None
+    doc = _read_json(path, "TensorRT build spec")
+    if not isinstance(doc, dict):
+        raise SchemaError(f"{path}: expected a JSON object; the bundle is damaged (rebuild it)")
+    try:
+        return TensorRTBuildSpec.from_dict(doc, str(path))
+    except InvalidInputError as exc:
+        raise SchemaError(f"{path}: {exc}; the bundle is damaged (rebuild it)") from exc
 
 
 def _no_constant(name: str) -> Any:

@@ -18,7 +18,7 @@ from typing import Any
 from device_agents.records import MeasureResult, Protocol, TensorRTBuild, TensorSpec
 from ofa2_edge.core.errors import MeasurementError
 from ofa2_edge.core.workspace import Workspace
-from ofa2_edge.deploy.bundle import TENSORRT_SPEC, check_bundle, model_file, record_measurement
+from ofa2_edge.deploy.bundle import check_bundle, model_file, read_tensorrt_build, record_measurement
 from ofa2_edge.devices.inventory import Device
 from ofa2_edge.devices.runtimes import runtime_for_file
 from ofa2_edge.devices.session import DeviceSession, ShippableModel
@@ -39,11 +39,8 @@ def _shippable(folder: Any, manifest: dict[str, Any]) -> ShippableModel:
     arch = Arch.from_dict({k: manifest["arch"][k] for k in ("ks", "e", "d", "r", "w")})
     path = model_file(folder, manifest)
     sha = next(e["sha256"] for e in manifest["files"] if e["name"] == path.name)
-    trt = None
-    spec_path = path.parent / TENSORRT_SPEC
-    if spec_path.exists():
-        spec = json.loads(spec_path.read_text())
-        trt = TensorRTBuild(precision=spec["precision"], workspace_mib=spec["workspace_mib"])
+    spec = read_tensorrt_build(folder)
+    trt = None if spec is None else TensorRTBuild(precision=spec.precision, workspace_mib=spec.workspace_mib)
     runtime = runtime_for_file(manifest["format"], engine_build=trt is not None)
 
     def tensor(doc: dict[str, Any]) -> tuple[TensorSpec, ...]:
