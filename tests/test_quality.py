@@ -30,7 +30,7 @@ def telemetry(load: float, governor: str) -> Telemetry:
 
 
 def table_of(tmp_path: Path, n: int = 40, noise: float = 0.0, flagged_every: int = 0, load: float = 0.1,
-             governor: str = "schedutil") -> DeviceTable:
+             governor: str = "schedutil", timer_used: str | None = None) -> DeviceTable:
     """A bound table of `n` records whose latency is a clean function of MACs (plus `noise`)."""
     ws = Workspace(tmp_path, tmp_path / "cache")
     table = DeviceTable.of(ws, "pi")
@@ -42,7 +42,7 @@ def table_of(tmp_path: Path, n: int = 40, noise: float = 0.0, flagged_every: int
         ms = (2.0 + m / 50.0) * float(np.exp(rng.normal(0, noise)))
         rec: MeasureResult = record_for(arch, ms, Protocol(), fingerprint=probe.fingerprint)
         flags = (Flag.UNSTABLE,) if flagged_every and i % flagged_every == 0 else ()
-        table.append(dataclasses.replace(rec, flags=flags, telemetry_before=telemetry(load, governor)))
+        table.append(dataclasses.replace(rec, flags=flags, telemetry_before=telemetry(load, governor), timer_used=timer_used))
     return table
 
 
@@ -66,6 +66,15 @@ def test_a_busy_device_is_named_as_the_cause_with_the_fix(tmp_path: Path) -> Non
     assert any("--timer thread_cpu" in f for f in quality.fixes)
     assert any("governor schedutil" in c for c in quality.causes)
     assert quality.to_dict()["good"] is False
+
+
+def test_a_busy_device_already_on_the_cpu_clock_is_not_told_to_use_it(tmp_path: Path) -> None:
+    table = table_of(tmp_path, noise=0.35, flagged_every=2, load=3.0, timer_used="thread_cpu")
+    model, _ = fit_table(table, 1.2, nested=False)
+    quality = assess(table, model)
+    assert any("40 of 40 measurements already used the thread-CPU clock" in c for c in quality.causes)
+    assert not any("--timer thread_cpu" in f for f in quality.fixes)
+    assert any("stop other work" in f for f in quality.fixes)
 
 
 def test_thresholds_are_the_rules_given(tmp_path: Path) -> None:

@@ -126,10 +126,20 @@ def assess(
 
     if load is not None and load > 0.5:
         causes.append(f"the device was busy: median load average {load:.2f} per CPU while measuring")
-        fixes.append(
-            "stop other work on the device and measure again; on a shared host use `--timer thread_cpu` "
-            "(one thread, CPU runtimes: other processes do not count)"
-        )
+        on_cpu_clock = sum(r.timer_used == "thread_cpu" for r in records)
+        if on_cpu_clock * 2 >= len(records):
+            # The thread-CPU clock was already in use (chosen, or the agent's fallback): a
+            # process on the same core's caches or hyper-thread sibling slows the thread itself.
+            causes.append(
+                f"{on_cpu_clock} of {len(records)} measurements already used the thread-CPU clock, and it was "
+                "disturbed too (other processes share the core's caches or its hyper-thread sibling)"
+            )
+            fixes.append("stop other work on the device (or measure on an idle one) and measure again")
+        else:
+            fixes.append(
+                "stop other work on the device and measure again; on a shared host use `--timer thread_cpu` "
+                "(one thread, CPU runtimes: other processes do not count)"
+            )
     if heat:
         causes.append(f"{len(heat)} measurement(s) ran throttled, hot or power-capped")
         fixes.append("cool the board (heatsink, fan), use a stronger power supply, then measure again")
