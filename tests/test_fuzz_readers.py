@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mutations import byte_mutations, doc_mutations
 from records_factory import probe_report, record_for
 
 from device_agents.records import MeasureResult, Protocol, RecordError, TensorSpec, parse_agent_line
@@ -49,53 +50,9 @@ def _record() -> MeasureResult:
 RECORD = _record()
 LINE = RECORD.to_json_line()
 
-json_leaf = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=20),
-)
-json_value = st.recursive(json_leaf, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                                st.dictionaries(st.text(max_size=8), inner, max_size=4)),
-                          max_leaves=10)
-
-
-def _paths(doc: Any, prefix: tuple = ()) -> list[tuple]:
-    out = [prefix]
-    if isinstance(doc, dict):
-        for k, v in doc.items():
-            out += _paths(v, (*prefix, k))
-    elif isinstance(doc, list):
-        for i, v in enumerate(doc):
-            out += _paths(v, (*prefix, i))
-    return out
-
-
-@st.composite
-def json_mutations(draw: st.DrawFn, doc: Any) -> Any:
-    """`doc` with one value replaced, one key dropped, or one key added, somewhere in it."""
-    doc = json.loads(json.dumps(doc))
-    paths = [p for p in _paths(doc) if p]
-    path = draw(st.sampled_from(paths))
-    parent = doc
-    for key in path[:-1]:
-        parent = parent[key]
-    action = draw(st.sampled_from(["replace", "drop", "add"]))
-    if action == "replace" or isinstance(parent, list):
-        parent[path[-1]] = draw(json_value)
-    elif action == "drop":
-        del parent[path[-1]]
-    else:
-        parent[draw(st.text(min_size=1, max_size=8))] = draw(json_value)
-    return doc
-
-
-@st.composite
-def byte_mutations(draw: st.DrawFn, text: str) -> str:
-    """`text` with a slice replaced by random characters, or cut short."""
-    i = draw(st.integers(0, len(text)))
-    if draw(st.booleans()):
-        return text[:i]
-    j = draw(st.integers(i, min(len(text), i + 8)))
-    return text[:i] + draw(st.text(max_size=8)) + text[j:]
+def text_mutations(text: str) -> st.SearchStrategy[str]:
+    """`text` cut short, spliced with random bytes (non-UTF-8 kept as surrogate escapes) or nested."""
+    return byte_mutations(text.encode()).map(lambda b: b.decode("utf-8", "surrogateescape"))
 
 
 def _session(tmp_path: Path) -> DeviceSession:
@@ -148,9 +105,9 @@ def test_mutated_agent_lines_give_the_record_or_one_clear_error(tmp_path: Path, 
     session = _session(tmp_path)
     original = _check(session, REQUEST_LINE)
     if data.draw(st.booleans()):
-        line = json.dumps(data.draw(json_mutations(json.loads(REQUEST_LINE))))
+        line = json.dumps(data.draw(doc_mutations(json.loads(REQUEST_LINE))))
     else:
-        line = data.draw(byte_mutations(REQUEST_LINE))
+        line = data.draw(text_mutations(REQUEST_LINE))
     record = _check(session, line)  # only RecordError / MeasurementError may escape: anything else fails here
     if record is not None:
         # what the table keys and fits on is exactly what was asked and what the agent measured
@@ -183,9 +140,9 @@ def test_mutated_measurements_give_the_same_rows_or_an_error_naming_file_and_lin
     original = list(table.records())
     i = data.draw(st.integers(0, len(lines) - 1))
     if data.draw(st.booleans()):
-        lines[i] = json.dumps(data.draw(json_mutations(json.loads(lines[i]))))
+        lines[i] = json.dumps(data.draw(doc_mutations(json.loads(lines[i]))))
     else:
-        lines[i] = data.draw(byte_mutations(lines[i])).replace("\n", " ").replace("\r", " ")
+        lines[i] = data.draw(text_mutations(lines[i])).replace("\n", " ").replace("\r", " ")
     terminated = data.draw(st.booleans()) or i < len(lines) - 1
     damaged = ("\n".join(lines) + ("\n" if terminated else "")).encode("utf-8", "surrogatepass")
     try:
@@ -220,8 +177,8 @@ def test_mutated_device_json_reads_back_or_is_one_clear_error(tmp_path: Path, da
     table = _table(tmp_path)
     clean = table.device_path.read_bytes()
     doc = json.loads(clean)
-    text = (json.dumps(data.draw(json_mutations(doc))) if data.draw(st.booleans())
-            else data.draw(byte_mutations(clean.decode())))
+    text = (json.dumps(data.draw(doc_mutations(doc))) if data.draw(st.booleans())
+            else data.draw(text_mutations(clean.decode())))
     try:
         table.device_path.write_text(text, encoding="utf-8", errors="surrogatepass")
         damaged = table.device_path.read_bytes()
@@ -251,10 +208,10 @@ def test_mutated_surrogates_load_as_plausible_predictors_or_one_clear_error(
 ) -> None:
     text = json.dumps(linear_doc)
     if data.draw(st.booleans()):
-        mutated = data.draw(json_mutations(linear_doc))
+        mutated = data.draw(doc_mutations(linear_doc))
     else:
         try:
-            mutated = json.loads(data.draw(byte_mutations(text)))
+            mutated = json.loads(data.draw(text_mutations(text)))
         except ValueError:
             return  # not JSON: read_json's SchemaError (tested on files elsewhere)
     try:
