@@ -298,19 +298,29 @@ def preprocess_batch(images: np.ndarray, prep: Preprocessing) -> torch.Tensor:
     return ((x - mean) / std).contiguous()
 
 
-def augment_batch(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """Random crop (padding r // 8, value 0 = the train mean) and horizontal flip, per image."""
+def augment_params(k: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The draws of :func:`augment_batch` for `k` images of `size` px: crop offsets (k, 2) and flips (k,)."""
+    pad = max(1, size // 8)
+    return rng.integers(0, 2 * pad + 1, size=(k, 2)), rng.random(k) < 0.5
+
+
+def apply_augment(x: torch.Tensor, offsets: np.ndarray, flips: np.ndarray) -> torch.Tensor:
+    """Pad (r // 8, value 0 = the train mean), crop at `offsets`, flip where `flips`."""
     k, _, h, w = x.shape
     pad = max(1, h // 8)
     padded = F.pad(x, (pad, pad, pad, pad))
-    offsets = rng.integers(0, 2 * pad + 1, size=(k, 2))
-    flips = rng.random(k) < 0.5
     out = torch.empty_like(x)
     for i in range(k):
         top, left = int(offsets[i, 0]), int(offsets[i, 1])
         crop = padded[i, :, top : top + h, left : left + w]
         out[i] = crop.flip(2) if flips[i] else crop
     return out
+
+
+def augment_batch(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Random crop (padding r // 8, value 0 = the train mean) and horizontal flip, per image."""
+    offsets, flips = augment_params(int(x.shape[0]), int(x.shape[2]), rng)
+    return apply_augment(x, offsets, flips)
 
 
 def batches(
