@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ofa2_edge.core.errors import CheckpointError, InvalidInputError
+from ofa2_edge.core.errors import InvalidInputError
 from ofa2_edge.core.persist import sha256_file
 from ofa2_edge.data.preprocessing import Preprocessing
 from ofa2_edge.space.arch import DEFAULT_RESOLUTIONS
 from ofa2_edge.supernet import Supernet
+from ofa2_edge.supernet.manifest import SupernetManifest
 
 WEIGHTS = "supernet.pth"
 
@@ -29,7 +30,7 @@ class TrainedSupernet:
     weights: Path
     net: Supernet
     sha256: str
-    manifest: Any | None  # ofa2_edge.supernet.checkpoint.SupernetManifest when the folder has one
+    manifest: SupernetManifest | None
 
     @property
     def width_mult(self) -> float:
@@ -37,39 +38,24 @@ class TrainedSupernet:
 
     @property
     def n_classes(self) -> int:
-        return int(self.net.classifier.linear.out_features)
+        return int(self.net.n_classes)
 
     @property
     def classes(self) -> tuple[str, ...] | None:
-        classes = getattr(self.manifest, "classes", None)
-        return tuple(classes) if classes else None
+        return tuple(self.manifest.classes) if self.manifest is not None else None
 
     @property
     def dataset_fingerprint(self) -> str | None:
-        return getattr(self.manifest, "dataset_fingerprint", None)
+        return self.manifest.dataset_fingerprint if self.manifest is not None else None
 
     @property
     def resolutions(self) -> tuple[int, ...]:
-        res = getattr(self.manifest, "resolutions", None)
+        res = self.manifest.resolutions if self.manifest is not None else ()
         return tuple(sorted(int(r) for r in res)) if res else DEFAULT_RESOLUTIONS
 
-    def preprocessing(self, r: int) -> Preprocessing | None:
-        """The input recipe the supernet was trained with at `r` px (None without a manifest)."""
-        prep = getattr(self.manifest, "preprocessing", None)
-        if not prep:
-            return None
-        if isinstance(prep, dict) and str(r) in prep:
-            doc = prep[str(r)]
-        elif isinstance(prep, dict) and r in prep:
-            doc = prep[r]
-        else:
-            doc = prep
-        if isinstance(doc, Preprocessing):
-            return doc
-        try:
-            return Preprocessing.from_dict(doc)
-        except (InvalidInputError, TypeError) as exc:
-            raise CheckpointError(f"{self.folder}: the manifest's preprocessing at {r} px is not readable ({exc})") from exc
+    def preprocessing(self, r: int) -> Preprocessing:
+        """The input recipe the supernet was trained with at `r` px (OFA's ImageNet one without a manifest)."""
+        return self.net.preprocessing_for(r)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -83,8 +69,9 @@ class TrainedSupernet:
 
 
 def open_supernet(path: str | Path) -> TrainedSupernet:
-    """`supernets/NAME` (or its `supernet.pth`, or any OFA checkpoint file), loaded and hashed."""
-    from ofa2_edge.supernet import checkpoint
+    """`supernets/NAME` (or its `supernet.pth`, or any OFA checkpoint file), loaded and hashed;
+    a manifest that does not match its weights is refused by the loader."""
+    from ofa2_edge.supernet.checkpoint import load_supernet
 
     p = Path(path)
     weights = p / WEIGHTS if p.is_dir() else p
@@ -92,17 +79,6 @@ def open_supernet(path: str | Path) -> TrainedSupernet:
         raise InvalidInputError(
             f"{p}: no trained supernet here (expected {weights}); train one with `ofa2-edge train --data DATA -o {p}`"
         )
-    read_manifest = getattr(checkpoint, "read_manifest", None)
-    manifest = read_manifest(weights) if read_manifest is not None else None
+    net = load_supernet(weights)
     sha = sha256_file(weights)
-    recorded = getattr(manifest, "sha256", None)
-    if recorded and recorded != sha:
-        raise CheckpointError(
-            f"{weights}: sha256 {sha[:16]}... differs from its manifest's {str(recorded)[:16]}...; the weights were "
-            "replaced or damaged: restore them, or train again"
-        )
-    width = float(getattr(manifest, "width_mult", None) or 1.2)
-    net = checkpoint.load_supernet(weights, width_mult=width)
-    if isinstance(net, tuple):  # an API that returns (supernet, manifest)
-        net = net[0]
-    return TrainedSupernet(p if p.is_dir() else p.parent, weights, net, sha, manifest)
+    return TrainedSupernet(p if p.is_dir() else p.parent, weights, net, sha, net.manifest)
