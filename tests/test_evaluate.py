@@ -32,8 +32,8 @@ def write_idx_set(folder: Path, n_train: int = 120, n_test: int = 40, n_classes:
     folder.mkdir(parents=True, exist_ok=True)
     for part, n in (("train", n_train), ("t10k", n_test)):
         labels = np.arange(n) % n_classes
-        images = rng.integers(0, 256, size=(n, 12, 12), dtype=np.uint8)
-        images[:, :4, :4] = (labels * 60)[:, None, None]
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        images[:, :8, :8] = (labels * 60)[:, None, None]
         for kind, arr, nd in (("images", images, 3), ("labels", labels, 1)):
             (folder / f"{part}-{kind}-idx{nd}-ubyte.gz").write_bytes(gzip.compress(_idx(arr), mtime=0))
     return folder
@@ -43,6 +43,8 @@ def trained_stand_in(folder: Path, data: Path, cache: Path, seed: int = 0, resol
     """A supernet folder bound to `data` (random weights, the dataset's classes and preprocessing)."""
     ds = open_dataset(data, cache_dir=cache)
     net = Supernet.random(1.0, seed=seed, n_classes=len(ds.classes))
+    with torch.no_grad():  # logits of a trained net's size (random ones reach hundreds on real images)
+        net.classifier.linear.weight.mul_(0.01)
     prep = dataset_preprocessing(tuple(ds.mean), tuple(ds.std), 1.0, resolutions)
     m = SupernetManifest(1.0, tuple(ds.classes), ds.fingerprint, prep, resolutions, {}, "full", 1, True, "")
     write_trained(folder, net.state_dict(), m)

@@ -98,8 +98,17 @@ class EvaluateReport:
 
 
 def design(space: SearchSpace, budget: int, seed: int) -> list[Arch]:
-    """The archs `evaluate` measures: the calibration design over `space` (min and max nets first)."""
-    return archs_of(size_stratified_genomes(budget, np.random.default_rng(seed), space), w=space.w)
+    """The archs `evaluate` measures: `budget` distinct archs of the calibration design over
+    `space` (min and max nets first). A design may draw one network twice (a small space, a
+    small resolution set): it is then drawn a little larger, deterministically, until it holds
+    `budget` distinct ones (or the space has no more)."""
+    found: list[Arch] = []
+    for extra in range(0, 4 * budget + 1):
+        archs = archs_of(size_stratified_genomes(budget + extra, np.random.default_rng(seed), space), w=space.w)
+        found = list({a.id: a for a in archs}.values())
+        if len(found) >= budget:
+            return found[:budget]
+    return found
 
 
 def repeat_subset(archs: list[Arch], fraction: float, seed: int) -> list[Arch]:
