@@ -74,6 +74,8 @@ def test_own_data_end_to_end_bundle_classifies_on_local(capsys: pytest.CaptureFi
     assert prep["input_size"] == 32 and prep["crop_pct"] == 1.0 and prep["mean"] != [0.485, 0.456, 0.406]
     assert manifest["output"]["shape"][-1] == 4 and manifest["latency"]["measured"] is not None
     assert manifest["weights"]["bn_stats_source"].startswith("train subset seed 0")
+    measured = manifest["accuracy"]["measured"]  # the pick itself, with the bundle's weights and BN statistics
+    assert measured["val_n_images"] == 12 and measured["test_n_images"] == 40 and 0 <= measured["test_top1_pct"] <= 100
 
 
 def test_the_agent_refuses_a_pickled_batch_and_a_damaged_copy(tmp_path: Path) -> None:

@@ -122,6 +122,22 @@ def _accuracy(run: RunFolder, chosen: Candidate, real_weights: bool) -> dict[str
     }
 
 
+def measured_accuracy(subnet: Any, ds: Any) -> dict[str, Any]:
+    """The pick's own top-1 with the bundle's weights and BN statistics: on the val part (the
+    selection split) and the test part (held out from every choice)."""
+    from ofa2_edge.accuracy.evaluate import DEFAULT_BATCH, score
+    from ofa2_edge.data import batches
+
+    out: dict[str, Any] = {"dataset_fingerprint": ds.fingerprint}
+    for part in ("val", "test"):
+        if ds.size(part) > 0:
+            scores, _ = score(subnet, list(batches(ds, part, subnet.arch.r, DEFAULT_BATCH)), len(ds.classes))
+            out[f"{part}_top1_pct"] = scores.top1_pct
+            out[f"{part}_top5_pct"] = scores.top5_pct
+            out[f"{part}_n_images"] = scores.n_images
+    return out
+
+
 def _device_facts(device: Device, workspace: Workspace, runtime: str) -> dict[str, Any]:
     info = DeviceTable.of(workspace, device.key).device_info() or {}
     return {
@@ -171,6 +187,7 @@ def make_bundle(
     cache = ExportCache(workspace.exports_dir)
     arch = chosen.arch
     check: VerificationBatch | None = None
+    measured: dict[str, Any] | None = None
     if calib_images is not None and supernet is None:
         raise InvalidInputError("--calib-images recalibrates real weights: give the checkpoint with --supernet")
     if trained is not None and trained.manifest is not None:
@@ -181,6 +198,7 @@ def make_bundle(
         subnet, ds = _trained_subnet(trained, arch, data)
         if label_lines is None:
             label_lines = list(trained.classes or ds.classes)
+        measured = measured_accuracy(subnet, ds)
         if verify_images > 0:
             check = verification_batch(subnet, ds, verify_images)
         model = export_module(subnet, plan.fmt, cache=cache)
@@ -204,7 +222,7 @@ def make_bundle(
     surrogate_doc = json.loads(surrogate_path.read_text())
     facts = BundleFacts(
         device=_device_facts(device, workspace, plan.runtime),
-        accuracy=_accuracy(run, chosen, real_weights=supernet is not None),
+        accuracy={**_accuracy(run, chosen, real_weights=supernet is not None), **({"measured": measured} if measured else {})},
         predicted_latency={
             "latency_ms": chosen.latency_ms,
             "lower_ms": chosen.latency_lower_ms,
