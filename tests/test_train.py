@@ -100,6 +100,7 @@ def test_the_trained_folder_is_an_ofa_checkpoint_with_its_manifest(straight: Pat
     assert state["phase_index"] == 4 and state["global_step"] == len(steps)
 
 
+@pytest.mark.slow
 def test_kill_9_then_the_same_command_ends_with_identical_weights(straight: Path, work: Path) -> None:
     out = work / "killed"
     proc = subprocess.Popen(cli(work, "killed"), env=env(work), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -128,6 +129,7 @@ def test_kill_9_then_the_same_command_ends_with_identical_weights(straight: Path
     assert done.returncode == 0 and json.loads(done.stdout)["steps"] == len(log_of(straight))
 
 
+@pytest.mark.slow
 def test_two_torchrun_processes_follow_the_one_process_loss(straight: Path, work: Path) -> None:
     """Same global batch, 2 gloo processes (4 images each, BN statistics over all 8) vs 1.
 
@@ -150,6 +152,7 @@ def test_two_torchrun_processes_follow_the_one_process_loss(straight: Path, work
     assert read_manifest(work / "ddp").complete  # rank 0 wrote the folder
 
 
+@pytest.mark.slow
 def test_one_ddp_sandwich_step_has_the_one_process_gradients(work: Path) -> None:
     probe = str(Path(__file__).parent / "ddp_grad_probe.py")
     one = subprocess.run([sys.executable, probe, str(work / "g1.pt")], env=env(work), capture_output=True, text=True)
