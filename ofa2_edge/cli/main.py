@@ -16,6 +16,7 @@ from ofa2_edge.cli import arch, assets, deploy, devices, export, latency, measur
 from ofa2_edge.cli import dashboard as dashboard_cli
 from ofa2_edge.cli import evaluate as evaluate_cli
 from ofa2_edge.cli import search as search_cli
+from ofa2_edge.cli import train as train_cli
 from ofa2_edge.cli.common import CliState, err_console, with_command_name
 from ofa2_edge.core.errors import EXIT_FAILURE, Ofa2EdgeError
 from ofa2_edge.core.workspace import Workspace
@@ -45,6 +46,7 @@ app.command("run")(run.run)
 app.command("demo", help="Alias of `run`: the main job.")(run.run)
 app.add_typer(deploy.bundle_app, name="bundle")
 app.command("dashboard")(dashboard_cli.dashboard)
+app.command("train")(train_cli.train)
 
 
 def _version(value: bool) -> None:
