@@ -39,9 +39,27 @@ def local_table_at(ws: Path, resolutions: tuple[int, ...]) -> None:
 
 
 def test_own_data_end_to_end_bundle_classifies_on_local(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    ws = tmp_path / "ws"
+    """The whole chain on a supernet folder written through own17's checkpoint API (random
+    weights, the dataset's manifest): fast enough for every CI run."""
     data = write_idx_set(tmp_path / "data", n_train=120, n_test=40, n_classes=4)
-    sn = trained_stand_in(ws / "supernets" / "tiny", data, tmp_path / "cache", resolutions=(32,))
+    sn = trained_stand_in(tmp_path / "ws" / "supernets" / "tiny", data, tmp_path / "cache", resolutions=(32,))
+    own_data_chain(capsys, tmp_path / "ws", sn, data)
+
+
+@pytest.mark.slow
+def test_own_data_end_to_end_with_a_really_trained_supernet(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """The same chain on a supernet trained by `ofa2_edge.train` (progressive shrinking, 1 tiny epoch)."""
+    from ofa2_edge.train import TrainConfig, train
+
+    data = write_idx_set(tmp_path / "data", n_train=120, n_test=40, n_classes=4)
+    sn = tmp_path / "ws" / "supernets" / "tiny"
+    summary = train(TrainConfig(data=data, output=sn, width_mult=1.0, resolutions=(32,), epochs=1, batch_size=32,
+                                seed=0, eval_images=16, recal_images=32, cache_dir=tmp_path / "cache"))  # fmt: skip
+    assert summary["complete"]
+    own_data_chain(capsys, tmp_path / "ws", sn, data)
+
+
+def own_data_chain(capsys: pytest.CaptureFixture[str], ws: Path, sn: Path, data: Path) -> None:
     common = ("--bn-images", "32", "--batch-size", "64")
     code, out, err = cli(capsys, ws, "evaluate", "--supernet", str(sn), "--data", str(data), "--budget", "10", *common, "--json")
     assert code == 0, err
