@@ -7,4 +7,5 @@ runtime that measures (onnxruntime, LiteRT, TensorRT). It ships as one zipapp bu
 The host imports :mod:`device_agents.records` to validate what comes back.
 """
 
-AGENT_VERSION = "0.2.0"
+#: 0.3.0: `classify` (top-1 labels of a .npy image batch) beside probe and measure.
+AGENT_VERSION = "0.3.0"

@@ -1,4 +1,4 @@
-"""Command line of the agent: ``probe``, ``measure --request FILE``, and the internal ``worker``.
+"""Command line of the agent: ``probe``, ``measure --request FILE``, ``classify`` and the internal ``worker``.
 
 stdout carries data only (the probe document, or one JSON line per result and a final
 ``agent.batch_end`` line); progress and logs go to stderr. Exit status: 0 when the batch
@@ -113,6 +113,12 @@ def cmd_measure(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_classify(args: argparse.Namespace) -> int:
+    from device_agents.classify import main as classify_main
+
+    return classify_main(args)
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from device_agents.worker import main as worker_main
 
@@ -135,6 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit, killing the workers, when stdin reaches end of file (the host holds it open "
                         "while it lives)")
     m.set_defaults(func=cmd_measure)
+    c = sub.add_parser("classify", help="top-1 label of each image of a .npy batch, as one JSON document")
+    c.add_argument("--model", required=True, help="model file in the work dir")
+    c.add_argument("--model-sha256", required=True, help="sha256 the host sent")
+    c.add_argument("--images", required=True, help="float32 .npy (N, C, H, W), preprocessed by the host")
+    c.add_argument("--images-sha256", required=True, help="sha256 the host sent")
+    c.add_argument("--runtime", default="onnxruntime", help="runtime that runs the model")
+    c.add_argument("--threads", type=int, default=1, help="intra-op threads")
+    c.set_defaults(func=cmd_classify)
     w = sub.add_parser("worker", help=argparse.SUPPRESS)
     w.set_defaults(func=cmd_worker)
     return parser

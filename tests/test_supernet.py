@@ -309,8 +309,11 @@ def test_mismatched_state_dicts_are_one_error_naming_the_keys(state_w10) -> None
     extra = dict(state_w10, **{"blocks.21.conv.point_linear.conv.conv.weight": torch.zeros(1)})
     assert "unexpected keys (1): blocks.21.conv.point_linear.conv.conv.weight" in bad_checkpoint_message(extra)
 
+    shape = dict(state_w10, **{"first_conv.conv.weight": torch.zeros(8, 3, 3, 3)})
+    assert "first_conv.conv.weight (8, 3, 3, 3) vs (16, 3, 3, 3)" in bad_checkpoint_message(shape)
+    # the classifier may have any number of classes (a trained supernet), but weight and bias must agree
     shape = dict(state_w10, **{"classifier.linear.weight": torch.zeros(10, 1280)})
-    assert "classifier.linear.weight (10, 1280) vs (1000, 1280)" in bad_checkpoint_message(shape)
+    assert "classifier.linear.bias (1000,) vs (10,)" in bad_checkpoint_message(shape)
 
     nan = dict(state_w10)
     nan["final_expand_layer.bn.running_var"] = nan["final_expand_layer.bn.running_var"].clone().fill_(float("nan"))

@@ -35,6 +35,11 @@ class Session:
     def output_names(self) -> List[Optional[str]]:
         raise NotImplementedError
 
+    def predict(self, batch: object) -> object:
+        """The first output for one given input array (numpy), e.g. class scores of images;
+        runtimes that cannot take given inputs raise NotImplementedError."""
+        raise NotImplementedError
+
     def close(self) -> None:
         """Release device memory (TensorRT); the default has nothing to release."""
 

@@ -62,6 +62,10 @@ class OrtSession(Session):
     def output_names(self) -> List[Optional[str]]:
         return list(self._names)
 
+    def predict(self, batch: Any) -> Any:
+        (name,) = self._feeds  # one input: the image batch
+        return self._sess.run(self._names[:1], {name: batch})[0]
+
 
 @register("onnxruntime")
 class OnnxRuntime(Runtime):

@@ -3,7 +3,10 @@
 Teams that fine-tune subnets on their own data measure a few dozen to a few thousand
 (arch, accuracy) pairs; this turns them into a `DenseAccuracyPredictor` usable as the
 search's `top1` objective. Features are OFA's 128-dim one-hot encoding (the same the
-official predictor reads). Two scikit-learn families compete by k-fold cross-validation
+official predictor reads) when every resolution has a slot there (112-239 px), else the
+block encoding with one slot per resolution of the data (:mod:`ofa2_edge.accuracy.features`).
+Pairs come from a CSV or from an accuracy table (`ofa2-edge evaluate`: its `val` top-1 only;
+the test part is never fitted on). Two scikit-learn families compete by k-fold cross-validation
 on the training part: ridge regression (strong with few samples: accuracy is close to
 additive in per-block choices) and a small ReLU MLP (wins with more data, captures
 interactions such as depth x kernel). Both are dense ReLU networks, so the saved file is
@@ -24,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from ofa2_edge.accuracy.features import FeatureEncoding
 from ofa2_edge.accuracy.predictor import DenseAccuracyPredictor
 from ofa2_edge.core.errors import InvalidInputError
-from ofa2_edge.space.arch import DEFAULT_WIDTH_MULT, N_BLOCKS, N_STAGES, R_GENE, Arch, genomes_of, predictor_features
+from ofa2_edge.space.arch import DEFAULT_WIDTH_MULT, N_BLOCKS, N_STAGES, R_GENE, Arch, genomes_of
 
 #: Gene columns accepted instead of an `arch` JSON column: ks0..ks19, e0..e19, d0..d4, r.
 GENE_COLUMNS: tuple[str, ...] = (
@@ -99,10 +103,31 @@ def read_accuracy_csv(path: str | Path, width_mult: float = DEFAULT_WIDTH_MULT) 
     return AccuracyData(tuple(archs), values)
 
 
+def read_accuracy_table(table: Any) -> AccuracyData:
+    """The (arch, val top-1 %) pairs of an accuracy table (`AccuracyTable`); test figures stay out."""
+    archs, top1 = table.dataset()
+    if len(archs) < MIN_PAIRS:
+        raise InvalidInputError(
+            f"accuracy table {table.name} holds {len(archs)} evaluated subnets; fitting needs at least {MIN_PAIRS} "
+            f"(`ofa2-edge evaluate ... --table {table.name} --budget N`)"
+        )
+    return AccuracyData(tuple(archs), top1)
+
+
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     from scipy.stats import spearmanr
 
-    return float(spearmanr(a, b).statistic) if len(a) > 2 else float("nan")
+    if len(a) <= 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
+
+
+def _kendall(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import kendalltau
+
+    if len(a) <= 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(kendalltau(a, b).statistic)
 
 
 def _metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
@@ -114,6 +139,7 @@ def _metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
         "max_abs_err_pct": float(np.abs(err).max()),
         "r2": float(1 - (err**2).sum() / ss_tot) if ss_tot > 0 else float("nan"),
         "spearman": _spearman(y, pred),
+        "kendall_tau": _kendall(y, pred),
     }
 
 
@@ -150,9 +176,13 @@ def _fit_one(kind: str, x: np.ndarray, y: np.ndarray, seed: int) -> tuple[list, 
     return _to_dense(kind, model, mean, std)
 
 
-def _predictor(parts: tuple[list, list, float, float], resolutions: list[int], **kw: Any) -> DenseAccuracyPredictor:
+def _predictor(
+    parts: tuple[list, list, float, float], resolutions: list[int], features: FeatureEncoding, **kw: Any
+) -> DenseAccuracyPredictor:
     weights, biases, scale, offset = parts
-    return DenseAccuracyPredictor(weights, biases, output_scale=scale, output_offset=offset, resolutions=resolutions, **kw)
+    return DenseAccuracyPredictor(
+        weights, biases, output_scale=scale, output_offset=offset, resolutions=resolutions, features=features, **kw
+    )
 
 
 def fit_accuracy_predictor(
@@ -182,22 +212,23 @@ def _fit(data: AccuracyData, *, seed: int, test_fraction: float, folds: int, kin
         _make(kind, seed)  # an unknown kind fails before any fitting
     genomes = data.genomes
     y = data.top1
-    x = predictor_features(genomes)
     resolutions = sorted({int(r) for r in genomes[:, R_GENE]})
+    features = FeatureEncoding.for_resolutions(resolutions)
+    x = features.encode(genomes)
     idx_train, idx_test = train_test_split(np.arange(len(y)), test_size=test_fraction, random_state=seed)
     cv: dict[str, dict[str, float]] = {}
     n_folds = min(folds, len(idx_train))
     for kind in kinds:
         preds = np.empty(len(idx_train))
         for tr, va in KFold(n_folds, shuffle=True, random_state=seed).split(idx_train):
-            model = _predictor(_fit_one(kind, x[idx_train[tr]], y[idx_train[tr]], seed), resolutions)
+            model = _predictor(_fit_one(kind, x[idx_train[tr]], y[idx_train[tr]], seed), resolutions, features)
             preds[va] = model.predict(genomes[idx_train[va]])
         cv[kind] = _metrics(y[idx_train], preds)
     best = min(kinds, key=lambda k: cv[k]["rmse_pct"])
-    held = _predictor(_fit_one(best, x[idx_train], y[idx_train], seed), resolutions)
+    held = _predictor(_fit_one(best, x[idx_train], y[idx_train], seed), resolutions, features)
     report = {
         "model": best,
-        "features": "ofa-onehot-128",
+        "features": features.to_dict(),
         "n_pairs": int(len(y)),
         "n_train": int(len(idx_train)),
         "n_test": int(len(idx_test)),
@@ -211,5 +242,5 @@ def _fit(data: AccuracyData, *, seed: int, test_fraction: float, folds: int, kin
         "top1_range_pct": [float(y.min()), float(y.max())],
     }
     return _predictor(
-        _fit_one(best, x, y, seed), resolutions, source={"kind": "fitted", "name": name}, report=report
+        _fit_one(best, x, y, seed), resolutions, features, source={"kind": "fitted", "name": name}, report=report
     )

@@ -7,6 +7,9 @@ of 100 costs a few hundred microseconds, with no torch at search time.
 
 Outputs are percent top-1 (`output_scale` maps the network's raw output, e.g. OFA's
 fraction, to percent). Fitted predictors are saved as schema-versioned JSON; no pickle.
+Version 2 files record their feature encoding (:mod:`ofa2_edge.accuracy.features`: OFA's
+128 slots, or block slots plus one slot per resolution of the table they were fitted on,
+for datasets at e.g. 32 px); version 1 files (OFA's encoding) are still read.
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ofa2_edge.accuracy.features import OFA_ONEHOT, FeatureEncoding
 from ofa2_edge.core.errors import InvalidArchError, SchemaError
 from ofa2_edge.core.persist import read_json, sha256_file, write_json
-from ofa2_edge.space.arch import PREDICTOR_FEATURES, PREDICTOR_RESOLUTIONS, R_GENE, as_genomes, predictor_features
+from ofa2_edge.space.arch import PREDICTOR_RESOLUTIONS, R_GENE, as_genomes
 
 ACCURACY_SCHEMA = "ofa2-edge/accuracy-predictor"
-ACCURACY_VERSION = 1
+ACCURACY_VERSION = 2
+#: Versions this reader knows: 1 (OFA's 128-slot features only), 2 (features recorded).
+ACCURACY_VERSIONS = (1, 2)
 #: No predictor output may exceed this in magnitude (float32 overflows near 3.4e38).
 MAX_OUTPUT = 1e30
 
@@ -44,12 +50,14 @@ class DenseAccuracyPredictor:
         resolutions: Sequence[int] = tuple(PREDICTOR_RESOLUTIONS),
         source: dict[str, Any] | None = None,
         report: dict[str, Any] | None = None,
+        features: FeatureEncoding | None = None,
     ) -> None:
+        self.features = features or FeatureEncoding()
         if len(weights) != len(biases) or not weights:
             raise SchemaError("an accuracy predictor needs matching, non-empty lists of weights and biases")
         ws = [np.ascontiguousarray(w, dtype=np.float32) for w in weights]
         bs = [np.ascontiguousarray(b, dtype=np.float32).reshape(-1) for b in biases]
-        fan_in = PREDICTOR_FEATURES
+        fan_in = self.features.n_features
         for i, (w, b) in enumerate(zip(ws, bs)):
             if w.ndim != 2 or w.shape[0] != fan_in or b.shape != (w.shape[1],):
                 raise SchemaError(
@@ -66,16 +74,21 @@ class DenseAccuracyPredictor:
                 raise SchemaError(f"accuracy predictor {name} must be a finite number, got {value!r}")
         res = list(resolutions) if isinstance(resolutions, (list, tuple, range)) else None
         if not res or any(
-            isinstance(r, (bool, np.bool_)) or not isinstance(r, (int, np.integer)) or r not in PREDICTOR_RESOLUTIONS
+            isinstance(r, (bool, np.bool_)) or not isinstance(r, (int, np.integer)) or not self.features.covers(int(r))
             for r in res
         ):
+            allowed = (
+                f"{PREDICTOR_RESOLUTIONS.start}..{PREDICTOR_RESOLUTIONS.stop - 1}"
+                if self.features.kind == OFA_ONEHOT
+                else ", ".join(map(str, self.features.resolutions))
+            )
             raise SchemaError(
-                "accuracy predictor resolutions must be a non-empty list of integers in "
-                f"{PREDICTOR_RESOLUTIONS.start}..{PREDICTOR_RESOLUTIONS.stop - 1}, got {str(resolutions)[:60]}"
+                f"accuracy predictor resolutions must be a non-empty list of integers in {allowed} "
+                f"(its {self.features.kind} features), got {str(resolutions)[:60]}"
             )
         # Inputs are one-hot (each feature in [0, 1]): bound |output| through the layers, so a
         # predictor whose float32 forward pass could overflow is refused here, not mid-search.
-        bound = np.ones(PREDICTOR_FEATURES)
+        bound = np.ones(self.features.n_features)
         with np.errstate(all="ignore"):
             for w, b in zip(ws, bs):
                 bound = bound @ np.abs(w.astype(np.float64)) + np.abs(b.astype(np.float64))
@@ -107,7 +120,7 @@ class DenseAccuracyPredictor:
         r = np.clip(g[:, R_GENE], 0, len(self._known_r) - 1)
         if not self._known_r[r].all():
             self.check_resolutions(np.unique(g[:, R_GENE]).tolist())
-        h = predictor_features(g)
+        h = self.features.encode(g)
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             h = h @ w
@@ -127,7 +140,7 @@ class DenseAccuracyPredictor:
             ACCURACY_VERSION,
             {
                 "kind": "dense-relu",
-                "features": "ofa-onehot-128",
+                "features": self.features.to_dict(),
                 "output": "top1_pct",
                 "meta": meta,
                 "report": self.report,
@@ -147,10 +160,16 @@ def load_accuracy_predictor(path: str | Path) -> DenseAccuracyPredictor:
     path = Path(path)
     if not path.is_file():
         raise SchemaError(f"{path}: no such accuracy predictor file; fit one with `ofa2-edge fit-accuracy`")
-    doc = read_json(path, ACCURACY_SCHEMA, [ACCURACY_VERSION])
+    doc = read_json(path, ACCURACY_SCHEMA, ACCURACY_VERSIONS)
     fix = "fit it again (`ofa2-edge fit-accuracy`) or restore the file"
-    if doc.get("kind") != "dense-relu" or doc.get("features") != "ofa-onehot-128":
-        raise SchemaError(f"{path}: unknown accuracy predictor kind {doc.get('kind')!r} / features {doc.get('features')!r}")
+    if doc.get("kind") != "dense-relu" or (doc["schema_version"] == 1 and doc.get("features") != OFA_ONEHOT):
+        raise SchemaError(
+            f"{path}: unknown accuracy predictor kind {str(doc.get('kind'))[:40]!r} / features {str(doc.get('features'))[:80]!r}"
+        )
+    try:
+        features = FeatureEncoding.from_doc(doc.get("features"))
+    except SchemaError as exc:
+        raise SchemaError(f"{path}: {exc}; {fix}") from exc
     p, meta, report = doc.get("params"), doc.get("meta", {}), doc.get("report", {})
     for name, value in (("params", p), ("meta", meta), ("report", report)):
         if not isinstance(value, dict):
@@ -165,7 +184,14 @@ def load_accuracy_predictor(path: str | Path) -> DenseAccuracyPredictor:
     source = {"kind": "fitted", "name": name, "path": str(path.resolve()), "sha256": sha256_file(path)}
     try:
         return DenseAccuracyPredictor(
-            weights, biases, output_scale=scale, output_offset=offset, resolutions=res, source=source, report=report
+            weights,
+            biases,
+            output_scale=scale,
+            output_offset=offset,
+            resolutions=res,
+            source=source,
+            report=report,
+            features=features,
         )
     except SchemaError as exc:
         raise SchemaError(f"{path}: {exc}; {fix}") from exc

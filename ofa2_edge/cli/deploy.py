@@ -22,7 +22,7 @@ from ofa2_edge.cli.common import (
 )
 from ofa2_edge.cli.devices import load_inventory, require_known_device
 from ofa2_edge.cli.runs import resolve_run
-from ofa2_edge.core.errors import InvalidInputError
+from ofa2_edge.core.errors import InvalidInputError, MeasurementError
 
 
 class _BuildByDefault(TyperGroup):
@@ -118,8 +118,14 @@ def build(
     supernet: Optional[Path] = typer.Option(
         None,
         "--supernet",
-        help="OFA supernet checkpoint (real weights): a path, or ofa_mbv3_d234_e346_k357_w1.2 after "
-        "`assets fetch --supernet`.",
+        help="Real weights: a trained supernet folder (supernets/NAME from `ofa2-edge train`: deployable, with its "
+        "classes and preprocessing), an OFA checkpoint path, or ofa_mbv3_d234_e346_k357_w1.2 after `assets fetch --supernet`.",
+    ),
+    data: Optional[Path] = typer.Option(
+        None, "--data", help="The trained supernet's dataset (default: the path its manifest records)."
+    ),
+    verify_images: int = typer.Option(
+        200, "--verify-images", min=0, help="With --verify and a trained supernet: held-out test images classified on the device (0: none)."
     ),
     calib_images: Optional[Path] = typer.Option(
         None, "--calib-images", help="Image folder to recalibrate BN statistics."
@@ -158,8 +164,17 @@ def build(
         calib_images=calib_images,
         calib_max=calib_max,
         labels=labels,
+        data=data,
+        verify_images=verify_images if verify else 0,
     )
+    check = None
+    if verify and shipped.bundle.verification is not None:
+        from ofa2_edge.deploy.verify import verify_predictions
+
+        check = verify_predictions(shipped.bundle.folder, device, st.workspace, shipped.bundle.verification, trust_on_first_use)
     summary = shipped.summary()
+    if check is not None:
+        summary["on_device"] = check.on_device
     if summary["status"] == "latency-only":
         err_console.print(
             "[bold yellow]LATENCY-ONLY bundle[/]: random weights (no --supernet). Its latency is real; its outputs are not."
@@ -185,9 +200,15 @@ def build(
         )
     if as_json:
         emit_json(summary)
-        return
-    for key, value in summary.items():
-        out_console.print(f"{key:>26}: {value}", highlight=False, markup=False)
+    else:
+        for key, value in summary.items():
+            out_console.print(f"{key:>26}: {value}", highlight=False, markup=False)
+    if check is not None and not check.passed:
+        raise MeasurementError(
+            f"{device.key}: the bundle's top-1 agrees with torch's on {check.on_device['agreement_pct']:.1f} % of "
+            f"{check.on_device['n_images']} test images (at least {check.on_device['min_agreement_pct']:.0f} % needed); "
+            "the manifest records it. Check the device's runtime version and the export format"
+        )
 
 
 @bundle_app.command("check")

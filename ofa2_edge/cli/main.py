@@ -14,7 +14,9 @@ from rich.text import Text
 from ofa2_edge import __version__
 from ofa2_edge.cli import arch, assets, deploy, devices, export, latency, measure, run, runs
 from ofa2_edge.cli import dashboard as dashboard_cli
+from ofa2_edge.cli import evaluate as evaluate_cli
 from ofa2_edge.cli import search as search_cli
+from ofa2_edge.cli import train as train_cli
 from ofa2_edge.cli.common import CliState, err_console, with_command_name
 from ofa2_edge.core.errors import EXIT_FAILURE, Ofa2EdgeError
 from ofa2_edge.core.workspace import Workspace
@@ -37,12 +39,14 @@ app.command(name="predict")(latency.predict)
 app.add_typer(latency.tables_app, name="tables")
 app.command("search")(search_cli.search)
 app.command("fit-accuracy")(search_cli.fit_accuracy)
+app.command("evaluate")(evaluate_cli.evaluate)
 app.add_typer(runs.app, name="runs")
 app.command("select")(deploy.select)
 app.command("run")(run.run)
 app.command("demo", help="Alias of `run`: the main job.")(run.run)
 app.add_typer(deploy.bundle_app, name="bundle")
 app.command("dashboard")(dashboard_cli.dashboard)
+app.command("train")(train_cli.train)
 
 
 def _version(value: bool) -> None:

@@ -44,10 +44,18 @@ def _pairs(items: list[str], name: str) -> dict[str, Any]:
     return out
 
 
-def _config_from_options(base: SearchConfig | None, opts: dict[str, Any]) -> SearchConfig:
-    """Options the user gave override `base` (a stored or --config file); others keep it."""
+def _config_from_options(base: SearchConfig | None, opts: dict[str, Any], ws: Any = None) -> SearchConfig:
+    """Options the user gave override `base` (a stored or --config file); others keep it.
+
+    `--accuracy TABLE` (an accuracy table's name) also sets the space's resolutions and width
+    to the table's, unless --resolutions / --width say otherwise."""
+    from ofa2_edge.accuracy.table import table_space
+
     d = base.to_dict() if base else {**SearchConfig(objectives=("top1",)).to_dict(), "algorithm": AUTO}
     space = dict(d["space"])
+    from_table = table_space(opts["accuracy"], ws) if ws is not None and opts["accuracy"] else None
+    if from_table is not None:
+        space["resolutions"], space["w"] = list(from_table[0]), from_table[1]
     for key, field in (("resolutions", "resolutions"), ("ks", "ks"), ("e", "e"), ("d", "d"), ("width", "w")):
         if opts[key] is not None:
             space[field] = opts[key]
@@ -117,7 +125,9 @@ def search(
     e: Optional[str] = typer.Option(None, "--e", help="Allowed expand ratios (subset of 3,4,6)."),
     d: Optional[str] = typer.Option(None, "--d", help="Allowed stage depths (subset of 2,3,4)."),
     width: Optional[float] = typer.Option(None, "--width", help="Supernet width multiplier (default 1.2)."),
-    accuracy: Optional[str] = typer.Option(None, "--accuracy", help="'official' (default) or a predictor from `fit-accuracy`."),
+    accuracy: Optional[str] = typer.Option(
+        None, "--accuracy", help="'official' (default), a predictor JSON from `fit-accuracy`, or an accuracy table's name (its fitted predictor; the space takes the table's resolutions)."
+    ),
     assets: Optional[Path] = typer.Option(None, "--assets", help="Folder with the official OFA assets (else $OFA2_EDGE_ASSETS)."),
     ref_point: list[str] = typer.Option([], "--ref-point", help="Hypervolume reference, natural units: top1=75,latency:note10=100."),
     sampling: Optional[str] = typer.Option(None, "--sampling", help=f"Initial population: {', '.join(SAMPLINGS)}."),
@@ -150,10 +160,10 @@ def search(
     if resume:
         if output is None:
             raise InvalidInputError("--resume needs the run folder: -o runs/NAME")
-        cfg = _config_from_options(stored_config(rs.RunFolder(output)), opts) if given else None
+        cfg = _config_from_options(stored_config(rs.RunFolder(output)), opts, ws) if given else None
     else:
         base = stored_config(rs.RunFolder(config.parent if config.is_file() else config)) if config else None
-        cfg = _config_from_options(base, opts)
+        cfg = _config_from_options(base, opts, ws)
     if output is None:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         output = ws.runs_dir / f"{stamp}-{cfg.algorithm}-s{cfg.seed}"
@@ -187,32 +197,59 @@ def search(
 
 def fit_accuracy(
     ctx: typer.Context,
-    data: Path = typer.Argument(..., help="CSV: a `top1` column (percent) and an `arch` JSON column or genes ks0..ks19,e0..e19,d0..d4,r."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where to save (default accuracy_predictors/<csv name>.json)."),
+    data: Optional[Path] = typer.Argument(None, help="CSV: a `top1` column (percent) and an `arch` JSON column or genes ks0..ks19,e0..e19,d0..d4,r."),
+    table: Optional[str] = typer.Option(None, "--table", help="Fit on an accuracy table from `ofa2-edge evaluate` (its val top-1) instead of a CSV."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where to save (default: accuracy_predictors/<csv name>.json, or the table's predictor.json)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split, folds and MLP initialisation."),
     test_fraction: float = typer.Option(0.2, "--test-fraction", help="Share of pairs held out for the report."),
     models: str = typer.Option("ridge,mlp", "--models", help="Model families to choose from by cross-validation."),
     width: float = typer.Option(1.2, "--width", help="Width multiplier of the archs (if the CSV does not say)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Fit a top-1 predictor from your own (arch, accuracy) pairs; use it with `search --accuracy`."""
-    from ofa2_edge.accuracy.fit import fit_accuracy_predictor, read_accuracy_csv
+    """Fit a top-1 predictor from your own (arch, accuracy) pairs or an accuracy table; use it with `search --accuracy`."""
+    from contextlib import nullcontext
+
+    from ofa2_edge.accuracy.fit import fit_accuracy_predictor, read_accuracy_csv, read_accuracy_table
+    from ofa2_edge.accuracy.table import AccuracyTable
 
     ws = state(ctx).workspace
-    pairs = read_accuracy_csv(data, width_mult=width)
-    predictor = fit_accuracy_predictor(
-        pairs, seed=seed, test_fraction=test_fraction, kinds=tuple(m.strip() for m in models.split(",") if m.strip()), name=data.stem
-    )
-    path = output or ws.root / "accuracy_predictors" / f"{data.stem}.json"
-    predictor.save(path, name=data.stem, data=str(data.resolve()))
+    if (data is None) == (table is None):
+        raise InvalidInputError("give a CSV of (arch, top1) pairs or --table NAME (an accuracy table), not both or neither")
+    kinds = tuple(m.strip() for m in models.split(",") if m.strip())
+    acc_table = AccuracyTable.of(ws, table).require() if table is not None else None
+    name = table if table is not None else data.stem  # type: ignore[union-attr]
+    with acc_table.lock() if acc_table is not None else nullcontext():
+        pairs = read_accuracy_table(acc_table) if acc_table is not None else read_accuracy_csv(data, width_mult=width)  # type: ignore[arg-type]
+        predictor = fit_accuracy_predictor(pairs, seed=seed, test_fraction=test_fraction, kinds=kinds, name=name)
+        if acc_table is not None:
+            floor = acc_table.noise_floor()
+            held = predictor.report["held_out"]["spearman"]
+            predictor.report["noise_floor"] = floor
+            predictor.report["share_of_noise_floor"] = (
+                held / floor["spearman"] if floor and floor["spearman"] and floor["spearman"] > 0 else None
+            )
+            binding = acc_table.binding()
+            meta = {"name": name, "table": name, "supernet_sha256": binding.supernet_sha256,
+                    "dataset_fingerprint": binding.dataset_fingerprint, "part": "val"}  # fmt: skip
+            path = output or acc_table.predictor_path
+        else:
+            meta = {"name": name, "data": str(data.resolve())}  # type: ignore[union-attr]
+            path = output or ws.root / "accuracy_predictors" / f"{name}.json"
+        predictor.save(path, **meta)
     report = predictor.report
     if as_json:
         emit_json({"path": str(Path(path).resolve()), "report": report})
         return
     h = report["held_out"]
-    table = Table(title=f"accuracy predictor from {data.name}", show_header=False)
-    table.add_row("model", f"{report['model']} (chosen by {report['cv_folds']}-fold CV: " + ", ".join(f"{k} RMSE {v['rmse_pct']:.3f}" for k, v in report["cv"].items()) + ")")
-    table.add_row("pairs", f"{report['n_pairs']} ({report['n_train']} train, {report['n_test']} held out)")
-    table.add_row("held-out", f"RMSE {h['rmse_pct']:.3f} pt, MAE {h['mae_pct']:.3f} pt, Spearman {h['spearman']:.3f}, R² {h['r2']:.3f}")
-    table.add_row("saved", f"{path}  (use: {command_name()} search --accuracy {path} ...)")
-    out_console.print(table)
+    use = table if table is not None and output is None else path
+    title = f"accuracy predictor from table {table}" if table is not None else f"accuracy predictor from {data.name}"  # type: ignore[union-attr]
+    out = Table(title=title, show_header=False)
+    out.add_row("model", f"{report['model']} (chosen by {report['cv_folds']}-fold CV: " + ", ".join(f"{k} RMSE {v['rmse_pct']:.3f}" for k, v in report["cv"].items()) + ")")
+    out.add_row("features", f"{report['features']['kind']} (resolutions {', '.join(map(str, report['resolutions']))})")
+    out.add_row("pairs", f"{report['n_pairs']} ({report['n_train']} train, {report['n_test']} held out)")
+    out.add_row("held-out", f"RMSE {h['rmse_pct']:.3f} pt, MAE {h['mae_pct']:.3f} pt, Spearman {h['spearman']:.3f}, Kendall tau {h['kendall_tau']:.3f}, R² {h['r2']:.3f}")
+    floor = report.get("noise_floor")
+    if table is not None:
+        out.add_row("noise floor", f"Spearman {floor['spearman']:.3f} between two BN recalibrations of {floor['n_repeated']} subnets; the predictor reaches {report['share_of_noise_floor']:.0%} of it" if floor and report.get("share_of_noise_floor") is not None else "not measured (evaluate with --repeat-fraction)")
+    out.add_row("saved", f"{path}  (use: {command_name()} search --accuracy {use} ...)")
+    out_console.print(out)

@@ -1,4 +1,11 @@
-"""From a chosen candidate to a bundle: weights, optional BN recalibration, export, manifest."""
+"""From a chosen candidate to a bundle: weights, optional BN recalibration, export, manifest.
+
+With a trained supernet (`supernets/NAME` from `ofa2-edge train`, its manifest binding it to
+a dataset), the pick is extracted with the trained weights, its BatchNorm statistics are
+recalibrated on the dataset's train part exactly as `evaluate` does, the dataset's
+preprocessing and class names go into the bundle (`labels.txt`), and the bundle is
+`deployable`. For `--verify`, held-out *test* images are preprocessed here with the recorded
+preprocessing and classified by torch, so the device's answers can be compared to them."""
 
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ import numpy as np
 from exporters import ExportCache, export_module, export_subnet
 from exporters.representative import folder_digest
 from exporters.tensorrt import build_spec
+from ofa2_edge.accuracy.source import open_supernet
 from ofa2_edge.core.errors import InvalidInputError
 from ofa2_edge.core.persist import sha256_file
 from ofa2_edge.core.workspace import Workspace
@@ -30,9 +38,70 @@ CALIB_SEED = 0
 
 
 @dataclass(frozen=True)
+class VerificationBatch:
+    """Held-out test images for an on-device check: preprocessed (N, 3, r, r) float32, their
+    true labels, torch's top-1 for them, and which test images they are."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    torch_top1: np.ndarray
+    indices: np.ndarray
+    part: str = "test"
+
+
+@dataclass(frozen=True)
 class BuiltBundle:
     folder: Path
     manifest: dict[str, Any]
+    verification: VerificationBatch | None = None
+
+
+def _trained_subnet(trained: Any, arch: Any, data: Path | None) -> tuple[Any, Any]:
+    """The pick with trained weights and BN statistics recalibrated on the train part (as
+    `evaluate` does), and the opened dataset."""
+    from ofa2_edge.accuracy.evaluate import DEFAULT_BATCH, EvaluateSettings, bn_subset, check_pair
+    from ofa2_edge.data import batches, open_dataset
+
+    where = data or (trained.manifest.dataset or {}).get("path")
+    if where is None:
+        raise InvalidInputError(
+            f"{trained.folder} was trained on a dataset this bundle needs (BN statistics, held-out images): give it "
+            "with --data"
+        )
+    ds = open_dataset(Path(where))
+    check_pair(trained, ds)
+    subnet = trained.net.extract(arch)
+    settings = EvaluateSettings()
+    idx = bn_subset(ds, settings.bn_images, settings.bn_seed)
+    recalibrate_bn(
+        subnet,
+        (x for x, _ in batches(ds, "train", arch.r, DEFAULT_BATCH, indices=idx)),
+        source=f"train subset seed {settings.bn_seed} of dataset {ds.fingerprint[:16]}",
+    )
+    return subnet, ds
+
+
+def verification_batch(subnet: Any, ds: Any, n_images: int, seed: int = 0) -> VerificationBatch:
+    """`n_images` test images (a seeded choice), preprocessed with the subnet's recorded
+    preprocessing, with torch's top-1 answers."""
+    import torch
+
+    r = subnet.arch.r
+    if ds.preprocessing(r) != subnet.preprocessing:
+        raise InvalidInputError(
+            f"the dataset's preprocessing at {r} px differs from the one the supernet was trained with; "
+            "verify with the dataset it was trained on"
+        )
+    n_test = ds.size("test")
+    if n_test < 1:
+        raise InvalidInputError("the dataset's test part is empty: no held-out images to verify the bundle with")
+    idx = np.sort(np.random.default_rng([seed, 17]).permutation(n_test)[: min(n_images, n_test)])
+    x = ds.preprocessed("test", idx, r)
+    with torch.no_grad():
+        top1 = subnet(x).argmax(dim=1).numpy()
+    return VerificationBatch(
+        np.ascontiguousarray(x.numpy(), dtype=np.float32), ds.labels("test")[idx], top1.astype(np.int64), idx
+    )
 
 
 def _accuracy(run: RunFolder, chosen: Candidate, real_weights: bool) -> dict[str, Any]:
@@ -51,6 +120,22 @@ def _accuracy(run: RunFolder, chosen: Candidate, real_weights: bool) -> dict[str
         "predictor_sha256": source.get("sha256"),
         "note": note,
     }
+
+
+def measured_accuracy(subnet: Any, ds: Any) -> dict[str, Any]:
+    """The pick's own top-1 with the bundle's weights and BN statistics: on the val part (the
+    selection split) and the test part (held out from every choice)."""
+    from ofa2_edge.accuracy.evaluate import DEFAULT_BATCH, score
+    from ofa2_edge.data import batches
+
+    out: dict[str, Any] = {"dataset_fingerprint": ds.fingerprint}
+    for part in ("val", "test"):
+        if ds.size(part) > 0:
+            scores, _ = score(subnet, list(batches(ds, part, subnet.arch.r, DEFAULT_BATCH)), len(ds.classes))
+            out[f"{part}_top1_pct"] = scores.top1_pct
+            out[f"{part}_top5_pct"] = scores.top5_pct
+            out[f"{part}_n_images"] = scores.n_images
+    return out
 
 
 def _device_facts(device: Device, workspace: Workspace, runtime: str) -> dict[str, Any]:
@@ -88,21 +173,39 @@ def make_bundle(
     calib_max: int = 2000,
     labels: Path | None = None,
     quality: dict[str, Any] | None = None,
+    data: Path | None = None,
+    verify_images: int = 0,
 ) -> BuiltBundle:
     """Export `chosen` for `device` (real weights from `supernet`, else random) and bundle it.
 
     `quality` (the predictor's verdict, :mod:`ofa2_edge.tables.quality`) is recorded beside the
     predicted latency, so a bundle shipped with an untrusted predictor says so."""
     plan = MeasurePlan.for_device(device, fmt, precision)
-    label_lines = read_labels(labels, N_CLASSES) if labels is not None else None  # fail before the export
+    trained = open_supernet(supernet) if supernet is not None else None
+    n_classes = trained.n_classes if trained is not None else N_CLASSES
+    label_lines = read_labels(labels, n_classes) if labels is not None else None  # fail before the export
     cache = ExportCache(workspace.exports_dir)
     arch = chosen.arch
+    check: VerificationBatch | None = None
+    measured: dict[str, Any] | None = None
     if calib_images is not None and supernet is None:
         raise InvalidInputError("--calib-images recalibrates real weights: give the checkpoint with --supernet")
-    if supernet is None:
+    if trained is not None and trained.manifest is not None:
+        if calib_images is not None:
+            raise InvalidInputError(
+                "a trained supernet's BN statistics come from its dataset's train part (--data); drop --calib-images"
+            )
+        subnet, ds = _trained_subnet(trained, arch, data)
+        if label_lines is None:
+            label_lines = list(trained.classes or ds.classes)
+        measured = measured_accuracy(subnet, ds)
+        if verify_images > 0:
+            check = verification_batch(subnet, ds, verify_images)
+        model = export_module(subnet, plan.fmt, cache=cache)
+    elif supernet is None:
         model = export_subnet(arch, plan.fmt, cache=cache)
     else:
-        net = load_supernet(supernet, width_mult=arch.w)
+        net = trained.net if trained is not None else load_supernet(supernet, width_mult=arch.w)
         if calib_images is None:
             model = export_subnet(arch, plan.fmt, supernet=net, cache=cache)
         else:
@@ -119,7 +222,7 @@ def make_bundle(
     surrogate_doc = json.loads(surrogate_path.read_text())
     facts = BundleFacts(
         device=_device_facts(device, workspace, plan.runtime),
-        accuracy=_accuracy(run, chosen, real_weights=supernet is not None),
+        accuracy={**_accuracy(run, chosen, real_weights=supernet is not None), **({"measured": measured} if measured else {})},
         predicted_latency={
             "latency_ms": chosen.latency_ms,
             "lower_ms": chosen.latency_lower_ms,
@@ -135,4 +238,4 @@ def make_bundle(
         run=_run_ref(run, workspace),
     )
     folder = build_bundle(out_root, model, facts, tensorrt=tensorrt, labels=label_lines)
-    return BuiltBundle(folder, read_manifest(folder))
+    return BuiltBundle(folder, read_manifest(folder), check)

@@ -365,6 +365,19 @@ def record_measurement(folder: str | Path, measured: dict[str, Any]) -> dict[str
     return manifest
 
 
+def record_on_device_accuracy(folder: str | Path, on_device: dict[str, Any]) -> dict[str, Any]:
+    """Write the on-device classification check into `accuracy.on_device`, then refresh
+    SHA256SUMS and the archive (the bundle is re-verified first, as for a measurement)."""
+    folder = Path(folder)
+    manifest = _check_folder(folder)
+    manifest["accuracy"] = {**(manifest.get("accuracy") or {}), "on_device": on_device}
+    payload = {k: v for k, v in manifest.items() if k not in ("schema", "schema_version")}
+    write_json(folder / MANIFEST, MANIFEST_SCHEMA, MANIFEST_VERSION, payload)
+    _write_sums(folder, [e["name"] for e in manifest["files"]] + [MANIFEST])
+    pack_folder(folder, folder.parent / f"{folder.name}.tar.gz", arcname=folder.name)
+    return manifest
+
+
 def model_file(folder: str | Path, manifest: dict[str, Any]) -> Path:
     name = next(e["name"] for e in manifest["files"] if e["name"].startswith("model."))
     return Path(folder) / name

@@ -10,15 +10,23 @@ predicted interval is reported: the predictor may need more calibration.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from device_agents.records import MeasureResult, Protocol, TensorRTBuild, TensorSpec
 from ofa2_edge.core.errors import MeasurementError
 from ofa2_edge.core.workspace import Workspace
-from ofa2_edge.deploy.bundle import check_bundle, model_file, read_tensorrt_build, record_measurement
+from ofa2_edge.deploy.bundle import (
+    check_bundle,
+    model_file,
+    read_tensorrt_build,
+    record_measurement,
+    record_on_device_accuracy,
+)
 from ofa2_edge.devices.inventory import Device
 from ofa2_edge.devices.runtimes import runtime_for_file
 from ofa2_edge.devices.session import DeviceSession, ShippableModel
@@ -99,3 +107,58 @@ def verify_bundle(
             device.key,
         )
     return Verification(result, manifest, within)
+
+
+#: The least share of held-out images on which the device's top-1 must equal torch's.
+MIN_AGREEMENT = 0.99
+
+
+@dataclass(frozen=True)
+class ClassificationCheck:
+    """The device's top-1 on held-out test images, compared with torch's and the truth."""
+
+    on_device: dict[str, Any]
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.on_device["passed"])
+
+
+def verify_predictions(
+    folder: Any, device: Device, workspace: Workspace, batch: Any, trust_on_first_use: bool = False
+) -> ClassificationCheck:
+    """Run `batch` (a :class:`ofa2_edge.deploy.build.VerificationBatch`) through the bundle's own
+    model file on `device` via the agent; record agreement with torch and on-device top-1 in
+    the manifest (`accuracy.on_device`). Agreement below 99 % is recorded, and reported by
+    `passed`; the caller decides the exit."""
+    import tempfile
+
+    import numpy as np
+
+    manifest = check_bundle(folder)
+    if manifest["device"]["key"] != device.key:
+        raise MeasurementError(f"{folder} was built for device {manifest['device']['key']}, not {device.key}")
+    model = _shippable(folder, manifest)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "images.npy"
+        np.save(path, np.ascontiguousarray(batch.images, dtype=np.float32), allow_pickle=False)
+        with DeviceSession(device, workspace.cache_dir, trust_on_first_use=trust_on_first_use) as session:
+            got = np.asarray(session.classify(model, path, threads=device.threads), dtype=np.int64)
+    n = int(got.size)
+    agree = float((got == batch.torch_top1).mean())
+    on_device = {
+        "part": batch.part,
+        "n_images": n,
+        "image_indices_sha256": hashlib.sha256(np.asarray(batch.indices, dtype=np.int64).tobytes()).hexdigest(),
+        "top1_pct": 100.0 * float((got == batch.labels).mean()),
+        "torch_top1_pct": 100.0 * float((batch.torch_top1 == batch.labels).mean()),
+        "agreement_pct": 100.0 * agree,
+        "min_agreement_pct": 100.0 * MIN_AGREEMENT,
+        "passed": agree >= MIN_AGREEMENT,
+        "device_key": device.key,
+        "runtime": model.runtime,
+    }
+    record_on_device_accuracy(folder, on_device)
+    if not on_device["passed"]:
+        log.warning("%s: the device agrees with torch on %.1f %% of %d images only", device.key, 100 * agree, n)
+    return ClassificationCheck(on_device)

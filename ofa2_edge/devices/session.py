@@ -385,3 +385,57 @@ class DeviceSession:
                 f"{self.device.key}: the agent stopped before the end of the batch (exit {res.returncode}; "
                 f"{res.stderr.strip()[-300:]})"
             )
+
+    # ------------------------------------------------------------------ classifying
+    def classify(self, model: ShippableModel, images: Path, threads: int = 1, timeout_s: float = 600.0) -> list[int]:
+        """Top-1 labels of the images in `images` (a float32 .npy batch, preprocessed on the
+        host) by `model` run on the device through the agent (`agent.pyz classify`).
+
+        Both files travel with their sha256, which the agent checks; the answer must name
+        them, the probed agent version and one label per image, else MeasurementError."""
+        from ofa2_edge.core.persist import sha256_file
+
+        images_sha = sha256_file(images)
+        self.transport.upload(model.path, model.remote_name, model.sha256)
+        remote_images = self.transport.upload(images, f"images-{images_sha[:16]}.npy", images_sha)
+        argv = self._agent(
+            "classify", "--model", self.transport.remote_path(model.remote_name), "--model-sha256", model.sha256,
+            "--images", remote_images, "--images-sha256", images_sha, "--runtime", model.runtime,
+            "--threads", str(threads),
+        )  # fmt: skip
+        res = self.transport.run(argv, timeout_s)
+        if res.timed_out:
+            raise MeasurementError(f"{self.device.key}: classifying the images took longer than {timeout_s:.0f} s")
+        if res.returncode != 0:
+            raise MeasurementError(
+                f"{self.device.key}: the agent could not classify the images (exit {res.returncode}): "
+                f"{res.stderr.strip()[-500:]}"
+            )
+        lines = [line for line in res.stdout.splitlines() if line.strip()]
+        try:
+            doc = json.loads(lines[-1]) if lines else None
+        except ValueError:
+            doc = None
+        n = _npy_rows(images)
+        checks = isinstance(doc, dict) and (
+            doc.get("event") == "agent.predictions"
+            and doc.get("model_sha256") == model.sha256
+            and doc.get("images_sha256") == images_sha
+            and (self.probe is None or doc.get("agent_version") == self.probe.agent_version)
+            and isinstance(doc.get("top1"), list)
+            and len(doc["top1"]) == n
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 20 for v in doc["top1"])
+        )
+        if not checks:
+            raise MeasurementError(
+                f"{self.device.key}: the agent's predictions do not answer the request (expected {n} labels for model "
+                f"{model.sha256[:12]} and images {images_sha[:12]}). {BROKEN_AGENT_FIX}"
+            )
+        return list(doc["top1"])  # type: ignore[index]
+
+
+def _npy_rows(path: Path) -> int:
+    """The first dimension of a .npy file, read from its header (never unpickled)."""
+    import numpy as np
+
+    return int(np.load(path, mmap_mode="r", allow_pickle=False).shape[0])

@@ -119,7 +119,7 @@ class MetricContext:
 
     workspace: Workspace
     space: SearchSpace
-    accuracy: str = OFFICIAL_ACCURACY  # "official" or a path to a fitted predictor JSON
+    accuracy: str = OFFICIAL_ACCURACY  # "official", a path to a fitted predictor JSON, or an accuracy table name
     assets_dir: Path | None = None
     _cache: dict[str, Metric] = field(default_factory=dict)
 
@@ -174,11 +174,12 @@ def metric_names() -> list[str]:
 def _top1(arg: str, ctx: MetricContext) -> Metric:
     from ofa2_edge.accuracy.official import official_predictor
     from ofa2_edge.accuracy.predictor import load_accuracy_predictor
+    from ofa2_edge.accuracy.table import accuracy_source
 
     if ctx.accuracy == OFFICIAL_ACCURACY:
         predictor = official_predictor(ctx.assets_dir)
-    else:
-        predictor = load_accuracy_predictor(ctx.accuracy)
+    else:  # a predictor JSON, or an accuracy table's fitted predictor
+        predictor = load_accuracy_predictor(accuracy_source(ctx.accuracy, ctx.workspace))
     predictor.check_resolutions(ctx.space.resolutions)
     return Metric("top1", "top1_pct", "%", True, predictor.predict, predictor.source)
 

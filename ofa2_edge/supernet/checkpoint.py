@@ -1,7 +1,10 @@
 """Load an OFA-MobileNetV3 supernet checkpoint, all or nothing.
 
 OFA's released files (``ofa_mbv3_d234_e346_k357_w1.0`` / ``_w1.2``) hold
-``{"state_dict": ...}``; a bare state_dict is accepted too. They are read with
+``{"state_dict": ...}``; a bare state_dict is accepted too, and so is a supernet trained
+by ``ofa2-edge train`` (a ``supernets/<NAME>/`` folder or its ``supernet.pth``): the same
+layout with a classifier of any size, plus a ``manifest.json`` (see
+:mod:`ofa2_edge.supernet.manifest`) that :func:`load_supernet` attaches to the network. They are read with
 ``torch.load(weights_only=True)``, which never runs pickled code. Files saved before OFA
 renamed its blocks' ``mobile_inverted_conv`` to ``conv`` are read under the new names, as
 OFA's own `load_state_dict` does. Every key, shape, dtype and value is checked against the
@@ -23,7 +26,17 @@ import torch
 from ofa2_edge.core.assets import SUPERNET_W12, search_dirs
 from ofa2_edge.core.errors import CheckpointError
 from ofa2_edge.space.arch import DEPTH_CHOICES, EXPAND_CHOICES, KERNEL_CHOICES, WIDTH_MULTS
+from ofa2_edge.space.netplan import N_CLASSES
+from ofa2_edge.supernet.manifest import (
+    WEIGHTS_NAME,
+    SupernetManifest,
+    check_manifest_matches,
+    read_manifest,
+)
 from ofa2_edge.supernet.network import Supernet, check_width_mult
+
+__all__ = ["SupernetManifest", "expected_shapes", "find_checkpoint", "load_supernet", "read_manifest"]
+CLASSIFIER_KEY = "classifier.linear.weight"
 
 #: OFA renamed `blocks.N.mobile_inverted_conv.` to `blocks.N.conv.` in 2020; older files use the former.
 LEGACY_KEY_RENAMES = ((".mobile_inverted_conv.", ".conv."),)
@@ -36,9 +49,17 @@ OFA_CHECKPOINT_NAME = re.compile(r"ofa_mbv3_d234_e346_k357_w1\.[02]")
 
 
 @lru_cache(maxsize=None)
-def expected_shapes(width_mult: float) -> dict[str, tuple[int, ...]]:
+def expected_shapes(width_mult: float, n_classes: int = N_CLASSES) -> dict[str, tuple[int, ...]]:
     """Every state_dict key of the w`width_mult` supernet with its shape (OFA's names)."""
-    return {k: tuple(v.shape) for k, v in Supernet.skeleton(width_mult).state_dict().items()}
+    return {k: tuple(v.shape) for k, v in Supernet.skeleton(width_mult, n_classes).state_dict().items()}
+
+
+def _n_classes(state: Mapping[str, Any]) -> int:
+    """The class count of a state_dict's classifier (1000 when it cannot tell)."""
+    w = state.get(CLASSIFIER_KEY)
+    if isinstance(w, torch.Tensor) and w.ndim == 2 and w.shape[0] >= 2:
+        return int(w.shape[0])
+    return N_CLASSES
 
 
 def _network_name(w: float) -> str:
@@ -57,6 +78,8 @@ def find_checkpoint(source: str | Path, assets_dir: str | Path | None = None) ->
     is not a file here is looked up as `ofa_nets/<name>` in --assets, $OFA2_EDGE_ASSETS and
     the user cache, in that order."""
     path = Path(source)
+    if path.is_dir() and (path / WEIGHTS_NAME).is_file():
+        return path / WEIGHTS_NAME
     if path.exists() or len(path.parts) != 1 or not OFA_CHECKPOINT_NAME.fullmatch(path.name):
         return path
     for _, folder in search_dirs(assets_dir):
@@ -136,7 +159,7 @@ def _unwrap(obj: Any, where: str) -> dict[str, Any]:
 
 def _problems(state: Mapping[str, Any], width_mult: float) -> list[str]:
     """Every way `state` fails to be a complete w`width_mult` supernet; empty when it fits."""
-    expected = expected_shapes(width_mult)
+    expected = expected_shapes(width_mult, _n_classes(state))
     missing = [k for k in expected if k not in state and not k.endswith(OPTIONAL_SUFFIX)]
     unexpected = [k for k in state if k not in expected]
     not_tensor = [
@@ -167,7 +190,7 @@ def _problems(state: Mapping[str, Any], width_mult: float) -> list[str]:
 
 def _to_module_tensors(state: Mapping[str, torch.Tensor], width_mult: float, copy: bool) -> dict[str, torch.Tensor]:
     tensors = {}
-    for key in expected_shapes(width_mult):
+    for key in expected_shapes(width_mult, _n_classes(state)):
         if key in state:
             t = state[key].detach()
             t = t.to(torch.int64) if key.endswith(OPTIONAL_SUFFIX) else t.to(torch.float32)
@@ -177,17 +200,31 @@ def _to_module_tensors(state: Mapping[str, torch.Tensor], width_mult: float, cop
     return tensors
 
 
-def load_supernet(source: str | Path | Mapping[str, Any], width_mult: float = 1.2) -> Supernet:
-    """The supernet of a checkpoint file (path) or an in-memory state_dict, in eval mode.
+def load_supernet(source: str | Path | Mapping[str, Any], width_mult: float | None = None) -> Supernet:
+    """The supernet of a checkpoint file (path), a trained supernet's folder, or an
+    in-memory state_dict, in eval mode.
 
     Its `weights_source` is ``sha256:<hex of the file>`` for a file and
     ``state_dict-sha256:<hex of the tensors>`` for a mapping. The tensors are copied out of
-    a mapping, so changing the mapping later does not change the supernet.
+    a mapping, so changing the mapping later does not change the supernet. The classifier
+    may have any number of classes. A trained supernet's manifest is checked against the
+    weights (sha256, classes, width) and attached as `net.manifest`; `width_mult` defaults
+    to the manifest's, else 1.2.
     """
-    w = check_width_mult(width_mult)
+    manifest: SupernetManifest | None = None
     if isinstance(source, (str, Path)):
         path = find_checkpoint(source)
+        try:
+            manifest = read_manifest(path) if path.name == WEIGHTS_NAME else None
+        except Exception as exc:  # SchemaError: an unreadable manifest makes the folder unusable
+            raise CheckpointError(f"{path.parent / 'manifest.json'}: {exc}") from exc
+    if width_mult is None:
+        width_mult = manifest.width_mult if manifest is not None else 1.2
+    w = check_width_mult(width_mult)
+    if isinstance(source, (str, Path)):
         obj, weights_source = _read_file(path)
+        if manifest is not None:
+            check_manifest_matches(manifest, weights_source, path)
         where = f"checkpoint {path}"
         state, copy = _unwrap(obj, where), False
     elif isinstance(source, Mapping):
@@ -206,8 +243,15 @@ def load_supernet(source: str | Path | Mapping[str, Any], width_mult: float = 1.
         raise CheckpointError(
             f"{where} does not fit {_network_name(w)}:\n" + "\n".join(problems) + f"\nWhat to do: {hint}."
         )
+    n_classes = _n_classes(state)
+    if manifest is not None and (manifest.n_classes != n_classes or manifest.width_mult != w):
+        raise CheckpointError(
+            f"{where} has {n_classes} classes at w{w}, its manifest says {manifest.n_classes} classes at "
+            f"w{manifest.width_mult}; the folder was changed by hand: retrain, or restore both files together"
+        )
     tensors = _to_module_tensors(state, w, copy)
-    net = Supernet.skeleton(w)
+    net = Supernet.skeleton(w, n_classes)
     net.load_state_dict(tensors, strict=True, assign=True)
     net.weights_source = weights_source or _state_hash(tensors)
+    net.manifest = manifest
     return net.eval()

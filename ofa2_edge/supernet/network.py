@@ -25,13 +25,17 @@ are. A subnet is chosen per call, never by mutating the supernet (OFA toggles
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ofa2_edge.core.errors import InvalidArchError, InvalidInputError
+from ofa2_edge.data.preprocessing import Preprocessing
 from ofa2_edge.space.arch import EXPAND_CHOICES, KERNEL_CHOICES, N_BLOCKS, WIDTH_MULTS, Arch
 from ofa2_edge.space.netplan import (
+    N_CLASSES,
     Layer,
     mid_channels,
     se_channels,
@@ -40,6 +44,9 @@ from ofa2_edge.space.netplan import (
     tail_layers,
 )
 from ofa2_edge.supernet.static import ResidualBlock, StaticSubnet, batch_norm, conv_bn_act, tail_modules
+
+if TYPE_CHECKING:
+    from ofa2_edge.supernet.manifest import SupernetManifest
 
 #: Any resolution: the supernet's tensors do not depend on it; the plan functions want one.
 _PLAN_RESOLUTION = 224
@@ -53,6 +60,12 @@ def check_width_mult(width_mult: float) -> float:
         f"width_mult: {width_mult!r} is not an OFA-MobileNetV3 supernet; choose from "
         f"{', '.join(str(w) for w in WIDTH_MULTS)}"
     )
+
+
+def check_n_classes(n_classes: int) -> int:
+    if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
+        raise InvalidInputError(f"n_classes: expected an integer >= 2, got {n_classes!r}")
+    return n_classes
 
 
 def _center(size: int, sub: int) -> slice:
@@ -177,30 +190,61 @@ class Supernet(nn.Module):
 
     Get one from :func:`ofa2_edge.supernet.load_supernet` (a checkpoint) or
     :meth:`Supernet.random` (seeded); the bare constructor leaves torch's default init.
+    `n_classes` is the classifier's output count (ImageNet's 1000 for OFA's checkpoints, a
+    dataset's classes for a supernet trained by `ofa2-edge train`). `manifest` is the
+    trained checkpoint's manifest (None for OFA's files): it carries the dataset's classes
+    and preprocessing, which :meth:`extract` hands to every subnet. `bn_convert`, when set
+    (by the trainer under torch.distributed), rewrites the BatchNorm layers of the module
+    each :meth:`forward` builds, e.g. into synchronised ones.
     """
 
-    def __init__(self, width_mult: float = 1.2, weights_source: str = "uninitialised") -> None:
+    def __init__(
+        self, width_mult: float = 1.2, weights_source: str = "uninitialised", n_classes: int = N_CLASSES
+    ) -> None:
         super().__init__()
         self.width_mult = check_width_mult(width_mult)
         self.weights_source = weights_source
+        self.manifest: SupernetManifest | None = None
+        self.bn_convert: Callable[[nn.Module], nn.Module] | None = None
         r, w = _PLAN_RESOLUTION, self.width_mult
         first_conv, first_block = stem_layers(r, w)
         self.first_conv = conv_bn_act(first_conv.in_ch, first_conv.out_ch, first_conv.kernel, first_conv.stride)
         blocks: list[nn.Module] = [ResidualBlock(first_block)]
         blocks += [ElasticBlock(slot_layer(r, w, i, max(KERNEL_CHOICES), max(EXPAND_CHOICES))) for i in range(N_BLOCKS)]
         self.blocks = nn.ModuleList(blocks)
-        for name, module in tail_modules(tail_layers(r, w)).items():
+        for name, module in tail_modules(tail_layers(r, w), check_n_classes(n_classes)).items():
             self.add_module(name, module)
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.classifier.linear.out_features)
+
+    def preprocessing_for(self, r: int) -> Preprocessing:
+        """The input recipe of a subnet at `r` px: the trained dataset's, else OFA's ImageNet one."""
+        if self.manifest is not None:
+            return self.manifest.preprocessing_for(r)
+        return Preprocessing.for_resolution(r)
 
     # ------------------------------------------------------------ constructors
     @classmethod
-    def skeleton(cls, width_mult: float = 1.2) -> "Supernet":
+    def skeleton(cls, width_mult: float = 1.2, n_classes: int = N_CLASSES) -> "Supernet":
         """A supernet on the meta device: every name and shape, no memory, no RNG use."""
         with torch.device("meta"):
-            return cls(width_mult)
+            return cls(width_mult, n_classes=n_classes)
+
+    def replace_classifier(self, n_classes: int, generator: torch.Generator) -> None:
+        """A new, seeded classifier for `n_classes` classes (fine-tuning OFA's ImageNet
+        weights on a user's data keeps every other tensor)."""
+        old = self.classifier.linear
+        new = nn.Linear(old.in_features, check_n_classes(n_classes), device=old.weight.device)
+        with torch.no_grad():
+            bound = 1.0 / new.weight.shape[1] ** 0.5
+            new.weight.uniform_(-bound, bound, generator=generator)
+            new.bias.zero_()
+        self.classifier.linear = new
 
     @classmethod
-    def random(cls, width_mult: float = 1.2, seed: int = 0) -> "Supernet":
+    def random(cls, width_mult: float = 1.2, seed: int = 0, n_classes: int = N_CLASSES) -> "Supernet":
         """A supernet with seeded random weights, for work where only the shape matters
         (latency); its `weights_source` is ``random:<seed>``. All draws come from one
         `torch.Generator` seeded with `seed`; the global RNG is not touched.
@@ -215,7 +259,7 @@ class Supernet(nn.Module):
         """
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise InvalidInputError(f"seed: expected a non-negative integer, got {seed!r}")
-        net = cls.skeleton(width_mult).to_empty(device="cpu")
+        net = cls.skeleton(width_mult, n_classes).to_empty(device="cpu")
         gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for module in net.modules():
@@ -279,7 +323,7 @@ class Supernet(nn.Module):
                 k: t.detach().clone(memory_format=torch.contiguous_format) for k, t in self.subnet_tensors(arch).items()
             }
         with torch.device("meta"):
-            subnet = StaticSubnet(arch, self.weights_source)
+            subnet = StaticSubnet(arch, self.weights_source, self.n_classes, self.preprocessing_for(arch.r))
         subnet.load_state_dict(tensors, strict=True, assign=True)
         return subnet.eval()
 
@@ -293,9 +337,46 @@ class Supernet(nn.Module):
             raise InvalidInputError(f"expected an (N, 3, H, W) image batch, got shape {tuple(x.shape)}")
         tensors = self.subnet_tensors(arch)
         with torch.device("meta"):
-            skeleton = StaticSubnet(arch, self.weights_source)
+            skeleton: nn.Module = StaticSubnet(arch, self.weights_source, self.n_classes)
+        if self.bn_convert is not None:
+            skeleton = self.bn_convert(skeleton)
         skeleton.train(self.training)
         return torch.func.functional_call(skeleton, tensors, (x,), strict=True)
 
+    @torch.no_grad()
+    def sort_channels(self) -> None:
+        """OFA's `re_organize_middle_weights`: reorder every elastic block's middle channels
+        by importance (L1 norm of the projection weights that read them), and the SE hidden
+        channels by the L1 norm of the SE expand weights, most important first.
+
+        Run before training the elastic expand ratio, so that the first channels a small
+        ratio keeps are the most useful ones. The permutation is consistent across every
+        tensor that touches the channels, so the largest subnet computes exactly the same
+        function afterwards. Tensors are permuted in place (parameters keep their identity).
+        """
+
+        def permute(t: torch.Tensor, dim: int, idx: torch.Tensor) -> None:
+            t.copy_(torch.index_select(t, dim, idx))
+
+        for block in self.blocks[1:]:
+            mb: ElasticMBConv = block.conv
+            proj = mb.point_linear.conv.conv.weight
+            idx = torch.argsort(proj.abs().sum(dim=(0, 2, 3)), descending=True, stable=True)
+            permute(proj, 1, idx)
+            for bn in (mb.depth_conv.bn.bn, mb.inverted_bottleneck.bn.bn):
+                for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
+                    permute(t, 0, idx)
+            permute(mb.depth_conv.conv.conv.weight, 0, idx)
+            permute(mb.inverted_bottleneck.conv.conv.weight, 0, idx)
+            if "se" in mb.depth_conv:
+                fc = mb.depth_conv.se.fc
+                permute(fc.expand.weight, 0, idx)
+                permute(fc.expand.bias, 0, idx)
+                permute(fc.reduce.weight, 1, idx)
+                se_idx = torch.argsort(fc.expand.weight.abs().sum(dim=(0, 2, 3)), descending=True, stable=True)
+                permute(fc.expand.weight, 1, se_idx)
+                permute(fc.reduce.weight, 0, se_idx)
+                permute(fc.reduce.bias, 0, se_idx)
+
     def extra_repr(self) -> str:
-        return f"width_mult={self.width_mult}, weights_source={self.weights_source!r}"
+        return f"width_mult={self.width_mult}, n_classes={self.n_classes}, weights_source={self.weights_source!r}"

@@ -98,8 +98,9 @@ class ResidualBlock(nn.Module):
         return y + x if self.identity else y
 
 
-def tail_modules(layers: Sequence[Layer]) -> dict[str, nn.Module]:
-    """The final expand conv, pooling, feature-mix conv and classifier from their plan layers."""
+def tail_modules(layers: Sequence[Layer], n_classes: int = N_CLASSES) -> dict[str, nn.Module]:
+    """The final expand conv, pooling, feature-mix conv and classifier (`n_classes` outputs;
+    the plan's Logits layer is ImageNet's 1000) from their plan layers."""
     final, _pool, mix, logits = layers
     return {
         "final_expand_layer": conv_bn_act(final.in_ch, final.out_ch, 1, 1, hswish=True),
@@ -109,7 +110,7 @@ def tail_modules(layers: Sequence[Layer]) -> dict[str, nn.Module]:
             OrderedDict(conv=nn.Conv2d(mix.in_ch, mix.out_ch, 1, bias=False), act=nn.Hardswish())
         ),
         # dropout precedes it in training; it is the identity at inference
-        "classifier": nn.Sequential(OrderedDict(linear=nn.Linear(logits.in_ch, N_CLASSES))),
+        "classifier": nn.Sequential(OrderedDict(linear=nn.Linear(logits.in_ch, n_classes))),
     }
 
 
@@ -119,21 +120,31 @@ class StaticSubnet(nn.Module):
     `arch` is what it is, `weights_source` where its weights come from (``sha256:<hex>`` of
     a checkpoint file, or ``random:<seed>``), `bn_stats_source` where its BatchNorm
     running statistics come from (``supernet`` until :func:`recalibrate_bn` replaces
-    them), `preprocessing` the input recipe.
+    them), `preprocessing` the input recipe (OFA's ImageNet one unless given: a supernet
+    trained on a user's data passes its dataset's), `n_classes` the classifier's outputs.
     """
 
-    def __init__(self, arch: Arch, weights_source: str) -> None:
+    def __init__(
+        self,
+        arch: Arch,
+        weights_source: str,
+        n_classes: int = N_CLASSES,
+        preprocessing: Preprocessing | None = None,
+    ) -> None:
         super().__init__()
         plan = layer_plan(arch)
         first, blocks, tail = plan[0], plan[1:-4], plan[-4:]
         self.first_conv = conv_bn_act(first.in_ch, first.out_ch, first.kernel, first.stride, hswish=True)
         self.blocks = nn.ModuleList(ResidualBlock(layer) for layer in blocks)
-        for name, module in tail_modules(tail).items():
+        for name, module in tail_modules(tail, n_classes).items():
             self.add_module(name, module)
         self.arch = arch
+        self.n_classes = n_classes
         self.weights_source = weights_source
         self.bn_stats_source = "supernet"
-        self.preprocessing = Preprocessing.for_resolution(arch.r)
+        self.preprocessing = preprocessing or Preprocessing.for_resolution(arch.r)
+        if self.preprocessing.input_size != arch.r:
+            raise ValueError(f"preprocessing is for {self.preprocessing.input_size} px, the arch runs at {arch.r} px")
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:

@@ -1,0 +1,123 @@
+"""Accuracy tables on your data: evaluate throughput, the table's noise floor, the fitted predictor.
+
+Usage: python benchmarks/own_data_accuracy.py --supernet supernets/NAME [--data /usr/share/datasets/fashion-mnist]
+       [--budget 200] [--repeat 50] [--bn-images 2000] [--workspace /tmp/own_data_accuracy]
+
+Evaluates `--budget` subnets of a trained supernet into an accuracy table (resumable: rerun
+with the same workspace to continue), `--repeat` of them a second time with BN statistics from
+another train subset (the noise floor: Spearman between the two evaluations), then fits the
+top-1 predictor on the first half of the table and scores it on the held-out second half
+(Spearman, Kendall tau, and the share of the noise floor it reaches: the issue asks >= 90 %).
+Also reports the top-1 of the smallest and largest subnet with their MACs, evaluate's
+subnets per minute and the peak RSS. Results: benchmarks/results/own_data_accuracy.{json,md}.
+Shared machine: throughput figures move with the load, which is recorded beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).parent))
+from benchlib import machine_info  # noqa: E402
+
+from ofa2_edge.accuracy.evaluate import EvaluateSettings, evaluate_table  # noqa: E402
+from ofa2_edge.accuracy.fit import AccuracyData, _kendall, _spearman, fit_accuracy_predictor  # noqa: E402
+from ofa2_edge.accuracy.source import open_supernet  # noqa: E402
+from ofa2_edge.accuracy.table import AccuracyTable  # noqa: E402
+from ofa2_edge.core.workspace import Workspace  # noqa: E402
+from ofa2_edge.data import open_dataset  # noqa: E402
+from ofa2_edge.space.arch import genomes_of  # noqa: E402
+from ofa2_edge.space.costs import arch_costs  # noqa: E402
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--supernet", type=Path, required=True)
+    ap.add_argument("--data", type=Path, default=FASHION)
+    ap.add_argument("--budget", type=int, default=200)
+    ap.add_argument("--repeat", type=int, default=50)
+    ap.add_argument("--bn-images", type=int, default=2000)
+    ap.add_argument("--workspace", type=Path, default=Path("/tmp/own_data_accuracy"))
+    args = ap.parse_args()
+    trained = open_supernet(args.supernet)
+    ds = open_dataset(args.data)
+    ws = Workspace(args.workspace.resolve(), args.workspace.resolve() / "cache")
+    table = AccuracyTable.of(ws, "bench")
+    settings = EvaluateSettings(
+        budget=args.budget, bn_images=args.bn_images, repeat_fraction=min(1.0, args.repeat / args.budget)
+    )
+    t0 = time.perf_counter()
+    report = evaluate_table(table, trained, ds, settings)
+    seconds = time.perf_counter() - t0
+    n_done = len(report.evaluated) + len(report.repeated)
+    first = table.measured(0)
+    ids = [a for a in report.design if a in first]
+    archs = [first[i].arch for i in ids]
+    top1 = np.array([first[i].val.top1_pct for i in ids])
+    half = len(ids) // 2
+    model = fit_accuracy_predictor(AccuracyData(tuple(archs[:half]), top1[:half]), seed=0, name="bench")
+    pred = model.predict(genomes_of(archs[half:]))
+    floor = table.noise_floor()
+    held_rho = _spearman(top1[half:], pred)
+    costs = arch_costs(archs[:2])  # the design starts with the min and max nets of the first resolution
+    doc = {
+        "machine": machine_info(),
+        "command": " ".join(sys.argv),
+        "supernet": trained.describe(),
+        "dataset": {"fingerprint": ds.fingerprint, "sizes": {p: ds.size(p) for p in ("train", "val", "test")}},
+        "settings": {"budget": args.budget, "repeat": args.repeat, "bn_images": args.bn_images},
+        "evaluate": {
+            "subnets_this_run": n_done,
+            "seconds": round(seconds, 1),
+            "subnets_per_minute": round(60 * n_done / seconds, 2) if n_done else None,
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        },
+        "noise_floor": floor,
+        "predictor": {
+            "fitted_on": half,
+            "held_out": len(ids) - half,
+            "model": model.report["model"],
+            "features": model.report["features"],
+            "held_out_spearman": held_rho,
+            "held_out_kendall_tau": _kendall(top1[half:], pred),
+            "share_of_noise_floor": held_rho / floor["spearman"] if floor and floor["spearman"] else None,
+        },
+        "tradeoff": {
+            "smallest": {"arch_id": ids[0], "val_top1_pct": float(top1[0]), "test_top1_pct": first[ids[0]].test.top1_pct
+                         if first[ids[0]].test else None, "macs_m": costs[0]["macs_m"]},
+            "largest": {"arch_id": ids[1], "val_top1_pct": float(top1[1]), "test_top1_pct": first[ids[1]].test.top1_pct
+                        if first[ids[1]].test else None, "macs_m": costs[1]["macs_m"]},
+        },  # fmt: skip
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "own_data_accuracy.json").write_text(json.dumps(doc, indent=2) + "\n")
+    p, e, t = doc["predictor"], doc["evaluate"], doc["tradeoff"]
+    lines = [
+        "# Accuracy tables on your own data",
+        "",
+        f"`{doc['command']}` ({doc['machine'].get('load1_at_start', '?')} load average at start)",
+        "",
+        f"- evaluate: {e['subnets_this_run']} subnets in {e['seconds']} s ({e['subnets_per_minute']} subnets/min), peak RSS {e['peak_rss_mib']} MiB",
+        f"- noise floor: {json.dumps(floor)}",
+        f"- predictor ({p['model']}, fitted on {p['fitted_on']}, scored on {p['held_out']} held-out subnets): Spearman {p['held_out_spearman']:.3f}, "
+        f"Kendall tau {p['held_out_kendall_tau']:.3f}, share of the noise floor {p['share_of_noise_floor']}",
+        f"- smallest subnet {t['smallest']['macs_m']:.1f} MMACs: val {t['smallest']['val_top1_pct']:.2f} %, test {t['smallest']['test_top1_pct']}; "
+        f"largest {t['largest']['macs_m']:.1f} MMACs: val {t['largest']['val_top1_pct']:.2f} %, test {t['largest']['test_top1_pct']}",
+    ]
+    (RESULTS / "own_data_accuracy.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
