@@ -56,7 +56,8 @@ NEVERS = [
                               "ofa2_edge.deploy", "ofa2_edge.supernet", "exporters", "torch"), ()),
     ("ofa2_edge/tables", ("ofa2_edge.devices", "ofa2_edge.calibration", "ofa2_edge.search", "ofa2_edge.deploy",
                           "ofa2_edge.supernet", "exporters", "torch"), ()),
-    ("ofa2_edge", ("ofa2_edge.cli",), ("ofa2_edge/cli/", "ofa2_edge/__main__.py")),
+    # entry points: `python -m ofa2_edge` and `torchrun -m ofa2_edge.train` run the CLI
+    ("ofa2_edge", ("ofa2_edge.cli",), ("ofa2_edge/cli/", "ofa2_edge/__main__.py", "ofa2_edge/train/__main__.py")),
     ("ofa2_edge", ("ofa2_edge.workflows",), ("ofa2_edge/cli/", "ofa2_edge/workflows/")),
 ]
 
