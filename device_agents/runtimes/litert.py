@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 from device_agents.records import ModelSpec, Protocol
 from device_agents.runtimes import register
@@ -38,9 +38,10 @@ def _import() -> Tuple[Any, str]:
 
 
 class LiteRtSession(Session):
-    def __init__(self, interp: Any) -> None:
+    def __init__(self, interp: Any, input_indices: Sequence[int] = ()) -> None:
         self._interp = interp
         self._outputs = interp.get_output_details()
+        self._inputs = list(input_indices)
 
     def infer(self) -> None:
         self._interp.invoke()
@@ -51,6 +52,12 @@ class LiteRtSession(Session):
 
     def output_names(self) -> List[Optional[str]]:
         return [o.get("name") for o in self._outputs]
+
+    def outputs_for(self, arrays: Sequence[Any]) -> List[Any]:
+        for index, arr in zip(self._inputs, arrays):
+            self._interp.set_tensor(index, arr)
+        self._interp.invoke()
+        return [self._interp.get_tensor(o["index"]).copy() for o in self._outputs]
 
 
 @register("litert")
@@ -80,4 +87,4 @@ class LiteRt(Runtime):
         arrays = make_inputs([(shape, dtype) for _, shape, dtype in resolved], protocol.input_seed)
         for (name, _, _), arr in zip(resolved, arrays):
             interp.set_tensor(by_name[name]["index"], arr)
-        return LiteRtSession(interp)
+        return LiteRtSession(interp, [by_name[name]["index"] for name, _, _ in resolved])
