@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, List, Optional, Sequence, Tuple
 
-from device_agents.records import ModelSpec, Protocol
+from device_agents.records import ModelSpec, Protocol, TensorSpec
 from device_agents.runtimes import register
 from device_agents.runtimes.base import (
     LoadContext,
@@ -16,6 +16,9 @@ from device_agents.runtimes.base import (
     resolve_inputs,
 )
 from device_agents.runtimes.ort import make_inputs
+
+#: The signature name TFLite converters (litert-torch, TensorFlow) give a model's entry point.
+SIGNATURE = "serving_default"
 
 
 def _import() -> Tuple[Any, str]:
@@ -35,6 +38,19 @@ def _import() -> Tuple[Any, str]:
             raise RuntimeUnavailable(
                 f"neither ai_edge_litert ({first}) nor tflite_runtime ({second}) is importable"
             ) from None
+
+
+def _signature_names(wanted: Sequence[TensorSpec], names: Sequence[str]) -> List[TensorSpec]:
+    """Requested input names as the interpreter spells them: a converter that keeps a signature
+    prefixes its tensors (``input`` -> ``serving_default_input``, maybe with ``:0``)."""
+    out = []
+    for t in wanted:
+        if t.name is not None and t.name not in names:
+            match = [n for n in names if n.split(":")[0] == "%s_%s" % (SIGNATURE, t.name)]
+            if len(match) == 1:
+                t = TensorSpec(match[0], t.shape, t.dtype)
+        out.append(t)
+    return out
 
 
 class LiteRtSession(Session):
@@ -75,7 +91,7 @@ class LiteRt(Runtime):
         model_inputs = [(d["name"], list(d["shape_signature"] if len(d.get("shape_signature", ())) else d["shape"]),
                          getattr(d["dtype"], "__name__", str(d["dtype"]))) for d in details]
         model_inputs = [(n, [None if int(x) < 0 else int(x) for x in shape], dt) for n, shape, dt in model_inputs]
-        resolved = resolve_inputs(model_inputs, spec.inputs)
+        resolved = resolve_inputs(model_inputs, _signature_names(spec.inputs, [n for n, _, _ in model_inputs]))
         by_name = {d["name"]: d for d in details}
         for name, shape, _ in resolved:
             if tuple(by_name[name]["shape"]) != shape:

@@ -271,6 +271,43 @@ class DeviceSession:
         self._complete = not pending
         return report
 
+    def outputs(self, model: ShippableModel, inputs: Any, timeout_s: float = 600.0) -> list[Any]:
+        """The device runtime's outputs of `model` for each sample of `inputs` (n, ...), run
+        alone at batch 1 (``agent.pyz infer``): one list of numpy arrays per sample.
+
+        The device side of a parity check: the exact shipped file, the device's own runtime
+        build (an aarch64 wheel, an older onnxruntime), the host's fixed inputs.
+        """
+        import numpy as np
+
+        arr = np.ascontiguousarray(inputs)
+        with tempfile.TemporaryDirectory(prefix="ofa2-edge-infer-") as tmp:
+            local = Path(tmp) / "inputs.npy"
+            np.save(local, arr, allow_pickle=False)
+            name = f"inputs-{uuid.uuid4().hex[:12]}.npy"
+            self.transport.upload(model.path, model.remote_name, model.sha256)
+            self.transport.upload(local, name)
+        argv = self._agent("infer", "--runtime", model.runtime, "--model", self.transport.remote_path(model.remote_name),
+                           "--inputs", self.transport.remote_path(name))
+        res = self.transport.run(argv, timeout_s)
+        if res.returncode != 0:
+            raise MeasurementError(
+                f"{self.device.key}: the agent could not run {model.arch.id} on its inputs "
+                f"(exit {res.returncode}): {res.stderr.strip()[-500:]}"
+            )
+        try:
+            doc = json.loads(res.stdout.strip().splitlines()[-1])
+            if doc.get("schema") != "agent.infer" or doc.get("schema_version") != 1:
+                raise ValueError(f"expected schema agent.infer version 1, got {doc.get('schema')!r}")
+            out = [[np.asarray(o["values"], dtype=np.float64).reshape(o["shape"]) for o in sample]
+                   for sample in doc["outputs"]]
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            raise MeasurementError(f"{self.device.key}: the agent's infer output is invalid ({exc}). "
+                                   f"{BROKEN_AGENT_FIX}") from exc
+        if len(out) != len(arr):
+            raise MeasurementError(f"{self.device.key}: the agent answered {len(out)} sample(s), not {len(arr)}")
+        return out
+
     def _upload_models(
         self, models: Sequence[ShippableModel], deliver: Callable[[MeasureResult], None], protocol: Protocol
     ) -> list[ShippableModel]:
