@@ -135,3 +135,56 @@ def test_a_link_dropped_mid_batch_on_the_emulated_board_loses_nothing(sshd: Sshd
         report2 = again.measure(rest, TINY, committed.append)
     assert {r.arch_id for r in report2.ok} == {m.arch.id for m in rest}
     assert len({r.arch_id for r in committed}) == 3
+
+
+def test_an_emulated_table_is_no_latency_source_unless_allowed_and_bundle_verify_checks_device_parity(
+    sshd: Sshd, tmp_path: Path, assets_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from records_factory import record_for
+
+    from ofa2_edge.space.arch import SearchSpace
+    from ofa2_edge.surrogates.lut import LutSurrogate
+
+    pi = board("debian12")
+    ws_dir = tmp_path / "ws"
+    ws = ["-W", str(ws_dir)]
+    assert main([*ws, *add_args(sshd, pi, tmp_path / "pi-work")]) == 0
+    assert main([*ws, "tables", "import", str(assets_dir / "note10"), "--key", "note10"]) == 0
+    with DeviceSession(board_device(sshd, pi, tmp_path / "pi-work"), tmp_path / "cache") as session:
+        probe = session.probe
+    assert probe is not None
+    # a table "calibrated" on the emulated board (synthetic times: the point is where they came from)
+    table = DeviceTable(ws_dir / "latency_tables", "pi-emu")
+    table.bind(probe, "onnxruntime")
+    archs = SearchSpace().sample(30, np.random.default_rng(1))
+    lut = LutSurrogate.from_folder(assets_dir / "note10")
+    for arch, ms in zip(archs, lut.predict(archs) * 300, strict=True):
+        table.append(record_for(arch, float(ms), Protocol(), fingerprint=probe.fingerprint))
+    assert main([*ws, "fit", "--device", "pi-emu"]) == 0
+    search = [*ws, "search", "--objectives", "top1,latency:pi-emu", "--pop", "12", "--gens", "4", "--seed", "1",
+              "-o", str(ws_dir / "runs" / "emu")]
+    capsys.readouterr()
+    assert main(search) != 0
+    assert "measured under emulation" in capsys.readouterr().err
+    assert not (ws_dir / "runs" / "emu").exists()  # refused before the run folder was made
+    assert main([*search, "--allow-emulated"]) == 0
+    # the same search on the real Note10 table needs no flag
+    assert main([*ws, "search", "--objectives", "top1,latency:note10", "--pop", "12", "--gens", "2", "--seed", "1",
+                 "-o", str(ws_dir / "runs" / "real")]) == 0
+    capsys.readouterr()
+    assert main([*ws, "select", "emu", "--device", "pi-emu", "--json"]) != 0
+    assert "--allow-emulated" in capsys.readouterr().err
+    assert main([*ws, "select", "emu", "--device", "pi-emu", "--allow-emulated", "--json"]) == 0
+    fastest = min(json.loads(capsys.readouterr().out)["candidates"], key=lambda c: c["latency_ms"])
+    # verify on the emulated board: measured there, and its outputs checked against torch's bound
+    code = main([*ws, "bundle", "emu", "--device", "pi-emu", "--pick", fastest["arch_id"], "--allow-emulated",
+                 "--verify", "--quick", "--json", "-o", str(tmp_path / "bundles")])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads(capsys.readouterr().out)
+    from ofa2_edge.deploy.bundle import check_bundle
+
+    measured = check_bundle(summary["archive"])["latency"]["measured"]
+    parity = measured["device_parity"]
+    assert measured["device_fingerprint"] == probe.fingerprint and measured["runtime_version"] == pi.onnxruntime
+    assert parity["device_runtime_version"] == pi.onnxruntime and parity["runtime"] == "onnxruntime"
+    assert 0 <= parity["max_abs_diff_vs_host"] <= parity["max_abs_diff_vs_torch_bound"] <= parity["tolerance"]
