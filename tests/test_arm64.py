@@ -188,3 +188,29 @@ def test_an_emulated_table_is_no_latency_source_unless_allowed_and_bundle_verify
     assert measured["device_fingerprint"] == probe.fingerprint and measured["runtime_version"] == pi.onnxruntime
     assert parity["device_runtime_version"] == pi.onnxruntime and parity["runtime"] == "onnxruntime"
     assert 0 <= parity["max_abs_diff_vs_host"] <= parity["max_abs_diff_vs_torch_bound"] <= parity["tolerance"]
+
+
+def test_a_file_the_boards_onnxruntime_cannot_load_is_never_shipped(sshd: Sshd, tmp_path: Path) -> None:
+    """onnxruntime 1.19.2 (the last for Python 3.9 on aarch64) loads ONNX IR <= 10: an IR 14
+    file becomes a model_load_error record on the host; the same graph at IR 8 runs."""
+    from agent_models import conv_net, save
+
+    from device_agents.records import FailureKind, TensorSpec
+
+    pi = board("debian11")
+    arch = Arch.smallest(R)
+    made = []
+    for ir in (14, 8):
+        model = conv_net(channels=8, depth=2, size=32)
+        model.ir_version = ir
+        path = tmp_path / f"ir{ir}.onnx"
+        made.append(ShippableModel(arch, path, save(model, path), "onnxruntime",
+                                   (TensorSpec("x", (1, 3, 32, 32), "float32"),),
+                                   (TensorSpec("y", (1, 10), "float32"),)))
+    with DeviceSession(board_device(sshd, pi, tmp_path / "pi-work"), tmp_path / "cache", cleanup=False) as session:
+        (refused,) = session.measure([made[0]], TINY).results
+        remote = Path(session.transport.remote_path(made[0].remote_name))
+        (ran,) = session.measure([made[1]], TINY).results
+    assert refused.error_kind == FailureKind.MODEL_LOAD_ERROR and "loads IR <= 10" in refused.error_msg
+    assert not remote.exists()  # never shipped
+    assert ran.ok and ran.runtime_version == pi.onnxruntime == "1.19.2"

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from exporters import ExportCache, export_module, export_subnet
+from exporters.onnx_compat import onnx_target
 from exporters.representative import folder_digest
 from exporters.tensorrt import build_spec
 from ofa2_edge.core.errors import InvalidInputError
@@ -99,12 +100,15 @@ def make_bundle(
     arch = chosen.arch
     if calib_images is not None and supernet is None:
         raise InvalidInputError("--calib-images recalibrates real weights: give the checkpoint with --supernet")
+    # the IR version and opset the device's onnxruntime loads (its version as the table recorded it)
+    info = DeviceTable.of(workspace, device.key).device_info() or {}
+    target = onnx_target(info.get("runtime_version")) if plan.runtime == "onnxruntime" else None
     if supernet is None:
-        model = export_subnet(arch, plan.fmt, cache=cache)
+        model = export_subnet(arch, plan.fmt, cache=cache, onnx_target=target)
     else:
         net = load_supernet(supernet, width_mult=arch.w)
         if calib_images is None:
-            model = export_subnet(arch, plan.fmt, supernet=net, cache=cache)
+            model = export_subnet(arch, plan.fmt, supernet=net, cache=cache, onnx_target=target)
         else:
             subnet = net.extract(arch)
             batches = image_batches(
@@ -113,7 +117,7 @@ def make_bundle(
             seen = recalibrate_bn(subnet, batches, source=f"images:{folder_digest(calib_images)[:16]}")
             if seen == 0:
                 raise InvalidInputError(f"{calib_images}: no images found to recalibrate BatchNorm statistics")
-            model = export_module(subnet, plan.fmt, cache=cache)
+            model = export_module(subnet, plan.fmt, cache=cache, onnx_target=target)
     tensorrt = build_spec(model, precision=precision) if plan.runtime == "tensorrt" else None
     surrogate_path = DeviceTable.of(workspace, device.key).surrogate_path
     surrogate_doc = json.loads(surrogate_path.read_text())

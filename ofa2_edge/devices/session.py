@@ -308,11 +308,36 @@ class DeviceSession:
             raise MeasurementError(f"{self.device.key}: the agent answered {len(out)} sample(s), not {len(arr)}")
         return out
 
+    def unloadable(self, model: ShippableModel) -> str | None:
+        """Why the device's onnxruntime cannot load `model` (its ONNX IR version or opset is
+        newer than that release reads), or None when it can or the question does not apply."""
+        if model.runtime != "onnxruntime" or self.probe is None:
+            return None
+        found = self.probe.runtimes.get("onnxruntime")
+        if found is None or not found.available or not found.version:
+            return None
+        from exporters.onnx_compat import check_loadable, file_versions
+        from ofa2_edge.core.errors import ExportError
+
+        try:
+            ir_version, opset = file_versions(model.path)
+        except Exception:  # noqa: BLE001 - an unreadable file is the device load's to report
+            return None
+        try:
+            check_loadable(ir_version, opset, found.version, f"{model.path.name} ({model.arch.id})")
+        except ExportError as exc:
+            return str(exc)
+        return None
+
     def _upload_models(
         self, models: Sequence[ShippableModel], deliver: Callable[[MeasureResult], None], protocol: Protocol
     ) -> list[ShippableModel]:
         shipped = []
         for m in models:
+            unloadable = self.unloadable(m)
+            if unloadable is not None:  # never shipped: the board's runtime would refuse it
+                deliver(self.failure_record(m, protocol, FailureKind.MODEL_LOAD_ERROR, unloadable))
+                continue
             try:
                 self.transport.upload(m.path, m.remote_name, m.sha256)
             except UploadCorruptedError as exc:  # a bad copy on a live link: record it, go on
