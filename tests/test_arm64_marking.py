@@ -112,3 +112,23 @@ def test_an_export_for_an_older_onnxruntime_is_its_own_cache_entry(tmp_path: Pat
     assert old.metadata["exporter"]["opset"] == 16 and old.parity["max_abs_diff"] <= old.parity["tolerance"]
     ort_session(old.path)  # it loads and (the parity check above) computes like torch
     assert export_subnet(arch, "onnx", cache=cache, onnx_target=OnnxTarget(8, 16)).path == old.path  # cached
+
+
+def test_device_parity_is_recorded_and_fails_above_the_export_tolerance(tmp_path: Path) -> None:
+    from ofa2_edge.core.errors import MeasurementError
+    from ofa2_edge.deploy.verify import device_parity
+    from ofa2_edge.devices.inventory import Device
+    from ofa2_edge.devices.session import DeviceSession, ShippableModel
+
+    arch = Arch.smallest(96)
+    exported = export_subnet(arch, "onnx")
+    model = ShippableModel.from_export(exported, arch)
+    with DeviceSession(Device(key="local"), tmp_path / "cache") as session:
+        figures = device_parity(session, model, {"export": {"parity": exported.parity}})
+        # this machine is the device: the same runtime computes the same numbers
+        assert figures["checked"] and figures["max_abs_diff_vs_host"] == 0.0
+        assert figures["max_abs_diff_vs_torch_bound"] == exported.parity["max_abs_diff"] <= figures["tolerance"]
+        assert figures["device_runtime_version"] == session.runtime_version("onnxruntime")
+        worse = {**exported.parity, "max_abs_diff": exported.parity["tolerance"] * 1.5}
+        with pytest.raises(MeasurementError, match="above the export's tolerance"):
+            device_parity(session, model, {"export": {"parity": worse}})
