@@ -54,6 +54,9 @@ BENCHES = (
     Bench("search_reference", "OFA² reference reproduction, 9-budget comparison, 4-objective check",
           ("--many-algo", "nsga2,spea2"), ("--quick",),
           json_flag=False),
+    Bench("arm64_parity", "Cross-architecture parity on emulated aarch64 boards (qemu-user)",
+          ("--markdown", "{out}/arm64_parity.md"), ("--images", "debian12", "--inputs", "1", "--markdown",
+                                                    "{out}/arm64_parity.md")),
 )
 
 

@@ -78,11 +78,11 @@ def classify(model_path: str, model_sha256: str, images_path: str, images_sha256
     n_outputs = None
     try:
         for i in range(images.shape[0]):
-            out = session.predict(images[i:i + 1])
+            out = session.outputs_for([images[i:i + 1]])[0]
             flat = out.reshape(-1)
             n_outputs = int(flat.shape[0])
             top1.append(int(flat.argmax()))
-    except NotImplementedError:
+    except ModelLoadFailed:
         raise ClassifyError(f"runtime {runtime_name} cannot classify images in this agent") from None
     finally:
         session.close()

@@ -1,4 +1,5 @@
-"""Command line of the agent: ``probe``, ``measure --request FILE``, ``classify`` and the internal ``worker``.
+"""Command line of the agent: ``probe``, ``measure --request FILE``, ``classify`` (top-1 labels
+of an image batch), ``infer`` (outputs for a parity check), and the internal ``worker``.
 
 stdout carries data only (the probe document, or one JSON line per result and a final
 ``agent.batch_end`` line); progress and logs go to stderr. Exit status: 0 when the batch
@@ -119,6 +120,19 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return classify_main(args)
 
 
+def cmd_infer(args: argparse.Namespace) -> int:
+    from device_agents.infer import dumps, infer
+    from device_agents.runtimes.base import ModelLoadFailed, RuntimeUnavailable
+
+    try:
+        doc = infer(args.runtime, args.model, args.inputs, args.threads)
+    except (RuntimeUnavailable, ModelLoadFailed, ValueError, OSError, KeyError) as exc:
+        _err(f"infer failed: {type(exc).__name__}: {exc}")
+        return EXIT_FAILURE
+    print(dumps(doc), flush=True)
+    return EXIT_OK
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from device_agents.worker import main as worker_main
 
@@ -149,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--runtime", default="onnxruntime", help="runtime that runs the model")
     c.add_argument("--threads", type=int, default=1, help="intra-op threads")
     c.set_defaults(func=cmd_classify)
+    i = sub.add_parser("infer", help="run a model on the samples of a .npy file, print its outputs as JSON")
+    i.add_argument("--runtime", required=True, help="onnxruntime or litert")
+    i.add_argument("--model", required=True, help="model file")
+    i.add_argument("--inputs", required=True, help=".npy array (n, ...): n samples, each run alone (batch 1)")
+    i.add_argument("--threads", type=int, default=1)
+    i.set_defaults(func=cmd_infer)
     w = sub.add_parser("worker", help=argparse.SUPPRESS)
     w.set_defaults(func=cmd_worker)
     return parser

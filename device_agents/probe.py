@@ -6,6 +6,10 @@ machine architecture, OS family, CPU model, logical core count, the set of maxim
 frequencies, board model, memory size (to 0.5 GiB) and the Jetson power mode. Load,
 temperatures, current frequencies, free disk, kernel and Python versions are reported but
 not hashed (runtime versions are stored with every measurement instead).
+
+User-mode emulation (an aarch64 Python under qemu-user on an x86 host) is detected
+(:func:`detect_emulation`) and hashed as `emulated_on`, so an emulated "board" never shares
+a fingerprint with the real one: its timings are 200-400x off and must never pass for it.
 """
 
 from __future__ import annotations
@@ -14,12 +18,12 @@ import os
 import platform
 import shutil
 import sys
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from device_agents import AGENT_VERSION
 from device_agents.parsers.cpu import parse_cpuinfo
 from device_agents.parsers.text import ParseError
-from device_agents.records import ProbeReport, RuntimeInfo, fingerprint_of
+from device_agents.records import Emulation, ProbeReport, RuntimeInfo, fingerprint_of
 from device_agents.runtimes import get_runtime, runtime_names
 from device_agents.runtimes.base import RuntimeUnavailable
 from device_agents.telemetry import TelemetryReader
@@ -79,12 +83,75 @@ def board_model(sys_root: str, proc_root: str) -> Optional[str]:
     return _read(os.path.join(sys_root, "class", "dmi", "id", "product_name"))
 
 
-def stable_facts(reader: TelemetryReader) -> Dict[str, Any]:
+# ELF e_machine -> architecture, for the executables whose headers we read.
+_ELF_MACHINES = {3: "i386", 8: "mips", 20: "ppc", 21: "ppc64", 22: "s390x", 40: "arm", 62: "x86_64",
+                 183: "aarch64", 243: "riscv64"}
+
+
+def machine_family(machine: str) -> str:
+    """Architectures that run each other's code natively (a 32-bit ARM userland on an aarch64
+    kernel is a real board, not emulation) map to one family."""
+    m = machine.lower()
+    if m.startswith("arm") or m == "aarch64":
+        return "arm"
+    if m in ("x86_64", "amd64", "i386", "i486", "i586", "i686", "x86"):
+        return "x86"
+    if m.startswith("ppc"):
+        return "ppc"
+    return m
+
+
+def _elf_machine(path: str) -> Optional[str]:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(20)
+    except OSError:
+        return None
+    if len(head) < 20 or head[:4] != b"\x7fELF":
+        return None
+    order = "little" if head[5] == 1 else "big"
+    code = int.from_bytes(head[18:20], order)
+    return _ELF_MACHINES.get(code, "elf-machine-%d" % code)
+
+
+def detect_emulation(proc_root: str = "/proc", machine: Optional[str] = None) -> Optional[Emulation]:
+    """Evidence that this interpreter is emulated, or None on a real machine.
+
+    Two observations, each enough: the kernel's own architecture (`/proc/sys/kernel/arch`,
+    Linux >= 6.1) is of another family than the interpreter's `platform.machine()` (qemu-user
+    reports the guest's machine in uname), and this thread's real executable
+    (`/proc/thread-self/exe`, which qemu-user 7.2 does not rewrite, unlike `/proc/self/exe`)
+    is a program for another architecture: the emulator itself.
+    """
+    guest = machine or platform.machine()
+    evidence: List[str] = []
+    host: Optional[str] = None
+    kernel = _read(os.path.join(proc_root, "sys", "kernel", "arch"))
+    if kernel and machine_family(kernel) != machine_family(guest):
+        evidence.append("the kernel is %s (/proc/sys/kernel/arch) while this Python runs as %s" % (kernel, guest))
+        host = kernel
+    exe = os.path.join(proc_root, "thread-self", "exe")
+    exe_machine = _elf_machine(exe)
+    emulator = None
+    if exe_machine and machine_family(exe_machine) != machine_family(guest):
+        try:
+            emulator = os.path.basename(os.readlink(exe)) or None
+        except OSError:
+            emulator = None
+        evidence.append("this process's executable%s is an %s program running the %s interpreter"
+                        % (" (%s)" % emulator if emulator else "", exe_machine, guest))
+        host = host or exe_machine
+    if host is None:
+        return None
+    return Emulation(emulator=emulator, host_machine=host, evidence=evidence)
+
+
+def stable_facts(reader: TelemetryReader, emulation: Optional[Emulation] = None) -> Dict[str, Any]:
     """The facts the fingerprint hashes (see the module docstring for why these)."""
     mem = _meminfo_mib(reader.proc_root)
     mode, _ = reader.jetson_power_mode()
     total = mem.get("MemTotal")
-    return {
+    facts: Dict[str, Any] = {
         "machine": platform.machine(),
         "os_name": platform.system(),
         "cpu_model": cpu_model(reader.proc_root),
@@ -94,10 +161,13 @@ def stable_facts(reader: TelemetryReader) -> Dict[str, Any]:
         "mem_total_gib": round(total / 1024 * 2) / 2 if total else None,
         "jetson_power_mode": mode,
     }
+    if emulation is not None:  # only then: the fingerprints of real devices stay what they were
+        facts["emulated_on"] = emulation.host_machine
+    return facts
 
 
 def device_fingerprint(reader: TelemetryReader) -> str:
-    return fingerprint_of(stable_facts(reader))
+    return fingerprint_of(stable_facts(reader, detect_emulation(reader.proc_root)))
 
 
 def runtime_infos() -> Dict[str, RuntimeInfo]:
@@ -114,7 +184,8 @@ def runtime_infos() -> Dict[str, RuntimeInfo]:
 
 def probe(work_dir: str, reader: Optional[TelemetryReader] = None, etc_root: str = "/etc") -> ProbeReport:
     reader = reader or TelemetryReader()
-    facts = stable_facts(reader)
+    emulation = detect_emulation(reader.proc_root)
+    facts = stable_facts(reader, emulation)
     mem = _meminfo_mib(reader.proc_root)
     try:
         free: Optional[int] = shutil.disk_usage(work_dir).free // (1024 * 1024)
@@ -144,4 +215,5 @@ def probe(work_dir: str, reader: Optional[TelemetryReader] = None, etc_root: str
         telemetry=reader.snapshot(),
         fingerprint_facts=facts,
         fingerprint=fingerprint_of(facts),
+        emulation=emulation,
     )

@@ -15,7 +15,7 @@ import enum
 import hashlib
 import json
 import re
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from device_agents.jsonrecord import RecordError, check_envelope, from_json, to_json
 
@@ -711,6 +711,24 @@ class RuntimeInfo:
     detail: Optional[str]
 
 
+@dataclasses.dataclass(frozen=True)
+class Emulation:
+    """Evidence that the agent's interpreter runs under user-mode emulation (qemu-user).
+
+    `host_machine` is the machine that really executes it (the kernel's architecture);
+    `emulator` the emulator's program name when it could be read; `evidence` says what was
+    seen, in words. Timings taken under emulation say nothing about the board it imitates.
+    """
+
+    emulator: Optional[str]
+    host_machine: str
+    evidence: List[str]
+
+    def __post_init__(self) -> None:
+        _need(bool(self.host_machine), "emulation.host_machine must not be empty")
+        _need(len(self.evidence) > 0, "emulation.evidence must name at least one observation")
+
+
 def fingerprint_of(facts: Dict[str, Any]) -> str:
     """The device fingerprint: sha256 of the canonical JSON of the stable facts, 16 hex digits."""
     canonical = json.dumps(facts, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
@@ -748,10 +766,21 @@ class ProbeReport:
     telemetry: Telemetry
     fingerprint_facts: Dict[str, Any]
     fingerprint: str
+    emulation: Optional[Emulation] = None
 
     def __post_init__(self) -> None:
         _need(self.fingerprint == fingerprint_of(self.fingerprint_facts),
               "fingerprint does not match fingerprint_facts")
+        emulated_on = self.fingerprint_facts.get("emulated_on")
+        _need(emulated_on == (self.emulation.host_machine if self.emulation else None),
+              "fingerprint_facts.emulated_on must be the emulation's host_machine (and absent without emulation)")
+
+    @staticmethod
+    def upgrade_json(doc: Any) -> Any:
+        """A probe from an agent before emulation detection has no `emulation` field: none seen."""
+        if isinstance(doc, dict) and "emulation" not in doc:
+            return {**doc, "emulation": None}
+        return doc
 
     def to_dict(self) -> Dict[str, Any]:
         return {"schema": PROBE_SCHEMA, "schema_version": SCHEMA_VERSION, **to_json(self)}

@@ -23,6 +23,7 @@ import torch
 
 from exporters.cache import ExportCache
 from exporters.formats import export_format
+from exporters.onnx_compat import DEFAULT_TARGET, OnnxTarget
 from exporters.records import BuiltModel, ExportedModel
 from exporters.representative import RepresentativeSet
 from ofa2_edge.core.errors import ExportError, InvalidArchError, InvalidInputError
@@ -61,10 +62,11 @@ def _export(
     fmt: str,
     cache: ExportCache,
     representative: RepresentativeSet | None,
+    onnx_target: OnnxTarget | None = None,
 ) -> ExportedModel:
     spec = export_format(fmt)
     if spec.derive is not None and spec.base is not None:
-        base = _export(subnet_key, make_subnet, spec.base, cache, None)
+        base = _export(subnet_key, make_subnet, spec.base, cache, None, onnx_target)
         rep = representative or RepresentativeSet()
         key_doc = {
             **subnet_key,
@@ -83,6 +85,12 @@ def _export(
         return cache.get_or_build(key_doc, derive)
 
     key_doc = {**subnet_key, "format": fmt, "versions": spec.versions()}
+    if fmt == "onnx" and onnx_target is not None and onnx_target != DEFAULT_TARGET:
+        # another file for another device's onnxruntime: its own cache entry (the default keeps its old key)
+        from exporters.onnx_export import build_onnx
+
+        key_doc["onnx_target"] = onnx_target.to_dict()
+        return cache.get_or_build(key_doc, lambda: build_onnx(make_subnet(), onnx_target))
     return cache.get_or_build(key_doc, lambda: spec.build(make_subnet()))  # type: ignore[misc]
 
 
@@ -94,8 +102,12 @@ def export_subnet(
     *,
     bn: str = "auto",
     representative: RepresentativeSet | None = None,
+    onnx_target: OnnxTarget | None = None,
 ) -> ExportedModel:
     """Export `arch` to `fmt` (``onnx``, ``tflite``, ``tflite-int8``), from the cache when it is there.
+
+    `onnx_target` (:func:`exporters.onnx_compat.onnx_target` of the device's onnxruntime) sets
+    the ONNX IR version and opset; a non-default one is part of the cache key.
 
     `supernet` None means seeded random weights (``random:0``: latency work only). `bn`
     chooses the BatchNorm statistics: ``noise`` (recalibrated on seeded noise),
@@ -130,7 +142,7 @@ def export_subnet(
         return subnet
 
     subnet_key = {"arch_id": arch.id, "arch": arch.to_dict(), "weights_source": net.weights_source, "bn_stats": bn_key}
-    return _export(subnet_key, make_subnet, fmt, cache or ExportCache.default(), representative)
+    return _export(subnet_key, make_subnet, fmt, cache or ExportCache.default(), representative, onnx_target)
 
 
 def state_digest(module: torch.nn.Module) -> str:
@@ -149,6 +161,7 @@ def export_module(
     cache: ExportCache | None = None,
     *,
     representative: RepresentativeSet | None = None,
+    onnx_target: OnnxTarget | None = None,
 ) -> ExportedModel:
     """Export a subnet the caller prepared (e.g. BN recalibrated on images), cached by its tensors' hash.
 
@@ -166,7 +179,7 @@ def export_module(
         "bn_stats": {"recipe": "given", "source": subnet.bn_stats_source},
         "state_sha256": state_digest(subnet),
     }
-    return _export(subnet_key, lambda: subnet, fmt, cache or ExportCache.default(), representative)
+    return _export(subnet_key, lambda: subnet, fmt, cache or ExportCache.default(), representative, onnx_target)
 
 
 def export_layer(

@@ -26,6 +26,7 @@ import onnxruntime as ort
 import torch
 
 from exporters.metadata import from_props, layer_metadata, model_metadata, to_props
+from exporters.onnx_compat import DEFAULT_TARGET, OnnxTarget
 from exporters.parity import check_parity, parity_tensors, torch_outputs
 from exporters.records import BuiltModel, TensorSpec
 from ofa2_edge.core.errors import ExportError, SchemaError
@@ -58,7 +59,9 @@ def ort_session(model: bytes | str | Path, threads: int = 1) -> ort.InferenceSes
     )
 
 
-def _trace(module: torch.nn.Module, input_shape: tuple[int, ...], output_name: str, what: str) -> bytes:
+def _trace(
+    module: torch.nn.Module, input_shape: tuple[int, ...], output_name: str, what: str, opset: int = OPSET
+) -> bytes:
     sample = torch.zeros(input_shape)
     buf = io.BytesIO()
     with warnings.catch_warnings():
@@ -71,7 +74,7 @@ def _trace(module: torch.nn.Module, input_shape: tuple[int, ...], output_name: s
                 (sample,),
                 buf,
                 dynamo=False,
-                opset_version=OPSET,
+                opset_version=opset,
                 input_names=[INPUT_NAME],
                 output_names=[output_name],
                 do_constant_folding=True,
@@ -88,10 +91,14 @@ def _build(
     metadata: dict[str, Any],
     doc: str,
     what: str,
+    target: OnnxTarget = DEFAULT_TARGET,
 ) -> BuiltModel:
-    """Trace `module`, attach `metadata`, run the full checker and the parity check."""
+    """Trace `module` for `target` (opset; IR version at most the target's), attach
+    `metadata`, run the full checker and the parity check."""
     (inp,), (out,) = inputs, outputs
-    model = onnx.load_from_string(_trace(module, inp.shape, out.name, what))
+    model = onnx.load_from_string(_trace(module, inp.shape, out.name, what, target.opset))
+    if model.ir_version > target.ir_version:
+        model.ir_version = target.ir_version  # the checker below says whether the graph fits it
     del model.metadata_props[:]
     for key, value in to_props(metadata).items():
         model.metadata_props.add(key=key, value=value)
@@ -110,8 +117,9 @@ def _build(
     return BuiltModel(data, "onnx", metadata, inputs, outputs, parity)
 
 
-def build_onnx(subnet: StaticSubnet) -> BuiltModel:
-    """Export `subnet` to ONNX bytes with metadata, run the full checker and the parity check.
+def build_onnx(subnet: StaticSubnet, target: OnnxTarget = DEFAULT_TARGET) -> BuiltModel:
+    """Export `subnet` to ONNX bytes for `target` (the device's onnxruntime, :mod:`exporters.onnx_compat`)
+    with metadata, run the full checker and the parity check.
 
     Raises :class:`ExportError` if the checker rejects the graph or onnxruntime disagrees with torch.
     """
@@ -119,9 +127,12 @@ def build_onnx(subnet: StaticSubnet) -> BuiltModel:
     r = subnet.arch.r
     inputs = (TensorSpec(INPUT_NAME, subnet.input_shape, "float32", "NCHW"),)
     outputs = (TensorSpec(OUTPUT_NAME, (1, subnet.classifier.linear.out_features), "float32", None),)
-    metadata = model_metadata(subnet, inputs, outputs, exporter_info())
+    info = exporter_info()
+    if target != DEFAULT_TARGET:
+        info = {**info, "opset": target.opset, "ir_version": target.ir_version}
+    metadata = model_metadata(subnet, inputs, outputs, info)
     doc = f"OFA-MobileNetV3 subnet {subnet.arch.id} at {r}px, exported by ofa2-edge"
-    return _build(subnet, inputs, outputs, metadata, doc, subnet.arch.id)
+    return _build(subnet, inputs, outputs, metadata, doc, subnet.arch.id, target)
 
 
 def build_layer_onnx(net: LayerNet) -> BuiltModel:

@@ -20,6 +20,11 @@ FAST = Protocol(warmup_runs=2, warmup_min_s=0.0, blocks=3, runs_per_block=5, blo
                 interleave=2, cooldown_s=0.0, timeout_s=60.0, remeasure=0, quiet_wait_s=0.0)
 
 
+#: IR 8 / opset 17 like the project's exports: onnx 1.23 would stamp IR 14, which the
+#: onnxruntime of a Python 3.9 board (1.19.2) refuses to load.
+TEST_IR_VERSION = 8
+
+
 def save(model: onnx.ModelProto, path: Path) -> str:
     onnx.checker.check_model(model, full_check=True)
     path.write_bytes(model.SerializeToString())
@@ -47,7 +52,7 @@ def conv_net(channels: int, depth: int, size: int, classes: int = 10, seed: int 
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, classes])],
         initializer=inits,
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=TEST_IR_VERSION)
 
 
 def endless_loop() -> onnx.ModelProto:
@@ -71,7 +76,7 @@ def endless_loop() -> onnx.ModelProto:
         initializer=[numpy_helper.from_array(np.array(2 ** 62, np.int64), "trip"),
                      numpy_helper.from_array(np.array(True), "cond")],
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=TEST_IR_VERSION)
 
 
 def tflite_fully_connected(n_in: int = 16, n_out: int = 8, seed: int = 0) -> bytes:

@@ -1,7 +1,7 @@
 """Shared fixtures, and the rule that CI may not silently skip system-dependent tests.
 
-Tests marked `ssh`, `browser`, `tflite` or `tensorrt` skip where their component is
-missing. `OFA2_EDGE_REQUIRE` (comma-separated markers; `.ci/run` sets it) turns such a
+Tests marked `ssh`, `browser`, `tflite`, `tensorrt` or `arm64` (emulated aarch64 boards,
+:mod:`arm64`) skip where their component is missing. `OFA2_EDGE_REQUIRE` (comma-separated markers; `.ci/run` sets it) turns such a
 skip into a failure, so a CI machine that lost sshd or Chromium cannot pass quietly.
 """
 

@@ -54,7 +54,8 @@ def test_build_is_deterministic(tmp_path):
 # caller on the device and stay host-side; so does the builder.
 SHIPPED = [
     "__main__.py",
-    "device_agents/__init__.py", "device_agents/classify.py", "device_agents/cli.py", "device_agents/jsonrecord.py",
+    "device_agents/__init__.py", "device_agents/classify.py", "device_agents/cli.py", "device_agents/infer.py",
+    "device_agents/jsonrecord.py",
     "device_agents/parsers/__init__.py", "device_agents/parsers/cpu.py", "device_agents/parsers/jetson.py",
     "device_agents/parsers/text.py", "device_agents/parsers/thermal.py", "device_agents/parsers/vcgencmd.py",
     "device_agents/probe.py", "device_agents/quiet.py", "device_agents/rails.py", "device_agents/records.py",

@@ -35,10 +35,10 @@ class Session:
     def output_names(self) -> List[Optional[str]]:
         raise NotImplementedError
 
-    def predict(self, batch: object) -> object:
-        """The first output for one given input array (numpy), e.g. class scores of images;
-        runtimes that cannot take given inputs raise NotImplementedError."""
-        raise NotImplementedError
+    def outputs_for(self, arrays: Sequence[object]) -> List[object]:
+        """Run once on the given input arrays (in the request's input order) and return every
+        output as a numpy array: the device side of a parity check (``agent.pyz infer``)."""
+        raise ModelLoadFailed(f"{type(self).__name__} cannot run caller-given inputs")
 
     def close(self) -> None:
         """Release device memory (TensorRT); the default has nothing to release."""

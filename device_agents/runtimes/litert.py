@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
-from device_agents.records import ModelSpec, Protocol
+from device_agents.records import ModelSpec, Protocol, TensorSpec
 from device_agents.runtimes import register
 from device_agents.runtimes.base import (
     LoadContext,
@@ -16,6 +16,9 @@ from device_agents.runtimes.base import (
     resolve_inputs,
 )
 from device_agents.runtimes.ort import make_inputs
+
+#: The signature name TFLite converters (litert-torch, TensorFlow) give a model's entry point.
+SIGNATURE = "serving_default"
 
 
 def _import() -> Tuple[Any, str]:
@@ -37,10 +40,24 @@ def _import() -> Tuple[Any, str]:
             ) from None
 
 
+def _signature_names(wanted: Sequence[TensorSpec], names: Sequence[str]) -> List[TensorSpec]:
+    """Requested input names as the interpreter spells them: a converter that keeps a signature
+    prefixes its tensors (``input`` -> ``serving_default_input``, maybe with ``:0``)."""
+    out = []
+    for t in wanted:
+        if t.name is not None and t.name not in names:
+            match = [n for n in names if n.split(":")[0] == "%s_%s" % (SIGNATURE, t.name)]
+            if len(match) == 1:
+                t = TensorSpec(match[0], t.shape, t.dtype)
+        out.append(t)
+    return out
+
+
 class LiteRtSession(Session):
-    def __init__(self, interp: Any) -> None:
+    def __init__(self, interp: Any, input_indices: Sequence[int] = ()) -> None:
         self._interp = interp
         self._outputs = interp.get_output_details()
+        self._inputs = list(input_indices)
 
     def infer(self) -> None:
         self._interp.invoke()
@@ -51,6 +68,12 @@ class LiteRtSession(Session):
 
     def output_names(self) -> List[Optional[str]]:
         return [o.get("name") for o in self._outputs]
+
+    def outputs_for(self, arrays: Sequence[Any]) -> List[Any]:
+        for index, arr in zip(self._inputs, arrays):
+            self._interp.set_tensor(index, arr)
+        self._interp.invoke()
+        return [self._interp.get_tensor(o["index"]).copy() for o in self._outputs]
 
 
 @register("litert")
@@ -68,7 +91,7 @@ class LiteRt(Runtime):
         model_inputs = [(d["name"], list(d["shape_signature"] if len(d.get("shape_signature", ())) else d["shape"]),
                          getattr(d["dtype"], "__name__", str(d["dtype"]))) for d in details]
         model_inputs = [(n, [None if int(x) < 0 else int(x) for x in shape], dt) for n, shape, dt in model_inputs]
-        resolved = resolve_inputs(model_inputs, spec.inputs)
+        resolved = resolve_inputs(model_inputs, _signature_names(spec.inputs, [n for n, _, _ in model_inputs]))
         by_name = {d["name"]: d for d in details}
         for name, shape, _ in resolved:
             if tuple(by_name[name]["shape"]) != shape:
@@ -80,4 +103,4 @@ class LiteRt(Runtime):
         arrays = make_inputs([(shape, dtype) for _, shape, dtype in resolved], protocol.input_seed)
         for (name, _, _), arr in zip(resolved, arrays):
             interp.set_tensor(by_name[name]["index"], arr)
-        return LiteRtSession(interp)
+        return LiteRtSession(interp, [by_name[name]["index"] for name, _, _ in resolved])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Sequence
 
 from device_agents.records import ModelSpec, Protocol
 from device_agents.runtimes import register
@@ -62,9 +62,8 @@ class OrtSession(Session):
     def output_names(self) -> List[Optional[str]]:
         return list(self._names)
 
-    def predict(self, batch: Any) -> Any:
-        (name,) = self._feeds  # one input: the image batch
-        return self._sess.run(self._names[:1], {name: batch})[0]
+    def outputs_for(self, arrays: Sequence[Any]) -> List[Any]:
+        return list(self._sess.run(self._names, dict(zip(self._feeds, arrays))))
 
 
 @register("onnxruntime")

@@ -90,6 +90,11 @@ TIMER_OPTION = typer.Option(
     help="wall: the wall clock (real latency on a dedicated board); thread_cpu: the runtime thread's CPU "
     "time (1 thread only; immune to other processes on a shared host).",
 )
+ALLOW_EMULATED_OPTION = typer.Option(
+    False,
+    "--allow-emulated",
+    help="Accept latency tables measured under emulation (qemu-user boards): their timings are not the board's.",
+)
 QUICK_OPTION = typer.Option(False, "--quick", help="A short protocol (3 blocks of 5 runs) for smoke tests.")
 TOFU_OPTION = typer.Option(
     False, "--trust-on-first-use", help="Accept and record an unknown SSH host key (a changed key is always refused)."

@@ -10,6 +10,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from ofa2_edge.cli.common import (
+    ALLOW_EMULATED_OPTION,
     JSON_OPTION,
     QUICK_OPTION,
     TIMER_OPTION,
@@ -55,6 +56,7 @@ def select(
     max_macs: Optional[float] = MAX_MACS,
     top: Optional[int] = typer.Option(None, "--top", min=1, help="Show at most K candidates."),
     safe: Optional[float] = SAFE,
+    allow_emulated: bool = ALLOW_EMULATED_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Non-dominated candidates of a run that meet the limits on a device, best accuracy first."""
@@ -64,7 +66,7 @@ def select(
 
     ws = state(ctx).workspace
     require_known_device(ctx, device)
-    folder, cands = priced_front(ws, resolve_run(run, ws).path, device, safe)
+    folder, cands = priced_front(ws, resolve_run(run, ws).path, device, safe, allow_emulated)
     limits = Limits(max_latency, min_top1, max_macs)
     chosen = choose(cands, limits, top)
     reason = None if chosen else nearest_tradeoffs(cands, limits, safe)
@@ -136,6 +138,7 @@ def build(
     timer: str = TIMER_OPTION,
     quick: bool = QUICK_OPTION,
     trust_on_first_use: bool = TOFU_OPTION,
+    allow_emulated: bool = ALLOW_EMULATED_OPTION,
     output: Path = typer.Option(Path("bundles"), "-o", "--output", help="Folder for bundles (default: bundles/)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -147,7 +150,7 @@ def build(
     st = state(ctx)
     require_known_device(ctx, device_key)
     device = load_inventory(ctx).get(device_key)
-    folder, cands = priced_front(st.workspace, resolve_run(run, st.workspace).path, device.key, safe)
+    folder, cands = priced_front(st.workspace, resolve_run(run, st.workspace).path, device.key, safe, allow_emulated)
     chosen = choose(cands, folder, device.key, pick, Limits(max_latency, min_top1, max_macs), safe)
     out_root = output if output.is_absolute() else st.workspace.root / output
     shipped = ship(

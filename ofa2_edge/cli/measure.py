@@ -58,6 +58,10 @@ def probe(
         (f"runtime {name}", info.version if info.available else f"missing ({info.detail or 'not installed'})")
         for name, info in sorted(report.runtimes.items())
     ]
+    if report.emulation is not None:
+        emu = report.emulation
+        rows.append(("EMULATED", f"{emu.emulator or 'an emulator'} on {emu.host_machine}: timings are not the "
+                     f"board's ({'; '.join(emu.evidence)})"))
     for row in rows:
         table.add_row(*row)
     out_console.print(table)

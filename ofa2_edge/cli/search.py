@@ -10,7 +10,15 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ofa2_edge.cli.common import JSON_OPTION, command_name, emit_json, err_console, out_console, state
+from ofa2_edge.cli.common import (
+    ALLOW_EMULATED_OPTION,
+    JSON_OPTION,
+    command_name,
+    emit_json,
+    err_console,
+    out_console,
+    state,
+)
 from ofa2_edge.core.errors import InvalidInputError
 from ofa2_edge.search import runstore as rs
 from ofa2_edge.search.algorithms import ALGORITHMS, AUTO, DEDUPES, MUTATIONS, REFINE_ANCHORS, SAMPLINGS, OperatorConfig
@@ -145,6 +153,7 @@ def search(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder (default runs/<time>-<algo>-s<seed>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in -o from its checkpoint."),
     no_plot: bool = typer.Option(False, "--no-plot", help="Skip the Pareto PNG."),
+    allow_emulated: bool = ALLOW_EMULATED_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Search the Pareto front of accuracy and costs (OFA²) and write a run folder."""
@@ -185,7 +194,8 @@ def search(
             progress.update(task, completed=p.gen, total=p.n_gen, hv=p.hv, front=p.front_size, evals=p.n_evals)
 
         assets_dir = assets or getattr(state(ctx), "assets_dir", None)  # the root --assets, where the CLI has one
-        doc = run_search(cfg, output, workspace=ws, assets_dir=assets_dir, resume=resume, progress=on_gen, plot=not no_plot)
+        doc = run_search(cfg, output, workspace=ws, assets_dir=assets_dir, resume=resume, progress=on_gen, plot=not no_plot,
+                         allow_emulated=allow_emulated)
     folder = Path(output)
     if as_json:
         emit_json({**doc, "folder": str(folder.resolve())})

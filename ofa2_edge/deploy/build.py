@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from exporters import ExportCache, export_module, export_subnet
+from exporters.onnx_compat import onnx_target
 from exporters.representative import folder_digest
 from exporters.tensorrt import build_spec
 from ofa2_edge.accuracy.source import open_supernet
@@ -190,6 +191,9 @@ def make_bundle(
     measured: dict[str, Any] | None = None
     if calib_images is not None and supernet is None:
         raise InvalidInputError("--calib-images recalibrates real weights: give the checkpoint with --supernet")
+    # the IR version and opset the device's onnxruntime loads (its version as the table recorded it)
+    info = DeviceTable.of(workspace, device.key).device_info() or {}
+    target = onnx_target(info.get("runtime_version")) if plan.runtime == "onnxruntime" else None
     if trained is not None and trained.manifest is not None:
         if calib_images is not None:
             raise InvalidInputError(
@@ -201,13 +205,13 @@ def make_bundle(
         measured = measured_accuracy(subnet, ds)
         if verify_images > 0:
             check = verification_batch(subnet, ds, verify_images)
-        model = export_module(subnet, plan.fmt, cache=cache)
+        model = export_module(subnet, plan.fmt, cache=cache, onnx_target=target)
     elif supernet is None:
-        model = export_subnet(arch, plan.fmt, cache=cache)
+        model = export_subnet(arch, plan.fmt, cache=cache, onnx_target=target)
     else:
         net = trained.net if trained is not None else load_supernet(supernet, width_mult=arch.w)
         if calib_images is None:
-            model = export_subnet(arch, plan.fmt, supernet=net, cache=cache)
+            model = export_subnet(arch, plan.fmt, supernet=net, cache=cache, onnx_target=target)
         else:
             subnet = net.extract(arch)
             batches = image_batches(
@@ -216,7 +220,7 @@ def make_bundle(
             seen = recalibrate_bn(subnet, batches, source=f"images:{folder_digest(calib_images)[:16]}")
             if seen == 0:
                 raise InvalidInputError(f"{calib_images}: no images found to recalibrate BatchNorm statistics")
-            model = export_module(subnet, plan.fmt, cache=cache)
+            model = export_module(subnet, plan.fmt, cache=cache, onnx_target=target)
     tensorrt = build_spec(model, precision=precision) if plan.runtime == "tensorrt" else None
     surrogate_path = DeviceTable.of(workspace, device.key).surrogate_path
     surrogate_doc = json.loads(surrogate_path.read_text())

@@ -5,6 +5,13 @@ measured under the device's protocol, written into the manifest (statistics, pro
 device fingerprint and runtime version), and appended to the device's latency table, so
 every deployment also sharpens that device's predictor. A measurement outside the
 predicted interval is reported: the predictor may need more calibration.
+
+The device's runtime also runs the file on the export's fixed parity input (``agent.pyz
+infer``): its outputs are compared with the host runtime's on the same file, and with the
+export's own torch-vs-host figure that bounds the device's difference from torch
+(triangle inequality, same input). The figures go into the manifest (`device_parity`); a
+bound above the export's tolerance fails the verification (a board whose runtime build
+computes differently never gets a verified bundle).
 """
 
 from __future__ import annotations
@@ -13,11 +20,15 @@ import dataclasses
 import hashlib
 import json
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from device_agents.records import MeasureResult, Protocol, TensorRTBuild, TensorSpec
+from device_agents.runtimes.base import ModelLoadFailed, RuntimeUnavailable
 from ofa2_edge.core.errors import MeasurementError
 from ofa2_edge.core.workspace import Workspace
 from ofa2_edge.deploy.bundle import (
@@ -57,6 +68,61 @@ def _shippable(folder: Any, manifest: dict[str, Any]) -> ShippableModel:
     return ShippableModel(arch, path, sha, runtime, tensor(manifest["input"]), tensor(manifest["output"]), trt)
 
 
+def host_outputs(model: ShippableModel, inputs: np.ndarray) -> list[np.ndarray]:
+    """This host's runtime's first output of `model` per sample, run by the agent's own code."""
+    from device_agents.infer import infer
+
+    with tempfile.TemporaryDirectory(prefix="ofa2-edge-parity-") as tmp:
+        path = Path(tmp) / "inputs.npy"
+        np.save(path, inputs, allow_pickle=False)
+        doc = infer(model.runtime, str(model.path), str(path))
+    return [np.asarray(s[0]["values"], dtype=np.float64).reshape(s[0]["shape"]) for s in doc["outputs"]]
+
+
+def device_parity(session: DeviceSession, model: ShippableModel, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Device-side output difference on the export's parity input; MeasurementError beyond tolerance."""
+    from exporters.parity import PARITY_SEED, parity_tensors
+
+    export = (manifest.get("export") or {}).get("parity") or {}
+    seed = int(export.get("input_seed", PARITY_SEED))
+    inputs = parity_tensors(tuple(model.inputs[0].shape[1:]), 1, seed)
+    device_out = session.outputs(model, inputs)[0][0]
+    try:
+        host_out = host_outputs(model, inputs)[0]
+    except (RuntimeUnavailable, ModelLoadFailed) as exc:  # the host lacks that runtime: no comparison
+        log.warning("%s: device-side parity not checked: %s", session.device.key, exc)
+        return {"input_seed": seed, "n_inputs": 1, "runtime": model.runtime, "checked": False,
+                "note": f"the host cannot run {model.runtime}: {exc}"}
+    if device_out.shape != host_out.shape:
+        raise MeasurementError(f"{session.device.key}: the device's output shape {device_out.shape} differs from "
+                               f"the host's {host_out.shape}")
+    if not np.all(np.isfinite(device_out)):
+        raise MeasurementError(f"{session.device.key}: the device's runtime produced NaN or infinite outputs")
+    vs_host = float(np.max(np.abs(device_out - host_out)))
+    torch_host = export.get("max_abs_diff")
+    bound = vs_host + float(torch_host) if torch_host is not None else None
+    tolerance = export.get("tolerance")
+    figures = {
+        "checked": True,
+        "input_seed": seed,
+        "n_inputs": 1,
+        "runtime": model.runtime,
+        "device_runtime_version": session.runtime_version(model.runtime),
+        "host_runtime": export.get("runtime"),
+        "max_abs_diff_vs_host": vs_host,
+        "max_abs_diff_vs_torch_bound": bound,
+        "tolerance": tolerance,
+        "reference_max_abs": export.get("reference_max_abs"),
+    }
+    if bound is not None and tolerance is not None and not bound <= float(tolerance):
+        raise MeasurementError(
+            f"{session.device.key}: the device's runtime differs from torch by up to {bound:.3e} on the parity input "
+            f"(device vs host {vs_host:.3e} + host vs torch {torch_host:.3e}), above the export's tolerance "
+            f"{float(tolerance):.1e}; the bundle was not verified"
+        )
+    return figures
+
+
 def verify_bundle(
     folder: Any, device: Device, workspace: Workspace, protocol: Protocol, trust_on_first_use: bool = False
 ) -> Verification:
@@ -70,6 +136,9 @@ def verify_bundle(
         assert session.probe is not None
         table.bind(session.probe, model.runtime)
         report = session.measure([model], protocol)
+        measured_ok = bool(report.results) and report.results[0].ok
+        # TensorRT builds its own engine from the ONNX file: its parity is the engine builder's concern
+        parity = device_parity(session, model, manifest) if measured_ok and model.runtime != "tensorrt" else None
     if not report.results:
         raise MeasurementError(f"{device.key}: the link dropped before the bundle was measured; run --verify again")
     (result,) = report.results
@@ -95,6 +164,7 @@ def verify_bundle(
         "runtime_version": result.runtime_version,
         "measured_at": result.finished_at,
         "within_predicted_interval": within,
+        "device_parity": parity,
     }
     manifest = record_measurement(folder, json.loads(json.dumps(measured)))
     if within is False:

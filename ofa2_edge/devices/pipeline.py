@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence, TypeVar
 
 from device_agents.records import FailureKind, MeasureResult, Protocol, TensorRTBuild, TensorSpec
 from exporters import ExportCache, export_subnet
+from exporters.onnx_compat import onnx_target
 from ofa2_edge.core.errors import InvalidInputError, Ofa2EdgeError
 from ofa2_edge.devices.inventory import Device
 from ofa2_edge.devices.runtimes import host_runtime
@@ -81,8 +82,11 @@ def measure_archs(
     competes for the CPU with a model being timed here.
     """
 
+    # the device's onnxruntime decides the file's IR version and opset (TensorRT parses ONNX itself)
+    target = onnx_target(session.runtime_version(plan.runtime)) if plan.runtime == "onnxruntime" else None
+
     def ship(arch: Arch) -> ShippableModel:
-        model = export_subnet(arch, plan.fmt, supernet=supernet, cache=cache)
+        model = export_subnet(arch, plan.fmt, supernet=supernet, cache=cache, onnx_target=target)
         return ShippableModel.from_export(model, arch, plan.tensorrt)
 
     def failed(arch: Arch, msg: str) -> MeasureResult:

@@ -271,11 +271,73 @@ class DeviceSession:
         self._complete = not pending
         return report
 
+    def outputs(self, model: ShippableModel, inputs: Any, timeout_s: float = 600.0) -> list[Any]:
+        """The device runtime's outputs of `model` for each sample of `inputs` (n, ...), run
+        alone at batch 1 (``agent.pyz infer``): one list of numpy arrays per sample.
+
+        The device side of a parity check: the exact shipped file, the device's own runtime
+        build (an aarch64 wheel, an older onnxruntime), the host's fixed inputs.
+        """
+        import numpy as np
+
+        arr = np.ascontiguousarray(inputs)
+        with tempfile.TemporaryDirectory(prefix="ofa2-edge-infer-") as tmp:
+            local = Path(tmp) / "inputs.npy"
+            np.save(local, arr, allow_pickle=False)
+            name = f"inputs-{uuid.uuid4().hex[:12]}.npy"
+            self.transport.upload(model.path, model.remote_name, model.sha256)
+            self.transport.upload(local, name)
+        argv = self._agent("infer", "--runtime", model.runtime, "--model", self.transport.remote_path(model.remote_name),
+                           "--inputs", self.transport.remote_path(name))
+        res = self.transport.run(argv, timeout_s)
+        if res.returncode != 0:
+            raise MeasurementError(
+                f"{self.device.key}: the agent could not run {model.arch.id} on its inputs "
+                f"(exit {res.returncode}): {res.stderr.strip()[-500:]}"
+            )
+        try:
+            doc = json.loads(res.stdout.strip().splitlines()[-1])
+            if doc.get("schema") != "agent.infer" or doc.get("schema_version") != 1:
+                raise ValueError(f"expected schema agent.infer version 1, got {doc.get('schema')!r}")
+            out = [[np.asarray(o["values"], dtype=np.float64).reshape(o["shape"]) for o in sample]
+                   for sample in doc["outputs"]]
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            raise MeasurementError(f"{self.device.key}: the agent's infer output is invalid ({exc}). "
+                                   f"{BROKEN_AGENT_FIX}") from exc
+        if len(out) != len(arr):
+            raise MeasurementError(f"{self.device.key}: the agent answered {len(out)} sample(s), not {len(arr)}")
+        return out
+
+    def unloadable(self, model: ShippableModel) -> str | None:
+        """Why the device's onnxruntime cannot load `model` (its ONNX IR version or opset is
+        newer than that release reads), or None when it can or the question does not apply."""
+        if model.runtime != "onnxruntime" or self.probe is None:
+            return None
+        found = self.probe.runtimes.get("onnxruntime")
+        if found is None or not found.available or not found.version:
+            return None
+        from exporters.onnx_compat import check_loadable, file_versions
+        from ofa2_edge.core.errors import ExportError
+
+        try:
+            ir_version, opset = file_versions(model.path)
+        except Exception:  # noqa: BLE001 - an unreadable file is the device load's to report
+            return None
+        try:
+            check_loadable(ir_version, opset, found.version, f"{model.path.name} ({model.arch.id})")
+        except ExportError as exc:
+            return str(exc)
+        return None
+
     def _upload_models(
         self, models: Sequence[ShippableModel], deliver: Callable[[MeasureResult], None], protocol: Protocol
     ) -> list[ShippableModel]:
         shipped = []
         for m in models:
+            unloadable = self.unloadable(m)
+            if unloadable is not None:  # never shipped: the board's runtime would refuse it
+                deliver(self.failure_record(m, protocol, FailureKind.MODEL_LOAD_ERROR, unloadable))
+                continue
             try:
                 self.transport.upload(m.path, m.remote_name, m.sha256)
             except UploadCorruptedError as exc:  # a bad copy on a live link: record it, go on

@@ -121,6 +121,7 @@ class MetricContext:
     space: SearchSpace
     accuracy: str = OFFICIAL_ACCURACY  # "official", a path to a fitted predictor JSON, or an accuracy table name
     assets_dir: Path | None = None
+    allow_emulated: bool = False  # a table measured under qemu-user is no latency source unless allowed
     _cache: dict[str, Metric] = field(default_factory=dict)
 
     def known_devices(self, quantity: str = "latency") -> list[str]:
@@ -206,6 +207,7 @@ def _device_metric(q: Quantity) -> None:
             fit = f"ofa2-edge fit --device {key}" + ("" if q.name == "latency" else f" --quantity {q.name}")
             why = f"device {key!r} has a latency table but no fitted {q.name} predictor ({path} is missing); run `{fit}`"
             raise InvalidInputError(f"{name}: {why}; {have} (workspace {ctx.workspace.root})")
+        table.check_latency_source(ctx.allow_emulated)
         try:
             surrogate = load_surrogate(path)
         except Ofa2EdgeError as exc:

@@ -101,14 +101,23 @@ def _pop_state(algorithm) -> dict[str, Any]:
 class SearchRun:
     """One run folder being written: set up, stepped, checkpointed, finished."""
 
-    def __init__(self, config: SearchConfig, folder: Path, workspace: Workspace, assets_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: SearchConfig,
+        folder: Path,
+        workspace: Workspace,
+        assets_dir: Path | None = None,
+        allow_emulated: bool = False,
+    ) -> None:
         self.config = config
         self.run = rs.RunFolder(Path(folder))
         self.workspace = workspace
         spec = get_algorithm(config.algorithm)
         self.spec = spec
         params = spec.resolve_params(config.algorithm_params)
-        ctx = MetricContext(workspace, config.space, accuracy=config.accuracy, assets_dir=assets_dir)
+        ctx = MetricContext(
+            workspace, config.space, accuracy=config.accuracy, assets_dir=assets_dir, allow_emulated=allow_emulated
+        )
         self.objectives = build_objectives(config.objectives, config.constraints, ctx)
         spec.check(self.objectives.n_obj, self.objectives.n_constr)
         self.ref = reference_point(self.objectives, config.space, config.reference_point)
@@ -468,8 +477,12 @@ def run_search(
     resume: bool = False,
     progress: Callable[[Progress], None] | None = None,
     plot: bool = True,
+    allow_emulated: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) a search into `folder`; return the final status document.
+
+    A device table measured under emulation is refused as a latency source unless
+    `allow_emulated` (the CLI's ``--allow-emulated``).
 
     With `resume`, the stored config is used; a `config` given as well must match it
     (the checkpoint interval may differ). Ctrl-C marks the run interrupted and re-raises;
@@ -487,7 +500,7 @@ def run_search(
     with threadpool_limits(limits=BLAS_THREADS, user_api="blas"):
         if resume:
             with exclusive(store.require().lock_path, what):
-                run = SearchRun(_resumed_config(config, store), folder, workspace, assets_dir)
+                run = SearchRun(_resumed_config(config, store), folder, workspace, assets_dir, allow_emulated)
                 if run.run.file(rs.CHECKPOINT_FILE).is_file():
                     if not run.resume():
                         return run.run.status()
@@ -496,7 +509,7 @@ def run_search(
                 return _drive(run, progress, plot)
         if config is None:
             raise InvalidInputError("a new search needs a config")
-        run = SearchRun(config, folder, workspace, assets_dir)  # checks everything before the folder is made
+        run = SearchRun(config, folder, workspace, assets_dir, allow_emulated)  # checks everything before the folder is made
         run.check_empty()
         with exclusive(store.lock_path, what):
             run.start()

@@ -19,6 +19,12 @@
   and its `arch_id` `l-<sha256 of the key>`);
 - `<r>_lookup_table.yaml`: OFA-format block tables (block mode or imported).
 
+A table measured under user-mode emulation (an aarch64 board image under qemu-user; the
+probe's `emulation`) says so in `device.json` (`emulation: {host_machine, emulator}`; its
+fingerprint facts carry `emulated_on`). Its timings are not the board's: search and
+`select` refuse it as a latency source unless the user passes `--allow-emulated`
+(:meth:`DeviceTable.check_latency_source`).
+
 Writers hold :meth:`DeviceTable.lock` (`latency_tables/.<key>.lock`, beside the folder so
 that it outlives `tables import --replace` swapping the folder and never travels in an
 exported table): a second writer of the same table is refused, another table's is not.
@@ -179,6 +185,34 @@ class DeviceTable:
             raise SchemaError(f"{where}: 'reused_by' must be a list of {{fingerprint, at}} objects; {fix}")
         return info
 
+    def emulation(self) -> dict[str, Any] | None:
+        """`{host_machine, emulator}` when the table was measured under user-mode emulation."""
+        info = self.device_info()
+        if info is None:
+            return None
+        emu = info.get("emulation")
+        if emu is None and isinstance(info.get("facts", {}).get("emulated_on"), str):
+            emu = {"host_machine": info["facts"]["emulated_on"], "emulator": None}
+        if emu is not None and not (isinstance(emu, dict) and isinstance(emu.get("host_machine"), str)):
+            raise SchemaError(f"{self.device_path}: 'emulation' must be an object with a host_machine string; "
+                              "restore the file from the table's export")
+        return emu
+
+    def check_latency_source(self, allow_emulated: bool = False, flag: str = "--allow-emulated") -> None:
+        """Refuse a table measured under emulation as a latency source, unless explicitly allowed."""
+        emu = self.emulation()
+        if emu is None:
+            return
+        if allow_emulated:
+            log.warning("%s: using latencies measured under emulation (%s on %s); they are not the board's",
+                        self.key, emu.get("emulator") or "an emulator", emu["host_machine"])
+            return
+        raise InvalidInputError(
+            f"latency_tables/{self.key} was measured under emulation ({emu.get('emulator') or 'an emulator'} on "
+            f"{emu['host_machine']}): its timings are 100x or more off the real board's and are no latency source. "
+            f"Calibrate the real board, or pass {flag} to use them anyway (tests, demos)"
+        )
+
     def fingerprints(self) -> set[str] | None:
         """The device fingerprints this table accepts records of (None: not bound yet)."""
         info = self.device_info()
@@ -195,6 +229,11 @@ class DeviceTable:
         info = self.device_info()
         runtime_version = probe.runtimes.get(runtime).version if runtime in probe.runtimes else None
         now = datetime.now(timezone.utc).isoformat()
+        emulation = (
+            {"host_machine": probe.emulation.host_machine, "emulator": probe.emulation.emulator}
+            if probe.emulation is not None
+            else None
+        )
         if info is None:
             write_json(
                 self.device_path,
@@ -208,11 +247,18 @@ class DeviceTable:
                     "runtime_version": runtime_version,
                     "created_at": now,
                     "reused_by": [],
+                    **({"emulation": emulation} if emulation else {}),
                 },
             )
             return
         if info["fingerprint"] == probe.fingerprint:
             return
+        if (self.emulation() is None) != (emulation is None):
+            was, now_is = ("an emulated", "a real") if emulation is None else ("a real", "an emulated")
+            raise InvalidInputError(
+                f"latency_tables/{self.key} was measured on {was} device and this is {now_is} one: emulated and "
+                "real timings never share a table (not even with --reuse-table); use another device key"
+            )
         if not reuse:
             raise InvalidInputError(
                 f"latency_tables/{self.key} was measured on another device (fingerprint {info['fingerprint'][:12]}, "

@@ -31,11 +31,13 @@ def open_run(workspace: Workspace, run: str | Path) -> RunFolder:
 
 
 def priced_front(
-    workspace: Workspace, run: str | Path, device_key: str, safe: float | None = None
+    workspace: Workspace, run: str | Path, device_key: str, safe: float | None = None, allow_emulated: bool = False
 ) -> tuple[RunFolder, list[Candidate]]:
-    """The run's feasible front with `device_key`'s predicted (and measured) latencies."""
+    """The run's feasible front with `device_key`'s predicted (and measured) latencies (a table
+    measured under emulation only with `allow_emulated`)."""
     folder = open_run(workspace, run)
     table = DeviceTable.of(workspace, device_key)
+    table.check_latency_source(allow_emulated)
     return folder, price_front(folder, table.predictor(), table, safe)
 
 
