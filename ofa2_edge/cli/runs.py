@@ -127,9 +127,18 @@ def compare(
         emit_json(doc)
         return
     ref = ", ".join(f"{k}={v:g}" for k, v in doc["reference_point"].items())
-    table = Table("run", "front size", "HV", "covers other", title=f"on {', '.join(doc['objectives'])} (reference {ref})")
+    estimated = doc.get("indicator", "hypervolume") != "hypervolume"
+    hv_head = "HV (estimate +- s.e.)" if estimated else "HV"
+    table = Table("run", "front size", hv_head, "covers other", title=f"on {', '.join(doc['objectives'])} (reference {ref})")
     for rid, r in doc["runs"].items():
-        table.add_row(rid, str(r["front_size"]), f"{r['hv']:.3f}", f"{100 * r['coverage_of_other']:.1f} %")
+        hv = f"{r['hv']:.3f}" + (f" +- {r['hv_std_error']:.3f}" if estimated else "")
+        table.add_row(rid, str(r["front_size"]), hv, f"{100 * r['coverage_of_other']:.1f} %")
     out_console.print(table)
+    if doc.get("pairs"):
+        ids = list(doc["runs"])
+        per = Table(f"2-D HV ({doc['pairs'][0][0]}, cost)", *ids, title="per device: the 2-D front each run offers")
+        for _, cost in doc["pairs"]:
+            per.add_row(cost, *(f"{doc['runs'][i]['hv_pairs'][cost]:.3f}" for i in ids))
+        out_console.print(per)
     if doc["projected"]:
         out_console.print("the runs have different objectives: fronts were projected onto the shared ones")
