@@ -225,16 +225,21 @@ def main() -> int:
             print(f"seed {seed} {d} devices ({res['algorithm']}): {res['wall_s']:.1f} s, HV ratio mean "
                   f"{np.mean(list(ratios.values())):.4f} worst {worst:.4f}, {res['peak_rss_mib']:.0f} MiB, "
                   f"{res['run_bytes'] / 1e6:.1f} MB", flush=True)  # fmt: skip
+        write_results(args.out, doc, dedicated, rows, counts)  # after every seed: a cut-short run leaves its seeds
+    print((args.out / "many_devices.md").read_text())
+    return 0
+
+
+def write_results(out: Path, doc: dict[str, Any], dedicated: dict, rows: list[dict[str, Any]], counts: list[int]) -> None:
     doc["dedicated"] = [{"device": k, "seed": s, "wall_s": v["wall_s"], "hv": v["hv"], "peak_rss_mib": v["peak_rss_mib"],
                          "run_bytes": v["run_bytes"]} for (k, s), v in dedicated.items()]  # fmt: skip
     doc["runs"] = rows
+    doc["seeds_done"] = sorted({r["seed"] for r in rows})
     doc["summary"] = summarise(rows, counts)
     doc["machine"]["load1_at_end"] = load1()
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "many_devices.json").write_text(json.dumps(doc, indent=1, default=float) + "\n")
-    (args.out / "many_devices.md").write_text(markdown(doc))
-    print((args.out / "many_devices.md").read_text())
-    return 0
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "many_devices.json").write_text(json.dumps(doc, indent=1, default=float) + "\n")
+    (out / "many_devices.md").write_text(markdown(doc))
 
 
 def summarise(rows: list[dict[str, Any]], counts: list[int]) -> list[dict[str, Any]]:
@@ -264,7 +269,7 @@ def markdown(doc: dict[str, Any]) -> str:
         "# Many devices in one search (issue 21)",
         "",
         f"`benchmarks/many_devices.py --devices {','.join(map(str, p['devices']))} --pop {p['pop']} --gens {p['gens']} "
-        f"--seeds {','.join(map(str, p['seeds']))}` on {m['host']} ({m['cpu']}, {m['cores']} cores; load "
+        f"--seeds {','.join(map(str, p['seeds']))}` (seeds done: {', '.join(map(str, doc.get('seeds_done', [])))}) on {m['host']} ({m['cpu']}, {m['cores']} cores; load "
         f"{m['load1_at_start']} at start, {m.get('load1_at_end')} at end; a machine shared with other sessions: "
         "wall times move with its load). Full protocol of the issue: " + p["full_protocol"] + ".",
         "",

@@ -13,6 +13,7 @@ from ofa2_edge.cli.common import JSON_OPTION, command_name, emit_json, out_conso
 from ofa2_edge.core.errors import InvalidInputError
 from ofa2_edge.core.workspace import Workspace
 from ofa2_edge.search.compare import compare_runs
+from ofa2_edge.search.indicators import EXACT_HV_MAX_OBJ
 from ofa2_edge.search.runstore import FRONT_FILE, RunFolder, list_runs
 
 app = typer.Typer(help="List, inspect and compare search runs.", no_args_is_help=True)
@@ -96,7 +97,15 @@ def show(
     head.add_row("objectives", ", ".join(cfg["objectives"]) + (f"; constraints {', '.join(cfg['constraints'])}" if cfg["constraints"] else ""))
     summary, timings = status.get("summary") or {}, status.get("timings") or {}
     if summary:
-        head.add_row("front", f"{summary['front_size']} archs; HV {summary['hv_archive']:.2f} (final population {summary['hv_population']:.2f})")
+        pairs = summary.get("hv_archive_pairs")
+        many = pairs is not None and len(cfg["objectives"]) > EXACT_HV_MAX_OBJ
+        what = "mean per-device 2-D HV" if many else "HV"
+        head.add_row("front", f"{summary['front_size']} archs; {what} {summary['hv_archive']:.2f} (final population {summary['hv_population']:.2f})")
+        if pairs is not None:
+            costs = cfg["objectives"][1:]
+            head.add_row(
+                f"2-D HV ({cfg['objectives'][0]}, cost)", ", ".join(f"{c} {v:.2f}" for c, v in zip(costs, pairs))
+            )
     if timings:
         head.add_row("time", f"{timings['total_s']:.1f} s (objective evaluation {timings['evaluation_s']:.1f} s, pymoo {timings['algorithm_s']:.1f} s)")
     if status.get("message"):
