@@ -54,6 +54,9 @@ BENCHES = (
     Bench("search_reference", "OFA² reference reproduction, 9-budget comparison, 4-objective check",
           ("--many-algo", "nsga2,spea2"), ("--quick",),
           json_flag=False),
+    Bench("many_devices", "Many devices in one search: per-device fronts, time, memory (issue 21)",
+          ("--gens", "1000", "--seeds", "1,2,3,4,5"), ("--devices", "2,4", "--gens", "20", "--seeds", "1"),
+          json_flag=False),
 )
 
 
@@ -61,7 +64,7 @@ def run_one(bench: Bench, out: Path, quick: bool) -> dict:
     args = [a.replace("{out}", str(out)) for a in (bench.quick_args if quick else bench.args)]
     if bench.json_flag:
         args += ["--json", str(out / f"{bench.name}.json")]
-    if bench.name == "search_reference":
+    if bench.name in ("search_reference", "many_devices"):
         args += ["--out", str(out)]
     cmd = [sys.executable, str(HERE / f"{bench.name}.py"), *args]
     shown = [a.replace(f"{REPO}/", "") for a in args]
