@@ -17,6 +17,8 @@ import tarfile
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from device_agents.records import MIN_LATENCY_MS, MeasureResult, Protocol, Stats
 from ofa2_edge.core.errors import InvalidInputError, SchemaError
 from ofa2_edge.core.persist import atomic_write_text, sha256_file, write_json
@@ -207,7 +209,7 @@ def import_measurements_csv(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Make external measurements (a CSV of arch, latency_ms for one device) device `key`'s
-    latency table, and fit its predictor on them (`calibrate.fit_table`: the kind chosen by
+    latency table, and fit its predictor on them (as `fit` does: the kind chosen by
     cross-validation; with `prior`, few-shot transfer from another device's predictor).
 
     The table is built and fitted in a staging folder beside the tables and moved into
@@ -218,7 +220,7 @@ def import_measurements_csv(
     import shutil
     from datetime import datetime, timezone
 
-    from ofa2_edge.calibration.calibrate import fit_table
+    from ofa2_edge.surrogates.select import fit_best
 
     rows = read_measurements_csv(source)
     widths = sorted({a.w for a, _ in rows})
@@ -245,7 +247,16 @@ def import_measurements_csv(
             })  # fmt: skip
             text = "".join(_external_record(a, ms, key, fingerprint, source, digest, now).to_json_line() + "\n" for a, ms in rows)
             atomic_write_text(staged.measurements_path, text)
-            _, report = fit_table(staged, widths[0], prior, prior_label, seed)
+            # what `fit` does on a table (`calibration.calibrate.fit_table`, which the tables
+            # package may not import): the kind by cross-validation, a nested held-out report
+            model, report = fit_best(
+                [a for a, _ in rows], np.array([ms for _, ms in rows]), prior=prior, lut=None,
+                rng=np.random.default_rng(seed), nested=True, width_mult=widths[0], prior_label=prior_label,
+            )  # fmt: skip
+            report["quantity"] = "latency"
+            report["table"] = {"measurements": len(rows), "flagged": 0, "source": f"external measurements {source.name}"}
+            model.report = report
+            model.save(staged.surrogate_path, device=key)
             validate_table(staged.folder)
             if table.folder.exists():
                 old = stage_root / f"{key}.old"
