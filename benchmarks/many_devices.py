@@ -111,7 +111,7 @@ def setup_workspace(ws: Path, assets: Path, n_devices: int) -> list[str]:
         for a, y in zip(archs, ms, strict=True):
             lines.append('"' + json.dumps(a.to_dict(), separators=(",", ":")).replace('"', '""') + f'",{y:.4f}')
         csv_path.write_text("\n".join(lines) + "\n")
-        if cli(["-W", str(ws), "tables", "import", str(csv_path), "--key", key, "--json"]) != 0:
+        if cli(["-W", str(ws), "tables", "import", str(csv_path), "--key", key]) != 0:
             raise SystemExit(f"importing {csv_path} failed")
         keys.append(key)
     return keys

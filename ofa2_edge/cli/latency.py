@@ -364,7 +364,6 @@ def tables_import(
         None, "--prior", help="CSV only: another device's key, for few-shot transfer from its predictor."
     ),
     seed: int = typer.Option(0, "--seed", help="CSV only: seed of the predictor's cross-validation."),
-    as_json: bool = JSON_OPTION,
 ) -> None:
     """Import a packed table, an OFA-format block lookup table (e.g. OFA's Samsung Note10
     tables), or external measurements (a CSV of arch, latency_ms for one device: it becomes
@@ -377,9 +376,6 @@ def tables_import(
         if key is None:
             raise InvalidInputError("importing measurements from a CSV needs --key (the device's key, e.g. --key jetson-a)")
         info = import_measurements_csv(workspace, source, key, replace, _prior(ctx, prior), prior or "", seed)
-        if as_json:
-            emit_json(info)
-            return
         held = info["held_out"]
         within = held.get("share_within_10pct")
         err_console.print(
