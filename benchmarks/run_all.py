@@ -57,6 +57,9 @@ BENCHES = (
     Bench("arm64_parity", "Cross-architecture parity on emulated aarch64 boards (qemu-user)",
           ("--markdown", "{out}/arm64_parity.md"), ("--images", "debian12", "--inputs", "1", "--markdown",
                                                     "{out}/arm64_parity.md")),
+    Bench("many_devices", "Many devices in one search: per-device fronts, time, memory (issue 21)",
+          ("--gens", "1000", "--seeds", "1,2,3,4,5"), ("--devices", "2,4", "--gens", "20", "--seeds", "1"),
+          json_flag=False),
 )
 
 
@@ -64,7 +67,7 @@ def run_one(bench: Bench, out: Path, quick: bool) -> dict:
     args = [a.replace("{out}", str(out)) for a in (bench.quick_args if quick else bench.args)]
     if bench.json_flag:
         args += ["--json", str(out / f"{bench.name}.json")]
-    if bench.name == "search_reference":
+    if bench.name in ("search_reference", "many_devices"):
         args += ["--out", str(out)]
     cmd = [sys.executable, str(HERE / f"{bench.name}.py"), *args]
     shown = [a.replace(f"{REPO}/", "") for a in args]

@@ -433,6 +433,8 @@ def test_page_in_headless_chromium(chromium: str, ws: Path, front: list[dict[str
         # All pass at first; the device selector offers both devices.
         assert check_state(page, front, "note10", measured) == expected(front, "note10", np.inf, -np.inf)
         assert page.eval_on_selector_all("#device option", "os => os.map(o => o.textContent)") == list(DEVICES)
+        # 3+ objectives: the hypervolume chart shows the selected device's own 2-D curve
+        assert page.evaluate("document.getElementById('hv').dataset.curve") == "2-D hypervolume, note10"
 
         # Latency slider: a real click 35% along it (the browser fires input/change itself).
         box = page.locator("#max-latency").bounding_box()
@@ -459,6 +461,10 @@ def test_page_in_headless_chromium(chromium: str, ws: Path, front: list[dict[str
         assert float(state["maxLatRange"][0]) <= min(lats) and float(state["maxLatRange"][1]) >= max(lats)
         assert state["maxLat"] == state["maxLatRange"][1] and state["minTop1"] == min_top1
         check_state(page, front, "edge2", measured)
+        assert page.evaluate("document.getElementById('hv').dataset.curve") == "2-D hypervolume, edge2"
+        hv_y = page.evaluate("Array.from(document.getElementById('hv').data[0].y)")
+        hv_doc = json.loads((ws / "runs" / "two" / "hypervolume.json").read_text())
+        assert hv_y == pytest.approx([r["hv_pairs"][1] for r in hv_doc["rows"]])  # edge2 is the second cost
         page.evaluate(SET_SLIDER, ["min-top1", page.evaluate("document.getElementById('min-top1').min")])
         page.evaluate(SET_SLIDER, ["max-latency", f"{sorted(lats)[-2]:.3f}"])
         visible = check_state(page, front, "edge2", measured)

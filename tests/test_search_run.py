@@ -127,6 +127,8 @@ def test_interrupted_then_resumed_equals_uninterrupted(workspace: Workspace, tmp
         kw.update(objectives=("top1",), constraints=("latency:note10<=30",))
     elif algorithm in ("nsga3", "age-moea"):
         kw.update(objectives=("top1", "latency:note10", "macs"))
+    elif algorithm == "per-device":  # the many-device search: top-1 against 3 costs
+        kw.update(objectives=("top1", "latency:note10", "macs", "params"))
     if algorithm == "age-moea":
         pytest.importorskip("numba", reason="AGE-MOEA needs the [agemoea] extra (numba)")
     np_state, py_state = str(np.random.get_state()), random.getstate()
@@ -225,6 +227,7 @@ def test_algorithm_objective_counts_are_checked(workspace: Workspace, tmp_path: 
         search(workspace, tmp_path / "b", objectives=("top1",))  # auto: one objective means OFA's finder
     assert SearchConfig(objectives=("top1", "macs")).algorithm == "nsga2"
     assert SearchConfig(objectives=("top1", "macs", "params")).algorithm == "nsga2"
+    assert SearchConfig(objectives=("top1", "macs", "params", "peak-mem")).algorithm == "per-device"  # 3+ costs
     with pytest.raises(InvalidInputError, match="unknown parameter"):
         search(workspace, tmp_path / "c", algorithm="nsga2", algorithm_params={"parent_ratio": 0.3})
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

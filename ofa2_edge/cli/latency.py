@@ -352,15 +352,42 @@ def tables_export(
 def tables_import(
     ctx: typer.Context,
     source: Path = typer.Argument(
-        ..., help="A table .tar.gz (from `tables export`), or a folder of OFA <r>_lookup_table.yaml files."
+        ...,
+        help="A table .tar.gz (from `tables export`), a folder of OFA <r>_lookup_table.yaml files, or a .csv of "
+        "external measurements (columns arch = the arch's JSON, latency_ms).",
     ),
-    key: Optional[str] = typer.Option(None, "--key", help="Device key to import as (required for OFA lookup tables)."),
+    key: Optional[str] = typer.Option(
+        None, "--key", help="Device key to import as (required for OFA lookup tables and CSV measurements)."
+    ),
     replace: bool = typer.Option(False, "--replace", help="Overwrite an existing table of that key."),
+    prior: Optional[str] = typer.Option(
+        None, "--prior", help="CSV only: another device's key, for few-shot transfer from its predictor."
+    ),
+    seed: int = typer.Option(0, "--seed", help="CSV only: seed of the predictor's cross-validation."),
 ) -> None:
-    """Import a packed table, or an OFA-format block lookup table (e.g. OFA's Samsung Note10 tables)."""
-    from ofa2_edge.tables.transfer import import_lookup_tables, import_table
+    """Import a packed table, an OFA-format block lookup table (e.g. OFA's Samsung Note10
+    tables), or external measurements (a CSV of arch, latency_ms for one device: it becomes
+    the device's table and its predictor is fitted, ready for `search --objectives
+    top1,latency:KEY`)."""
+    from ofa2_edge.tables.transfer import import_lookup_tables, import_measurements_csv, import_table
 
     workspace = state(ctx).workspace
+    if source.suffix.lower() == ".csv":
+        if key is None:
+            raise InvalidInputError("importing measurements from a CSV needs --key (the device's key, e.g. --key jetson-a)")
+        info = import_measurements_csv(workspace, source, key, replace, _prior(ctx, prior), prior or "", seed)
+        held = info["held_out"]
+        within = held.get("share_within_10pct")
+        err_console.print(
+            f"imported {info['archs']} measured archs as latency_tables/{key}; predictor {info['kind']}"
+            + ("" if within is None else f", {within:.0%} of held-out archs within 10 %")
+            + f"; search with --objectives top1,latency:{key}",
+            highlight=False,
+            markup=False,
+        )
+        return
+    if prior is not None:
+        raise InvalidInputError("--prior applies to a CSV of measurements only")
     if source.is_dir():
         if key is None:
             raise InvalidInputError("importing OFA lookup tables needs --key (e.g. --key note10)")

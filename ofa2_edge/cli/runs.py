@@ -13,6 +13,7 @@ from ofa2_edge.cli.common import JSON_OPTION, command_name, emit_json, out_conso
 from ofa2_edge.core.errors import InvalidInputError
 from ofa2_edge.core.workspace import Workspace
 from ofa2_edge.search.compare import compare_runs
+from ofa2_edge.search.indicators import EXACT_HV_MAX_OBJ
 from ofa2_edge.search.runstore import FRONT_FILE, RunFolder, list_runs
 
 app = typer.Typer(help="List, inspect and compare search runs.", no_args_is_help=True)
@@ -96,7 +97,15 @@ def show(
     head.add_row("objectives", ", ".join(cfg["objectives"]) + (f"; constraints {', '.join(cfg['constraints'])}" if cfg["constraints"] else ""))
     summary, timings = status.get("summary") or {}, status.get("timings") or {}
     if summary:
-        head.add_row("front", f"{summary['front_size']} archs; HV {summary['hv_archive']:.2f} (final population {summary['hv_population']:.2f})")
+        pairs = summary.get("hv_archive_pairs")
+        many = pairs is not None and len(cfg["objectives"]) > EXACT_HV_MAX_OBJ
+        what = "mean per-device 2-D HV" if many else "HV"
+        head.add_row("front", f"{summary['front_size']} archs; {what} {summary['hv_archive']:.2f} (final population {summary['hv_population']:.2f})")
+        if pairs is not None:
+            costs = cfg["objectives"][1:]
+            head.add_row(
+                f"2-D HV ({cfg['objectives'][0]}, cost)", ", ".join(f"{c} {v:.2f}" for c, v in zip(costs, pairs))
+            )
     if timings:
         head.add_row("time", f"{timings['total_s']:.1f} s (objective evaluation {timings['evaluation_s']:.1f} s, pymoo {timings['algorithm_s']:.1f} s)")
     if status.get("message"):
@@ -127,9 +136,18 @@ def compare(
         emit_json(doc)
         return
     ref = ", ".join(f"{k}={v:g}" for k, v in doc["reference_point"].items())
-    table = Table("run", "front size", "HV", "covers other", title=f"on {', '.join(doc['objectives'])} (reference {ref})")
+    estimated = doc.get("indicator", "hypervolume") != "hypervolume"
+    hv_head = "HV (estimate +- s.e.)" if estimated else "HV"
+    table = Table("run", "front size", hv_head, "covers other", title=f"on {', '.join(doc['objectives'])} (reference {ref})")
     for rid, r in doc["runs"].items():
-        table.add_row(rid, str(r["front_size"]), f"{r['hv']:.3f}", f"{100 * r['coverage_of_other']:.1f} %")
+        hv = f"{r['hv']:.3f}" + (f" +- {r['hv_std_error']:.3f}" if estimated else "")
+        table.add_row(rid, str(r["front_size"]), hv, f"{100 * r['coverage_of_other']:.1f} %")
     out_console.print(table)
+    if doc.get("pairs"):
+        ids = list(doc["runs"])
+        per = Table(f"2-D HV ({doc['pairs'][0][0]}, cost)", *ids, title="per device: the 2-D front each run offers")
+        for _, cost in doc["pairs"]:
+            per.add_row(cost, *(f"{doc['runs'][i]['hv_pairs'][cost]:.3f}" for i in ids))
+        out_console.print(per)
     if doc["projected"]:
         out_console.print("the runs have different objectives: fronts were projected onto the shared ones")

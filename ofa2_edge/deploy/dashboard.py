@@ -10,7 +10,9 @@ blob is escaped so no value can close its ``<script>`` element.
 What the blob holds (`ofa2-edge/dashboard-data`, version 1) is built once, at build time:
 the front's candidates, per device their latencies (the run's values), the current
 predictor's interval and the latest successful measurement from the device's table, the
-hypervolume curve, and the run's config. Anything auxiliary that is missing (no HV file,
+hypervolume curve (and, for runs of 3+ objectives, each device's 2-D hypervolume curve),
+and the run's config. Every array is as long as the front, which the search bounds
+(`runner.FRONT_MAX_ROWS`; a still-running run's provisional front is bounded the same way). Anything auxiliary that is missing (no HV file,
 a device without table or predictor, a run still running) becomes a note on the page;
 what the page cannot exist without (the run's config, a readable front) is an error.
 Every run file is read through the run store (`runstore.RunFolder`), which validates it:
@@ -38,6 +40,7 @@ from ofa2_edge.core.persist import atomic_write_text, sha256_file
 from ofa2_edge.core.workspace import Workspace, unknown_device
 from ofa2_edge.search import runstore as rs
 from ofa2_edge.search.indicators import nondominated
+from ofa2_edge.search.perdevice import bounded_front, pairs_of
 from ofa2_edge.space.arch import Arch
 from ofa2_edge.space.costs import arch_costs
 from ofa2_edge.surrogates.base import LatencySurrogate, load_surrogate
@@ -91,7 +94,8 @@ def _objective_meta(config: dict[str, Any]) -> list[dict[str, Any]]:
 def _provisional_front(run: rs.RunFolder, config: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
     """Non-dominated feasible archs among those evaluated so far (a run without front.json).
 
-    The same selection `finish` makes, on the rows written up to the last checkpoint."""
+    The same selection `finish` makes (bounded as it bounds it), on the rows written up to
+    the last checkpoint."""
     if not run.file(rs.EVALUATIONS_FILE).is_file():
         return [], 0
     rows = list(run.evaluations())
@@ -110,8 +114,7 @@ def _provisional_front(run: rs.RunFolder, config: dict[str, Any]) -> tuple[list[
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise SchemaError(f"{run.file(rs.EVALUATIONS_FILE)}: a row lacks an objective value ({exc!r})") from exc
-    idx = nondominated(F)
-    idx = idx[np.lexsort(F[idx].T[::-1])]
+    idx, _ = bounded_front(F, nondominated(F), pairs_of(F.shape[1]) if F.shape[1] >= 3 else [])
     return [feasible[i] for i in idx], len(rows)
 
 
@@ -319,9 +322,11 @@ def _hypervolume(run: rs.RunFolder, notes: list[str]) -> dict[str, Any] | None:
     rows: list[dict[str, Any]] = []
     ref: Any = None
     source = None
+    kind, pairs = "hypervolume", None
     if run.file(rs.HV_FILE).is_file():
         doc = run.hypervolume()
         rows, ref, source = doc["rows"], doc["reference_point"], str(run.file(rs.HV_FILE))
+        kind, pairs = doc.get("indicator_kind", kind), doc.get("pairs")
     elif run.file(rs.CHECKPOINT_FILE).is_file():
         doc = run.checkpoint()
         rows, source = doc["hv_rows"], str(run.file(rs.CHECKPOINT_FILE))
@@ -331,12 +336,21 @@ def _hypervolume(run: rs.RunFolder, notes: list[str]) -> dict[str, Any] | None:
     else:
         notes.append(f"No hypervolume data ({rs.HV_FILE} is missing): no hypervolume curve.")
         return None
+    # Per device, the 2-D hypervolume (top-1, its latency) per generation, where the run
+    # recorded it (runs of 3+ objectives since the many-device search; rows' `hv_pairs`).
+    per_device: dict[str, list[float | None]] = {}
+    if pairs and rows and all(isinstance(r.get("hv_pairs"), list) and len(r["hv_pairs"]) == len(pairs) for r in rows):
+        for k, (_, cost) in enumerate(pairs):
+            if isinstance(cost, str) and cost.startswith("latency:"):
+                per_device[cost.split(":", 1)[1]] = _nums([r["hv_pairs"][k] for r in rows])
     return {
         "source": source,
         "reference_point": ref,
+        "indicator": kind,
         "gen": [r.get("gen") for r in rows],
         "n_evals": [r.get("n_evals") for r in rows],
         "hv": _nums([r.get("hv") for r in rows]),
+        "per_device": per_device,
         "front_size": [r.get("front_size") for r in rows],
     }
 

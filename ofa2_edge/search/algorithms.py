@@ -1,7 +1,8 @@
 """The algorithms a search can run, all pymoo: a registry filled by decorators.
 
 Multi-objective: NSGA-II, SMS-EMOA and SPEA2 (the three OFA² ran), NSGA-III and AGE-MOEA
-(for 3+ objectives). Baselines on the same problem, run store and seeding: random search
+(for 3+ objectives), and the many-device search `per-device` (one population ranked on
+every device's own 2-D front, `ofa2_edge.search.perdevice`). Baselines on the same problem, run store and seeding: random search
 with the same evaluation budget, and OFA's single-objective constrained finder. Each entry
 builds a configured pymoo `Algorithm` from a `BuildContext`; operators come from
 `OperatorConfig`, so an operator study is a config change, not a code change.
@@ -31,12 +32,20 @@ from ofa2_edge.search.operators import (
 AUTO = "auto"
 
 
+#: From this many cost objectives (objectives after the first), `auto` runs the many-device
+#: search: a joint Pareto ranking no longer selects (`benchmarks/many_devices.py`).
+MANY_DEVICE_MIN_COSTS = 3
+
+
 def default_algorithm(n_obj: int) -> str:
-    """The algorithm `auto` means: OFA's finder for one objective, NSGA-II for two or more
+    """The algorithm `auto` means: OFA's finder for one objective, NSGA-II for two or three
     (chosen with `benchmarks/search_reference.py`; the figures and what was tried are in
-    `benchmarks/results/search_decisions.md`)."""
+    `benchmarks/results/search_decisions.md`), and `per-device` from 3 cost objectives on
+    (4 objectives: top-1 and 3 devices; `benchmarks/results/many_devices.md`)."""
     if n_obj <= 1:
         return "ofa-evolution"
+    if n_obj - 1 >= MANY_DEVICE_MIN_COSTS:
+        return "per-device"
     return "nsga2"
 
 SAMPLINGS = ("uniform", "uniform+corners")
@@ -182,6 +191,19 @@ def _nsga2(ctx: BuildContext) -> Algorithm:
     from pymoo.algorithms.moo.nsga2 import NSGA2
 
     return ctx.refined(NSGA2(pop_size=ctx.pop_size, **ctx.ga_operators()))
+
+
+@register_algorithm("per-device", "many-device search (per-device 2-D fronts, one population)", min_obj=3)
+def _per_device(ctx: BuildContext) -> Algorithm:
+    from pymoo.algorithms.moo.nsga2 import NSGA2
+
+    from ofa2_edge.search.perdevice import PerDeviceSurvival
+
+    algorithm = NSGA2(pop_size=ctx.pop_size, survival=PerDeviceSurvival(), **ctx.ga_operators())
+    # Joint dominance decides almost nothing in many dimensions: the tournament compares the
+    # best per-device front each member is on, then its crowding there.
+    algorithm.tournament_type = "comp_by_rank_and_crowding"
+    return ctx.refined(algorithm)
 
 
 @register_algorithm("sms-emoa", "SMS-EMOA")

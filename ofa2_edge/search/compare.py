@@ -1,4 +1,9 @@
-"""Compare the fronts of two runs on their shared objectives and a common reference point."""
+"""Compare the fronts of two runs on their shared objectives and a common reference point.
+
+The joint indicator is exact hypervolume up to `indicators.EXACT_HV_MAX_OBJ` shared
+objectives and a bounded-time Monte Carlo estimate (with its standard error) above; with 3
+or more shared objectives each (first objective, cost) projection's exact 2-D hypervolume
+is reported too: per device, which run's front is better for it."""
 
 from __future__ import annotations
 
@@ -7,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from ofa2_edge.core.errors import InvalidInputError
-from ofa2_edge.search.indicators import coverage, hypervolume, nondominated
+from ofa2_edge.search.indicators import coverage, front_indicator, nondominated, pair_hypervolumes
+from ofa2_edge.search.perdevice import pairs_of
 from ofa2_edge.search.runstore import RunFolder
 
 
@@ -40,13 +46,25 @@ def compare_runs(a: RunFolder, b: RunFolder) -> dict[str, Any]:
     ref = np.array([max(ref_a[n], ref_b[n]) for n in shared])
     A, B = _front_matrix(fa, shared), _front_matrix(fb, shared)
     sense = {m["name"]: m["sense"] for m in fa["objectives"]}
+    pairs = pairs_of(len(shared)) if len(shared) >= 3 else []
+    runs = {}
+    for run, X, Y in ((a, A, B), (b, B, A)):
+        ind = front_indicator(X, ref, seed=0)
+        runs[run.run_id] = {
+            "front_size": len(X),
+            "hv": ind["value"],
+            "hv_std_error": ind["std_error"],
+            "coverage_of_other": coverage(X, Y),
+            **({"hv_pairs": dict(zip((shared[j] for _, j in pairs), pair_hypervolumes(X, ref, pairs)))} if pairs else {}),
+        }
     return {
         "objectives": shared,
         "projected": len(shared) < max(len(names_a), len(names_b)),
         "reference_point": {n: (100.0 - r if sense[n] == "max" else r) for n, r in zip(shared, ref.tolist())},
-        "runs": {
-            a.run_id: {"front_size": len(A), "hv": hypervolume(A, ref), "coverage_of_other": coverage(A, B)},
-            b.run_id: {"front_size": len(B), "hv": hypervolume(B, ref), "coverage_of_other": coverage(B, A)},
-        },
-        "note": "coverage_of_other = share of the other run's front weakly dominated by this run's front",
+        "indicator": ind["kind"],
+        **({"pairs": [[shared[i], shared[j]] for i, j in pairs]} if pairs else {}),
+        "runs": runs,
+        "note": "coverage_of_other = share of the other run's front weakly dominated by this run's front"
+        + ("; hv is a Monte Carlo estimate (hv_std_error), exact only up to 4 objectives" if ind["kind"] != "hypervolume" else "")
+        + ("; hv_pairs = exact 2-D hypervolume of (first objective, that cost) per run" if pairs else ""),
     }

@@ -15,6 +15,7 @@ import numpy as np
 from ofa2_edge.search.objectives import Objectives
 
 MAX_BACKGROUND = 20_000
+MAX_COLUMNS = 4
 
 
 def _pairs(objectives: Objectives) -> list[tuple[int, int]]:
@@ -42,7 +43,9 @@ def pareto_plot(
 
     objs = objectives.objectives
     pairs = _pairs(objectives)
-    fig = Figure(figsize=(5.5 * len(pairs), 4.5), dpi=110, layout="constrained")
+    ncols = min(len(pairs), MAX_COLUMNS)  # many devices: panels wrap onto rows
+    nrows = -(-len(pairs) // ncols)
+    fig = Figure(figsize=(5.5 * ncols, 4.5 * nrows), dpi=110, layout="constrained")
     nat = np.column_stack([m.natural(F[:, j]) for j, m in enumerate(objs)]) if len(F) else F
     pop_nat = (
         np.column_stack([m.natural(population_front[:, j]) for j, m in enumerate(objs)]) if len(population_front) else population_front
@@ -52,7 +55,7 @@ def pareto_plot(
     if bg.size > MAX_BACKGROUND:
         bg = np.sort(rng.choice(bg, MAX_BACKGROUND, replace=False))
     for k, (x, y) in enumerate(pairs):
-        ax = fig.add_subplot(1, len(pairs), k + 1)
+        ax = fig.add_subplot(nrows, ncols, k + 1)
         if bg.size:
             ax.scatter(nat[bg, x], nat[bg, y], s=2, c="0.8", label="evaluated (feasible)", rasterized=True)
         if front_idx.size:

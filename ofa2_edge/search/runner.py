@@ -48,8 +48,17 @@ from ofa2_edge.search.archive import Archive
 from ofa2_edge.search.config import SearchConfig, reference_point, stored_config
 from ofa2_edge.search.encoding import GenomeCodec
 from ofa2_edge.search.formatter import PendingRows
-from ofa2_edge.search.indicators import hypervolume, nondominated
+from ofa2_edge.search.indicators import (
+    EXACT,
+    EXACT_HV_MAX_OBJ,
+    PAIR_MEAN,
+    front_indicator,
+    hypervolume,
+    nondominated,
+    pair_hypervolumes,
+)
 from ofa2_edge.search.objectives import MetricContext, Objectives, build_objectives
+from ofa2_edge.search.perdevice import FRONT_MAX_ROWS, bounded_front, pairs_of
 from ofa2_edge.search.problem import ArchProblem
 
 log = logging.getLogger(__name__)
@@ -121,6 +130,11 @@ class SearchRun:
         self.objectives = build_objectives(config.objectives, config.constraints, ctx)
         spec.check(self.objectives.n_obj, self.objectives.n_constr)
         self.ref = reference_point(self.objectives, config.space, config.reference_point)
+        n_obj = self.objectives.n_obj
+        # Per-device 2-D fronts (objective 0 against each cost) from 3 objectives on; the
+        # joint hypervolume is exact up to EXACT_HV_MAX_OBJ objectives only.
+        self.pairs = pairs_of(n_obj) if n_obj >= 3 else []
+        self.many = n_obj > EXACT_HV_MAX_OBJ
         self.codec = GenomeCodec(config.space)
         self.archive = Archive(self.objectives, config.space.w)
         self.problem = ArchProblem(self.codec, self.objectives, memo=self.archive)
@@ -193,15 +207,31 @@ class SearchRun:
         rs.write_doc(self.run.file(rs.STATUS_FILE), rs.STATUS_SCHEMA, doc)
         return doc
 
-    def _hv_doc(self) -> dict[str, Any]:
-        return {
-            "objectives": [m.name for m in self.objectives.objectives],
-            "minimised": [m.describe()["minimised_as"] for m in self.objectives.objectives],
-            "reference_point": {m.name: float(m.natural(np.float64(r))) for m, r in zip(self.objectives.objectives, self.ref)},
+    def _hv_doc(self, joint: dict[str, Any] | None = None) -> dict[str, Any]:
+        objs = self.objectives.objectives
+        if self.many:
+            indicator = (
+                f"mean over the 2-D projections ({objs[0].name}, cost) of their exact hypervolume (moocore) of the "
+                f"population's feasible set: the joint hypervolume of {len(objs)} objectives is not computed exactly "
+                f"(exact up to {EXACT_HV_MAX_OBJ}); per-projection values in hv_pairs; minimised objectives, raw values"
+            )
+        else:
+            indicator = "hypervolume (moocore, what pymoo's HV computes) of the population's non-dominated feasible set; minimised objectives, raw values"
+        doc = {
+            "objectives": [m.name for m in objs],
+            "minimised": [m.describe()["minimised_as"] for m in objs],
+            "reference_point": {m.name: float(m.natural(np.float64(r))) for m, r in zip(objs, self.ref)},
             "reference_point_minimised": self.ref.tolist(),
-            "indicator": "hypervolume (moocore, what pymoo's HV computes) of the population's non-dominated feasible set; minimised objectives, raw values",
+            "indicator": indicator,
+            "indicator_kind": PAIR_MEAN if self.many else EXACT,
+            "exact_hv_max_objectives": EXACT_HV_MAX_OBJ,
             "rows": self.hv_rows,
         }
+        if self.pairs:
+            doc["pairs"] = [[objs[a].name, objs[b].name] for a, b in self.pairs]
+        if joint is not None:
+            doc["joint_archive"] = joint
+        return doc
 
     def _timings(self) -> dict[str, Any]:
         t = dict(self.timers)
@@ -394,8 +424,12 @@ class SearchRun:
         self.done += 1
         t1 = time.perf_counter()
         front = _pop_front(algo)
-        hv = hypervolume(front, self.ref)
-        self.hv_rows.append({"gen": self.done, "n_evals": int(algo.evaluator.n_eval), "hv": hv, "front_size": len(front)})
+        row: dict[str, Any] = {"gen": self.done, "n_evals": int(algo.evaluator.n_eval)}
+        if self.pairs:
+            # a point dominated on all objectives adds nothing to any projection's hypervolume
+            row["hv_pairs"] = pair_hypervolumes(front, self.ref, self.pairs)
+        hv = float(np.mean(row["hv_pairs"])) if self.many else hypervolume(front, self.ref)
+        self.hv_rows.append({**row, "hv": hv, "front_size": len(front)})
         t2 = time.perf_counter()
         if self.done % self.config.checkpoint_every == 0 or not algo.has_next():
             self.checkpoint()
@@ -414,28 +448,41 @@ class SearchRun:
         F, G = self.archive.minimised(v)
         feasible = (G <= 0).all(axis=1) if G.shape[1] else np.ones(len(F), dtype=bool)
         idx = np.flatnonzero(feasible)
-        front_idx = idx[nondominated(F[idx])] if idx.size else idx
-        front_idx = front_idx[np.lexsort(F[front_idx].T[::-1])] if front_idx.size else front_idx
+        joint_idx = idx[nondominated(F[idx])] if idx.size else idx
+        front_idx, pair_fronts = bounded_front(F, joint_idx, self.pairs, FRONT_MAX_ROWS)
         rows = [json.loads(line) for line in self.archive.lines(front_idx)]
         meta = self.objectives.describe()
-        hv_archive = hypervolume(F[front_idx], self.ref) if front_idx.size else 0.0
+        joint = front_indicator(F[joint_idx], self.ref, seed=self.config.seed)
+        pair_hv = [
+            pair_hypervolumes(F[pf], self.ref, [pair])[0] for pf, pair in zip(pair_fronts, self.pairs)
+        ]
+        hv_archive = float(np.mean(pair_hv)) if self.many else (joint["value"] if front_idx.size else 0.0)
         hv_population = self.hv_rows[-1]["hv"] if self.hv_rows else 0.0
-        rs.write_doc(
-            self.run.file(rs.FRONT_FILE),
-            rs.FRONT_SCHEMA,
-            {
-                "run_id": self.run.run_id,
-                "selection": "non-dominated feasible archs among all evaluated",
-                "objectives": meta["objectives"],
-                "constraints": meta["constraints"],
-                "fields": self.archive.fields,
-                "reference_point": self._hv_doc()["reference_point"],
-                "hv": hv_archive,
-                "rows": rows,
-            },
-        )
+        truncated = len(front_idx) < len(joint_idx)
+        selection = "non-dominated feasible archs among all evaluated"
+        if truncated:
+            selection += (
+                f" (bounded: {len(joint_idx)} are; kept the {len(front_idx)} on or nearest a per-device 2-D front, "
+                f"every per-device front member among them)"
+            )
+        hv_doc = self._hv_doc(joint={**joint, "front_size": int(len(joint_idx)), "what": "the joint front of all evaluated archs"})
+        front_doc = {
+            "run_id": self.run.run_id,
+            "selection": selection,
+            "objectives": meta["objectives"],
+            "constraints": meta["constraints"],
+            "fields": self.archive.fields,
+            "reference_point": hv_doc["reference_point"],
+            "hv": hv_archive,
+            "hv_indicator": PAIR_MEAN if self.many else EXACT,
+            "joint_front_size": int(len(joint_idx)),
+            "rows": rows,
+        }
+        if self.pairs:
+            front_doc["device_fronts"] = self._device_fronts(front_idx, rows, pair_fronts, pair_hv)
+        rs.write_doc(self.run.file(rs.FRONT_FILE), rs.FRONT_SCHEMA, front_doc)
         rs.write_front_csv(self.run.file(rs.FRONT_CSV), rows, self.archive.fields)
-        rs.write_doc(self.run.file(rs.HV_FILE), rs.HV_SCHEMA, self._hv_doc())
+        rs.write_doc(self.run.file(rs.HV_FILE), rs.HV_SCHEMA, hv_doc)
         state, message = "completed", None
         if not feasible.any():
             state = "infeasible"
@@ -444,6 +491,7 @@ class SearchRun:
             "front_size": len(rows),
             "hv_population": hv_population,
             "hv_archive": hv_archive,
+            **({"hv_archive_pairs": pair_hv} if self.pairs else {}),
             "n_archs": self.archive.n_rows,
             "n_feasible": int(feasible.sum()),
         }
@@ -458,6 +506,24 @@ class SearchRun:
         rs.write_doc(self.run.file(rs.TIMINGS_FILE), rs.TIMINGS_SCHEMA, {**timings, "machine": platform.node(), "blas_threads": BLAS_THREADS})
         return self._status(state, message=message, summary=summary, timings=timings)
 
+
+    def _device_fronts(self, front_idx: np.ndarray, rows: list[dict[str, Any]], pair_fronts: list[np.ndarray], pair_hv: list[float]) -> list[dict[str, Any]]:
+        """front.json's `device_fronts`: per pair (objective 0, a cost), its 2-D front among
+        all evaluated archs, cheapest first, as arch ids of `rows` with the two values."""
+        objs, fields = self.objectives.objectives, self.archive.fields
+        row_of = {int(i): r for i, r in zip(front_idx, rows)}
+        names = self.archive.names
+        out = []
+        for (a, b), members, hv in zip(self.pairs, pair_fronts, pair_hv):
+            fa, fb = (fields[names.index(objs[k].name)] for k in (a, b))
+            out.append({
+                "objectives": [objs[a].name, objs[b].name],
+                "fields": [fa, fb],
+                "reference_point": {objs[k].name: float(objs[k].natural(np.float64(self.ref[k]))) for k in (a, b)},
+                "hv": hv,
+                "rows": [{"arch_id": row_of[int(i)]["arch_id"], fa: row_of[int(i)][fa], fb: row_of[int(i)][fb]} for i in members],
+            })  # fmt: skip
+        return out
 
 def _infeasible_message(objectives: Objectives, values: np.ndarray, G: np.ndarray, names: list[str]) -> str:
     if not len(values):

@@ -473,8 +473,35 @@ def _check_front(doc: dict[str, Any], path: Path) -> None:
         c.fail("fields", f"lacks the objectives' field(s) {_show(missing)}")
     c.nums(c.get(doc, "reference_point"), "reference_point")
     c.num(c.get(doc, "hv"), "hv", lo=0)
+    ids = set()
     for i, row in enumerate(c.list_(c.get(doc, "rows"), "rows")):
         _check_row(c, row, f"rows[{i}]", fields, finite=True)
+        ids.add(row["arch_id"])
+    if "device_fronts" in doc:  # many-objective runs since schema 1 of the per-device fronts; absent in older runs
+        _check_device_fronts(c, doc["device_fronts"], fields, ids)
+
+
+def _check_device_fronts(c: _Doc, value: Any, fields: list[str], ids: set[str]) -> None:
+    """front.json's per-device 2-D fronts: each names two of the front's fields, and its
+    rows are archs of the front's rows with those two values."""
+    for k, pf in enumerate(c.list_(value, "device_fronts")):
+        key = f"device_fronts[{k}]"
+        c.dict_(pf, key)
+        names = c.strs(c.get(pf, "objectives", f"{key}."), f"{key}.objectives")
+        pair = c.strs(c.get(pf, "fields", f"{key}."), f"{key}.fields")
+        if len(names) != 2 or len(pair) != 2 or any(f not in fields for f in pair):
+            c.fail(f"{key}.fields", f"expected two of the front's fields, got {_show(pair)}")
+        c.nums(c.get(pf, "reference_point", f"{key}."), f"{key}.reference_point")
+        c.num(c.get(pf, "hv", f"{key}."), f"{key}.hv", lo=0)
+        for i, row in enumerate(c.list_(c.get(pf, "rows", f"{key}."), f"{key}.rows")):
+            where = f"{key}.rows[{i}]"
+            c.dict_(row, where)
+            if set(row) != {"arch_id", *pair}:
+                c.fail(where, f"expected exactly arch_id and {_show(pair)}, got {_show(sorted(row))}")
+            if row["arch_id"] not in ids:
+                c.fail(f"{where}.arch_id", f"{_show(row['arch_id'])} is not one of the front's rows")
+            for f in pair:
+                c.num(row[f], f"{where}.{f}")
 
 
 def _check_hypervolume(doc: dict[str, Any], path: Path) -> None:

@@ -143,6 +143,7 @@
     dev = data.devices[index];
     setRange(ui.maxLat, finite(dev.lat), "max");
     update();
+    drawHypervolume();
   }
 
   function drawHypervolume() {
@@ -153,10 +154,15 @@
       return;
     }
     const text = hv.gen.map((_, k) => `generation ${hv.gen[k]}<br>${hv.n_evals[k]} evaluations<br>front size ${hv.front_size[k]}`);
-    Plotly.newPlot("hv", [{ type: "scatter", mode: "lines", x: hv.gen, y: hv.hv, text,
+    // The selected device's own 2-D hypervolume where the run recorded it (3+ objectives),
+    // else the run's indicator (exact joint HV, or the mean of the 2-D ones: hv.indicator).
+    const own = (hv.per_device || {})[dev.key];
+    const title = own ? `2-D hypervolume, ${dev.key}` : (hv.indicator === "mean-2d-hypervolume" ? "mean 2-D hypervolume" : "hypervolume");
+    Plotly.react("hv", [{ type: "scatter", mode: "lines", x: hv.gen, y: own || hv.hv, text,
       hovertemplate: "HV %{y:.6g}<br>%{text}<extra></extra>", line: { color: "#0969da" } }], {
-      margin: { t: 10, r: 10, b: 50, l: 80 }, xaxis: { title: { text: "generation" } }, yaxis: { title: { text: "hypervolume" } },
+      margin: { t: 10, r: 10, b: 50, l: 80 }, xaxis: { title: { text: "generation" } }, yaxis: { title: { text: title } },
     }, plotConfig);
+    $("hv").dataset.curve = title;
   }
 
   data.devices.forEach((d, k) => ui.device.add(new Option(d.in_run ? d.key : `${d.key} (priced now)`, String(k))));
@@ -168,5 +174,4 @@
   }
   ui.device.addEventListener("change", () => selectDevice(Number(ui.device.value)));
   selectDevice(0);
-  drawHypervolume();
 })();
