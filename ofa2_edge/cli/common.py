@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ofa2_edge.core.workspace import Workspace
 
@@ -106,3 +107,19 @@ def make_protocol(threads: int, timer: str = "wall", quick: bool = False) -> "Pr
     from ofa2_edge.devices.pipeline import standard_protocol
 
     return standard_protocol(threads, timer, quick)
+
+
+def step_progress(title: str, detail: str, as_json: bool) -> Progress:
+    """A progress bar on stderr (bar, n/total, `detail` from task fields, elapsed, ETA); gone
+    after the run with --json, silent when stderr is not a terminal."""
+    return Progress(
+        TextColumn(f"[bold]{title}[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(detail),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=as_json,
+        disable=not err_console.is_terminal,
+    )

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ofa2_edge.cli.common import JSON_OPTION, command_name, emit_json, err_console, out_console, state
+from ofa2_edge.cli.common import JSON_OPTION, command_name, emit_json, out_console, state, step_progress
 from ofa2_edge.core.errors import InvalidInputError
 
 
@@ -42,15 +42,6 @@ def evaluate(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Evaluate a design of subnets (top-1, top-5, loss, probabilities) on the val part; resumable."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     from ofa2_edge.accuracy.evaluate import EvaluateSettings, evaluate_table
     from ofa2_edge.accuracy.source import open_supernet
     from ofa2_edge.accuracy.table import AccuracyTable
@@ -70,17 +61,7 @@ def evaluate(
     name = table or trained.folder.name.lower()
     acc = AccuracyTable.of(ws, name)
     ds = open_dataset(DataSpec(path=data, format=data_format) if data_format else data)
-    progress = Progress(
-        TextColumn("[bold]evaluate[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[last]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=as_json,
-        disable=not err_console.is_terminal,
-    )
+    progress = step_progress("evaluate", "{task.fields[last]}", as_json)
     with progress:
         task = progress.add_task("evaluate", total=None, last="")
 

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ofa2_edge.cli.common import (
@@ -15,9 +14,9 @@ from ofa2_edge.cli.common import (
     JSON_OPTION,
     command_name,
     emit_json,
-    err_console,
     out_console,
     state,
+    step_progress,
 )
 from ofa2_edge.core.errors import InvalidInputError
 from ofa2_edge.search import runstore as rs
@@ -176,17 +175,7 @@ def search(
     if output is None:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         output = ws.runs_dir / f"{stamp}-{cfg.algorithm}-s{cfg.seed}"
-    progress = Progress(
-        TextColumn("[bold]search[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("gen  HV {task.fields[hv]:.2f}  front {task.fields[front]}  {task.fields[evals]} evals"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=as_json,
-        disable=not err_console.is_terminal,
-    )
+    progress = step_progress("search", "gen  HV {task.fields[hv]:.2f}  front {task.fields[front]}  {task.fields[evals]} evals", as_json)
     with progress:
         task = progress.add_task("search", total=None, hv=0.0, front=0, evals=0)
 
