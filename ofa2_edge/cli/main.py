@@ -12,7 +12,7 @@ from rich.logging import RichHandler
 from rich.text import Text
 
 from ofa2_edge import __version__
-from ofa2_edge.cli import arch, assets, deploy, devices, export, latency, measure, run, runs
+from ofa2_edge.cli import arch, assets, deploy, devices, export, latency, measure, run, runs, verify
 from ofa2_edge.cli import dashboard as dashboard_cli
 from ofa2_edge.cli import search as search_cli
 from ofa2_edge.cli.common import CliState, err_console, with_command_name
@@ -43,6 +43,7 @@ app.command("run")(run.run)
 app.command("demo", help="Alias of `run`: the main job.")(run.run)
 app.add_typer(deploy.bundle_app, name="bundle")
 app.command("dashboard")(dashboard_cli.dashboard)
+app.command("verify")(verify.verify)
 
 
 def _version(value: bool) -> None:
