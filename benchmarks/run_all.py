@@ -54,6 +54,8 @@ BENCHES = (
     Bench("search_reference", "OFA² reference reproduction, 9-budget comparison, 4-objective check",
           ("--many-algo", "nsga2,spea2"), ("--quick",),
           json_flag=False),
+    Bench("front_verify", "The front verified on the board (`local`): interval coverage, select-pick violations, HV",
+          (), ("--quick", "--budget", "12", "--pop", "16", "--gens", "5")),
 )
 
 

@@ -19,6 +19,7 @@ import hashlib
 import io
 import os
 import sys
+import threading
 import zipfile
 from typing import List, Optional, Set, Tuple
 
@@ -119,7 +120,8 @@ def build_pyz(out_path: str, root: Optional[str] = None) -> str:
     data = pyz_bytes(root)
     folder = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(out_path)}.{os.getpid()}.tmp")
+    # per process and thread: sessions of a device group open at once from one process
+    tmp = os.path.join(folder, f".{os.path.basename(out_path)}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()
