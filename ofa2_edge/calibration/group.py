@@ -119,6 +119,7 @@ def calibrate_group(
     trust_on_first_use: bool = False,
     progress: Progress | None = None,
     take: int | None = None,
+    accept_env_change: bool = False,
 ) -> dict[str, Any]:
     """Measure the design of `budget` archs over `replicas` into `latency_tables/<group>/`,
     then fit the group's predictor; returns the summary `calibrate --group --json` prints.
@@ -162,7 +163,7 @@ def calibrate_group(
             try:
                 with DeviceSession(device, workspace.cache_dir, trust_on_first_use=trust_on_first_use) as session:
                     with write_lock:
-                        bind_table(session, table, device, plan, protocol, reuse=True)
+                        bind_table(session, table, device, plan, protocol, True, accept_env_change)
                     state.reached = True
                     emit("replica", {"key": device.key, "state": "measuring"})
 

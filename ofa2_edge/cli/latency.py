@@ -95,6 +95,10 @@ def calibrate(
         "anchors measured on each, into latency_tables/<group>/.",
     ),
     anchors: int = typer.Option(6, "--anchors", min=0, help="With --group: archs measured on every replica."),
+    accept_env_change: bool = typer.Option(
+        False, "--accept-env-change",
+        help="Measure although the board's governor, power mode or CPUs online differ from the table's records.",
+    ),
     trust_on_first_use: bool = TOFU_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -108,14 +112,14 @@ def calibrate(
             raise InvalidInputError("--group calibrates a group's replicas end to end: drop --device, --blocks, "
                                     "--prior, --adaptive-rounds and --reuse-table")  # fmt: skip
         _calibrate_group(ctx, group, budget, fmt, resolutions, seed, threads, timer, quick, anchors,
-                         trust_on_first_use, as_json)  # fmt: skip
+                         trust_on_first_use, as_json, accept_env_change)  # fmt: skip
         return
     device = load_inventory(ctx).get(device_key)
     protocol = make_protocol(threads or device.threads, timer, quick)
     request = CalibrationRequest(
         budget=budget, blocks=blocks, fmt=fmt, space=SearchSpace(resolutions=parse_resolutions(resolutions)),
         seed=seed, adaptive_rounds=adaptive_rounds, prior=prior, reuse_table=reuse_table,
-        trust_on_first_use=trust_on_first_use,
+        trust_on_first_use=trust_on_first_use, accept_env_change=accept_env_change,
     )  # fmt: skip
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -158,6 +162,7 @@ def calibrate(
 def _calibrate_group(
     ctx: typer.Context, group: str, budget: Optional[int], fmt: Optional[str], resolutions: str, seed: int,
     threads: Optional[int], timer: str, quick: bool, anchors: int, trust_on_first_use: bool, as_json: bool,
+    accept_env_change: bool = False,
 ) -> None:  # fmt: skip
     """`calibrate --group G`: one progress line per replica, then the spread and the fit."""
     from ofa2_edge.calibration.group import calibrate_group
@@ -185,7 +190,7 @@ def _calibrate_group(
         summary = calibrate_group(
             group, replicas, state(ctx).workspace, budget or DEFAULT_BUDGET, protocol, fmt=fmt,
             space=SearchSpace(resolutions=parse_resolutions(resolutions)), seed=seed, anchors=anchors,
-            trust_on_first_use=trust_on_first_use, progress=on_event,
+            trust_on_first_use=trust_on_first_use, progress=on_event, accept_env_change=accept_env_change,
         )  # fmt: skip
     if as_json:
         emit_json(summary)

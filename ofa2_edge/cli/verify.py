@@ -47,6 +47,10 @@ def verify(
     timer: str = TIMER_OPTION,
     quick: bool = QUICK_OPTION,
     trust_on_first_use: bool = TOFU_OPTION,
+    accept_env_change: bool = typer.Option(
+        False, "--accept-env-change",
+        help="Measure although the board's governor, power mode or CPUs online differ from the table's records.",
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Measure front members on the device (resumable), keep them apart from calibration data,
@@ -79,7 +83,7 @@ def verify(
             text = f"{r.estimate_ms:.3f} ms" if r.ok else f"{r.error_kind.value}: {r.error_msg}"
             err_console.print(f"{device.key}: {r.arch_id} {text}", highlight=False)
 
-    outcome = verify_front(device, ws, folder, request, protocol, fmt, trust_on_first_use, on_event)
+    outcome = verify_front(device, ws, folder, request, protocol, fmt, trust_on_first_use, on_event, accept_env_change)
     rep = outcome.report
     if as_json:
         emit_json({**rep, "file": str(outcome.path), "not_measured": outcome.not_measured})

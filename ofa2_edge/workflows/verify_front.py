@@ -159,6 +159,7 @@ def verify_front(
     fmt: str | None = None,
     trust_on_first_use: bool = False,
     progress: Progress | None = None,
+    accept_env_change: bool = False,
 ) -> VerifyOutcome:
     """Measure the front members `request` names on `device` (resuming), then score and write
     the report. The table's writer lock is held while measuring."""
@@ -174,7 +175,7 @@ def verify_front(
         for _ in table.verification_records():  # refuse a damaged file before the device is touched
             pass
         with DeviceSession(device, workspace.cache_dir, trust_on_first_use=trust_on_first_use) as session:
-            key = bind_table(session, table, device, plan, protocol)
+            key = bind_table(session, table, device, plan, protocol, accept_env_change=accept_env_change)
             done = _verified(table, key)
             todo = [c.arch for c in members if c.arch.id not in done]
             emit("members", {"total": len(members), "todo": len(todo), "skipped": len(members) - len(todo)})
