@@ -58,6 +58,7 @@ DEVICE = "device.json"
 MEASUREMENTS = "measurements.jsonl"
 BLOCKS = "blocks.jsonl"
 VERIFICATION = "verification.jsonl"
+IMPORTED = "imported.jsonl"  # vendor tool logs (ofa2_edge.tables.imported owns it)
 SURROGATE = "surrogate.json"
 ROW_FIX = "fix or remove that line (the table was not changed)"
 LOOKUP_TABLE = re.compile(r"^\d{2,4}_lookup_table\.yaml$")
@@ -149,7 +150,7 @@ class DeviceTable:
         from ofa2_edge.tables.quantities import quantity_names
 
         predictors = {SURROGATE, *(f"surrogate.{q}.json" for q in quantity_names() if q != "latency")}
-        return name in {DEVICE, MEASUREMENTS, BLOCKS, VERIFICATION, *predictors} or LOOKUP_TABLE.match(name) is not None
+        return name in {DEVICE, MEASUREMENTS, BLOCKS, VERIFICATION, IMPORTED, *predictors} or LOOKUP_TABLE.match(name) is not None
 
     def exists(self) -> bool:
         return self.folder.is_dir()

@@ -47,6 +47,10 @@ def validate_table(folder: Path) -> None:
     table.device_info()
     for _ in (*table.records(), *table.block_records(), *table.verification_records()):
         pass
+    from ofa2_edge.tables.imported import read_imported
+
+    for _ in read_imported(table):
+        pass
     if table.lookup_table_paths():
         read_ofa_tables(folder)
     for path in table.predictor_paths().values():
