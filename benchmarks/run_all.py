@@ -56,6 +56,7 @@ BENCHES = (
           json_flag=False),
     Bench("front_verify", "The front verified on the board (`local`): interval coverage, select-pick violations, HV",
           (), ("--quick", "--budget", "12", "--pop", "16", "--gens", "5")),
+    Bench("fleet_scale", "Device group calibration: 8 loopback SSH boards vs 1, same budget", (), ("--budget", "8")),
 )
 
 
