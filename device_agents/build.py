@@ -104,7 +104,17 @@ def _entry(name: str) -> zipfile.ZipInfo:
     return info
 
 
+#: One build at a time per process: sessions of a device group open from several threads, and
+#: CPython 3.11's `ast.parse` is not safe to run in two threads at once (SystemError).
+_BUILD_LOCK = threading.Lock()
+
+
 def pyz_bytes(root: Optional[str] = None) -> bytes:
+    with _BUILD_LOCK:
+        return _pyz_bytes(root)
+
+
+def _pyz_bytes(root: Optional[str]) -> bytes:
     buf = io.BytesIO()
     buf.write(SHEBANG)  # as zipapp does: the archive follows the interpreter line
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
