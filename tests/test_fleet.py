@@ -199,3 +199,11 @@ def test_eight_boards_two_groups_at_once_one_killed(
         assert sum(f"pi-b/{key}" in line for line in captured.err.splitlines()) == 1
     assert main([*args[:2], "calibrate", "--group", "pi-b", "--device", "pi-b-0"]) == EXIT_FAILURE
     assert "--group calibrates a group's replicas" in capsys.readouterr().err
+    # a group is a device for the search and for select (its predictor prices the group)
+    run = ws_path / "runs" / "g"
+    assert main([*args[:2], "search", "--objectives", "top1,latency:pi-a", "--resolutions", "160", "--pop", "12",
+                 "--gens", "2", "--seed", "1", "-o", str(run)]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main([*args[:2], "select", str(run), "--device", "pi-a", "--safe", "0.9", "--json"]) == 0
+    picks = json.loads(capsys.readouterr().out)["candidates"]
+    assert picks and all(c["limit_latency_ms"] >= c["latency_ms"] for c in picks)
