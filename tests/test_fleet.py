@@ -207,3 +207,13 @@ def test_eight_boards_two_groups_at_once_one_killed(
     assert main([*args[:2], "select", str(run), "--device", "pi-a", "--safe", "0.9", "--json"]) == 0
     picks = json.loads(capsys.readouterr().out)["candidates"]
     assert picks and all(c["limit_latency_ms"] >= c["latency_ms"] for c in picks)
+    # ... and for verify: measured on a replica that answers, scored against the group's predictor
+    servers["pi-a-0"].stop()  # the first replica is down: the next one verifies
+    assert main([*args[:2], "verify", str(run), "--device", "pi-a", "--top", "2", "--quick", "--json"]) == 0
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert doc["device"] == "pi-a" and doc["replica"] == "pi-a-1" and doc["counts"]["measured"] == 2
+    assert "trying the next replica of pi-a" in captured.err
+    verified = list(DeviceTable(ws_path / "latency_tables", "pi-a").verification_records())
+    assert len(verified) == 2 and {r.device_key for r in verified} == {"pi-a-1"}
+    assert (run / "verification.pi-a.json").is_file()

@@ -20,7 +20,7 @@ from ofa2_edge.cli.common import (
 )
 from ofa2_edge.cli.devices import load_inventory
 from ofa2_edge.cli.runs import resolve_run
-from ofa2_edge.core.errors import EXIT_MEASUREMENT, EXIT_UNREACHABLE
+from ofa2_edge.core.errors import EXIT_MEASUREMENT, EXIT_UNREACHABLE, DeviceUnreachableError
 
 
 def _pct(x: Optional[float]) -> str:
@@ -59,7 +59,11 @@ def verify(
     from ofa2_edge.workflows.verify_front import VerifyRequest, parse_ms_list, verify_front
 
     ws = state(ctx).workspace
-    device = load_inventory(ctx).get(device_key)
+    inventory = load_inventory(ctx)
+    groups = inventory.groups()
+    # a device group: verified on its first replica that answers, into the group's table
+    candidates = groups[device_key] if device_key in groups else [inventory.get(device_key)]
+    table_key = device_key if device_key in groups else None
     folder = resolve_run(run, ws)
     if top is None and budgets is None and not all_members:
         top = 10
@@ -70,20 +74,31 @@ def verify(
         safe=safe,
         limits=parse_ms_list(limits, "--limits") if limits is not None else (),
     )
-    protocol = make_protocol(threads or device.threads, timer, quick)
+    protocol = make_protocol(threads or candidates[0].threads, timer, quick)
 
     def on_event(event: str, info: dict[str, Any]) -> None:
         if event == "members":
             err_console.print(
-                f"{device.key}: verifying {info['total']} front member(s), {info['skipped']} already verified (resuming)",
+                f"{device_key}: verifying {info['total']} front member(s), {info['skipped']} already verified (resuming)",
                 highlight=False,
             )
         elif event == "result":
             r = info["record"]
             text = f"{r.estimate_ms:.3f} ms" if r.ok else f"{r.error_kind.value}: {r.error_msg}"
-            err_console.print(f"{device.key}: {r.arch_id} {text}", highlight=False)
+            err_console.print(f"{r.device_key}: {r.arch_id} {text}", highlight=False)
 
-    outcome = verify_front(device, ws, folder, request, protocol, fmt, trust_on_first_use, on_event, accept_env_change)
+    outcome = None
+    for i, device in enumerate(candidates):
+        try:
+            outcome = verify_front(
+                device, ws, folder, request, protocol, fmt, trust_on_first_use, on_event, accept_env_change, table_key
+            )
+            break
+        except DeviceUnreachableError as exc:
+            if i + 1 == len(candidates):
+                raise
+            err_console.print(f"{device.key}: unreachable ({exc}); trying the next replica of {device_key}")
+    assert outcome is not None
     rep = outcome.report
     if as_json:
         emit_json({**rep, "file": str(outcome.path), "not_measured": outcome.not_measured})
@@ -92,7 +107,7 @@ def verify(
         err_console.print(f"wrote {outcome.path}", highlight=False)
     if outcome.not_measured:
         err_console.print(
-            f"not measured (the link to {device.key} was lost): {', '.join(outcome.not_measured)}; run the command "
+            f"not measured (the link to {device_key} was lost): {', '.join(outcome.not_measured)}; run the command "
             "again to resume",
             highlight=False,
         )

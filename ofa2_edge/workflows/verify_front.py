@@ -160,11 +160,14 @@ def verify_front(
     trust_on_first_use: bool = False,
     progress: Progress | None = None,
     accept_env_change: bool = False,
+    table_key: str | None = None,
 ) -> VerifyOutcome:
     """Measure the front members `request` names on `device` (resuming), then score and write
-    the report. The table's writer lock is held while measuring."""
+    the report. The table's writer lock is held while measuring. With `table_key` (a device
+    group), `device` is one of its replicas and the group's table is verified."""
     emit = progress or (lambda event, info: None)
-    table = DeviceTable.of(workspace, device.key)
+    key_name = table_key or device.key
+    table = DeviceTable.of(workspace, key_name)
     surrogate = table.predictor()
     cands = price_front(run, surrogate, table)
     members = choose_members(cands, request, surrogate)
@@ -175,7 +178,7 @@ def verify_front(
         for _ in table.verification_records():  # refuse a damaged file before the device is touched
             pass
         with DeviceSession(device, workspace.cache_dir, trust_on_first_use=trust_on_first_use) as session:
-            key = bind_table(session, table, device, plan, protocol, accept_env_change=accept_env_change)
+            key = bind_table(session, table, device, plan, protocol, table_key is not None, accept_env_change)
             done = _verified(table, key)
             todo = [c.arch for c in members if c.arch.id not in done]
             emit("members", {"total": len(members), "todo": len(todo), "skipped": len(members) - len(todo)})
@@ -187,8 +190,10 @@ def verify_front(
 
             batch = measure_archs(session, todo, plan, protocol, ExportCache(workspace.exports_dir), commit)
             not_measured = [a.id for a in batch.not_measured]
-    report = score(run, device.key, table, surrogate, cands, members, key, request)
-    path = write_json(run.path / f"verification.{device.key}.json", SCHEMA, VERSION, report)
+    report = score(run, key_name, table, surrogate, cands, members, key, request)
+    if table_key is not None:
+        report["replica"] = device.key
+    path = write_json(run.path / f"verification.{key_name}.json", SCHEMA, VERSION, report)
     return VerifyOutcome(report, path, measured_now, not_measured)
 
 
