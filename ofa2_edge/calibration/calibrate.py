@@ -58,14 +58,17 @@ class CalibrationResult:
 
 
 def design_archs(budget: int, seed: int, space: SearchSpace) -> list[Arch]:
-    """The `budget` archs calibration measures (deterministic in `seed`)."""
+    """The (at most) `budget` archs calibration measures (deterministic in `seed`)."""
     need = 2 * len(space.resolutions)
     if budget < need:
         raise InvalidInputError(
             f"--budget {budget} is too small: calibration always measures the min and max nets of each of the "
             f"{len(space.resolutions)} resolutions, so it needs at least {need}"
         )
-    return archs_of(size_stratified_genomes(budget, np.random.default_rng(seed), space), w=space.w)
+    archs = archs_of(size_stratified_genomes(budget, np.random.default_rng(seed), space), w=space.w)
+    # each arch once: a small space (one resolution) can draw an extreme net twice, and a batch
+    # refuses the same arch twice
+    return list({a.id: a for a in archs}.values())
 
 
 def most_uncertain(surrogate: LatencySurrogate, n: int, seed: int, space: SearchSpace, exclude: set[str]) -> list[Arch]:
