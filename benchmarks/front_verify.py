@@ -79,7 +79,7 @@ def main() -> int:
     text = render(figures)
     print(text)
     if args.json:
-        args.json.write_text(json.dumps({"figures": figures, "report": rep}, indent=1) + "\n")
+        args.json.write_text(json.dumps({"figures": figures}, indent=1) + "\n")  # per member: the run's file
         args.json.with_suffix(".md").write_text(text + "\n")
     return 0
 
