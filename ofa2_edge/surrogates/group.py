@@ -39,6 +39,12 @@ class GroupSurrogate(LatencySurrogate):
         self.base = base
         self.spread_log = float(spread_log)
 
+    @property
+    def name(self) -> str:
+        """`group[<the base's name>]`, as fit reports and `tables show` print it."""
+        base = self.base
+        return f"group[{getattr(base, 'name', base.kind) if base is not None else '-'}]"
+
     def _base(self) -> LatencySurrogate:
         if self.base is None:
             raise InvalidInputError("this group predictor has no base predictor; calibrate the group first")
