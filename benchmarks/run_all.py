@@ -60,6 +60,9 @@ BENCHES = (
     Bench("many_devices", "Many devices in one search: per-device fronts, time, memory (issue 21)",
           ("--gens", "1000", "--seeds", "1,2,3,4,5"), ("--devices", "2,4", "--gens", "20", "--seeds", "1"),
           json_flag=False),
+    Bench("front_verify", "The front verified on the board (`local`): interval coverage, select-pick violations, HV",
+          (), ("--quick", "--budget", "12", "--pop", "16", "--gens", "5")),
+    Bench("fleet_scale", "Device group calibration: 8 loopback SSH boards vs 1, same budget", (), ("--budget", "8")),
 )
 
 

@@ -19,6 +19,7 @@ import hashlib
 import io
 import os
 import sys
+import threading
 import zipfile
 from typing import List, Optional, Set, Tuple
 
@@ -103,7 +104,17 @@ def _entry(name: str) -> zipfile.ZipInfo:
     return info
 
 
+#: One build at a time per process: sessions of a device group open from several threads, and
+#: CPython 3.11's `ast.parse` is not safe to run in two threads at once (SystemError).
+_BUILD_LOCK = threading.Lock()
+
+
 def pyz_bytes(root: Optional[str] = None) -> bytes:
+    with _BUILD_LOCK:
+        return _pyz_bytes(root)
+
+
+def _pyz_bytes(root: Optional[str]) -> bytes:
     buf = io.BytesIO()
     buf.write(SHEBANG)  # as zipapp does: the archive follows the interpreter line
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
@@ -119,7 +130,8 @@ def build_pyz(out_path: str, root: Optional[str] = None) -> str:
     data = pyz_bytes(root)
     folder = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(out_path)}.{os.getpid()}.tmp")
+    # per process and thread: sessions of a device group open at once from one process
+    tmp = os.path.join(folder, f".{os.path.basename(out_path)}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()

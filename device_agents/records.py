@@ -471,10 +471,26 @@ class Energy:
     power_mw: float
     energy_mj_per_inference: float
     n_samples: int
+    # The same rails at rest (sampled before the batch's first model, the board quiet), and the
+    # energy of one inference above that baseline: what running the model costs. None where
+    # no baseline was taken (older agents).
+    idle_power_mw: Optional[float] = None
+    net_energy_mj_per_inference: Optional[float] = None
 
     def __post_init__(self) -> None:
         _need(self.n_samples >= 1 and len(self.basis) >= 1, "energy needs at least one sample and one rail")
         _need(self.power_mw >= 0 and self.energy_mj_per_inference >= 0, "power and energy must be >= 0")
+        _need(self.idle_power_mw is None or self.idle_power_mw >= 0, "idle_power_mw must be >= 0")
+        _need(self.net_energy_mj_per_inference is None
+              or 0 <= self.net_energy_mj_per_inference <= self.energy_mj_per_inference,
+              "net_energy_mj_per_inference must lie in [0, energy_mj_per_inference]")
+
+    @staticmethod
+    def upgrade_json(doc: Any) -> Any:
+        """An energy record of an agent without the idle baseline: no baseline."""
+        if isinstance(doc, dict) and "idle_power_mw" not in doc and "net_energy_mj_per_inference" not in doc:
+            return {**doc, "idle_power_mw": None, "net_energy_mj_per_inference": None}
+        return doc
 
 
 @dataclasses.dataclass(frozen=True)

@@ -290,6 +290,8 @@ class BatchRunner:
             device_fingerprint = probe_fingerprint(self.reader)
         self.fingerprint = device_fingerprint
         self.results: List[MeasureResult] = []
+        self._idle_mw: Optional[float] = None  # the rails' idle baseline, taken once per batch
+        self._idle_taken = False
 
     # --- recording -----------------------------------------------------------------------
     def _finish(self, run: _ModelRun, result: MeasureResult) -> None:
@@ -488,6 +490,11 @@ class BatchRunner:
     def _measure_group(self, runs: List[_ModelRun], check: QuietCheck) -> List[_ModelRun]:
         """One attempt of every model in `runs`, interleaved; returns those to measure again."""
         p = self.protocol
+        if not self._idle_taken:  # after the quiet gate, before any worker loads a model
+            self._idle_taken = True
+            probe_rails = PowerSampler(self.reader, p.power_sample_s)
+            if probe_rails.available:
+                self._idle_mw = probe_rails.measure_idle()
         started: List[_ModelRun] = []
         for run in runs:
             # the gate before this attempt; waited_s adds up the waits before all its attempts
@@ -507,6 +514,7 @@ class BatchRunner:
             run.cpu = [] if thread_cpu_valid(p, run.spec.runtime) and run.earlier_cpu is not None else None
             run.attempts += 1
             run.sampler = PowerSampler(self.reader, p.power_sample_s)
+            run.sampler.idle_mw = self._idle_mw
         for b in range(p.blocks):
             alive = [r for r in started if r.result is None]
             if not alive:

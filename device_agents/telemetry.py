@@ -276,6 +276,10 @@ class TelemetryReader:
         )
 
 
+#: Seconds the rails are sampled at rest, once per batch, for the idle baseline.
+IDLE_WINDOW_S = 0.5
+
+
 class PowerSampler:
     """Samples every rail on a thread while a timed window is open; integrates energy.
 
@@ -297,6 +301,24 @@ class PowerSampler:
         self._n = 0
         self.basis: Tuple[str, ...] = energy_basis(r.label for r in reader.power_rails())
         self.sensor = ",".join(sorted({r.source for r in reader.power_rails()}))
+        self.idle_mw: Optional[float] = None  # the basis at rest, subtracted for the net energy
+        self._duration_s = 0.0
+
+    def _basis_mw(self, samples: List[Dict[str, float]]) -> List[float]:
+        return [sum(s.get(b, 0.0) for b in self.basis) for s in samples if all(b in s for b in self.basis)]
+
+    def measure_idle(self, window_s: float = IDLE_WINDOW_S) -> Optional[float]:
+        """Sample the basis for `window_s` with nothing running: the board's idle power."""
+        samples: List[Dict[str, float]] = []
+        end = time.perf_counter() + window_s
+        while True:
+            samples.append(self.reader.read_power_mw())
+            if time.perf_counter() >= end:
+                break
+            time.sleep(self.interval_s)
+        values = self._basis_mw(samples)
+        self.idle_mw = sum(values) / len(values) if values else None
+        return self.idle_mw
 
     @property
     def available(self) -> bool:
@@ -323,11 +345,12 @@ class PowerSampler:
             stop.set()
             thread.join()
         duration = time.perf_counter() - start
-        basis_values = [sum(s.get(b, 0.0) for b in self.basis) for s in samples if all(b in s for b in self.basis)]
+        basis_values = self._basis_mw(samples)
         if not basis_values or runs <= 0:
             return
         mean_mw = sum(basis_values) / len(basis_values)
         self._energy_mj += mean_mw * duration  # mW * s = mJ
+        self._duration_s += duration
         self._inferences += runs
         self._basis_sum += sum(basis_values)
         self._n += len(basis_values)
@@ -340,13 +363,19 @@ class PowerSampler:
         if self._n == 0 or self._inferences == 0:
             return None
         n_all = self._n_all
+        gross = self._energy_mj / self._inferences
+        net = None
+        if self.idle_mw is not None:
+            net = min(gross, max(0.0, (self._energy_mj - self.idle_mw * self._duration_s) / self._inferences))
         return Energy(
             sensor=self.sensor,
             basis=self.basis,
             rails_mw={k: v / n_all for k, v in sorted(self._rail_sums.items())},
             power_mw=self._basis_sum / self._n,
-            energy_mj_per_inference=self._energy_mj / self._inferences,
+            energy_mj_per_inference=gross,
             n_samples=self._n,
+            idle_power_mw=self.idle_mw,
+            net_energy_mj_per_inference=net,
         )
 
 

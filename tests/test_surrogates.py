@@ -23,6 +23,7 @@ from ofa2_edge.space.arch import N_BLOCKS, Arch, SearchSpace, archs_of, genomes_
 from ofa2_edge.space.costs import macs_m, params_m, plan_costs
 from ofa2_edge.surrogates.base import load_surrogate, surrogate_kinds
 from ofa2_edge.surrogates.features import QUANTITIES, Q, arch_features, compact_matrix, stage_matrix, tree_matrix
+from ofa2_edge.surrogates.group import GroupSurrogate
 from ofa2_edge.surrogates.learned import LearnedSurrogate
 from ofa2_edge.surrogates.linear import LinearSurrogate, design
 from ofa2_edge.surrogates.lut import LutSurrogate
@@ -59,6 +60,7 @@ def all_kinds(note10: LutSurrogate) -> list[LearnedSurrogate]:
         HybridSurrogate(prior=note10, link="log"),
         TransferSurrogate(prior=other_device, link="log", prior_label="other"),
         TransferSurrogate(prior=note10, link="add", prior_label="note10"),
+        GroupSurrogate(base=LinearSurrogate(features="compact"), spread_log=0.05),  # a device group's
     ]
 
 
@@ -335,7 +337,7 @@ def test_saved_files_of_unknown_kind_or_version_are_refused(note10: LutSurrogate
         load_surrogate(tmp_path / "v9.json")
     write_json(tmp_path / "kind.json", "ofa2-edge/latency-surrogate", 1, {**body, "kind": "neural-ode"})
     with pytest.raises(
-        SchemaError, match="unknown surrogate kind 'neural-ode'; known: hybrid, linear, lut, transfer, trees"
+        SchemaError, match="unknown surrogate kind 'neural-ode'; known: group, hybrid, linear, lut, transfer, trees"
     ):
         load_surrogate(tmp_path / "kind.json")
     broken = {**body, "params": {**body["params"], "state": {"coef": [1.0]}}}

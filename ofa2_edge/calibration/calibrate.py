@@ -58,14 +58,17 @@ class CalibrationResult:
 
 
 def design_archs(budget: int, seed: int, space: SearchSpace) -> list[Arch]:
-    """The `budget` archs calibration measures (deterministic in `seed`)."""
+    """The (at most) `budget` archs calibration measures (deterministic in `seed`)."""
     need = 2 * len(space.resolutions)
     if budget < need:
         raise InvalidInputError(
             f"--budget {budget} is too small: calibration always measures the min and max nets of each of the "
             f"{len(space.resolutions)} resolutions, so it needs at least {need}"
         )
-    return archs_of(size_stratified_genomes(budget, np.random.default_rng(seed), space), w=space.w)
+    archs = archs_of(size_stratified_genomes(budget, np.random.default_rng(seed), space), w=space.w)
+    # each arch once: a small space (one resolution) can draw an extreme net twice, and a batch
+    # refuses the same arch twice
+    return list({a.id: a for a in archs}.values())
 
 
 def most_uncertain(surrogate: LatencySurrogate, n: int, seed: int, space: SearchSpace, exclude: set[str]) -> list[Arch]:
@@ -90,11 +93,17 @@ def bind_table(
     plan: MeasurePlan,
     protocol: Protocol,
     reuse: bool = False,
+    accept_env_change: bool = False,
 ) -> MeasureKey:
     """Bind `table` to the probed device (another device's table is refused unless `reuse`),
-    check the device has the plan's runtime, and return the key its records are kept under."""
+    check the device has the plan's runtime and the settings (governor, power mode, CPUs
+    online) the table was measured under (unless `accept_env_change`), and return the key
+    its records are kept under."""
+    from ofa2_edge.calibration.health import check_settings
+
     probe = session.probe
     assert probe is not None
+    check_settings(table, probe, device.key, accept_env_change)
     version = session.runtime_version(plan.runtime)
     table.bind(probe, plan.runtime, reuse=reuse)
     return MeasureKey(probe.fingerprint, plan.runtime, version, protocol)
@@ -183,6 +192,7 @@ def calibrate(
     progress: Progress | None = None,
     export_lock: AbstractContextManager[Any] | None = None,
     measure_lock: AbstractContextManager[Any] | None = None,
+    accept_env_change: bool = False,
 ) -> CalibrationResult:
     """Measure a design of `budget` subnets on `device` (resuming), then fit and save its surrogate.
 
@@ -195,7 +205,7 @@ def calibrate(
     with table.lock():
         return _calibrate_locked(
             device, workspace, table, budget, protocol, fmt, space, seed, adaptive_rounds, reuse_table,
-            trust_on_first_use, prior, prior_label, progress, export_lock, measure_lock,
+            trust_on_first_use, prior, prior_label, progress, export_lock, measure_lock, accept_env_change,
         )
 
 
@@ -216,7 +226,10 @@ def _calibrate_locked(
     progress: Progress | None,
     export_lock: AbstractContextManager[Any] | None,
     measure_lock: AbstractContextManager[Any] | None,
+    accept_env_change: bool = False,
 ) -> CalibrationResult:
+    from ofa2_edge.calibration.health import settled
+
     space = space or SearchSpace()
     emit = progress or (lambda event, info: None)
     plan = MeasurePlan.for_device(device, fmt)
@@ -226,11 +239,11 @@ def _calibrate_locked(
         pass
     t0 = time.perf_counter()
     with DeviceSession(device, workspace.cache_dir, trust_on_first_use=trust_on_first_use) as session:
-        key = bind_table(session, table, device, plan, protocol, reuse_table)
+        key = bind_table(session, table, device, plan, protocol, reuse_table, accept_env_change)
         result = CalibrationResult(device.key, key.fingerprint, design)
 
         def run_round(archs: list[Arch], label: str) -> bool:
-            done = table.measured(key)
+            done = settled(table, key)  # a model measured hot or throttled is measured once more
             todo = [a for a in archs if a.id not in done]
             result.skipped += len(archs) - len(todo)
             emit("round", {"label": label, "total": len(archs), "todo": len(todo), "skipped": len(archs) - len(todo)})

@@ -35,6 +35,7 @@ class CalibrationRequest:
     prior: str | None = None  # another device's key: few-shot transfer from its predictor
     reuse_table: bool = False
     trust_on_first_use: bool = False
+    accept_env_change: bool = False  # measure although governor / power mode / CPUs online changed
 
     def __post_init__(self) -> None:
         if self.subnets == 0 and not self.blocks:
@@ -98,6 +99,7 @@ def calibrate_device(
             device, workspace, budget, protocol, fmt=request.fmt, space=request.space, seed=request.seed,
             adaptive_rounds=request.adaptive_rounds, reuse_table=request.reuse_table,
             trust_on_first_use=request.trust_on_first_use, prior=prior, prior_label=prior_label, progress=emit,
+            accept_env_change=request.accept_env_change,
         )  # fmt: skip
         report = result.report
         fingerprint = result.fingerprint

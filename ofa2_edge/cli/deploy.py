@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Optional
 
@@ -149,7 +150,11 @@ def build(
 
     st = state(ctx)
     require_known_device(ctx, device_key)
-    device = load_inventory(ctx).get(device_key)
+    inventory = load_inventory(ctx)
+    if device_key in inventory.groups():  # a device group: its table prices; its first replica verifies
+        device = dataclasses.replace(inventory.group(device_key)[0], key=device_key, group=None)
+    else:
+        device = inventory.get(device_key)
     folder, cands = priced_front(st.workspace, resolve_run(run, st.workspace).path, device.key, safe, allow_emulated)
     chosen = choose(cands, folder, device.key, pick, Limits(max_latency, min_top1, max_macs), safe)
     out_root = output if output.is_absolute() else st.workspace.root / output

@@ -47,6 +47,9 @@ def add(
     threads: int = typer.Option(1, "--threads", min=1),
     work_dir: Optional[str] = typer.Option(None, "--work-dir", help="Device-side folder for the agent and models."),
     python: str = typer.Option("python3", "--python", help="The device's Python 3.8+ interpreter."),
+    group: Optional[str] = typer.Option(
+        None, "--group", help="A group of identical boards (replicas): `calibrate --group G` spreads over them."
+    ),
     replace: bool = typer.Option(False, "--replace", help="Overwrite an existing entry."),
 ) -> None:
     """Add a device to devices.yaml (an SSH device when --host is given)."""
@@ -56,7 +59,7 @@ def add(
     device = Device(
         key=key, transport="ssh" if host else "local", host=host, port=port, user=user,
         key_file=str(key_file) if key_file else None, known_hosts=str(known_hosts) if known_hosts else None,
-        runtime=runtime, threads=threads, work_dir=work_dir, python=python,
+        runtime=runtime, threads=threads, work_dir=work_dir, python=python, group=group,
     )
     inv.add(device, replace_existing=replace)
     inv.save()
@@ -70,10 +73,10 @@ def list_devices(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
     if as_json:
         emit_json([d.to_dict() | {"transport": d.transport, "runtime": d.runtime} for d in devices])
         return
-    table = Table("key", "transport", "address", "runtime", "threads")
+    table = Table("key", "group", "transport", "address", "runtime", "threads")
     for d in devices:
         address = f"{d.user + '@' if d.user else ''}{d.host}:{d.port}" if d.transport == "ssh" else "this machine"
-        table.add_row(d.key, d.transport, address, d.runtime, str(d.threads))
+        table.add_row(d.key, d.group or "-", d.transport, address, d.runtime, str(d.threads))
     out_console.print(table)
 
 

@@ -89,6 +89,16 @@ def calibrate(
     timer: str = TIMER_OPTION,
     quick: bool = QUICK_OPTION,
     reuse_table: bool = typer.Option(False, "--reuse-table", help="Accept a table measured on another device."),
+    group: Optional[str] = typer.Option(
+        None, "--group", "-g",
+        help="Calibrate a device group (devices.yaml `group:`): the design spread over its reachable replicas, "
+        "anchors measured on each, into latency_tables/<group>/.",
+    ),
+    anchors: int = typer.Option(6, "--anchors", min=0, help="With --group: archs measured on every replica."),
+    accept_env_change: bool = typer.Option(
+        False, "--accept-env-change",
+        help="Measure although the board's governor, power mode or CPUs online differ from the table's records.",
+    ),
     trust_on_first_use: bool = TOFU_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -97,12 +107,19 @@ def calibrate(
     from ofa2_edge.calibration.run import CalibrationRequest, calibrate_device
 
     st = state(ctx)
+    if group is not None:
+        if blocks or prior or adaptive_rounds or reuse_table or device_key != "local":
+            raise InvalidInputError("--group calibrates a group's replicas end to end: drop --device, --blocks, "
+                                    "--prior, --adaptive-rounds and --reuse-table")  # fmt: skip
+        _calibrate_group(ctx, group, budget, fmt, resolutions, seed, threads, timer, quick, anchors,
+                         trust_on_first_use, as_json, accept_env_change)  # fmt: skip
+        return
     device = load_inventory(ctx).get(device_key)
     protocol = make_protocol(threads or device.threads, timer, quick)
     request = CalibrationRequest(
         budget=budget, blocks=blocks, fmt=fmt, space=SearchSpace(resolutions=parse_resolutions(resolutions)),
         seed=seed, adaptive_rounds=adaptive_rounds, prior=prior, reuse_table=reuse_table,
-        trust_on_first_use=trust_on_first_use,
+        trust_on_first_use=trust_on_first_use, accept_env_change=accept_env_change,
     )  # fmt: skip
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -139,6 +156,63 @@ def calibrate(
     if outcome.unreached:  # the device could not be reached (again): 3, as for any unreachable device
         raise typer.Exit(EXIT_UNREACHABLE)
     if outcome.incomplete:
+        raise typer.Exit(EXIT_MEASUREMENT)
+
+
+def _calibrate_group(
+    ctx: typer.Context, group: str, budget: Optional[int], fmt: Optional[str], resolutions: str, seed: int,
+    threads: Optional[int], timer: str, quick: bool, anchors: int, trust_on_first_use: bool, as_json: bool,
+    accept_env_change: bool = False,
+) -> None:  # fmt: skip
+    """`calibrate --group G`: one progress line per replica, then the spread and the fit."""
+    from ofa2_edge.calibration.group import calibrate_group
+    from ofa2_edge.surrogates.select import format_report
+
+    replicas = load_inventory(ctx).group(group)
+    protocol = make_protocol(threads or replicas[0].threads, timer, quick)
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed} measured"),
+        TimeElapsedColumn(), TextColumn("{task.fields[last]}"), console=err_console,
+    ) as bar:  # fmt: skip
+        tasks = {d.key: bar.add_task(f"{group}/{d.key}", total=None, last="connecting") for d in replicas}
+
+        def on_event(event: str, info: dict[str, Any]) -> None:
+            if event == "group":
+                done = info["design"] - info["todo"] - info["anchors"]
+                if done > 0:
+                    err_console.print(f"{group}: {done} of {info['design']} already measured (resuming)")
+            elif event == "replica":
+                text = info["state"] if info["state"] != "dropped" else f"dropped ({info['handed_back']} handed back)"
+                bar.update(tasks[info["key"]], last=text)
+            elif event == "result":
+                bar.update(tasks[info["key"]], advance=1, last=_record_label(info["record"]))
+
+        summary = calibrate_group(
+            group, replicas, state(ctx).workspace, budget or DEFAULT_BUDGET, protocol, fmt=fmt,
+            space=SearchSpace(resolutions=parse_resolutions(resolutions)), seed=seed, anchors=anchors,
+            trust_on_first_use=trust_on_first_use, progress=on_event, accept_env_change=accept_env_change,
+        )  # fmt: skip
+    if as_json:
+        emit_json(summary)
+    else:
+        for r in summary["replicas"]:
+            off = "-" if r.get("offset") is None else f"{r['offset_pct']:+.1f} % ({r['anchors']} anchors, " \
+                f"{100 * (r['interval'][0] - 1):+.1f}..{100 * (r['interval'][1] - 1):+.1f} %)"
+            state_text = "unreachable" if not r["reached"] else ("dropped" if r["dropped"] else "ok")
+            err_console.print(f"{group}/{r['key']}: {state_text}, {r['measured_now']} measured now, offset {off}",
+                              highlight=False)  # fmt: skip
+        err_console.print(
+            f"{group}: {summary['measured_now']} measured now, {summary['already_measured']} already in the table, "
+            f"{len(summary['retried'])} retried on another replica, {len(summary['not_measured'])} not reached; "
+            f"part-to-part spread {summary['spread_pct']:.1f} %",
+            highlight=False,
+        )
+        if summary["fit"].get("held_out"):
+            out_console.print(format_report(summary["fit"]), highlight=False, markup=False)
+        out_console.print(f"table: {summary['table']}")
+    if summary["not_measured"]:
+        raise typer.Exit(EXIT_UNREACHABLE)
+    if summary["failed_now"]:
         raise typer.Exit(EXIT_MEASUREMENT)
 
 

@@ -12,7 +12,7 @@ from rich.logging import RichHandler
 from rich.text import Text
 
 from ofa2_edge import __version__
-from ofa2_edge.cli import arch, assets, deploy, devices, export, latency, measure, run, runs
+from ofa2_edge.cli import arch, assets, deploy, devices, export, import_log, latency, measure, run, runs, verify
 from ofa2_edge.cli import dashboard as dashboard_cli
 from ofa2_edge.cli import evaluate as evaluate_cli
 from ofa2_edge.cli import search as search_cli
@@ -36,6 +36,7 @@ app.command(name="measure")(measure.measure)
 app.command(name="calibrate")(latency.calibrate)
 app.command(name="fit")(latency.fit)
 app.command(name="predict")(latency.predict)
+latency.tables_app.command("import-log")(import_log.import_log)
 app.add_typer(latency.tables_app, name="tables")
 app.command("search")(search_cli.search)
 app.command("fit-accuracy")(search_cli.fit_accuracy)
@@ -47,6 +48,7 @@ app.command("demo", help="Alias of `run`: the main job.")(run.run)
 app.add_typer(deploy.bundle_app, name="bundle")
 app.command("dashboard")(dashboard_cli.dashboard)
 app.command("train")(train_cli.train)
+app.command("verify")(verify.verify)
 
 
 def _version(value: bool) -> None:

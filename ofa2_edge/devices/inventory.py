@@ -33,7 +33,7 @@ MAX_CONNECT_TIMEOUT_S = 3600.0
 _FIELD_KINDS = {
     "transport": "text", "host": "text?", "port": "int", "user": "text?", "key_file": "text?",
     "known_hosts": "text?", "runtime": "text", "threads": "int", "work_dir": "text?", "python": "text",
-    "connect_timeout_s": "number", "notes": "notes", "extra": "mapping",
+    "connect_timeout_s": "number", "notes": "notes", "extra": "mapping", "group": "text?",
 }
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _EXPECTED = {
@@ -87,6 +87,7 @@ class Device:
     connect_timeout_s: float = 15.0
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    group: str | None = None  # identical boards share a group: replicas calibrated as one (latency_tables/<group>/)
 
     def __post_init__(self) -> None:
         if not isinstance(self.key, str) or not KEY_PATTERN.match(self.key):
@@ -115,6 +116,10 @@ class Device:
                 "connect_timeout_s",
                 f"must be > 0 and <= {MAX_CONNECT_TIMEOUT_S:g} seconds, got {self.connect_timeout_s}",
             )
+        if self.group is not None and not KEY_PATTERN.match(self.group):
+            _refuse(self.key, "group", f"group {self.group!r} must be lowercase letters, digits, '.', '_' or '-'")
+        if self.group is not None and self.group == self.key:
+            _refuse(self.key, "group", "a group needs a name of its own (not the device's key)")
         if not all(isinstance(k, str) for k in self.extra):
             _refuse(self.key, "extra", "every key must be a text")
 
@@ -199,7 +204,15 @@ class Inventory:
             if device.key in devices:
                 raise SchemaError(f"{where}: device {device.key} is listed twice")
             devices[device.key] = device
-        return cls(path, devices)
+        inv = cls(path, devices)
+        for device in devices.values():
+            clash = device.group in devices or device.group == LOCAL_KEY
+            if device.group is not None and clash:
+                raise SchemaError(
+                    f"{path}: group {device.group!r} of device {device.key} is also a device key; a group's table is "
+                    f"latency_tables/<group>/, so give the group another name"
+                )
+        return inv
 
     def save(self) -> None:
         doc = {
@@ -220,9 +233,32 @@ class Inventory:
     def all(self) -> list[Device]:
         return [self.get(LOCAL_KEY), *(d for k, d in sorted(self.devices.items()) if k != LOCAL_KEY)]
 
+    def groups(self) -> dict[str, list[Device]]:
+        """Every group and its replicas, by name (replicas sorted by key)."""
+        found: dict[str, list[Device]] = {}
+        for d in sorted(self.devices.values(), key=lambda d: d.key):
+            if d.group is not None:
+                found.setdefault(d.group, []).append(d)
+        return found
+
+    def group(self, name: str) -> list[Device]:
+        """The replicas of group `name`; an error naming the known groups otherwise."""
+        groups = self.groups()
+        if name not in groups:
+            known = ", ".join(groups) or "none"
+            raise InvalidInputError(
+                f"no device group {name!r} in {self.path} (groups: {known}); add its boards with "
+                f"`ofa2-edge devices add KEY --host HOST ... --group {name}`"
+            )
+        return groups[name]
+
     def add(self, device: Device, replace_existing: bool = False) -> None:
         if device.key in self.devices and not replace_existing:
             raise InvalidInputError(f"device {device.key} already exists; use --replace to overwrite it")
+        if device.key in self.groups() or device.key == LOCAL_KEY and device.group:
+            raise InvalidInputError(f"{device.key} is the name of a device group; give the device another key")
+        if device.group is not None and (device.group in self.devices or device.group == LOCAL_KEY):
+            raise InvalidInputError(f"group {device.group!r} is also a device key; give the group another name")
         self.devices[device.key] = device
 
     def remove(self, key: str) -> Device:

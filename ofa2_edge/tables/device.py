@@ -14,6 +14,9 @@
   :meth:`DeviceTable.surrogate`, which validates it); `surrogate.<quantity>.json` the
   predictor of another measured quantity (:mod:`ofa2_edge.tables.quantities`: energy,
   memory) when the device reports it;
+- `verification.jsonl`: records of `ofa2-edge verify` (front members measured to check the
+  predictor), same rules as `measurements.jsonl` but kept apart from it: no predictor is
+  fitted on them, so a model is never judged on points it was fitted on;
 - `blocks.jsonl`: block mode's per-layer records (:mod:`ofa2_edge.calibration.blocks`), apart
   from the arch records above (same rules; each row's `arch` is `{"layer": <lookup-table key>}`
   and its `arch_id` `l-<sha256 of the key>`);
@@ -60,6 +63,8 @@ DEVICE_VERSION = 1
 DEVICE = "device.json"
 MEASUREMENTS = "measurements.jsonl"
 BLOCKS = "blocks.jsonl"
+VERIFICATION = "verification.jsonl"
+IMPORTED = "imported.jsonl"  # vendor tool logs (ofa2_edge.tables.imported owns it)
 SURROGATE = "surrogate.json"
 ROW_FIX = "fix or remove that line (the table was not changed)"
 LOOKUP_TABLE = re.compile(r"^\d{2,4}_lookup_table\.yaml$")
@@ -100,6 +105,11 @@ class DeviceTable:
     @property
     def measurements_path(self) -> Path:
         return self.folder / MEASUREMENTS
+
+    @property
+    def verification_path(self) -> Path:
+        """Records of `ofa2-edge verify`, apart from the ones predictors are fitted on."""
+        return self.folder / VERIFICATION
 
     @property
     def blocks_path(self) -> Path:
@@ -146,7 +156,7 @@ class DeviceTable:
         from ofa2_edge.tables.quantities import quantity_names
 
         predictors = {SURROGATE, *(f"surrogate.{q}.json" for q in quantity_names() if q != "latency")}
-        return name in {DEVICE, MEASUREMENTS, BLOCKS, *predictors} or LOOKUP_TABLE.match(name) is not None
+        return name in {DEVICE, MEASUREMENTS, BLOCKS, VERIFICATION, IMPORTED, *predictors} or LOOKUP_TABLE.match(name) is not None
 
     def exists(self) -> bool:
         return self.folder.is_dir()
@@ -293,8 +303,20 @@ class DeviceTable:
         Each row must be a valid agent record (schema, physics, sizes) about an arch whose
         id is its `arch_id`, taken on a device this table is bound to.
         """
-        fingerprints = self.fingerprints() if self.measurements_path.exists() else None
-        for where, record in self._rows(self.measurements_path):
+        yield from self._checked(self.measurements_path)
+
+    def append_verification(self, result: MeasureResult) -> None:
+        """Commit one verification record to `verification.jsonl` durably (flushed and fsynced)."""
+        append_jsonl(self.verification_path, result.to_dict())
+
+    def verification_records(self) -> Iterator[MeasureResult]:
+        """Every record of `verification.jsonl`, checked like :meth:`records` (none if absent)."""
+        yield from self._checked(self.verification_path)
+
+    def _checked(self, path: Path) -> Iterator[MeasureResult]:
+        """The arch records of `path`, each checked against its arch id and this table's device."""
+        fingerprints = self.fingerprints() if path.exists() else None
+        for where, record in self._rows(path):
             if record.arch is not None:
                 try:
                     arch_id = Arch.from_dict(record.arch).id

@@ -52,7 +52,11 @@ def quantity(name: str) -> Quantity:
 
 
 def _energy(record: MeasureResult) -> float | None:
-    return record.energy.energy_mj_per_inference if record.energy is not None else None
+    """Energy above the board's idle baseline where the agent took one, else the board's total."""
+    if record.energy is None:
+        return None
+    net = record.energy.net_energy_mj_per_inference
+    return net if net is not None else record.energy.energy_mj_per_inference
 
 
 LATENCY = register_quantity(

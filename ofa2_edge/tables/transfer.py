@@ -51,7 +51,11 @@ def validate_table(folder: Path) -> None:
     """Read back everything a table folder holds, as its owners do; raise on the first bad file."""
     table = DeviceTable(folder.parent, folder.name)
     table.device_info()
-    for _ in (*table.records(), *table.block_records()):
+    for _ in (*table.records(), *table.block_records(), *table.verification_records()):
+        pass
+    from ofa2_edge.tables.imported import read_imported
+
+    for _ in read_imported(table):
         pass
     if table.lookup_table_paths():
         read_ofa_tables(folder)

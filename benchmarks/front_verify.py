@@ -1,0 +1,160 @@
+"""The front verified on the board (`local`): coverage, select-pick violations, HV measured vs predicted.
+
+Calibrates `local` in a fresh workspace (`ofa2-edge calibrate --budget N`, the standard
+protocol; `--timer thread_cpu` by default because this host is shared), searches
+`top1,latency:local`, then `ofa2-edge verify RUN --device local --all` with the same
+protocol: every front member is measured on the device and kept apart from the calibration
+data. Reports the actual coverage of the 80 % and 90 % predicted intervals (goal: within 5
+points of nominal), the violation rate of `select --safe 0.9` picks (goal <= 10 %, none
+beyond the test-retest difference), MAPE on the front, and the HV of the front on measured
+latencies beside the predicted one.
+
+    python benchmarks/front_verify.py [--budget 30] [--pop 30 --gens 20] [--timer thread_cpu] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchlib import load1
+
+from ofa2_edge.cli.main import main as cli
+
+GOAL_COVERAGE_PTS = 5.0
+GOAL_VIOLATION = 0.10
+
+
+def run_cli(args: list[str]) -> tuple[int, str]:
+    """One CLI call in-process; its stdout (the --json document) returned."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = cli(args)
+    return rc, out.getvalue()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--budget", type=int, default=30)
+    ap.add_argument("--pop", type=int, default=30)
+    ap.add_argument("--gens", type=int, default=20)
+    ap.add_argument("--timer", default="thread_cpu")
+    ap.add_argument("--quick", action="store_true", help="the smoke-test protocol (not figures to report)")
+    ap.add_argument("--workspace", type=Path, default=None, help="keep the workspace here (default: a temp folder)")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    proto = ["--timer", args.timer, *(["--quick"] if args.quick else [])]
+    with tempfile.TemporaryDirectory() as tmp:
+        ws = args.workspace or Path(tmp)
+        W = ["-W", str(ws)]
+        seconds: dict[str, float] = {}
+        t0 = time.perf_counter()
+        rc, _ = run_cli([*W, "calibrate", "--device", "local", "--budget", str(args.budget), *proto, "--json"])
+        seconds["calibrate"] = time.perf_counter() - t0
+        if rc != 0:
+            print(f"calibrate failed: exit {rc}", file=sys.stderr)
+            return 1
+        t0 = time.perf_counter()
+        rc, _ = run_cli([*W, "search", "--objectives", "top1,latency:local", "--pop", str(args.pop),
+                         "--gens", str(args.gens), "--seed", "1", "-o", str(ws / "runs" / "bench")])  # fmt: skip
+        seconds["search"] = time.perf_counter() - t0
+        if rc != 0:
+            print(f"search failed: exit {rc}", file=sys.stderr)
+            return 1
+        t0 = time.perf_counter()
+        rc, out = run_cli([*W, "verify", "bench", "--device", "local", "--all", *proto, "--json"])
+        seconds["verify"] = time.perf_counter() - t0
+        if rc != 0:
+            print(f"verify failed: exit {rc}", file=sys.stderr)
+            return 1
+        rep = json.loads(out)
+    figures = summarise(rep, args, seconds)
+    text = render(figures)
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps({"figures": figures}, indent=1) + "\n")  # per member: the run's file
+        args.json.with_suffix(".md").write_text(text + "\n")
+    return 0
+
+
+def summarise(rep: dict[str, Any], args: argparse.Namespace, seconds: dict[str, float]) -> dict[str, Any]:
+    cov = rep["coverage"]
+    v = rep["violations"]
+    return {
+        "budget": args.budget,
+        "timer": args.timer,
+        "quick": args.quick,
+        "front_size": rep["front_size"],
+        "counts": rep["counts"],
+        "predictor": rep["predictor"]["kind"],
+        "coverage_80": cov["80"]["actual"],
+        "coverage_90": cov["90"]["actual"],
+        "above_80": cov["80"]["above_share"],
+        "mape_pct": rep["error"]["mape_pct"],
+        "within_10pct": rep["error"]["share_within_10pct"],
+        "test_retest": rep["test_retest"],
+        "limits_ms": rep["limits_ms"],
+        "violations": {k: {x: val[x] for x in ("judged", "violation_rate", "beyond_retest_rate", "max_excess_pct")}
+                       for k, val in v.items()},  # fmt: skip
+        "hv": rep["hypervolume"],
+        "seconds": {k: round(s, 1) for k, s in seconds.items()},
+        "load1_at_end": load1(),
+    }
+
+
+def _p(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f} %"
+
+
+def _pct(x: float | None, sign: str = "") -> str:
+    """A value already in percent."""
+    return "-" if x is None else f"{x:{sign}.1f} %"
+
+
+def render(f: dict[str, Any]) -> str:
+    c = f["counts"]
+    lines = [
+        "# Front verified on `local`",
+        "",
+        f"Calibration budget {f['budget']} ({f['predictor']} predictor), timer {f['timer']}"
+        + (" (quick protocol: smoke figures)" if f["quick"] else "")
+        + f"; front of {f['front_size']} members, {c['measured']} measured, {c['scored']} scored "
+        f"({c['in_calibration']} in the calibration data, not scored). Wall time: "
+        + ", ".join(f"{k} {s:.0f} s" for k, s in f["seconds"].items())
+        + ".",
+        "",
+        "| figure | value | goal |",
+        "|---|---|---|",
+        f"| coverage of the 80 % interval | {_p(f['coverage_80'])} | 80 % +- {GOAL_COVERAGE_PTS:g} points |",
+        f"| coverage of the 90 % interval | {_p(f['coverage_90'])} | 90 % +- {GOAL_COVERAGE_PTS:g} points |",
+        f"| measured above the 80 % interval | {_p(f['above_80'])} | ~10 % |",
+        f"| MAPE on the front | {_pct(f['mape_pct'])} | |",
+        f"| share within +-10 % | {_p(f['within_10pct'])} | |",
+        f"| test-retest difference | {f['test_retest']['pct']:.1f} % ({f['test_retest']['source']}, n={f['test_retest']['n']}) | |",
+    ]
+    for level, v in f["violations"].items():
+        name = "point prediction" if level == "point" else f"`select --safe {level}`"
+        goal = f"<= {GOAL_VIOLATION:.0%}, 0 beyond retest" if level == "0.9" else ""
+        lines.append(
+            f"| violation rate, {name} ({v['judged']} picks) | {_p(v['violation_rate'])} "
+            f"(beyond retest {_p(v['beyond_retest_rate'])}, max excess "
+            f"{_pct(v['max_excess_pct'], '+')}) | {goal} |"
+        )
+    hv = f["hv"]
+    if hv["predicted"] is not None:
+        ratio = "-" if hv["ratio"] is None else f"{hv['ratio']:.3f}"
+        lines.append(f"| HV of the front, predicted / measured | {hv['predicted']:.4g} / {hv['measured']:.4g} "
+                     f"(ratio {ratio}) | ratio ~1 |")  # fmt: skip
+    lines += ["", f"Limits judged (ms): {', '.join(f'{x:g}' for x in f['limits_ms'])}. Load at end: {f['load1_at_end']}."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

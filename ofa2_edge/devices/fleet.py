@@ -1,0 +1,94 @@
+"""A work queue over the replicas of a device group (TVM's RPC tracker, per group).
+
+Identical boards of a group (`group:` in devices.yaml) are replicas: any idle replica takes
+the next models from one shared queue, so a fast or lightly loaded board measures more; a
+replica whose link drops for good hands its unmeasured models back, and a replica still
+alive measures them. Some models are *pinned*: each replica must measure them itself (the
+anchors the part-to-part spread is estimated from); a dropped replica's pinned models are
+lost with it and reported. One worker thread per replica (the work is I/O: SSH and the
+device), each with its own :class:`DeviceSession`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Generic, Hashable, Sequence, TypeVar
+
+from ofa2_edge.devices.inventory import Device
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T", bound=Hashable)
+
+
+@dataclass
+class WorkQueue(Generic[T]):
+    """Items any replica may take (`shared`) and items one replica must take (`pinned`)."""
+
+    shared: list[T]
+    pinned: dict[str, list[T]] = field(default_factory=dict)
+    retried: list[T] = field(default_factory=list)  # shared items handed back by a dropped replica
+    lost: dict[str, list[T]] = field(default_factory=dict)  # pinned items of dropped replicas
+    _busy: set[str] = field(default_factory=set)
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+
+    def take(self, replica: str, n: int) -> list[T]:
+        """Up to `n` items for `replica`: its pinned ones first, then shared ones. Blocks while
+        the queue is empty but another replica is busy (it may hand items back); [] when
+        nothing is left for good."""
+        with self._cond:
+            self._busy.discard(replica)
+            self._cond.notify_all()
+            while True:
+                mine = self.pinned.get(replica, [])
+                if mine or self.shared:
+                    got = mine[:n]
+                    self.pinned[replica] = mine[len(got):]
+                    rest = n - len(got)
+                    if rest > 0:
+                        got += self.shared[:rest]
+                        self.shared = self.shared[rest:]
+                    self._busy.add(replica)
+                    return got
+                if not self._busy:
+                    self._cond.notify_all()
+                    return []
+                self._cond.wait(timeout=1.0)
+
+    def give_back(self, replica: str, items: Sequence[T], pinned: set[T]) -> None:
+        """`replica` dropped out: its shared items go back to the front of the queue (another
+        replica takes them next), its pinned ones (and any it still had) are lost with it."""
+        with self._cond:
+            back = [i for i in items if i not in pinned]
+            self.retried += back
+            self.shared = back + self.shared
+            self.lost[replica] = [i for i in items if i in pinned] + self.pinned.pop(replica, [])
+            self._busy.discard(replica)
+            self._cond.notify_all()
+
+    def leave(self, replica: str) -> None:
+        """`replica` never started (unreachable): its pinned items are lost."""
+        with self._cond:
+            self.lost[replica] = self.pinned.pop(replica, [])
+            self._busy.discard(replica)
+            self._cond.notify_all()
+
+
+def run_replicas(devices: Sequence[Device], queue: WorkQueue[T], worker: Callable[[Device], None]) -> None:
+    """Run `worker(device)` for every replica in its own thread and wait for all; a worker
+    is expected to catch its own errors (an escaping one is logged and the replica left)."""
+
+    def guarded(device: Device) -> None:
+        try:
+            worker(device)
+        except BaseException:  # noqa: BLE001 - one replica's bug must not hang the others
+            log.exception("%s: worker failed", device.key)
+            queue.leave(device.key)
+
+    threads = [threading.Thread(target=guarded, args=(d,), name=f"replica-{d.key}", daemon=True) for d in devices]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()

@@ -1,0 +1,384 @@
+"""The front verified on the board: is the number on the dashboard the number on the device?
+
+`ofa2-edge verify RUN --device KEY` measures members of a run's front on the device (through
+the same export -> ship -> agent path as calibration), appends their records to the
+device table's `verification.jsonl` (apart from `measurements.jsonl`: no predictor is fitted
+on them), and scores the device's current predictor on them:
+
+- measured vs predicted per member, and the actual coverage of the 80 % and 90 % predicted
+  intervals against their nominal coverage;
+- the violation rate of `select --safe Q` picks: for several latency limits, the pick
+  `select` would make on the full front, and whether its measured latency exceeds the limit
+  that selected it (and by more than the table's test-retest difference);
+- the hypervolume of the verified members on measured latencies beside the predicted one.
+
+A member whose arch is also in `measurements.jsonl` (the calibration data the predictor was
+fitted on) is measured and shown but never scored. The measurement resumes: members already
+verified under the same device, runtime and protocol are not measured again. The report
+goes to `runs/<id>/verification.<device>.json`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from device_agents.records import MeasureResult, Protocol
+from exporters import ExportCache
+from ofa2_edge.calibration.calibrate import bind_table
+from ofa2_edge.core.errors import InvalidInputError
+from ofa2_edge.core.persist import write_json
+from ofa2_edge.core.workspace import Workspace
+from ofa2_edge.deploy.select import Candidate, Limits, price_front, select
+from ofa2_edge.devices.inventory import Device
+from ofa2_edge.devices.pipeline import MeasurePlan, measure_archs
+from ofa2_edge.devices.session import DeviceSession
+from ofa2_edge.search.indicators import hypervolume
+from ofa2_edge.search.runstore import RunFolder
+from ofa2_edge.surrogates.base import LatencySurrogate
+from ofa2_edge.tables.device import DeviceTable, MeasureKey
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "ofa2-edge/front-verification"
+VERSION = 1
+#: Nominal coverages whose actual coverage is reported.
+COVERAGES = (0.8, 0.9)
+#: `select --safe Q` levels whose picks are judged (None: the point prediction).
+SAFE_LEVELS: tuple[float | None, ...] = (None, 0.8, 0.9, 0.95)
+#: Limits between the 10th and 90th percentile of the front's predicted latencies.
+DEFAULT_LIMITS = 9
+
+Progress = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class VerifyRequest:
+    """Which front members to measure: `top` spread over the front's latency range, the
+    `select --safe safe` picks at `budgets` ms, or `all` of them (exactly one)."""
+
+    top: int | None = None
+    budgets: tuple[float, ...] = ()
+    all: bool = False
+    safe: float = 0.9
+    limits: tuple[float, ...] = ()  # latency limits the picks are judged at (default: spread over the front)
+
+    def __post_init__(self) -> None:
+        chosen = sum([self.top is not None, bool(self.budgets), self.all])
+        if chosen != 1:
+            raise InvalidInputError("give exactly one of --top N, --budgets B1,B2,... or --all")
+        if self.top is not None and self.top < 1:
+            raise InvalidInputError(f"--top {self.top}: give at least 1 member")
+        if not 0.5 <= self.safe < 1:
+            raise InvalidInputError(f"--safe {self.safe}: expected a quantile in [0.5, 1), e.g. 0.9")
+        for name, values in (("--budgets", self.budgets), ("--limits", self.limits)):
+            if any(not (math.isfinite(v) and v > 0) for v in values):
+                raise InvalidInputError(f"{name}: every value must be a positive number of ms, got {list(values)}")
+
+
+def parse_ms_list(text: str, option: str) -> tuple[float, ...]:
+    """`10,20,40` -> (10.0, 20.0, 40.0); anything else is an error naming the option."""
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError as exc:
+        raise InvalidInputError(f"{option}: expected comma-separated milliseconds, got {text!r}") from exc
+    if not values:
+        raise InvalidInputError(f"{option}: expected comma-separated milliseconds, got {text!r}")
+    return values
+
+
+def choose_members(cands: Sequence[Candidate], request: VerifyRequest, surrogate: LatencySurrogate) -> list[Candidate]:
+    """The front members `request` asks to measure, fastest first, each once."""
+    by_latency = sorted(cands, key=lambda c: (c.latency_ms, -c.top1_pct))
+    if request.all:
+        chosen = by_latency
+    elif request.top is not None:
+        n = min(request.top, len(by_latency))
+        idx = sorted({int(round(i)) for i in np.linspace(0, len(by_latency) - 1, n)})
+        chosen = [by_latency[i] for i in idx]
+    else:
+        safe_cands = _with_limit(cands, surrogate, request.safe)
+        chosen = []
+        for budget in request.budgets:
+            for pool in (cands, safe_cands):  # the plain pick and the --safe pick at each budget
+                picked = select(pool, Limits(max_latency_ms=budget), top=1)
+                chosen += picked
+        if not chosen:
+            raise InvalidInputError(
+                f"no front member is predicted within any of the budgets {list(request.budgets)} ms; "
+                f"the fastest needs {by_latency[0].latency_ms:.2f} ms"
+            )
+    seen: set[str] = set()
+    out = []
+    for c in sorted(chosen, key=lambda c: (c.latency_ms, -c.top1_pct)):
+        if c.arch.id not in seen:
+            seen.add(c.arch.id)
+            out.append(c)
+    return out
+
+
+def _with_limit(cands: Sequence[Candidate], surrogate: LatencySurrogate, q: float | None) -> list[Candidate]:
+    """`cands` with the latency limit checked against the `q` quantile (None: the point)."""
+    if q is None:
+        return [_replace_limit(c, c.latency_ms) for c in cands]
+    bounds = surrogate.predict_quantile([c.arch for c in cands], q)
+    return [_replace_limit(c, float(b)) for c, b in zip(cands, bounds, strict=True)]
+
+
+def _replace_limit(c: Candidate, limit: float) -> Candidate:
+    from dataclasses import replace
+
+    return replace(c, limit_latency_ms=limit)
+
+
+@dataclass
+class VerifyOutcome:
+    report: dict[str, Any]
+    path: Path
+    measured_now: list[MeasureResult]
+    not_measured: list[str]  # arch ids the device could not be reached for (rerun to resume)
+
+    @property
+    def failed(self) -> list[MeasureResult]:
+        return [r for r in self.measured_now if not r.ok]
+
+
+def verify_front(
+    device: Device,
+    workspace: Workspace,
+    run: RunFolder,
+    request: VerifyRequest,
+    protocol: Protocol,
+    fmt: str | None = None,
+    trust_on_first_use: bool = False,
+    progress: Progress | None = None,
+    accept_env_change: bool = False,
+    table_key: str | None = None,
+) -> VerifyOutcome:
+    """Measure the front members `request` names on `device` (resuming), then score and write
+    the report. The table's writer lock is held while measuring. With `table_key` (a device
+    group), `device` is one of its replicas and the group's table is verified."""
+    emit = progress or (lambda event, info: None)
+    key_name = table_key or device.key
+    table = DeviceTable.of(workspace, key_name)
+    surrogate = table.predictor()
+    cands = price_front(run, surrogate, table)
+    members = choose_members(cands, request, surrogate)
+    plan = MeasurePlan.for_device(device, fmt)
+    measured_now: list[MeasureResult] = []
+    not_measured: list[str] = []
+    with table.lock():
+        for _ in table.verification_records():  # refuse a damaged file before the device is touched
+            pass
+        with DeviceSession(device, workspace.cache_dir, trust_on_first_use=trust_on_first_use) as session:
+            key = bind_table(session, table, device, plan, protocol, table_key is not None, accept_env_change)
+            done = _verified(table, key)
+            todo = [c.arch for c in members if c.arch.id not in done]
+            emit("members", {"total": len(members), "todo": len(todo), "skipped": len(members) - len(todo)})
+
+            def commit(record: MeasureResult) -> None:
+                table.append_verification(record)  # durable before anything else happens
+                measured_now.append(record)
+                emit("result", {"record": record})
+
+            batch = measure_archs(session, todo, plan, protocol, ExportCache(workspace.exports_dir), commit)
+            not_measured = [a.id for a in batch.not_measured]
+    report = score(run, key_name, table, surrogate, cands, members, key, request)
+    if table_key is not None:
+        report["replica"] = device.key
+    path = write_json(run.path / f"verification.{key_name}.json", SCHEMA, VERSION, report)
+    return VerifyOutcome(report, path, measured_now, not_measured)
+
+
+def _verified(table: DeviceTable, key: MeasureKey) -> dict[str, MeasureResult]:
+    """Successful verification records under `key`, by arch id (the latest one wins)."""
+    return {r.arch_id: r for r in table.verification_records() if r.ok and MeasureKey.of(r) == key}
+
+
+# ---------------------------------------------------------------------------- scoring
+def score(
+    run: RunFolder,
+    device_key: str,
+    table: DeviceTable,
+    surrogate: LatencySurrogate,
+    cands: Sequence[Candidate],
+    members: Sequence[Candidate],
+    key: MeasureKey,
+    request: VerifyRequest,
+) -> dict[str, Any]:
+    """The verification report of `members` (the document `verification.<device>.json` holds)."""
+    verified = _verified(table, key)
+    # what predictors are fitted on: every successful record of measurements.jsonl, any protocol
+    calibration = {r.arch_id: r for r in table.records() if r.ok and r.estimate_ms is not None}
+    archs = [c.arch for c in members]
+    q = {cov: surrogate.predict_interval(archs, cov) for cov in COVERAGES} if archs else {}
+    rows = []
+    for i, c in enumerate(members):
+        rec = verified.get(c.arch.id)
+        measured = float(rec.estimate_ms) if rec is not None and rec.estimate_ms is not None else None
+        row: dict[str, Any] = {
+            "arch_id": c.arch.id,
+            "r": c.arch.r,
+            "top1_pct": c.top1_pct,
+            "predicted_ms": c.latency_ms,
+            "measured_ms": measured,
+            "error_pct": None if measured is None else 100.0 * (c.latency_ms - measured) / measured,
+            "in_calibration": c.arch.id in calibration,
+            "flags": [f.value for f in rec.flags] if rec is not None else [],
+        }
+        for cov in COVERAGES:
+            lo, hi = float(q[cov][0][i]), float(q[cov][1][i])
+            row[f"interval_{round(cov * 100)}_ms"] = [lo, hi]
+            row[f"within_{round(cov * 100)}"] = None if measured is None else bool(lo <= measured <= hi)
+        rows.append(row)
+    scored = [r for r in rows if r["measured_ms"] is not None and not r["in_calibration"]]
+    coverage = {}
+    for cov in COVERAGES:
+        name = str(round(cov * 100))
+        inside = [r[f"within_{name}"] for r in scored]
+        above = [r["measured_ms"] > r[f"interval_{name}_ms"][1] for r in scored]
+        coverage[name] = {
+            "nominal": cov,
+            "actual": float(np.mean(inside)) if inside else None,
+            "above_share": float(np.mean(above)) if above else None,
+            "n": len(inside),
+        }
+    errors = np.array([abs(r["error_pct"]) for r in scored]) if scored else np.zeros(0)
+    retest = retest_difference(verified, {a: r for a, r in calibration.items() if MeasureKey.of(r) == key})
+    # picks are judged on every verified front member (an earlier --all counts too)
+    measured_by_id = {a: float(r.estimate_ms) for a, r in verified.items() if r.estimate_ms is not None}
+    in_cal = {c.arch.id for c in cands if c.arch.id in calibration}
+    limits = request.limits or request.budgets or default_limits(cands)
+    violations = {
+        ("point" if s is None else f"{s:g}"): judge_picks(cands, surrogate, s, limits, measured_by_id, in_cal, retest["pct"])
+        for s in SAFE_LEVELS
+    }
+    done = [r for r in rows if r["measured_ms"] is not None]
+    return {
+        "run": run.run_id,
+        "device": device_key,
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        "selection": _describe(request),
+        "predictor": {
+            "kind": surrogate.kind,
+            "file": table.predictor_path().name,
+            "sha256": hashlib.sha256(table.predictor_path().read_bytes()).hexdigest(),
+        },
+        "key": {"fingerprint": key.fingerprint, "runtime": key.runtime, "runtime_version": key.runtime_version,
+                "protocol": key.protocol.to_dict()},  # fmt: skip
+        "front_size": len(cands),
+        "members": rows,
+        "counts": {"members": len(rows), "measured": len(done), "scored": len(scored),
+                   "in_calibration": sum(r["in_calibration"] for r in rows)},  # fmt: skip
+        "error": {
+            "mape_pct": float(errors.mean()) if len(errors) else None,
+            "share_within_10pct": float((errors <= 10).mean()) if len(errors) else None,
+        },
+        "coverage": coverage,
+        "test_retest": retest,
+        "limits_ms": list(limits),
+        "violations": violations,
+        "hypervolume": front_hv(run, device_key, done),
+    }
+
+
+def default_limits(cands: Sequence[Candidate]) -> tuple[float, ...]:
+    """Limits spread over the front's predicted latencies (10th..90th percentile)."""
+    lat = np.array([c.latency_ms for c in cands])
+    return tuple(float(round(v, 3)) for v in np.quantile(lat, np.linspace(0.1, 0.9, DEFAULT_LIMITS)))
+
+
+def retest_difference(verified: dict[str, MeasureResult], calibration: dict[str, MeasureResult]) -> dict[str, Any]:
+    """How much one arch's measurement moves between two sessions on this device: the
+    90th percentile of |verification - calibration| / calibration over archs measured in
+    both (>= 3 of them), else the median block-minimum spread of the verification records
+    (the agent's own within-session spread, a lower bound)."""
+    pairs = [
+        abs(v.estimate_ms - calibration[a].estimate_ms) / calibration[a].estimate_ms
+        for a, v in verified.items()
+        if a in calibration and v.estimate_ms is not None and calibration[a].estimate_ms
+    ]
+    if len(pairs) >= 3:
+        return {"pct": float(100 * np.quantile(pairs, 0.9)), "source": "calibration vs verification", "n": len(pairs)}
+    spreads = [v.stats.block_min_spread for v in verified.values() if v.stats is not None]
+    if spreads:
+        return {"pct": float(100 * np.median(spreads)), "source": "block-minimum spread", "n": len(spreads)}
+    return {"pct": 0.0, "source": "none", "n": 0}
+
+
+def judge_picks(
+    cands: Sequence[Candidate],
+    surrogate: LatencySurrogate,
+    safe: float | None,
+    limits: Sequence[float],
+    measured: Mapping[str, float],
+    in_calibration: set[str],
+    retest_pct: float,
+) -> dict[str, Any]:
+    """For each limit, `select --max-latency L [--safe safe]`'s pick on the full front, and
+    whether its measured latency broke L. A pick not verified (or in the calibration data)
+    is listed, not judged."""
+    pool = _with_limit(cands, surrogate, safe)
+    picks = []
+    for limit in limits:
+        chosen = select(pool, Limits(max_latency_ms=limit), top=1)
+        if not chosen:
+            picks.append({"limit_ms": limit, "arch_id": None, "state": "no pick"})
+            continue
+        c = chosen[0]
+        m = measured.get(c.arch.id)
+        state = "in calibration" if c.arch.id in in_calibration else "not verified" if m is None else "judged"
+        row = {"limit_ms": limit, "arch_id": c.arch.id, "bound_ms": c.limit_latency_ms, "measured_ms": m, "state": state}
+        if state == "judged":
+            assert m is not None
+            row["violated"] = m > limit
+            row["excess_pct"] = 100.0 * (m - limit) / limit
+        picks.append(row)
+    judged = [p for p in picks if p["state"] == "judged"]
+    beyond = [p for p in judged if p["excess_pct"] > retest_pct]
+    return {
+        "picks": picks,
+        "judged": len(judged),
+        "violation_rate": float(np.mean([p["violated"] for p in judged])) if judged else None,
+        "beyond_retest_rate": len(beyond) / len(judged) if judged else None,
+        "max_excess_pct": max((p["excess_pct"] for p in judged), default=None),
+    }
+
+
+def front_hv(run: RunFolder, device_key: str, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Hypervolume of the measured members on (top-1 error, latency): predicted vs measured,
+    against the run's reference point where it has this device's latency, else 1.1x the
+    largest latency seen and 100 % error."""
+    if not rows:
+        return {"predicted": None, "measured": None, "ratio": None, "reference_point": None}
+    pred = np.array([[100 - r["top1_pct"], r["predicted_ms"]] for r in rows])
+    meas = np.array([[100 - r["top1_pct"], r["measured_ms"]] for r in rows])
+    ref_doc = run.front().get("reference_point") or {}
+    lat_ref = ref_doc.get(f"latency:{device_key}")
+    top_ref = ref_doc.get("top1")
+    lat_ref = float(lat_ref) if isinstance(lat_ref, (int, float)) else 1.1 * float(max(pred[:, 1].max(), meas[:, 1].max()))
+    err_ref = 100.0 - float(top_ref) if isinstance(top_ref, (int, float)) else 100.0
+    ref = np.array([err_ref, lat_ref])
+    hv_p, hv_m = hypervolume(pred, ref), hypervolume(meas, ref)
+    return {
+        "predicted": hv_p,
+        "measured": hv_m,
+        "ratio": hv_m / hv_p if hv_p > 0 else None,
+        "reference_point": {"top1_error_pct": err_ref, "latency_ms": lat_ref},
+        "members": len(rows),
+    }
+
+
+def _describe(request: VerifyRequest) -> dict[str, Any]:
+    if request.all:
+        return {"mode": "all"}
+    if request.top is not None:
+        return {"mode": "top", "n": request.top}
+    return {"mode": "budgets", "budgets_ms": list(request.budgets), "safe": request.safe}

@@ -1,0 +1,232 @@
+"""Device groups on a loopback fleet: 8 real sshd "boards" in two groups calibrating at once.
+
+Every board is this machine behind its own OpenSSH server (its own port, host key and
+remote work folder), running the real agent. One replica loses power mid-batch: the models
+it held are measured by another replica, nothing is lost, and its missing anchor is reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+from sshd import Sshd, make_sshd
+
+from ofa2_edge.calibration.calibrate import design_archs
+from ofa2_edge.calibration.group import calibrate_group, pick_anchors
+from ofa2_edge.cli.main import main
+from ofa2_edge.core.errors import EXIT_FAILURE, InvalidInputError, SchemaError
+from ofa2_edge.core.workspace import Workspace
+from ofa2_edge.devices.fleet import WorkQueue
+from ofa2_edge.devices.inventory import Device, Inventory
+from ofa2_edge.devices.pipeline import standard_protocol
+from ofa2_edge.space.arch import SearchSpace
+from ofa2_edge.surrogates.group import GroupSurrogate
+from ofa2_edge.surrogates.linear import LinearSurrogate
+from ofa2_edge.tables.device import DeviceTable
+
+pytestmark = [pytest.mark.ssh, pytest.mark.slow]
+GROUPS = {"pi-a": 5, "pi-b": 3}
+SPACE = SearchSpace(resolutions=(160,))
+QUICK = standard_protocol(1, quick=True)  # what `--quick` gives these boards (1 thread)
+#: One model per interleave group, so records stream one by one (a kill lands mid-batch).
+PROTOCOL = {"pi-a": dataclasses.replace(QUICK, interleave=1), "pi-b": QUICK}
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, Sshd]]]:
+    """A workspace whose devices.yaml lists 8 loopback boards, added through the CLI."""
+    root = tmp_path_factory.mktemp("fleet")
+    ws = root / "ws"
+    servers: dict[str, Sshd] = {}
+    try:
+        for group, n in GROUPS.items():
+            for i in range(n):
+                key = f"{group}-{i}"
+                server = servers[key] = make_sshd(root / "sshd" / key)
+                args = ["-W", str(ws), "devices", "add", key, "--host", "127.0.0.1", "--port", str(server.port),
+                        "--user", server.user, "--key-file", str(server.client_key), "--known-hosts",
+                        str(server.known_hosts), "--work-dir", str(root / "remote" / key), "--python",
+                        sys.executable, "--group", group]  # fmt: skip
+                assert main(args) == 0
+        yield ws, servers
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+def test_inventory_groups_and_bad_groups(fleet: tuple[Path, dict[str, Sshd]], tmp_path: Path) -> None:
+    ws, _ = fleet
+    inv = Inventory.load(ws / "devices.yaml")
+    assert {g: len(d) for g, d in inv.groups().items()} == GROUPS
+    assert [d.key for d in inv.group("pi-b")] == ["pi-b-0", "pi-b-1", "pi-b-2"]
+    with pytest.raises(InvalidInputError, match=r"no device group 'pi-c'.*--group pi-c"):
+        inv.group("pi-c")
+    with pytest.raises(InvalidInputError, match="is also a device key"):
+        inv.add(Device(key="x", group="pi-a-0"))
+    with pytest.raises(InvalidInputError, match="name of a device group"):
+        inv.add(Device(key="pi-a"))
+    with pytest.raises(InvalidInputError, match="group 'Bad Group'"):
+        Device(key="y", group="Bad Group")
+    bad = tmp_path / "devices.yaml"
+    bad.write_text("schema_version: 1\ndevices:\n  - {key: b1, group: b2}\n  - {key: b2}\n")
+    with pytest.raises(SchemaError, match="group 'b2' of device b1 is also a device key"):
+        Inventory.load(bad)
+
+
+def test_work_queue_hands_back_and_waits() -> None:
+    q: WorkQueue[str] = WorkQueue(["s1", "s2", "s3"], {"r1": ["a"], "r2": ["a"]})
+    assert q.take("r1", 2) == ["a", "s1"]  # pinned first
+    assert q.take("r2", 2) == ["a", "s2"]
+    q.give_back("r1", ["s1"], {"a"})  # r1 dropped holding s1: it goes back to the front
+    assert q.retried == ["s1"] and q.lost["r1"] == []
+    assert q.take("r2", 5) == ["s1", "s3"]
+    got: list[list[str]] = []
+    waiter = threading.Thread(target=lambda: got.append(q.take("r3", 1)))
+    waiter.start()  # r2 is still busy: r3 waits for what r2 may hand back
+    waiter.join(0.3)
+    assert waiter.is_alive()
+    q.give_back("r2", ["s3"], {"a"})
+    waiter.join(5)
+    assert got == [["s3"]]
+    assert q.take("r3", 1) == []  # nothing left, nobody busy
+
+
+def test_group_surrogate_widens_intervals_and_round_trips(tmp_path: Path) -> None:
+    archs = SPACE.sample(40, np.random.default_rng(0))
+    y = np.array([1.0 + a.r / 100 + sum(a.ks) / 50 for a in archs])
+    base = LinearSurrogate().fit(archs, y)
+    group = GroupSurrogate(base.width_mult, base, 0.1)
+    lo_b, hi_b = base.predict_interval(archs, 0.8)
+    lo_g, hi_g = group.predict_interval(archs, 0.8)
+    assert np.all(hi_g > hi_b) and np.all(lo_g < lo_b)
+    assert np.allclose(group.predict(archs), base.predict(archs))
+    assert np.allclose(group.predict_quantile(archs, 0.5), base.predict_quantile(archs, 0.5))
+    path = group.save(tmp_path / "surrogate.json", device="g")
+    from ofa2_edge.surrogates.base import load_surrogate
+
+    loaded = load_surrogate(path)
+    assert isinstance(loaded, GroupSurrogate) and loaded.spread_log == 0.1
+    assert np.allclose(loaded.predict_quantile(archs, 0.9), group.predict_quantile(archs, 0.9))
+    doc = json.loads(path.read_text())
+    doc["params"]["spread_log"] = 5.0
+    path.write_text(json.dumps(doc))
+    with pytest.raises(SchemaError, match="spread_log"):
+        load_surrogate(path)
+
+
+def test_eight_boards_two_groups_at_once_one_killed(
+    fleet: tuple[Path, dict[str, Sshd]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    ws_path, servers = fleet
+    ws = Workspace.resolve(ws_path)
+    inv = Inventory.load(ws_path / "devices.yaml")
+    killed: list[str] = []
+    summaries: dict[str, Any] = {}
+    errors: list[BaseException] = []
+
+    def on_event(event: str, info: dict[str, Any]) -> None:
+        # The first replica to finish a model loses power: it holds both anchors and two
+        # shared models (no replica can take a second time before its first models are done).
+        if event == "result" and not killed:
+            killed.append(info["key"])
+            servers[info["key"]].stop()
+
+    budgets = {"pi-a": 14, "pi-b": 9}
+
+    def run(group: str) -> None:
+        try:
+            summaries[group] = calibrate_group(
+                group, inv.group(group), ws, budgets[group], PROTOCOL[group], space=SPACE, anchors=2, take=4,
+                progress=on_event if group == "pi-a" else None,
+            )  # fmt: skip
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(g,)) for g in GROUPS]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    victim = killed[0]
+    for group, summary in summaries.items():
+        table = DeviceTable(ws_path / "latency_tables", group)
+        records = [r for r in table.records() if r.ok]
+        design = list({a.id: a for a in design_archs(budgets[group], 0, SPACE)}.values())
+        anchors = {a.id for a in pick_anchors(design, 2)}
+        assert len(anchors) == 2 and {a.id for a in design} <= {r.arch_id for r in records}  # nothing lost
+        assert summary["not_measured"] == [] and summary["failed_now"] == 0
+        # a shared model is measured once; an anchor once per replica that stayed
+        shared = [r.arch_id for r in records if r.arch_id not in anchors]
+        assert len(shared) == len(set(shared)) == len(design) - len(anchors)
+        replicas = {r["key"]: r for r in summary["replicas"]}
+        for key, rep in replicas.items():
+            assert rep["reached"], f"{key}: {rep['dropped']}"
+            mine = {r.arch_id for r in records if r.device_key == key}
+            if key != victim:
+                assert anchors <= mine and rep["dropped"] is None and rep["anchors"] == 2
+                assert rep["offset"] > 0 and rep["interval"][0] <= rep["offset"] <= rep["interval"][1]
+        assert summary["spread_pct"] >= 0
+        model = table.predictor()
+        assert isinstance(model, GroupSurrogate) and model.report["group"]["replicas"] == list(replicas)
+    a = {r["key"]: r for r in summaries["pi-a"]["replicas"]}
+    records = list(DeviceTable(ws_path / "latency_tables", "pi-a").records())
+    design = list({x.id: x for x in design_archs(budgets["pi-a"], 0, SPACE)}.values())
+    anchors = {x.id for x in pick_anchors(design, 2)}
+    by_victim = {r.arch_id for r in records if r.device_key == victim}
+    # it held both anchors and two shared models; the first landed before the power went
+    # (a record already on its way may land too), the rest were lost (anchors) or retried
+    assert a[victim]["dropped"] and a[victim]["measured_now"] == len(by_victim) >= 1
+    assert set(a[victim]["lost_anchors"]) == anchors - by_victim
+    retried = summaries["pi-a"]["retried"]
+    assert len(retried) + len(by_victim - anchors) == 2 and retried
+    assert all(any(r.arch_id == x and r.device_key != victim for r in records) for x in retried)
+
+    # the CLI: a rerun resumes (nothing new to measure), one progress line per board
+    servers[victim].start()
+    capsys.readouterr()
+    args = ["-W", str(ws_path), "calibrate", "--group", "pi-b", "--budget", "9", "--resolutions", "160",
+            "--anchors", "2", "--quick"]  # fmt: skip
+    assert main([*args, "--json"]) == 0
+    captured = capsys.readouterr()
+    again = json.loads(captured.out)
+    n = again["design"]
+    assert again["measured_now"] == 0 and again["already_measured"] == n + 2 * 2  # anchors: on 3 replicas
+    assert f"{n - 2} of {n} already measured (resuming)" in captured.err
+    for key in ("pi-b-0", "pi-b-1", "pi-b-2"):
+        assert sum(f"pi-b/{key}" in line for line in captured.err.splitlines()) == 1
+    assert main([*args[:2], "calibrate", "--group", "pi-b", "--device", "pi-b-0"]) == EXIT_FAILURE
+    assert "--group calibrates a group's replicas" in capsys.readouterr().err
+    # a group is a device for the search and for select (its predictor prices the group)
+    run = ws_path / "runs" / "g"
+    assert main([*args[:2], "search", "--objectives", "top1,latency:pi-a", "--resolutions", "160", "--pop", "12",
+                 "--gens", "2", "--seed", "1", "-o", str(run)]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main([*args[:2], "select", str(run), "--device", "pi-a", "--safe", "0.9", "--json"]) == 0
+    picks = json.loads(capsys.readouterr().out)["candidates"]
+    assert picks and all(c["limit_latency_ms"] >= c["latency_ms"] for c in picks)
+    # ... and for verify: measured on a replica that answers, scored against the group's predictor
+    servers["pi-a-0"].stop()  # the first replica is down: the next one verifies
+    assert main([*args[:2], "verify", str(run), "--device", "pi-a", "--top", "2", "--quick", "--json"]) == 0
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert doc["device"] == "pi-a" and doc["replica"] == "pi-a-1" and doc["counts"]["measured"] == 2
+    assert "trying the next replica of pi-a" in captured.err
+    verified = list(DeviceTable(ws_path / "latency_tables", "pi-a").verification_records())
+    assert len(verified) == 2 and {r.device_key for r in verified} == {"pi-a-1"}
+    assert (run / "verification.pi-a.json").is_file()
+    # ... and for bundle: the group's predictor prices the pick in the manifest
+    out = ws_path / "bundles"
+    assert main([*args[:2], "bundle", str(run), "--device", "pi-a", "--max-latency", "1000", "-o", str(out),
+                 "--json"]) == 0  # fmt: skip
+    from ofa2_edge.deploy.bundle import read_manifest
+
+    manifest = read_manifest(Path(json.loads(capsys.readouterr().out)["bundle"]))
+    assert manifest["device"]["key"] == "pi-a" and manifest["latency"]["predicted"]["upper_ms"] > 0

@@ -1,0 +1,201 @@
+"""`ofa2-edge verify`: front members measured on `local` (the real agent), kept apart from the
+calibration data, resumed, and scored (coverage, select-pick violations, HV)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from records_factory import probe_report, record_for
+
+from device_agents.records import Protocol
+from ofa2_edge.cli.main import main
+from ofa2_edge.core.errors import EXIT_FAILURE
+from ofa2_edge.deploy.select import price_front
+from ofa2_edge.search.runstore import RunFolder
+from ofa2_edge.space.arch import SearchSpace
+from ofa2_edge.surrogates.lut import LutSurrogate
+from ofa2_edge.tables.device import DeviceTable, MeasureKey
+from ofa2_edge.workflows.verify_front import VerifyRequest, choose_members, judge_picks, retest_difference, score
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory, assets_dir: Path) -> Path:
+    """A `local` table (this machine's fingerprint, Note10-shaped latencies / 4), fitted, and a small run."""
+    ws = tmp_path_factory.mktemp("verify-ws")
+    lut = LutSurrogate.from_folder(assets_dir / "note10")
+    table = DeviceTable(ws / "latency_tables", "local")
+    table.bind(probe_report(), "onnxruntime")
+    archs = SearchSpace().sample(30, np.random.default_rng(1))
+    for arch, ms in zip(archs, lut.predict(archs) / 4, strict=True):
+        table.append(record_for(arch, float(ms), Protocol(), fingerprint=probe_report().fingerprint))
+    assert main(["-W", str(ws), "fit", "--device", "local"]) == 0
+    args = ["-W", str(ws), "search", "--objectives", "top1,latency:local", "--pop", "24", "--gens", "10"]
+    assert main([*args, "--seed", "1", "-o", str(ws / "runs" / "demo")]) == 0
+    return ws
+
+
+def lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_verify_on_local_measures_keeps_apart_and_resumes(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    table = DeviceTable(workspace / "latency_tables", "local")
+    calib_before = table.measurements_path.read_bytes()
+    surrogate_before = table.surrogate_path.read_bytes()
+    ws = ["-W", str(workspace)]
+    capsys.readouterr()
+    assert main([*ws, "verify", "demo", "--device", "local", "--top", "3", "--quick", "--json"]) == 0
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert doc["counts"]["members"] == 3 and doc["counts"]["measured"] == 3
+    assert "verifying 3 front member(s), 0 already verified" in captured.err
+    # the records went to verification.jsonl, never into the calibration data or the predictor
+    assert lines(table.verification_path) == 3
+    assert table.measurements_path.read_bytes() == calib_before
+    assert table.surrogate_path.read_bytes() == surrogate_before
+    verified = list(table.verification_records())
+    assert {r.arch_id for r in verified} == {m["arch_id"] for m in doc["members"]}
+    assert all(r.ok and r.device_fingerprint == probe_report().fingerprint for r in verified)
+    # per member: measured beside predicted and its intervals; fastest first, spread over the front
+    members = doc["members"]
+    assert [m["predicted_ms"] for m in members] == sorted(m["predicted_ms"] for m in members)
+    for m in members:
+        lo80, hi80 = m["interval_80_ms"]
+        lo90, hi90 = m["interval_90_ms"]
+        assert lo90 <= lo80 <= m["predicted_ms"] <= hi80 <= hi90
+        assert m["measured_ms"] > 0 and m["within_80"] == (lo80 <= m["measured_ms"] <= hi80)
+    assert doc["coverage"]["80"]["nominal"] == 0.8 and doc["coverage"]["80"]["n"] == 3
+    assert set(doc["violations"]) == {"point", "0.8", "0.9", "0.95"}
+    assert doc["hypervolume"]["predicted"] > 0 and doc["hypervolume"]["measured"] >= 0
+    # the report file is the same document, with its schema
+    saved = json.loads((workspace / "runs/demo/verification.local.json").read_text())
+    assert saved["schema"] == "ofa2-edge/front-verification" and saved["schema_version"] == 1
+    assert saved["members"] == members
+    # a rerun measures nothing again (same device, runtime and protocol) and reports the same members
+    assert main([*ws, "verify", "demo", "--device", "local", "--top", "3", "--quick", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "3 already verified" in captured.err
+    assert lines(table.verification_path) == 3
+    again = json.loads(captured.out)
+    assert [m["measured_ms"] for m in again["members"]] == [m["measured_ms"] for m in members]
+    # and the table, verification records included, still reads and lists
+    assert main([*ws, "tables", "show", "local", "--json"]) == 0
+
+
+def test_bad_options_and_damaged_file_write_nothing(
+    workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ws = ["-W", str(workspace)]
+    table = DeviceTable(workspace / "latency_tables", "local")
+    before = table.verification_path.read_bytes() if table.verification_path.exists() else b""
+    capsys.readouterr()
+    assert main([*ws, "verify", "demo", "--device", "local", "--top", "2", "--all"]) == EXIT_FAILURE
+    assert "exactly one of --top N, --budgets" in capsys.readouterr().err
+    assert main([*ws, "verify", "demo", "--device", "local", "--budgets", "10,x"]) == EXIT_FAILURE
+    assert "--budgets: expected comma-separated milliseconds" in capsys.readouterr().err
+    assert main([*ws, "verify", "demo", "--device", "local", "--budgets", "0.001"]) == EXIT_FAILURE
+    assert "no front member is predicted within" in capsys.readouterr().err
+    assert main([*ws, "verify", "nope", "--device", "local"]) == EXIT_FAILURE
+    assert (table.verification_path.read_bytes() if table.verification_path.exists() else b"") == before
+    # a damaged verification file stops before the device is touched, naming file and line
+    copy = tmp_path / "ws"
+    import shutil
+
+    shutil.copytree(workspace, copy)
+    damaged = DeviceTable(copy / "latency_tables", "local").verification_path
+    damaged.write_text('{"schema_version": 2, "arch_id": "a-x"}\n' + (before.decode() if before else ""))
+    assert main(["-W", str(copy), "verify", "demo", "--device", "local", "--top", "1", "--quick"]) == EXIT_FAILURE
+    err = capsys.readouterr().err
+    assert "verification.jsonl:1" in err
+    assert damaged.read_text().startswith('{"schema_version": 2, "arch_id": "a-x"}\n')
+
+
+def _scored(workspace: Path, tmp_path: Path, factor: float) -> dict:
+    """Score every front member against records `factor` x its prediction (no device involved)."""
+    import shutil
+
+    ws = tmp_path / f"ws-{factor}"
+    shutil.copytree(workspace, ws)
+    table = DeviceTable(ws / "latency_tables", "local")
+    table.verification_path.unlink(missing_ok=True)
+    run = RunFolder(ws / "runs" / "demo")
+    surrogate = table.predictor()
+    cands = price_front(run, surrogate, table)
+    request = VerifyRequest(all=True)
+    members = choose_members(cands, request, surrogate)
+    protocol = Protocol()
+    fp = probe_report().fingerprint
+    for c in members:
+        table.append_verification(record_for(c.arch, c.latency_ms * factor, protocol, fingerprint=fp))
+    key = MeasureKey.of(next(table.verification_records()))
+    return score(run, "local", table, surrogate, cands, members, key, request)
+
+
+def test_scoring_follows_the_measurements(workspace: Path, tmp_path: Path) -> None:
+    exact = _scored(workspace, tmp_path, 1.0)
+    assert exact["counts"]["scored"] == exact["counts"]["members"] == exact["front_size"]
+    assert exact["coverage"]["80"]["actual"] == 1.0 and exact["coverage"]["90"]["actual"] == 1.0
+    assert exact["error"]["mape_pct"] == pytest.approx(0.0, abs=1e-9)
+    for level in ("point", "0.8", "0.9", "0.95"):
+        v = exact["violations"][level]
+        assert v["judged"] > 0 and v["violation_rate"] == 0.0
+    assert exact["hypervolume"]["ratio"] == pytest.approx(1.0)
+    slow = _scored(workspace, tmp_path, 3.0)  # the device is 3x slower than predicted
+    assert slow["coverage"]["80"]["actual"] == 0.0 and slow["coverage"]["80"]["above_share"] == 1.0
+    assert slow["error"]["mape_pct"] == pytest.approx(100 * 2 / 3)
+    assert slow["violations"]["0.9"]["violation_rate"] == 1.0
+    assert slow["hypervolume"]["ratio"] < 1.0
+
+
+def test_a_member_of_the_calibration_data_is_never_scored(workspace: Path, tmp_path: Path) -> None:
+    """A front member that is also in measurements.jsonl (fitted on) is shown, not scored."""
+    import shutil
+
+    ws = tmp_path / "ws"
+    shutil.copytree(workspace, ws)
+    table = DeviceTable(ws / "latency_tables", "local")
+    table.verification_path.unlink(missing_ok=True)
+    run = RunFolder(ws / "runs" / "demo")
+    surrogate = table.predictor()
+    cands = price_front(run, surrogate, table)
+    fitted = cands[0]
+    fp = probe_report().fingerprint
+    table.append(record_for(fitted.arch, fitted.latency_ms, Protocol(), fingerprint=fp))  # now calibration data
+    request = VerifyRequest(all=True)
+    members = choose_members(cands, request, surrogate)
+    for c in members:
+        table.append_verification(record_for(c.arch, c.latency_ms * 1.02, Protocol(), fingerprint=fp))
+    key = MeasureKey.of(next(table.verification_records()))
+    rep = score(run, "local", table, surrogate, cands, members, key, request)
+    row = next(m for m in rep["members"] if m["arch_id"] == fitted.arch.id)
+    assert row["in_calibration"] and row["measured_ms"] is not None
+    assert rep["counts"]["scored"] == len(members) - 1 and rep["counts"]["in_calibration"] == 1
+    states = {p["arch_id"]: p["state"] for v in rep["violations"].values() for p in v["picks"]}
+    assert states.get(fitted.arch.id, "in calibration") == "in calibration"
+
+
+def test_judge_picks_and_retest_rules(workspace: Path) -> None:
+    table = DeviceTable(workspace / "latency_tables", "local")
+    run = RunFolder(workspace / "runs" / "demo")
+    surrogate = table.predictor()
+    cands = price_front(run, surrogate, table)
+    fastest = min(cands, key=lambda c: c.latency_ms)
+    limit = fastest.latency_ms * 1.0001
+    # the only member within the limit, measured 4 % over it: a violation, beyond a 1 % retest
+    out = judge_picks(cands, surrogate, None, [limit], {fastest.arch.id: limit * 1.04}, set(), 1.0)
+    assert out["judged"] == 1 and out["violation_rate"] == 1.0 and out["beyond_retest_rate"] == 1.0
+    out = judge_picks(cands, surrogate, None, [limit], {fastest.arch.id: limit * 1.04}, set(), 5.0)
+    assert out["violation_rate"] == 1.0 and out["beyond_retest_rate"] == 0.0
+    out = judge_picks(cands, surrogate, None, [limit], {}, set(), 1.0)
+    assert out["judged"] == 0 and out["picks"][0]["state"] == "not verified" and out["violation_rate"] is None
+    out = judge_picks(cands, surrogate, None, [fastest.latency_ms / 2], {}, set(), 1.0)
+    assert out["picks"][0]["state"] == "no pick"
+    # test-retest: calibration vs verification pairs when there are 3+, else the agent's block spread
+    fp = probe_report().fingerprint
+    recs = {c.arch.id: record_for(c.arch, 10.0, Protocol(), fingerprint=fp) for c in cands[:3]}
+    again = {c.arch.id: record_for(c.arch, 11.0, Protocol(), fingerprint=fp) for c in cands[:3]}
+    assert retest_difference(again, recs)["pct"] == pytest.approx(10.0) and retest_difference(again, recs)["n"] == 3
+    assert retest_difference(again, {})["source"] == "block-minimum spread"
