@@ -8,4 +8,4 @@ The host imports :mod:`device_agents.records` to validate what comes back.
 """
 
 #: 0.3.0: `classify` (top-1 labels of a .npy image batch) beside probe and measure.
-AGENT_VERSION = "0.3.0"
+AGENT_VERSION = "0.4.0"
