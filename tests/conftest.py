@@ -8,6 +8,7 @@ skip into a failure, so a CI machine that lost sshd or Chromium cannot pass quie
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -74,3 +75,19 @@ def _isolated_cache(export_cache_dir: Path) -> Iterator[None]:
         os.environ.pop("OFA2_EDGE_CACHE", None)
     else:
         os.environ["OFA2_EDGE_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Chromium's path (checked before the module's run is built, so a skip is quick)."""
+    path = os.environ.get("OFA2_EDGE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path or not os.access(path, os.X_OK):
+        skip_or_fail(
+            "browser",
+            f"headless Chromium not found ({path or 'no chromium on PATH'}; Debian: apt-get install chromium)",
+        )
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        skip_or_fail("browser", "Playwright for Python is not installed (pip install -e '.[test]')")
+    return str(path)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import REPO, skip_or_fail
+from conftest import REPO
 from records_factory import probe_report, record_for
 
 from device_agents.records import FailureKind, Protocol
@@ -314,22 +314,6 @@ CHROMIUM_FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
     "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
-
-
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    """Chromium's path (checked before the module's run is built, so a skip is quick)."""
-    path = os.environ.get("OFA2_EDGE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    if not path or not os.access(path, os.X_OK):
-        skip_or_fail(
-            "browser",
-            f"headless Chromium not found ({path or 'no chromium on PATH'}; Debian: apt-get install chromium)",
-        )
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        skip_or_fail("browser", "Playwright for Python is not installed (pip install -e '.[test]')")
-    return str(path)
 
 
 JS_STATE = """() => {

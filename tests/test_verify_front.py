@@ -4,6 +4,7 @@ calibration data, resumed, and scored (coverage, select-pick violations, HV)."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from records_factory import probe_report, record_for
 
 from device_agents.records import Protocol
 from ofa2_edge.cli.main import main
-from ofa2_edge.core.errors import EXIT_FAILURE
+from ofa2_edge.core.errors import EXIT_FAILURE, SchemaError
 from ofa2_edge.deploy.select import price_front
 from ofa2_edge.search.runstore import RunFolder
 from ofa2_edge.space.arch import SearchSpace
@@ -199,3 +200,66 @@ def test_judge_picks_and_retest_rules(workspace: Path) -> None:
     again = {c.arch.id: record_for(c.arch, 11.0, Protocol(), fingerprint=fp) for c in cands[:3]}
     assert retest_difference(again, recs)["pct"] == pytest.approx(10.0) and retest_difference(again, recs)["n"] == 3
     assert retest_difference(again, {})["source"] == "block-minimum spread"
+
+
+def test_the_dashboard_shows_verified_members_and_their_scores(workspace: Path, tmp_path: Path) -> None:
+    """The page's data carries what `verify` measured (aligned with the front) and its scores;
+    a damaged report is a note on the page, never a crash or a page showing it."""
+    from ofa2_edge.core.workspace import Workspace
+    from ofa2_edge.deploy.dashboard import build_data
+
+    run = RunFolder(workspace / "runs" / "demo")
+    if run.verification("local") is None:  # this test alone: verify first (the real agent)
+        assert main(["-W", str(workspace), "verify", "demo", "--device", "local", "--top", "3", "--quick"]) == 0
+    report = run.verification("local")
+    assert report is not None
+    data = build_data(run, Workspace.resolve(workspace))
+    view = data["devices"][0]
+    ids = [c["id"] for c in data["candidates"]]
+    want = {m["arch_id"]: m["measured_ms"] for m in report["members"]}
+    assert [view["verified"][i] for i, a in enumerate(ids) if a in want] == [want[a] for a in ids if a in want]
+    assert all(v is None for a, v in zip(ids, view["verified"], strict=True) if a not in want)
+    summary = view["verification"]
+    assert summary["members"] == len(report["members"]) and summary["measured"] == sum(v is not None for v in want.values())
+    assert summary["coverage"]["80"] == {k: report["coverage"]["80"][k] for k in ("nominal", "actual", "n")}
+    assert summary["violations"]["0.9"]["judged"] == report["violations"]["0.9"]["judged"]
+
+    # a damaged report: one note naming the file, the page still builds without it
+    copy = tmp_path / "demo"
+    shutil.copytree(run.path, copy)
+    doc = json.loads((copy / "verification.local.json").read_text())
+    doc["members"][0]["measured_ms"] = "fast"
+    (copy / "verification.local.json").write_text(json.dumps(doc))
+    with pytest.raises(SchemaError, match=r"verification\.local\.json: members\[0\]\.measured_ms"):
+        RunFolder(copy).verification("local")
+    damaged = build_data(RunFolder(copy), Workspace.resolve(workspace))["devices"][0]
+    assert damaged["verification"] is None and set(damaged["verified"]) == {None}
+    assert any("verification report of local could not be read" in n for n in damaged["notes"])
+
+
+@pytest.mark.browser
+def test_verified_members_in_headless_chromium(chromium: str, workspace: Path, tmp_path: Path) -> None:
+    from test_dashboard import offline_page
+
+    run = RunFolder(workspace / "runs" / "demo")
+    if run.verification("local") is None:
+        assert main(["-W", str(workspace), "verify", "demo", "--device", "local", "--top", "3", "--quick"]) == 0
+    report = run.verification("local")
+    assert report is not None
+    out = tmp_path / "page.html"
+    assert main(["-W", str(workspace), "dashboard", "demo", "-o", str(out)]) == 0
+    measured = {m["arch_id"]: m["measured_ms"] for m in report["members"] if m["measured_ms"] is not None}
+    with offline_page(chromium, out, tmp_path / "profile") as page:
+        page.wait_for_function("document.querySelectorAll('#pareto .scatterlayer .point').length > 0")
+        trace = page.evaluate("(() => { const t = document.getElementById('pareto').data.find(t => t.meta === 'verified');"
+                              " return {ids: t.ids, x: t.x}; })()")  # fmt: skip
+        assert dict(zip(trace["ids"], trace["x"], strict=True)) == measured
+        line = page.evaluate("document.getElementById('verification').textContent")
+        assert page.evaluate("document.getElementById('verification').dataset.state") == "verified"
+        assert f"{len(measured)} of {len(report['members'])} members measured" in line
+        assert "80 % interval holds" in line and "--safe 0.9" in line
+        cells = page.eval_on_selector_all(
+            "#candidates tbody tr", "rows => rows.map(r => [r.dataset.id, r.children[6].textContent])"
+        )
+        shown = {i: float(v) for i, v in cells if v != "\u2013"}
+        assert shown == pytest.approx({i: round(v, 2) for i, v in measured.items()}, abs=0.006)

@@ -9,7 +9,8 @@ blob is escaped so no value can close its ``<script>`` element.
 
 What the blob holds (`ofa2-edge/dashboard-data`, version 1) is built once, at build time:
 the front's candidates, per device their latencies (the run's values), the current
-predictor's interval and the latest successful measurement from the device's table, the
+predictor's interval, the latest successful measurement from the device's table and what
+`ofa2-edge verify` measured of the front (with its coverage and violation rates), the
 hypervolume curve (and, for runs of 3+ objectives, each device's 2-D hypervolume curve),
 and the run's config. Every array is as long as the front, which the search bounds
 (`runner.FRONT_MAX_ROWS`; a still-running run's provisional front is bounded the same way). Anything auxiliary that is missing (no HV file,
@@ -317,6 +318,31 @@ def _device_view(
     return view
 
 
+def _verification(
+    run: rs.RunFolder, key: str, archs: list[Arch], notes: list[str]
+) -> tuple[list[float | None], dict[str, Any] | None]:
+    """What `ofa2-edge verify` measured of this front on the device (aligned with the
+    candidates) and its scores: interval coverage, `select` violation rates, HV ratio."""
+    try:
+        doc = run.verification(key)
+    except Ofa2EdgeError as exc:
+        notes.append(f"The verification report of {key} could not be read ({exc}).")
+        return [None] * len(archs), None
+    if doc is None:
+        return [None] * len(archs), None
+    by_id = {m["arch_id"]: m["measured_ms"] for m in doc["members"]}
+    summary = {
+        "created_at": doc.get("created_at"),
+        "replica": doc.get("replica"),
+        "members": len(doc["members"]),
+        "measured": sum(m["measured_ms"] is not None for m in doc["members"]),
+        "coverage": {k: {"nominal": v["nominal"], "actual": v["actual"], "n": v["n"]} for k, v in doc["coverage"].items()},
+        "violations": {k: {"judged": v["judged"], "rate": v["violation_rate"]} for k, v in doc["violations"].items()},
+        "hv_ratio": _num(doc["hypervolume"].get("ratio")),
+    }
+    return [_num(by_id.get(a.id)) for a in archs], summary
+
+
 # --------------------------------------------------------------------- hypervolume
 def _hypervolume(run: rs.RunFolder, notes: list[str]) -> dict[str, Any] | None:
     rows: list[dict[str, Any]] = []
@@ -401,6 +427,7 @@ def build_data(
     views = [_device_view(k, rows, archs, workspace, config, coverage) for k in keys]
     for view in views:
         view["frontier"] = _frontier(top1, view["lat"])
+        view["verified"], view["verification"] = _verification(run, view["key"], archs, view["notes"])
     hv = _hypervolume(run, notes)
     if not candidates:
         notes.append("The front is empty: there is nothing to choose from yet.")

@@ -74,6 +74,7 @@ HV_SCHEMA = "ofa2-edge/search-hypervolume"
 TIMINGS_SCHEMA = "ofa2-edge/search-timings"
 STATUS_SCHEMA = "ofa2-edge/search-status"
 CHECKPOINT_SCHEMA = "ofa2-edge/search-checkpoint"
+VERIFICATION_SCHEMA = "ofa2-edge/front-verification"  # verification.<device>.json, by `ofa2-edge verify`
 VERSION = 1
 
 CONFIG_FILE = "config.json"
@@ -553,6 +554,28 @@ def _check_checkpoint(doc: dict[str, Any], path: Path) -> None:
             c.fail("config_sha256", f"expected 64 hex digits, got {_show(sha)}")
 
 
+def _check_verification(doc: dict[str, Any], path: Path) -> None:
+    c = _Doc(str(path), "run `ofa2-edge verify` again to rewrite it")
+    for i, m in enumerate(c.list_(c.get(doc, "members"), "members")):
+        m = c.dict_(m, f"members[{i}]")
+        c.str_(c.get(m, "arch_id", f"members[{i}]."), f"members[{i}].arch_id")
+        c.num(c.get(m, "predicted_ms", f"members[{i}]."), f"members[{i}].predicted_ms", 0.0)
+        if c.get(m, "measured_ms", f"members[{i}].") is not None:
+            c.num(m["measured_ms"], f"members[{i}].measured_ms", 0.0)
+    for name, cov in c.dict_(c.get(doc, "coverage"), "coverage").items():
+        cov = c.dict_(cov, f"coverage[{name!r}]")
+        c.num(c.get(cov, "nominal", f"coverage[{name!r}]."), f"coverage[{name!r}].nominal", 0.0)
+        c.int_(c.get(cov, "n", f"coverage[{name!r}]."), f"coverage[{name!r}].n")
+        if c.get(cov, "actual", f"coverage[{name!r}].") is not None:
+            c.num(cov["actual"], f"coverage[{name!r}].actual", 0.0)
+    for level, v in c.dict_(c.get(doc, "violations"), "violations").items():
+        v = c.dict_(v, f"violations[{level!r}]")
+        c.int_(c.get(v, "judged", f"violations[{level!r}]."), f"violations[{level!r}].judged")
+        if c.get(v, "violation_rate", f"violations[{level!r}].") is not None:
+            c.num(v["violation_rate"], f"violations[{level!r}].violation_rate", 0.0)
+    c.dict_(c.get(doc, "hypervolume"), "hypervolume")
+
+
 def _check_timings_doc(doc: dict[str, Any], path: Path) -> None:
     c = _Doc(str(path), _FIX_RESULT)
     _check_timings(c, {k: v for k, v in doc.items() if k not in ("schema", "schema_version")}, "")
@@ -711,6 +734,16 @@ class RunFolder:
         path = self.file(HV_FILE)
         doc = _load(path, HV_SCHEMA, _FIX_RESULT)
         _check_hypervolume(doc, path)
+        return doc
+
+    def verification(self, device_key: str) -> dict[str, Any] | None:
+        """`ofa2-edge verify`'s report for `device_key` (None if the front was not verified
+        there), checked for what its readers use: members, coverage, violations, HV."""
+        path = self.file(f"verification.{device_key}.json")
+        if not path.is_file():
+            return None
+        doc = _load(path, VERIFICATION_SCHEMA, "run `ofa2-edge verify` again to rewrite it")
+        _check_verification(doc, path)
         return doc
 
     def timings(self) -> dict[str, Any]:

@@ -41,13 +41,12 @@ from ofa2_edge.devices.inventory import Device
 from ofa2_edge.devices.pipeline import MeasurePlan, measure_archs
 from ofa2_edge.devices.session import DeviceSession
 from ofa2_edge.search.indicators import hypervolume
-from ofa2_edge.search.runstore import RunFolder
+from ofa2_edge.search.runstore import VERIFICATION_SCHEMA, RunFolder
 from ofa2_edge.surrogates.base import LatencySurrogate
 from ofa2_edge.tables.device import DeviceTable, MeasureKey
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "ofa2-edge/front-verification"
 VERSION = 1
 #: Nominal coverages whose actual coverage is reported.
 COVERAGES = (0.8, 0.9)
@@ -193,7 +192,7 @@ def verify_front(
     report = score(run, key_name, table, surrogate, cands, members, key, request)
     if table_key is not None:
         report["replica"] = device.key
-    path = write_json(run.path / f"verification.{key_name}.json", SCHEMA, VERSION, report)
+    path = write_json(run.file(f"verification.{key_name}.json"), VERIFICATION_SCHEMA, VERSION, report)
     return VerifyOutcome(report, path, measured_now, not_measured)
 
 

@@ -60,6 +60,7 @@
     lines.push(m
       ? `measured ${fmt(m.ms, 2)} ms (${esc(m.runtime)}, ${esc(m.at.slice(0, 10))}${m.flags.length ? ", " + esc(m.flags.join(" ")) : ""})`
       : `not measured on ${esc(dev.key)}`);
+    if (dev.verified[i] !== null) lines.push(`verified on the board ${fmt(dev.verified[i], 2)} ms (ofa2-edge verify)`);
     lines.push(`kernels ${stages(c.ks, c.d)}, expand ${stages(c.e, c.d)}`);
     return lines.join("<br>");
   }
@@ -68,6 +69,7 @@
     const inKeep = new Set(keep);
     const rest = cands.map((_, i) => i).filter((i) => !inKeep.has(i) && dev.lat[i] !== null);
     const measured = keep.filter((i) => dev.measured[i]);
+    const verified = keep.filter((i) => dev.verified[i] !== null);
     const frontier = cands.map((_, i) => i).filter((i) => dev.frontier[i]).sort((a, b) => dev.lat[a] - dev.lat[b]);
     const pick = (idx, f) => idx.map(f);
     const traces = [
@@ -87,6 +89,9 @@
       { name: "measured", meta: "measured", type: "scatter", mode: "markers", ids: pick(measured, (i) => cands[i].id),
         x: pick(measured, (i) => dev.measured[i].ms), y: pick(measured, (i) => cands[i].top1), text: pick(measured, hoverText),
         hovertemplate: "%{text}<extra></extra>", marker: { symbol: "x", size: 9, color: "#cf222e" } },
+      { name: "verified on the board", meta: "verified", type: "scatter", mode: "markers", ids: pick(verified, (i) => cands[i].id),
+        x: pick(verified, (i) => dev.verified[i]), y: pick(verified, (i) => cands[i].top1), text: pick(verified, hoverText),
+        hovertemplate: "%{text}<extra></extra>", marker: { symbol: "diamond-open", size: 10, color: "#8250df" } },
     ];
     const maxLat = parseFloat(ui.maxLat.value), minTop1 = parseFloat(ui.minTop1.value);
     const line = { color: "#cf222e", width: 1, dash: "dash" };
@@ -119,6 +124,7 @@
       cell(tr, fmt(dev.lat[i], 2));
       cell(tr, dev.lo ? `${fmt(dev.lo[i], 2)}\u2013${fmt(dev.hi[i], 2)}` : "\u2013");
       cell(tr, m ? fmt(m.ms, 2) : "\u2013");
+      cell(tr, fmt(dev.verified[i], 2));
       cell(tr, fmt(c.macs, 1));
       cell(tr, String(c.r));
       cell(tr, c.d.join("-"));
@@ -129,6 +135,25 @@
     ui.body.replaceChildren(...rows);
   }
 
+  // One line on what `ofa2-edge verify` found for this device: interval coverage against
+  // nominal, how often a `select` pick broke the limit that chose it, measured vs predicted HV.
+  function drawVerification() {
+    const v = dev.verification, el = $("verification");
+    if (!v) {
+      el.textContent = `Front not verified on ${dev.key} (ofa2-edge verify RUN --device ${dev.key}).`;
+      el.dataset.state = "none";
+      return;
+    }
+    const pct = (x) => (x === null || x === undefined ? "\u2013" : `${(100 * x).toFixed(0)} %`);
+    const cov = Object.values(v.coverage).map((c) => `${pct(c.nominal)} interval holds ${pct(c.actual)} of ${c.n}`);
+    const vio = Object.entries(v.violations).map(([k, x]) =>
+      `${k === "point" ? "point pick" : "--safe " + k} ${pct(x.rate)} of ${x.judged}`);
+    el.textContent = `Verified on ${dev.key}${v.replica ? " (replica " + v.replica + ")" : ""}: ${v.measured} of ` +
+      `${v.members} members measured (${(v.created_at || "").slice(0, 10)}). Coverage: ${cov.join("; ")}. ` +
+      `select picks over their limit: ${vio.join("; ")}. HV measured/predicted ${fmt(v.hv_ratio, 3)}.`;
+    el.dataset.state = "verified";
+  }
+
   function update() {
     ui.maxLatText.textContent = ui.maxLat.disabled ? "\u2013" : `${ui.maxLat.value} ms on ${dev.key}`;
     ui.minTop1Text.textContent = ui.minTop1.disabled ? "\u2013" : `${ui.minTop1.value} %`;
@@ -137,6 +162,7 @@
     ui.count.dataset.count = String(keep.length);
     drawPareto(keep);
     drawTable(keep);
+    drawVerification();
   }
 
   function selectDevice(index) {
