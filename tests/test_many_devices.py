@@ -226,6 +226,22 @@ def test_twelve_devices_one_search(run12: Path) -> None:
     assert front["hv"] == pytest.approx(np.mean([pf["hv"] for pf in front["device_fronts"]]))
 
 
+def test_search_summary_names_its_indicator(run12: Path) -> None:
+    """Above four objectives the summary's HV is the mean of the per-device 2-D HVs, and says so."""
+    from rich.console import Console
+
+    from ofa2_edge.cli.search import _summary_table
+
+    status = rs.RunFolder(run12).status()
+    assert status["summary"]["hv_indicator"] == "mean-2d-hypervolume"
+    console = Console(record=True, width=400)
+    console.print(_summary_table({"run_id": "twelve", **status}, run12))
+    text = console.export_text()
+    assert "mean 2-D hypervolume" in text and "2-D HV per pair" in text
+    pairs = status["summary"]["hv_archive_pairs"]
+    assert f"latency:ext: {pairs[-1]:.2f}" in text and f"latency:note10: {pairs[0]:.2f}" in text
+
+
 def test_twelve_device_run_downstream(ws: Path, run12: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, out, _ = cli(capsys, ws, "runs", "show", str(run12))
     assert code == 0 and "per-device" in out

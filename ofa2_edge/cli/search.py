@@ -22,6 +22,7 @@ from ofa2_edge.core.errors import InvalidInputError
 from ofa2_edge.search import runstore as rs
 from ofa2_edge.search.algorithms import ALGORITHMS, AUTO, DEDUPES, MUTATIONS, REFINE_ANCHORS, SAMPLINGS, OperatorConfig
 from ofa2_edge.search.config import SearchConfig, stored_config
+from ofa2_edge.search.indicators import PAIR_MEAN
 from ofa2_edge.search.runner import run_search
 from ofa2_edge.space.arch import DEFAULT_RESOLUTIONS, SearchSpace
 
@@ -105,7 +106,14 @@ def _summary_table(doc: dict[str, Any], folder: Path) -> Table:
     table.add_row("generations", f"{doc['gen']} / {doc['n_gen']}  ({doc['n_evals']} evaluations, {doc['n_archs']} distinct archs)")
     if s:
         table.add_row("front", f"{s['front_size']} non-dominated archs ({s['n_feasible']} feasible evaluated)")
-        table.add_row("hypervolume", f"{s['hv_population']:.2f} final population, {s['hv_archive']:.2f} all evaluated")
+        # above EXACT_HV_MAX_OBJ objectives the run's indicator is the mean of the per-device 2-D HVs
+        label = "mean 2-D hypervolume" if s.get("hv_indicator") == PAIR_MEAN else "hypervolume"
+        table.add_row(label, f"{s['hv_population']:.2f} final population, {s['hv_archive']:.2f} all evaluated")
+        if s.get("hv_archive_pairs"):
+            pairs = rs.RunFolder(folder).hypervolume().get("pairs") or []
+            if len(pairs) == len(s["hv_archive_pairs"]):
+                per = ", ".join(f"{b}: {v:.2f}" for (_, b), v in zip(pairs, s["hv_archive_pairs"], strict=True))
+                table.add_row("2-D HV per pair", per)
     if t:
         table.add_row(
             "time",

@@ -491,6 +491,7 @@ class SearchRun:
             "front_size": len(rows),
             "hv_population": hv_population,
             "hv_archive": hv_archive,
+            "hv_indicator": PAIR_MEAN if self.many else EXACT,
             **({"hv_archive_pairs": pair_hv} if self.pairs else {}),
             "n_archs": self.archive.n_rows,
             "n_feasible": int(feasible.sum()),
