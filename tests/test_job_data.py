@@ -41,7 +41,7 @@ JOB = """schema_version: 1
 devices: [{key: local, budget: 10, quick: true}]
 search: {pop: 8, gens: 3, seed: 1}
 data: {path: ../data, format: idx}
-train: {width: 1.0, resolutions: [32], epochs: 0.5, batch_size: 16, seed: 0}
+train: {width: 1.0, resolutions: [32], epochs: 0.5, batch_size: 16, seed: 0, eval_images: 20, recal_images: 32}
 evaluate: {budget: 10, bn_images: 16, batch_size: 64, models: [ridge]}
 bundle: {verify_images: 24}
 """
@@ -135,8 +135,10 @@ def test_run_on_your_data_ships_a_deployable_bundle_and_a_rerun_reuses_everythin
     assert sha(Path(again["bundle"]["archive"])) == archive and again["pick_change"] is None
 
     # The human summary says where top-1 came from and that the bundle classifies.
+    from ofa2_edge.cli.run import _print_summary
+
     capsys.readouterr()
-    assert main(args[:-1]) == 0
+    _print_summary(again)
     text = capsys.readouterr().out
     assert f"accuracy: YOUR TABLE {own['table']['name']}" in text and "(kept: the table did not change)" in text
     assert "DEPLOYABLE (trained weights, labels.txt)" in text and "agreement with torch (passed)" in text
@@ -196,3 +198,10 @@ def test_data_paths_are_relative_to_the_config_and_defaults_apply(tmp_path: Path
     assert own.train is not None and own.train.max_minutes == 30.0 and own.train.epochs is None
     assert own.evaluate.budget == 60 and own.verify_images == 200 and own.supernet is None
     assert job.reference_tables == () and job.all_objectives == ("top1", "latency:local", "macs")
+
+
+@needs_fashion
+def test_the_example_config_reads() -> None:
+    job = JobConfig.load(Path(__file__).parent.parent / "examples" / "own-data.yaml")
+    assert job.own_data is not None and job.own_data.data.path == FASHION and job.own_data.train is not None
+    assert job.own_data.train.max_minutes == 60 and job.own_data.evaluate.repeat_fraction == 0.2

@@ -40,7 +40,9 @@ if TYPE_CHECKING:
 Event = Callable[[str, dict[str, Any]], None]
 
 DATA_KEYS = ("path", "format", "seed", "val_fraction", "test_fraction")
-TRAIN_KEYS = ("width", "resolutions", "epochs", "max_minutes", "seed", "batch_size", "lr", "init")
+TRAIN_KEYS = (
+    "width", "resolutions", "epochs", "max_minutes", "seed", "batch_size", "lr", "init", "eval_images", "recal_images",
+)  # fmt: skip
 EVALUATE_KEYS = ("budget", "bn_images", "batch_size", "repeat_fraction", "seed", "models")
 BUNDLE_KEYS = ("verify_images",)
 #: top-level keys that only mean something with `data:`
@@ -62,6 +64,8 @@ class TrainPlan:
     batch_size: int = 64
     lr: float = 0.05
     init: str | None = None
+    eval_images: int = 1000  # val images of the progress evaluation at each phase end
+    recal_images: int = 500  # train images its BN statistics are recalibrated on
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -204,6 +208,8 @@ def _train_plan(check: Any, raw: dict[Any, Any]) -> TrainPlan:
         batch_size=check.integer(raw.get("batch_size", 64), "train.batch_size", 1, 1_000_000),
         lr=_number(check, raw.get("lr", 0.05), "train.lr", 0, 100),
         init=init,
+        eval_images=check.integer(raw.get("eval_images", 1000), "train.eval_images", 1, 10_000_000),
+        recal_images=check.integer(raw.get("recal_images", 500), "train.recal_images", 1, 10_000_000),
     )
 
 
@@ -298,6 +304,8 @@ def prepare_supernet(
             seed=plan.seed,
             batch_size=plan.batch_size,
             lr=plan.lr,
+            eval_images=plan.eval_images,
+            recal_images=plan.recal_images,
             cache_dir=workspace.cache_dir,
             progress=lambda ev: emit(f"train.{ev['event']}", ev),
         )
