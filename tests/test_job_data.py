@@ -15,8 +15,9 @@ from test_evaluate import _idx
 
 from ofa2_edge.cli.main import main
 from ofa2_edge.core.errors import SchemaError
+from ofa2_edge.core.workspace import Workspace
 from ofa2_edge.deploy.bundle import check_bundle
-from ofa2_edge.workflows.job import JobConfig
+from ofa2_edge.workflows.job import JobConfig, run_job
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion = pytest.mark.skipif(
@@ -47,6 +48,10 @@ bundle: {verify_images: 24}
 """
 
 
+class Interrupted(Exception):
+    pass
+
+
 def run_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict]:
     capsys.readouterr()
     code = main(list(args))
@@ -73,6 +78,16 @@ def test_run_on_your_data_ships_a_deployable_bundle_and_a_rerun_reuses_everythin
     ws = tmp_path / "ws"
     ws.mkdir()
     (ws / "ofa2-edge.yaml").write_text(JOB)
+
+    # A job interrupted in the middle of training (here: after its first phase was checkpointed).
+    def interrupt(event: str, info: dict) -> None:
+        if event == "train.step" and info["phase"] == "kernel":
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run_job(Workspace.resolve(ws), JobConfig.load(ws / "ofa2-edge.yaml"), on_event=interrupt)
+    assert not (ws / "latency_tables").exists() and not (ws / "accuracy_tables").exists()
+
     # --accept-unstable: whether this loaded host's latency predictor passes its check is not
     # what this test is about (the manifest records the verdict either way).
     args = ["-W", str(ws), "run", "--accept-unstable", "--json"]
@@ -82,7 +97,9 @@ def test_run_on_your_data_ships_a_deployable_bundle_and_a_rerun_reuses_everythin
                                      "search", "dashboard", "bundle"}  # fmt: skip
     own = first["own_data"]
     assert own["dataset"]["classes"] == 10 and own["dataset"]["sizes"]["test"] == 60
-    assert own["supernet"]["status"] == "trained" and own["supernet"]["steps"] >= 4
+    # the rerun continued the interrupted training from its checkpoint, then went on
+    assert own["supernet"]["status"] == "resumed" and own["supernet"]["resumed_from_step"] >= 1
+    assert own["supernet"]["steps"] > own["supernet"]["resumed_from_step"]
     supernet = Path(own["supernet"]["folder"])
     assert supernet.parent == ws / "supernets" and (supernet / "manifest.json").is_file()
     assert json.loads((supernet / "manifest.json").read_text())["complete"] is True
@@ -205,3 +222,26 @@ def test_the_example_config_reads() -> None:
     job = JobConfig.load(Path(__file__).parent.parent / "examples" / "own-data.yaml")
     assert job.own_data is not None and job.own_data.data.path == FASHION and job.own_data.train is not None
     assert job.own_data.train.max_minutes == 60 and job.own_data.evaluate.repeat_fraction == 0.2
+
+
+def test_a_given_supernet_is_used_as_is_and_must_match_the_data(tmp_path: Path) -> None:
+    from test_evaluate import trained_stand_in, write_idx_set
+
+    from ofa2_edge.core.errors import InvalidInputError
+    from ofa2_edge.workflows.own_data import open_data, prepare_supernet
+
+    data = write_idx_set(tmp_path / "data")
+    sn = trained_stand_in(tmp_path / "ws" / "supernets" / "mine", data, tmp_path / "cache")
+    config = tmp_path / "ws" / "ofa2-edge.yaml"
+    config.write_text("schema_version: 1\ndata: {path: ../data}\nsupernet: supernets/mine\n")
+    own = JobConfig.load(config).own_data
+    assert own is not None and own.supernet == sn.resolve() and own.train is None
+    ws = Workspace.resolve(tmp_path / "ws")
+    trained, info = prepare_supernet(ws, own, open_data(own, ws), lambda event, info: None)
+    assert info["status"] == "given" and info["sha256"] == trained.sha256 and trained.resolutions == (32,)
+    write_idx_set(tmp_path / "other", seed=9)
+    config.write_text("schema_version: 1\ndata: {path: ../other}\nsupernet: supernets/mine\n")
+    own = JobConfig.load(config).own_data
+    assert own is not None
+    with pytest.raises(InvalidInputError, match="was trained on dataset"):
+        prepare_supernet(ws, own, open_data(own, ws), lambda event, info: None)
