@@ -244,3 +244,57 @@ def _fit(data: AccuracyData, *, seed: int, test_fraction: float, folds: int, kin
     return _predictor(
         _fit_one(best, x, y, seed), resolutions, features, source={"kind": "fitted", "name": name}, report=report
     )
+
+
+def fit_table_predictor(
+    table: Any,
+    *,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    kinds: tuple[str, ...] = MODEL_KINDS,
+    output: str | Path | None = None,
+    reuse: bool = False,
+) -> tuple[DenseAccuracyPredictor, Path, bool]:
+    """Fit a top-1 predictor on an accuracy table (`AccuracyTable`; its val top-1), with the
+    table's noise floor and binding in the report, and save it (default: the table's
+    `predictor.json`). Returns (predictor, path, fitted).
+
+    With `reuse`, a predictor already saved there from exactly these rows (the sha256 of the
+    table's evaluations file) and these settings is loaded instead of refitted, so a rerun
+    searches with the same predictor file (`fitted` is then False)."""
+    from ofa2_edge.accuracy.predictor import load_accuracy_predictor
+    from ofa2_edge.core.errors import Ofa2EdgeError
+    from ofa2_edge.core.persist import sha256_file
+
+    path = Path(output) if output is not None else table.predictor_path
+    settings = {"seed": seed, "test_fraction": test_fraction, "models": list(kinds)}
+    with table.lock():
+        rows_sha = sha256_file(table.evaluations_path)
+        if reuse and path.is_file():
+            try:
+                saved = load_accuracy_predictor(path)
+                meta = json.loads(path.read_text(encoding="utf-8")).get("meta") or {}
+            except (Ofa2EdgeError, OSError, ValueError):
+                meta = {}
+            if meta.get("evaluations_sha256") == rows_sha and meta.get("fit") == settings:
+                return saved, path, False
+        pairs = read_accuracy_table(table)
+        predictor = fit_accuracy_predictor(pairs, seed=seed, test_fraction=test_fraction, kinds=kinds, name=table.name)
+        floor = table.noise_floor()
+        held = predictor.report["held_out"]["spearman"]
+        predictor.report["noise_floor"] = floor
+        predictor.report["share_of_noise_floor"] = (
+            held / floor["spearman"] if floor and floor["spearman"] and floor["spearman"] > 0 else None
+        )
+        binding = table.binding()
+        predictor.save(
+            path,
+            name=table.name,
+            table=table.name,
+            supernet_sha256=binding.supernet_sha256,
+            dataset_fingerprint=binding.dataset_fingerprint,
+            part="val",
+            evaluations_sha256=rows_sha,
+            fit=settings,
+        )
+    return predictor, path, True

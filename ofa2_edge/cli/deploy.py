@@ -175,14 +175,8 @@ def build(
         data=data,
         verify_images=verify_images if verify else 0,
     )
-    check = None
-    if verify and shipped.bundle.verification is not None:
-        from ofa2_edge.deploy.verify import verify_predictions
-
-        check = verify_predictions(shipped.bundle.folder, device, st.workspace, shipped.bundle.verification, trust_on_first_use)
+    check = shipped.check
     summary = shipped.summary()
-    if check is not None:
-        summary["on_device"] = check.on_device
     if summary["status"] == "latency-only":
         err_console.print(
             "[bold yellow]LATENCY-ONLY bundle[/]: random weights (no --supernet). Its latency is real; its outputs are not."

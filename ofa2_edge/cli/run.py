@@ -87,7 +87,21 @@ def run(
             return tasks[name]
 
         def on_event(event: str, info: dict[str, Any]) -> None:
-            if event == "calibrate.round":
+            if event == "train.start":
+                t = task("train", info["total_steps"])
+                bar.update(t, completed=info["resumed_from_step"], last="resuming" if info["resumed_from_step"] else "")
+            elif event == "train.step":
+                bar.update(tasks["train"], completed=info["step"], last=f"{info['phase']} loss {info['loss']:.3f}")
+            elif event == "train.eval":
+                bar.update(tasks["train"], last=f"{info['phase']}: largest {info['largest_top1']:.1f} %, "
+                           f"smallest {info['smallest_top1']:.1f} %")  # fmt: skip
+            elif event == "train.reused":
+                err_console.print(f"supernet {info['folder']}: trained already (same data and settings), reused",
+                                  highlight=False, markup=False)  # fmt: skip
+            elif event == "evaluate.row":
+                t = task("evaluate", info["total"]) if info["done"] == 1 else tasks["evaluate"]
+                bar.update(t, completed=info["done"], last=f"{info['arch_id']} {info['top1_pct']:.2f} %")
+            elif event == "calibrate.round":
                 t = task(f"calibrate {info['device']}", info["todo"])
                 if info["skipped"]:
                     bar.update(t, last=f"{info['skipped']} already measured")
@@ -117,6 +131,8 @@ def run(
         raise typer.Exit(EXIT_MEASUREMENT)
     if result.refused:
         raise typer.Exit(EXIT_FAILURE)
+    if (result.bundle.get("on_device") or {}).get("passed") is False:
+        raise typer.Exit(EXIT_MEASUREMENT)  # the summary says why (agreement with torch below 99 %)
 
 
 def _summary(result: Any, root: Path) -> dict[str, Any]:
@@ -151,6 +167,8 @@ def _summary(result: Any, root: Path) -> dict[str, Any]:
             "dashboard": str(result.dashboard),
             "bundle": result.bundle.get("archive"),
         },
+        "accuracy": result.accuracy,
+        **({"own_data": result.own_data} if result.own_data else {}),
         "bundle": result.bundle,
         "bundle_refused": result.refused,
         "pick_change": result.pick_change,
@@ -173,6 +191,21 @@ def _print_summary(s: dict[str, Any]) -> None:
     lines = [
         f"front: {s['front_size']} subnets; hypervolume {hv['value']:.6g} (reference point {hv['reference_point']})"
     ]
+    acc = s["accuracy"]
+    own = s.get("own_data") or {}
+    if acc.get("source") == "accuracy-table":
+        sn, table, fit = own["supernet"], own["table"], own["predictor"]
+        done = {"trained": "trained now", "resumed": "training resumed and finished", "reused": "reused (already "
+                "trained on this data with these settings)", "given": "given in the config"}[sn["status"]]  # fmt: skip
+        lines.append(f"supernet: {sn['folder']} ({done})")
+        lines.append(
+            f"accuracy: YOUR TABLE {table['name']} ({table['n_evaluated']} subnets on the val part; "
+            f"{table['evaluated_now']} evaluated now, {table['already_in_table']} already in the table); predictor "
+            f"{fit['model']} on {fit['n_pairs']} subnets, held-out Spearman {fit['held_out_spearman']:.3f}"
+            + ("" if fit["refitted"] else " (kept: the table did not change)")
+        )
+    else:
+        lines.append("accuracy: OFA's ImageNet predictor (official asset; top-1 predicted for OFA's released weights)")
     for key, f in s["devices"].items():
         within = "n/a" if f["within_10pct"] is None else f"{f['within_10pct']:.0%}"
         lines.append(
@@ -202,7 +235,16 @@ def _print_summary(s: dict[str, Any]) -> None:
                 if b.get("status") == "latency-only"
                 else ""
             )
+            + (", DEPLOYABLE (trained weights, labels.txt)" if b.get("status") == "deployable" else "")
         )
+        od = b.get("on_device")
+        if od:
+            lines.append(
+                f"on {od['device_key']}: top-1 {od['top1_pct']:.2f} % on {od['n_images']} held-out {od['part']} images, "
+                f"{od['agreement_pct']:.1f} % agreement with torch "
+                + ("(passed)" if od["passed"] else f"(FAILED: at least {od['min_agreement_pct']:.0f} % needed; "
+                   "check the device's runtime version and the export format)")  # fmt: skip
+            )
     if s.get("pick_change"):
         lines.append(s["pick_change"])
     lines += [f"{name}: {path}" for name, path in s["files"].items()]

@@ -214,35 +214,22 @@ def fit_accuracy(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Fit a top-1 predictor from your own (arch, accuracy) pairs or an accuracy table; use it with `search --accuracy`."""
-    from contextlib import nullcontext
-
-    from ofa2_edge.accuracy.fit import fit_accuracy_predictor, read_accuracy_csv, read_accuracy_table
+    from ofa2_edge.accuracy.fit import fit_accuracy_predictor, fit_table_predictor, read_accuracy_csv
     from ofa2_edge.accuracy.table import AccuracyTable
 
     ws = state(ctx).workspace
     if (data is None) == (table is None):
         raise InvalidInputError("give a CSV of (arch, top1) pairs or --table NAME (an accuracy table), not both or neither")
     kinds = tuple(m.strip() for m in models.split(",") if m.strip())
-    acc_table = AccuracyTable.of(ws, table).require() if table is not None else None
-    name = table if table is not None else data.stem  # type: ignore[union-attr]
-    with acc_table.lock() if acc_table is not None else nullcontext():
-        pairs = read_accuracy_table(acc_table) if acc_table is not None else read_accuracy_csv(data, width_mult=width)  # type: ignore[arg-type]
+    if table is not None:
+        acc_table = AccuracyTable.of(ws, table).require()
+        predictor, path, _ = fit_table_predictor(acc_table, seed=seed, test_fraction=test_fraction, kinds=kinds, output=output)
+    else:
+        name = data.stem  # type: ignore[union-attr]
+        pairs = read_accuracy_csv(data, width_mult=width)  # type: ignore[arg-type]
         predictor = fit_accuracy_predictor(pairs, seed=seed, test_fraction=test_fraction, kinds=kinds, name=name)
-        if acc_table is not None:
-            floor = acc_table.noise_floor()
-            held = predictor.report["held_out"]["spearman"]
-            predictor.report["noise_floor"] = floor
-            predictor.report["share_of_noise_floor"] = (
-                held / floor["spearman"] if floor and floor["spearman"] and floor["spearman"] > 0 else None
-            )
-            binding = acc_table.binding()
-            meta = {"name": name, "table": name, "supernet_sha256": binding.supernet_sha256,
-                    "dataset_fingerprint": binding.dataset_fingerprint, "part": "val"}  # fmt: skip
-            path = output or acc_table.predictor_path
-        else:
-            meta = {"name": name, "data": str(data.resolve())}  # type: ignore[union-attr]
-            path = output or ws.root / "accuracy_predictors" / f"{name}.json"
-        predictor.save(path, **meta)
+        path = output or ws.root / "accuracy_predictors" / f"{name}.json"
+        predictor.save(path, name=name, data=str(data.resolve()))  # type: ignore[union-attr]
     report = predictor.report
     if as_json:
         emit_json({"path": str(Path(path).resolve()), "report": report})

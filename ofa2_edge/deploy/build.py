@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,6 +33,9 @@ from ofa2_edge.search.runstore import RunFolder
 from ofa2_edge.space.netplan import N_CLASSES
 from ofa2_edge.supernet import load_supernet, recalibrate_bn
 from ofa2_edge.tables.device import DeviceTable
+
+if TYPE_CHECKING:
+    from ofa2_edge.data import DataSpec
 
 #: Seed of the random subset of images used for BN recalibration (recorded in the manifest).
 CALIB_SEED = 0
@@ -57,11 +60,12 @@ class BuiltBundle:
     verification: VerificationBatch | None = None
 
 
-def _trained_subnet(trained: Any, arch: Any, data: Path | None) -> tuple[Any, Any]:
+def _trained_subnet(trained: Any, arch: Any, data: Any) -> tuple[Any, Any]:
     """The pick with trained weights and BN statistics recalibrated on the train part (as
-    `evaluate` does), and the opened dataset."""
+    `evaluate` does), and the opened dataset (`data`: a folder, or a `DataSpec` when its
+    format or split is not the default one, e.g. the main job's `data:`)."""
     from ofa2_edge.accuracy.evaluate import DEFAULT_BATCH, EvaluateSettings, bn_subset, check_pair
-    from ofa2_edge.data import batches, open_dataset
+    from ofa2_edge.data import DataSpec, batches, open_dataset
 
     where = data or (trained.manifest.dataset or {}).get("path")
     if where is None:
@@ -69,7 +73,7 @@ def _trained_subnet(trained: Any, arch: Any, data: Path | None) -> tuple[Any, An
             f"{trained.folder} was trained on a dataset this bundle needs (BN statistics, held-out images): give it "
             "with --data"
         )
-    ds = open_dataset(Path(where))
+    ds = open_dataset(where if isinstance(where, DataSpec) else Path(where))
     check_pair(trained, ds)
     subnet = trained.net.extract(arch)
     settings = EvaluateSettings()
@@ -174,7 +178,7 @@ def make_bundle(
     calib_max: int = 2000,
     labels: Path | None = None,
     quality: dict[str, Any] | None = None,
-    data: Path | None = None,
+    data: Path | DataSpec | None = None,
     verify_images: int = 0,
 ) -> BuiltBundle:
     """Export `chosen` for `device` (real weights from `supernet`, else random) and bundle it.

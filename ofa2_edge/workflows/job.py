@@ -6,6 +6,14 @@ import the reference lookup tables (OFA's Note10), run one OFA² search over acc
 latency on every device and MACs, write the dashboard, and bundle a sensible default
 pick (the knee of the first device's accuracy/latency front), verified on its device.
 
+With `data:` in the config (your dataset; see `ofa2_edge.workflows.own_data`) the job first
+trains (or reuses, or resumes) the elastic supernet on it, evaluates an accuracy table and
+fits its top-1 predictor; the devices are calibrated and the search runs in the supernet's
+space (its width and resolutions), `top1` is your table's predictor instead of OFA's
+ImageNet one, and the bundle is deployable: trained weights, `labels.txt`, the dataset's
+preprocessing, held-out images classified on the device and checked against torch.
+Without `data:` nothing of this runs and the job is exactly the ImageNet-predictor one.
+
 Host CPU discipline: exports (and the search) use this machine's CPU, so they never run
 while the `local` device is being timed: one lock covers every export and every local
 measurement batch. Remote boards measure concurrently with anything.
@@ -40,6 +48,7 @@ from ofa2_edge.tables.device import DeviceTable
 from ofa2_edge.tables.quality import assess
 from ofa2_edge.tables.quantities import quantity_names
 from ofa2_edge.tables.transfer import import_lookup_tables
+from ofa2_edge.workflows.own_data import OWN_DATA_KEYS, OwnData, parse_own_data
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +83,7 @@ class JobConfig:
     run_id: str = "main"
     verify: bool = True
     accept_unstable: bool = False  # ship even when the device's predictor fails its quality check
+    own_data: OwnData | None = None  # `data:`: train, evaluate and fit top-1 on your dataset
 
     @property
     def all_objectives(self) -> tuple[str, ...]:
@@ -115,12 +125,23 @@ class JobConfig:
         objectives = check.texts(doc.get("objectives"), "objectives", allow_none=True)
         if objectives:
             check.objectives(objectives)
+        own_data = parse_own_data(doc, check)
+        if own_data is not None:
+            # The space is the trained supernet's: its width and trained resolutions; OFA's
+            # Note10 tables cover ImageNet's 160-224 px only.
+            for key, instead in (("resolutions", "train.resolutions"), ("reference_tables", "only your devices")):
+                if key in doc:
+                    raise SchemaError(
+                        f"{path}: {key} does not apply with data: (the search runs in the trained supernet's space; "
+                        f"use {instead}); remove {key} from {path.name}"
+                    )
         resolutions = check.resolutions(doc.get("resolutions", list(DEFAULT_RESOLUTIONS)))
+        references = doc.get("reference_tables", ["note10"] if own_data is None else [])
         return cls(
             devices=devices,
             reference_tables=tuple(
                 check.key(k, f"reference_tables[{i}]")
-                for i, k in enumerate(check.texts(doc.get("reference_tables", ["note10"]), "reference_tables") or ())
+                for i, k in enumerate(check.texts(references, "reference_tables") or ())
             ),
             objectives=objectives or None,
             resolutions=resolutions,
@@ -130,10 +151,14 @@ class JobConfig:
             seed=check.integer(search.get("seed", 1), "search.seed", 0, 2**32 - 1),
             run_id=check.run_id(doc.get("run_id", "main")),
             verify=check.boolean(doc.get("verify", True), "verify"),
+            own_data=own_data,
         )
 
 
-CONFIG_KEYS = ("schema_version", "devices", "reference_tables", "objectives", "search", "resolutions", "run_id", "verify")
+CONFIG_KEYS = (
+    "schema_version", "devices", "reference_tables", "objectives", "search", "resolutions", "run_id", "verify",
+    *OWN_DATA_KEYS,
+)  # fmt: skip
 SEARCH_KEYS = ("algorithm", "pop", "gens", "seed")
 DEVICE_KEYS = ("key", "budget", "format", "timer", "quick")
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -281,6 +306,8 @@ class JobResult:
     quality: dict[str, dict[str, Any]] = field(default_factory=dict)  # per device, tables.quality's verdict
     refused: str | None = None  # why no bundle was shipped (a predictor that failed its check)
     pick_change: str | None = None  # how this pick differs from the previous run's, and why
+    accuracy: dict[str, Any] = field(default_factory=dict)  # where `top1` came from (OFA's predictor or your table)
+    own_data: dict[str, Any] = field(default_factory=dict)  # with `data:`: the supernet, table and predictor steps
 
 
 class _Timer:
@@ -306,13 +333,19 @@ def import_reference(workspace: Workspace, key: str, assets_dir: Path | None) ->
 
 
 def run_name_inputs(search: Any, workspace: Workspace) -> dict[str, Any]:
-    """What a run's name hashes: the search config and the sha256 of every device predictor it uses."""
+    """What a run's name hashes: the search config and the sha256 of every device predictor it
+    uses (and of the top-1 predictor when it is not OFA's official one: a refit starts a new run)."""
+    from ofa2_edge.accuracy.table import accuracy_source
+    from ofa2_edge.search.objectives import OFFICIAL_ACCURACY
+
     doc: dict[str, Any] = {"search": search.to_dict(), "predictors": {}}
     for name in search.objectives:
         family, _, key = name.partition(":")
         if family in quantity_names():
             path = DeviceTable.of(workspace, key).predictor_path(family)
             doc["predictors"][key if family == "latency" else name] = sha256_file(path)
+    if search.accuracy != OFFICIAL_ACCURACY and any(o.startswith("top1") for o in search.objectives):
+        doc["predictors"]["top1"] = sha256_file(accuracy_source(search.accuracy, workspace))
     return doc
 
 
@@ -344,12 +377,15 @@ def run_job(
     on_event: Event | None = None,
 ) -> JobResult:
     """Calibrate, fit, search, dashboard, bundle; see the module docstring."""
+    from ofa2_edge.deploy.bundle import read_manifest as read_bundle_manifest
     from ofa2_edge.deploy.dashboard import write_dashboard
     from ofa2_edge.deploy.select import non_dominated
     from ofa2_edge.deploy.verify import verify_bundle
     from ofa2_edge.search.config import SearchConfig
+    from ofa2_edge.search.objectives import OFFICIAL_ACCURACY
     from ofa2_edge.search.runner import run_search
     from ofa2_edge.search.runstore import RunFolder
+    from ofa2_edge.supernet.checkpoint import find_checkpoint
     from ofa2_edge.workflows.ship import priced_front, ship
 
     emit = on_event or (lambda event, info: None)
@@ -358,15 +394,47 @@ def run_job(
     devices = {plan.key: inventory.get(plan.key) for plan in config.devices}  # unknown keys fail before any work
     space = SearchSpace(resolutions=config.resolutions)
     host_cpu = threading.Lock()
+    own = config.own_data
+    wants_top1 = any(o.startswith("top1") for o in config.all_objectives)
 
     with _Timer(result, "reference tables"):
         # Every official file a later step reads is looked up now: one error naming all that
         # are missing, before minutes of calibration rather than after them.
-        needed = [ACC_PREDICTOR.relpath] if any(o.startswith("top1") for o in config.all_objectives) else []
+        needed = [ACC_PREDICTOR.relpath] if wants_top1 and own is None else []
         needed += [a.relpath for a in NOTE10_TABLES] if config.reference_tables else []
         find_assets(needed, assets_dir)
         for key in config.reference_tables:
             import_reference(workspace, key, assets_dir)
+
+    accuracy = OFFICIAL_ACCURACY
+    result.accuracy = {"source": "ofa-imagenet-predictor", "note": "OFA's ImageNet accuracy predictor (official asset)"}
+    trained = dataset = None
+    if own is not None:
+        # Your data first (this machine's CPU, before any device is timed): the supernet, its
+        # accuracy table and the table's predictor; the devices are then calibrated in its space.
+        from ofa2_edge.workflows import own_data as steps
+
+        with _Timer(result, "train"):
+            dataset = steps.open_data(own, workspace)
+            result.own_data["dataset"] = {"path": str(own.data.path), "format": dataset.format,
+                                          "fingerprint": dataset.fingerprint, "classes": len(dataset.classes),
+                                          "sizes": {p: dataset.size(p) for p in ("train", "val", "test")}}  # fmt: skip
+            trained, result.own_data["supernet"] = steps.prepare_supernet(workspace, own, dataset, emit)
+        with _Timer(result, "evaluate"):
+            result.own_data["table"] = steps.measure_table(workspace, own, trained, dataset, emit)
+        with _Timer(result, "fit accuracy"):
+            accuracy = result.own_data["table"]["name"]
+            result.own_data["predictor"] = steps.fit_predictor(workspace, own, accuracy)
+        space = steps.supernet_space(trained)
+        result.accuracy = {
+            "source": "accuracy-table",
+            "table": accuracy,
+            "supernet": result.own_data["supernet"]["folder"],
+            "predictor": result.own_data["predictor"]["path"],
+            "held_out_spearman": result.own_data["predictor"]["held_out_spearman"],
+            "note": f"your table {accuracy}: {result.own_data['table']['n_evaluated']} subnets of the trained supernet "
+            f"evaluated on {own.data.path} (val part)",
+        }
 
     def calibrate_one(plan: DevicePlan) -> CalibrationResult:
         device = devices[plan.key]
@@ -413,6 +481,7 @@ def run_job(
         pop_size=config.pop,
         n_gen=config.gens,
         seed=config.seed,
+        accuracy=accuracy,
     )
     folder = workspace.runs_dir / run_name(config.run_id, search_config, workspace)
     with _Timer(result, "search"):
@@ -451,7 +520,13 @@ def run_job(
     with _Timer(result, "bundle"):
         plan = next(p for p in config.devices if p.key == target)
         protocol = _protocol(devices[target].threads, plan) if config.verify else None
-        shipped = _reused_bundle(workspace, run, target, pick.arch.id)
+        deployable = None
+        if own is not None:
+            assert trained is not None and dataset is not None
+            deployable = {"supernet": find_checkpoint(trained.folder), "data": dataset.spec,
+                          "verify_images": own.verify_images if config.verify else 0}  # fmt: skip
+        shipped = _reused_bundle(workspace, run, target, pick.arch.id, deployable is not None, config.verify)
+        check = None
         if shipped is None:
             built = ship(
                 pick,
@@ -463,10 +538,13 @@ def run_job(
                 trust_on_first_use=trust_on_first_use,
                 host_cpu=host_cpu,
                 quality={**quality, "accepted_unstable": not quality["good"]},
+                **(deployable or {}),
             )
-            manifest = built.bundle.manifest
+            # with data: the manifest as the checks left it (measured latency, on-device top-1)
+            manifest = built.bundle.manifest if own is None else read_bundle_manifest(built.bundle.folder)
             verification = built.verification
             bundle_folder = built.bundle.folder
+            check = built.check.on_device if built.check is not None else None
         else:
             bundle_folder, manifest = shipped
             verification = None
@@ -481,6 +559,11 @@ def run_job(
             "status": manifest["status"],
             "reused": shipped is not None,
         }
+        on_device = check or (manifest.get("accuracy") or {}).get("on_device")
+        if on_device:
+            result.bundle["on_device"] = on_device
+        if (manifest.get("accuracy") or {}).get("measured"):
+            result.bundle["measured_accuracy"] = manifest["accuracy"]["measured"]
         measured = (manifest["latency"].get("measured") or {})
         if measured:
             result.bundle["measured_ms"] = measured.get("latency_ms")
@@ -489,9 +572,13 @@ def run_job(
     return result
 
 
-def _reused_bundle(workspace: Workspace, run: Any, device_key: str, arch_id: str) -> tuple[Path, dict[str, Any]] | None:
+def _reused_bundle(
+    workspace: Workspace, run: Any, device_key: str, arch_id: str, deployable: bool = False, verify: bool = False
+) -> tuple[Path, dict[str, Any]] | None:
     """The bundle a previous run of the same search shipped for this pick, if it is intact
-    and was priced by the same predictor (then it is reused as is: no second export)."""
+    and was priced by the same predictor (then it is reused as is: no second export). A job
+    on your own data reuses only a deployable bundle, and with `verify` only one whose latency
+    and classification were checked on the device (the check needs the build's images)."""
     from ofa2_edge.deploy.bundle import bundle_name, check_bundle
 
     folder = workspace.bundles_dir / bundle_name(device_key, arch_id)
@@ -506,6 +593,10 @@ def _reused_bundle(workspace: Workspace, run: Any, device_key: str, arch_id: str
     same_run = (manifest.get("run") or {}).get("id") == run.run_id
     if not same_run or priced_by != sha256_file(predictor):
         return None
+    if deployable:
+        checked = manifest["latency"].get("measured") is not None and (manifest.get("accuracy") or {}).get("on_device")
+        if manifest.get("status") != "deployable" or (verify and not checked):
+            return None
     return folder, manifest
 
 

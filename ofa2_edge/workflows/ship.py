@@ -17,7 +17,7 @@ from ofa2_edge.core.errors import InvalidInputError
 from ofa2_edge.core.workspace import Workspace
 from ofa2_edge.deploy.build import BuiltBundle, make_bundle
 from ofa2_edge.deploy.select import Candidate, Limits, nearest_tradeoffs, price_front, select
-from ofa2_edge.deploy.verify import Verification, verify_bundle
+from ofa2_edge.deploy.verify import ClassificationCheck, Verification, verify_bundle, verify_predictions
 from ofa2_edge.devices.inventory import Device
 from ofa2_edge.search.runstore import RunFolder
 from ofa2_edge.tables.device import DeviceTable
@@ -65,6 +65,7 @@ class Shipped:
     chosen: Candidate
     bundle: BuiltBundle
     verification: Verification | None
+    check: ClassificationCheck | None = None  # held-out images classified on the device (trained weights)
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -82,6 +83,8 @@ class Shipped:
             out["measured_latency_ms"] = self.verification.result.estimate_ms
             out["within_predicted_interval"] = self.verification.within_interval
             out["measurement_flags"] = [f.value for f in self.verification.result.flags]
+        if self.check is not None:
+            out["on_device"] = self.check.on_device
         return out
 
 
@@ -99,15 +102,20 @@ def ship(
 ) -> Shipped:
     """Bundle `chosen` for `device` (`build_options` go to `make_bundle`) and, with a
     `verify_protocol`, measure the bundle there. `host_cpu` is held around the export and the
-    measurement, so a local device is never timed while this machine exports."""
+    measurement, so a local device is never timed while this machine exports. A bundle with
+    trained weights built with `verify_images` also has those held-out images classified on
+    the device (`check`: agreement with torch, recorded in the manifest; the caller decides
+    what a failed check means)."""
     cpu = host_cpu or nullcontext()
     if "quality" not in build_options:  # the verdict on the predictor that priced the pick goes into the manifest
         verdict = assess(DeviceTable.of(workspace, device.key))
         build_options["quality"] = {**verdict.to_dict(), "accepted_unstable": not verdict.good}
     with cpu:
         built = make_bundle(chosen, run, device, workspace, out_root, **build_options)
-    checked = None
+    checked = classified = None
     if verify_protocol is not None:
         with cpu:
             checked = verify_bundle(built.folder, device, workspace, verify_protocol, trust_on_first_use)
-    return Shipped(chosen, built, checked)
+            if built.verification is not None:
+                classified = verify_predictions(built.folder, device, workspace, built.verification, trust_on_first_use)
+    return Shipped(chosen, built, checked, classified)
