@@ -225,9 +225,27 @@ def main() -> int:
             print(f"seed {seed} {d} devices ({res['algorithm']}): {res['wall_s']:.1f} s, HV ratio mean "
                   f"{np.mean(list(ratios.values())):.4f} worst {worst:.4f}, {res['peak_rss_mib']:.0f} MiB, "
                   f"{res['run_bytes'] / 1e6:.1f} MB", flush=True)  # fmt: skip
+        doc["seed_noise"] = seed_noise(ws, dedicated, seeds[: seeds.index(seed) + 1], keys[: max(counts)])
         write_results(args.out, doc, dedicated, rows, counts)  # after every seed: a cut-short run leaves its seeds
     print((args.out / "many_devices.md").read_text())
     return 0
+
+
+def seed_noise(ws: Path, dedicated: dict, seeds: list[int], keys: list[str]) -> dict[str, Any] | None:
+    """The floor of the HV gap: two dedicated 2-objective runs of one device that differ only in
+    their seed. Per device, the mean over ordered seed pairs (s, t) of |1 - HV(run t) / HV(run s)|
+    on run s's reference point; then the mean and the largest over devices."""
+    if len(seeds) < 2:
+        return None
+    per: dict[str, float] = {}
+    for key in keys:
+        gaps = [
+            abs(1.0 - pair_hv(ws / "runs" / f"one-{key}-s{t}", key, dedicated[(key, s)]["ref"]) / dedicated[(key, s)]["hv"])
+            for s in seeds for t in seeds if s != t
+        ]  # fmt: skip
+        per[key] = float(np.mean(gaps))
+    return {"per_device": per, "mean": float(np.mean(list(per.values()))), "worst": float(max(per.values())),
+            "worst_device": max(per, key=per.get), "seeds": seeds}  # fmt: skip
 
 
 def write_results(out: Path, doc: dict[str, Any], dedicated: dict, rows: list[dict[str, Any]], counts: list[int]) -> None:
@@ -290,6 +308,13 @@ def markdown(doc: dict[str, Any]) -> str:
             f"{s['time_vs_dedicated_runs']:.2f} | {100 * s['hv_gap_mean']:.2f} % | {100 * s['hv_gap_worst']:.2f} % "
             f"({s['worst_device']}) | {s['peak_rss_mib']:.0f} | {s['run_mb']:.1f} | {s['front_size']} |"
         )
+    noise = doc.get("seed_noise")
+    if noise:
+        lines += ["", f"Seed-to-seed noise of the HV itself (two dedicated 2-objective runs of one device, seeds "
+                  f"{', '.join(map(str, noise['seeds']))}, same budget; |1 - HV(seed t) / HV(seed s)| on seed s's "
+                  f"reference point, mean over seed pairs): mean over devices {100 * noise['mean']:.2f} %, worst "
+                  f"{100 * noise['worst']:.2f} % ({noise['worst_device']}). An HV gap below this is not "
+                  "distinguishable from a change of seed."]  # fmt: skip
     lines += ["", f"Goals: 12 devices <= {TIME_GOAL:g}x the time of one device; HV gap mean <= {100 * HV_GOAL_MEAN:g} %, "
               f"worst <= {100 * HV_GOAL_WORST:g} %.", ""]  # fmt: skip
     return "\n".join(lines)
