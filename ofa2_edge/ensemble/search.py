@@ -481,6 +481,7 @@ class EnsembleRun:
         algo.pop, algo.off = pop, None
         algo.is_initialized = True
         algo.n_iter = self.gen + 1
+        algo.start_time = time.time()
         algo.evaluator.n_eval = int(ck["n_evals"])
         algo._set_optimum()
         algo.random_state.bit_generator.state = ck["rng_state"]
