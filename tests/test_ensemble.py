@@ -227,3 +227,44 @@ def test_mixed_resolutions_resize_in_graph_and_measure_in_both_modes(tmp_path: P
             assert row["threads"] == (1 if mode == "sequential" else 2) and row["model_sha256"] == model.sha256
         again = measure_ensembles(session, [[b, a]], "parallel", cache, cores=2, quick=True, record_to=record)
     assert len(read_measured(record)) == 2 and again[0]["ensemble_id"] == ensemble_id([a.id, b.id])
+
+
+def test_a_bundle_holds_one_ensemble_model_and_lists_its_members(env: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    from ofa2_edge.core.errors import SchemaError
+    from ofa2_edge.deploy.bundle import check_manifest
+
+    ws = env["ws"]
+    run = EnsembleRunFolder(ws / "runs" / "s-ens")
+    if not run.exists():  # the CLI test makes it; alone, make it here
+        test_cli_evaluates_missing_front_members_then_searches(env, capsys)
+    front = run.front()["rows"]
+    pick = max(front, key=lambda r: (r["n_members"], r["val_top1_pct"]))
+    code, out, err = cli(capsys, ws, "bundle", "build", "s-ens", "--device", DEVICE, "--pick", pick["ensemble_id"], "--json")
+    assert code == 1 and "--supernet" in err
+    code, out, err = cli(capsys, ws, "bundle", "build", "s-ens", "--device", DEVICE, "--pick", pick["ensemble_id"],
+                         "--supernet", str(env["supernet"]), "--json")  # fmt: skip
+    assert code == 0, err
+    folder = Path(json.loads(out)["folder"])
+    m = json.loads((folder / "manifest.json").read_text())
+    assert m["arch"]["id"] == pick["ensemble_id"] and m["arch"]["ensemble"]["rule"] == "soft-vote"
+    assert [x["id"] for x in m["arch"]["ensemble"]["members"]] == pick["members"]
+    assert m["accuracy"]["val_top1_pct"] == pick["val_top1_pct"] and m["accuracy"]["test_top1_pct"] == pick["test_top1_pct"]
+    assert m["status"] == "deployable" and [f["name"] for f in m["files"] if f["name"].startswith("model.")] == ["model.onnx"]
+    assert (folder / "labels.txt").read_text().splitlines() == list(AccuracyTable.of(Workspace.resolve(ws), TABLE).binding().classes)
+    assert cli(capsys, ws, "bundle", "check", str(folder))[0] == 0
+    assert cli(capsys, ws, "bundle", "check", str(folder.with_name(folder.name + ".tar.gz")))[0] == 0
+    # the file answers like the stored probabilities say (same BN as the table, same-resolution images)
+    r = max(a["r"] for a in m["arch"]["ensemble"]["members"])
+    if all(a["r"] == r for a in m["arch"]["ensemble"]["members"]):
+        ds = open_dataset(env["data"])
+        sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+        x = torch.cat([b for b, _ in batches(ds, "test", r, 64)]).numpy()
+        got = np.concatenate([sess.run(None, {"input": xi[None]})[0] for xi in x])
+        table = AccuracyTable.of(Workspace.resolve(ws), TABLE)
+        want = np.mean([table.probabilities(i, "test").astype(np.float32) for i in pick["members"]], axis=0)
+        assert np.abs(got - want).max() < 2e-3  # (random weights: near-uniform probabilities, so not argmax)
+    # a manifest whose members do not make its id is refused
+    bad = json.loads(json.dumps(m))
+    bad["arch"]["ensemble"]["members"] = bad["arch"]["ensemble"]["members"][:1] if len(pick["members"]) > 1 else []
+    with pytest.raises(SchemaError):
+        check_manifest(bad, "manifest.json")
