@@ -24,6 +24,7 @@ from ofa2_edge.data import batches, open_dataset
 from ofa2_edge.ensemble.pool import Split, ensemble_id, load_pool, predicted_latency_ms
 from ofa2_edge.ensemble.search import EnsembleConfig, EnsembleRunFolder, run_ensemble_search
 from tests.ensemble_setup import DEVICE, TABLE, build_workspace
+from tests.test_dashboard import chromium  # noqa: F401,F811 - the fixture (skips, or fails where CI requires a browser)
 
 
 @pytest.fixture(scope="module")
@@ -268,3 +269,54 @@ def test_a_bundle_holds_one_ensemble_model_and_lists_its_members(env: dict[str, 
     bad["arch"]["ensemble"]["members"] = bad["arch"]["ensemble"]["members"][:1] if len(pick["members"]) > 1 else []
     with pytest.raises(SchemaError):
         check_manifest(bad, "manifest.json")
+
+
+def _ensure_runs(env: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> EnsembleRunFolder:
+    run = EnsembleRunFolder(env["ws"] / "runs" / "s-ens")
+    if not run.exists():
+        test_cli_evaluates_missing_front_members_then_searches(env, capsys)
+    return run
+
+
+def test_dashboard_carries_the_ensemble_front(env: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from tests.test_dashboard import blob_of
+
+    run = _ensure_runs(env, capsys)
+    out = tmp_path / "d.html"
+    code, stdout, err = cli(capsys, env["ws"], "dashboard", "s", "-o", str(out), "--json")  # finds runs/s-ens by itself
+    assert code == 0, err
+    front2d = run.front()["front_2d"]
+    assert json.loads(stdout)["ensembles"] == len(front2d)
+    ens = blob_of(out.read_text())["ensembles"]
+    assert ens["device"] == DEVICE and [r["id"] for r in ens["rows"]] == [r["ensemble_id"] for r in front2d]
+    assert [(r["top1"], r["lat"]) for r in ens["rows"]] == [(r["val_top1_pct"], r["latency_ms"]) for r in front2d]
+    code, _, err = cli(capsys, env["ws"], "dashboard", "s", "-o", str(out), "--ensemble", str(tmp_path))
+    assert code == 1 and "not an ensemble run" in err
+
+
+@pytest.mark.browser
+def test_the_sliders_filter_the_ensembles_too(
+    chromium: str,  # noqa: F811 - the imported fixture
+    env: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from tests.test_dashboard import SET_SLIDER, offline_page
+
+    executable = chromium
+    run = _ensure_runs(env, capsys)
+    rows = run.front()["front_2d"]
+    out = tmp_path / "d.html"
+    assert cli(capsys, env["ws"], "dashboard", "s", "-o", str(out))[0] == 0
+    state = """() => {
+      const gd = document.getElementById("pareto"), t = gd.data.find((x) => x.meta === "ens-pass");
+      return {count: document.getElementById("ens-count").textContent, ids: t ? t.ids : [],
+              maxLat: document.getElementById("max-latency").value, minTop1: document.getElementById("min-top1").value};
+    }"""
+    with offline_page(executable, out, tmp_path / "profile") as page:
+        s = page.evaluate(state)
+        assert s["count"] == f"{len(rows)} of {len(rows)} ensembles pass" and sorted(s["ids"]) == sorted(r["ensemble_id"] for r in rows)
+        mid = sorted(r["latency_ms"] for r in rows)[len(rows) // 2]
+        page.evaluate(SET_SLIDER, ["max-latency", f"{mid:.6f}"])
+        s = page.evaluate(state)
+        want = [r["ensemble_id"] for r in rows if r["latency_ms"] <= float(s["maxLat"]) and r["val_top1_pct"] >= float(s["minTop1"])]
+        assert 0 < len(want) < len(rows)
+        assert s["count"] == f"{len(want)} of {len(rows)} ensembles pass" and sorted(s["ids"]) == sorted(want)
