@@ -107,3 +107,47 @@ def build_ensemble_onnx(members: Sequence[StaticSubnet], ensemble_id: str, targe
     metadata = ensemble_metadata(net, ensemble_id, inputs, outputs, info)
     doc = f"ensemble {ensemble_id} of {len(members)} OFA-MobileNetV3 subnets ({RULE}), exported by ofa2-edge"
     return _build(net, inputs, outputs, metadata, doc, f"ensemble {ensemble_id}", target, atol=PROBS_ATOL, rtol=0.0)
+
+
+class _NamedProbs(torch.nn.Module):
+    """The ensemble with a named output, as LiteRT signatures want (``probs``)."""
+
+    def __init__(self, net: EnsembleNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, input: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {OUTPUT_NAME: self.net(input)}
+
+
+def build_ensemble_tflite(members: Sequence[StaticSubnet], ensemble_id: str) -> BuiltModel:
+    """The ensemble as one fp32 .tflite (litert-torch), checked against torch in the LiteRT
+    interpreter (probabilities within `PROBS_ATOL`). Needs the `[tflite]` extra."""
+    import numpy as np
+
+    from exporters.parity import check_parity, parity_inputs, torch_outputs
+    from exporters.tflite_export import INPUT_NAME as TFL_INPUT
+    from exporters.tflite_export import SIGNATURE, _quiet_converter, require_litert, versions
+
+    require_litert()
+    import litert_torch
+
+    net = EnsembleNet(members).eval()
+    n_classes = members[0].classifier.linear.out_features
+    inputs = (TensorSpec(TFL_INPUT, net.input_shape, "float32", "NCHW"),)
+    outputs = (TensorSpec(OUTPUT_NAME, (1, n_classes), "float32", None),)
+    exporter = {"name": "litert_torch.convert", "torch": torch.__version__, **versions(), "signature": SIGNATURE}
+    metadata = ensemble_metadata(net, ensemble_id, inputs, outputs, exporter)
+    try:
+        with _quiet_converter():
+            data = bytes(litert_torch.convert(_NamedProbs(net).eval(), sample_kwargs={TFL_INPUT: torch.zeros(net.input_shape)}).model_content())
+    except Exception as exc:  # the converter stack raises many types; all mean "could not convert"
+        raise ExportError(f"TFLite conversion of ensemble {ensemble_id} failed: {type(exc).__name__}: {exc}") from exc
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_content=data, num_threads=1).get_signature_runner(SIGNATURE)
+    images = parity_inputs(net.r)
+    got = np.concatenate([runner(**{TFL_INPUT: x[None]})[OUTPUT_NAME] for x in images])
+    parity = check_parity(torch_outputs(net, images), got, PROBS_ATOL, 0.0, f"TFLite export of ensemble {ensemble_id}")
+    parity["runtime"] = f"ai-edge-litert {versions()['ai-edge-litert']}"
+    return BuiltModel(data, "tflite", metadata, inputs, outputs, parity)

@@ -320,3 +320,31 @@ def test_the_sliders_filter_the_ensembles_too(
         want = [r["ensemble_id"] for r in rows if r["latency_ms"] <= float(s["maxLat"]) and r["val_top1_pct"] >= float(s["minTop1"])]
         assert 0 < len(want) < len(rows)
         assert s["count"] == f"{len(want)} of {len(rows)} ensembles pass" and sorted(s["ids"]) == sorted(want)
+
+
+@pytest.mark.tflite
+@pytest.mark.slow
+def test_tflite_export_of_an_ensemble_matches_its_onnx_export(tmp_path: Path) -> None:
+    from conftest import skip_or_fail
+
+    from exporters import ExportCache
+    from ofa2_edge.ensemble.export import export_ensemble
+    from ofa2_edge.space.arch import Arch
+
+    for module in ("litert_torch", "ai_edge_litert"):
+        try:
+            __import__(module)
+        except ImportError:
+            skip_or_fail("tflite", f"{module} is not installed (pip install 'ofa2-edge[tflite]')")
+    from ai_edge_litert.interpreter import Interpreter
+
+    members = [Arch.smallest(32, 1.0), Arch.smallest(40, 1.0)]
+    cache = ExportCache(tmp_path / "cache")
+    tfl = export_ensemble(members, cache=cache, fmt="tflite")
+    onx = export_ensemble(members, cache=cache)
+    assert tfl.format == "tflite" and tfl.parity["max_abs_diff"] <= 1e-3 and tfl.outputs[0].name == "probs"
+    x = np.random.default_rng(2).standard_normal((1, 3, 40, 40)).astype(np.float32)
+    runner = Interpreter(model_path=str(tfl.path), num_threads=1).get_signature_runner("serving_default")
+    got = runner(input=x)["probs"]
+    want = ort.InferenceSession(str(onx.path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    assert np.abs(got - want).max() < 1e-3

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from exporters import ExportCache
 from exporters.api import BN_NOISE_IMAGES, BN_NOISE_SEED, random_supernet, state_digest
-from exporters.ensemble import build_ensemble_onnx
+from exporters.ensemble import build_ensemble_onnx, build_ensemble_tflite
 from exporters.onnx_compat import DEFAULT_TARGET, OnnxTarget
 from exporters.records import ExportedModel
 from ofa2_edge.core.errors import InvalidInputError
@@ -87,8 +87,12 @@ def export_ensemble(
     bn_images: int = 2000,
     batch_size: int = 250,
     onnx_target: OnnxTarget | None = None,
+    fmt: str = "onnx",
 ) -> ExportedModel:
-    """One verified ONNX file of the ensemble (from the cache when it is there)."""
+    """One verified model file of the ensemble, ONNX (default) or fp32 TFLite (`fmt="tflite"`,
+    the `[tflite]` extra), from the cache when it is there."""
+    if fmt not in ("onnx", "tflite"):
+        raise InvalidInputError(f"an ensemble exports to onnx or tflite, not {fmt!r}")
     archs = ordered(members)
     subject = EnsembleSubject(archs)
     subnets = member_subnets(archs, supernet, dataset, bn_seed, bn_images, batch_size)
@@ -99,8 +103,10 @@ def export_ensemble(
         "rule": RULE,
         "weights_source": subnets[0].weights_source,
         "state_sha256": [state_digest(s) for s in subnets],
-        "format": "onnx",
+        "format": fmt,
         "exporter": "ensemble-v1",
-        **({"onnx_target": target.to_dict()} if target != DEFAULT_TARGET else {}),
+        **({"onnx_target": target.to_dict()} if fmt == "onnx" and target != DEFAULT_TARGET else {}),
     }
+    if fmt == "tflite":
+        return (cache or ExportCache.default()).get_or_build(key_doc, lambda: build_ensemble_tflite(subnets, subject.id))
     return (cache or ExportCache.default()).get_or_build(key_doc, lambda: build_ensemble_onnx(subnets, subject.id, target))
