@@ -130,6 +130,10 @@ def main() -> None:  # noqa: C901 - one linear script
     ap.add_argument("--ens-pop", type=int, default=100)
     ap.add_argument("--ens-gens", type=int, default=100)
     ap.add_argument("--max-candidates", type=int, default=24)
+    ap.add_argument("--pool", choices=("run-front", "table-front", "table"), default="run-front",
+                    help="candidates: the front of a top-1 vs latency:local search (the issue's setting; its members the "
+                    "table lacks are evaluated), or the table's own evaluated subnets non-dominated on (val top-1, "
+                    "predicted latency), or all of them (nothing to evaluate)")
     ap.add_argument("--max-members", type=int, default=3)
     ap.add_argument("--measure", type=int, default=10, help="multi-member front ensembles measured per mode")
     ap.add_argument("--budgets", type=int, default=5)
@@ -154,20 +158,27 @@ def main() -> None:  # noqa: C901 - one linear script
     if not (root / "latency_tables" / "local" / "surrogate.json").is_file():
         calibrate_local(ws, trained, table.resolutions(), args.calibrate_budget, args.quick, args.seed)
         run_cli(root, "fit", "--device", "local", "--width", str(trained.width_mult), "--json")
-    if not table.predictor_path.is_file():
-        run_cli(root, "fit-accuracy", "--table", name, "--json")
-    single_run = root / "runs" / "single"
-    if RunFolder(single_run).status().get("state") != "completed":
-        step("single-subnet search")
-        if single_run.exists():
-            shutil.rmtree(single_run)
-        run_cli(root, "search", "--objectives", "top1,latency:local", "--accuracy", name, "--pop", str(args.pop),
-                "--gens", str(args.gens), "--seed", str(args.seed), "-o", str(single_run), "--json")  # fmt: skip
-    front = front_archs(single_run)
     from ofa2_edge.search.objectives import MetricContext, resolve_metric
     from ofa2_edge.space.arch import SearchSpace, genomes_of
 
-    metric = resolve_metric("latency:local", MetricContext(ws, SearchSpace(resolutions=table.resolutions(), w=front[0].w)))
+    metric = resolve_metric("latency:local", MetricContext(ws, SearchSpace(resolutions=table.resolutions(), w=trained.width_mult)))
+    if args.pool == "run-front":
+        if not table.predictor_path.is_file():
+            run_cli(root, "fit-accuracy", "--table", name, "--json")
+        single_run = root / "runs" / "single"
+        if RunFolder(single_run).status().get("state") != "completed":
+            step("single-subnet search")
+            if single_run.exists():
+                shutil.rmtree(single_run)
+            run_cli(root, "search", "--objectives", "top1,latency:local", "--accuracy", name, "--pop", str(args.pop),
+                    "--gens", str(args.gens), "--seed", str(args.seed), "-o", str(single_run), "--json")  # fmt: skip
+        front = front_archs(single_run)
+    else:  # the table's own evaluated subnets (all, or those non-dominated on val top-1 and predicted latency)
+        rows = list(table.measured(0).values())
+        archs = [r.arch for r in rows]
+        lat = np.asarray(metric.evaluate(genomes_of(archs)))
+        keep = front_of(np.array([r.val.top1_pct for r in rows]), lat) if args.pool == "table-front" else np.arange(len(rows))
+        front = [archs[i] for i in keep]
     cands = thin(front, np.asarray(metric.evaluate(genomes_of(front))), args.max_candidates)
     step(f"front {len(front)} subnets, pool {len(cands)}; evaluating the missing ones into the table copy")
     t0 = time.perf_counter()
@@ -311,7 +322,7 @@ def main() -> None:  # noqa: C901 - one linear script
         "note": args.note,
         "machine": machine_info(),
         "table": {"name": name, "summary": {k: v for k, v in table.summary().items() if k != "predictor"}},
-        "pool": {**pool.describe(), "front_size": len(front), "evaluated_now": len(evaluated), "evaluate_s": round(eval_s, 1)},
+        "pool": {**pool.describe(), "pool": args.pool, "front_size": len(front), "evaluated_now": len(evaluated), "evaluate_s": round(eval_s, 1)},
         "measure_s": round(measure_s, 1),
         "total_s": round(time.perf_counter() - t_start, 1),
         **out,
@@ -344,8 +355,10 @@ def markdown(doc: dict[str, Any]) -> str:
     if doc.get("note"):
         lines += [f"**{doc['note']}**", ""]
     lines += [
-        f"Table `{p['table']}` (val {p['n_val']} / test {p['n_test']} images); pool: {p['candidates']} of the {p['front_size']} subnets of a "
-        f"top-1 vs latency:local search front (evenly along latency); rule {p['rule']} ({p['rule_text']}); local has {p['cores']} cores. "
+        f"Table `{p['table']}` (val {p['n_val']} / test {p['n_test']} images); pool: {p['candidates']} of the {p['front_size']} subnets of "
+        + {"run-front": "a top-1 vs latency:local search front", "table-front": "the table's (val top-1, predicted latency) front",
+           "table": "the table's evaluated subnets"}.get(p.get("pool"), "?")
+        + f" (evenly along latency); rule {p['rule']} ({p['rule_text']}); local has {p['cores']} cores. "
         "Every choice is made on val (top-1) with the MEASURED latency; every top-1 below is on test. Each candidate and each "
         "ensemble is one ONNX model (trained weights), measured by the agent (wall clock, no thread-CPU fallback).",
         "",
