@@ -92,8 +92,8 @@ def _build(
     doc: str,
     what: str,
     target: OnnxTarget = DEFAULT_TARGET,
-    atol: float = ATOL,
-    rtol: float = RTOL,
+    atol: float | None = None,
+    rtol: float | None = None,
 ) -> BuiltModel:
     """Trace `module` for `target` (opset; IR version at most the target's), attach
     `metadata`, run the full checker and the parity check (tolerance `atol`, `rtol`)."""
@@ -114,6 +114,7 @@ def _build(
     images = parity_tensors(inp.shape[1:])
     session = ort_session(data)
     got = np.concatenate([session.run([out.name], {INPUT_NAME: x[None]})[0] for x in images])
+    atol, rtol = (ATOL if atol is None else atol), (RTOL if rtol is None else rtol)  # module values read now
     parity = check_parity(torch_outputs(module, images), got, atol, rtol, f"ONNX export of {what}")
     parity["runtime"] = f"onnxruntime {ort.__version__}"
     return BuiltModel(data, "onnx", metadata, inputs, outputs, parity)
