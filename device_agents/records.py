@@ -33,7 +33,7 @@ RESULT_SCHEMA = "agent.measure_result"
 BATCH_END_SCHEMA = "agent.batch_end"
 PROBE_SCHEMA = "agent.probe"
 
-RUNTIME_NAMES = ("onnxruntime", "litert", "tensorrt")
+RUNTIME_NAMES = ("onnxruntime", "litert", "tensorrt", "onnxruntime-parallel")
 DTYPES = ("float32", "float16", "int8", "uint8", "int32", "int64", "bool")
 ESTIMATORS = ("block_min_median", "p10", "min", "median")
 TRT_PRECISIONS = ("fp32", "fp16", "int8")

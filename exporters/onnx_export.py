@@ -92,9 +92,11 @@ def _build(
     doc: str,
     what: str,
     target: OnnxTarget = DEFAULT_TARGET,
+    atol: float | None = None,
+    rtol: float | None = None,
 ) -> BuiltModel:
     """Trace `module` for `target` (opset; IR version at most the target's), attach
-    `metadata`, run the full checker and the parity check."""
+    `metadata`, run the full checker and the parity check (tolerance `atol`, `rtol`)."""
     (inp,), (out,) = inputs, outputs
     model = onnx.load_from_string(_trace(module, inp.shape, out.name, what, target.opset))
     if model.ir_version > target.ir_version:
@@ -112,7 +114,8 @@ def _build(
     images = parity_tensors(inp.shape[1:])
     session = ort_session(data)
     got = np.concatenate([session.run([out.name], {INPUT_NAME: x[None]})[0] for x in images])
-    parity = check_parity(torch_outputs(module, images), got, ATOL, RTOL, f"ONNX export of {what}")
+    atol, rtol = (ATOL if atol is None else atol), (RTOL if rtol is None else rtol)  # module values read now
+    parity = check_parity(torch_outputs(module, images), got, atol, rtol, f"ONNX export of {what}")
     parity["runtime"] = f"onnxruntime {ort.__version__}"
     return BuiltModel(data, "onnx", metadata, inputs, outputs, parity)
 

@@ -109,7 +109,7 @@ def test_pyz_probe_without_site_packages_or_repo(pyz, tmp_path):
     report = ProbeReport.from_dict(json.loads(done.stdout))  # checks the fingerprint against its facts
     assert report.python_version == ".".join(map(str, sys.version_info[:3]))
     assert report.cpu_cores == os.cpu_count() and report.disk_free_mib > 0 and report.mem_total_mib > 0
-    assert set(report.runtimes) == {"onnxruntime", "litert", "tensorrt"}
+    assert set(report.runtimes) == {"onnxruntime", "onnxruntime-parallel", "litert", "tensorrt"}
     # -S hides site-packages: every runtime is reported missing, none crashes the probe
     assert not any(r.available for r in report.runtimes.values())
     assert all(r.detail.startswith("runtime not available on this device") for r in report.runtimes.values())

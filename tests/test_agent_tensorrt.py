@@ -24,10 +24,10 @@ from device_agents.runtimes.trt import (
 SHA = "ab" * 32
 
 
-def test_registry_has_the_three_runtimes():
-    assert runtime_names() == ["litert", "onnxruntime", "tensorrt"]
+def test_registry_has_the_four_runtimes():
+    assert runtime_names() == ["litert", "onnxruntime", "onnxruntime-parallel", "tensorrt"]
     assert get_runtime("tensorrt").name == "tensorrt"
-    with pytest.raises(KeyError, match="unknown runtime 'tvm'; known: litert, onnxruntime, tensorrt"):
+    with pytest.raises(KeyError, match="unknown runtime 'tvm'; known: litert, onnxruntime, onnxruntime-parallel, tensorrt"):
         get_runtime("tvm")
 
 

@@ -1,4 +1,9 @@
-"""onnxruntime on the CPU: one session, fixed threads, sequential execution."""
+"""onnxruntime on the CPU: one session, fixed threads, sequential execution.
+
+`onnxruntime-parallel` is the same runtime with the parallel executor: independent branches
+of the graph (the members of an ensemble model) run at once on `protocol.threads` inter-op
+threads, each operator on one thread. It is timed on the wall clock only (the work is not on
+the calling thread)."""
 
 from __future__ import annotations
 
@@ -71,12 +76,19 @@ class OnnxRuntime(Runtime):
     def version(self) -> str:
         return str(_import().__version__)
 
+    parallel = False
+
     def load(self, model_path: str, spec: ModelSpec, protocol: Protocol, ctx: LoadContext) -> Session:
         ort = _import()
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = protocol.threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if self.parallel:
+            opts.intra_op_num_threads = 1
+            opts.inter_op_num_threads = protocol.threads
+            opts.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+        else:
+            opts.intra_op_num_threads = protocol.threads
+            opts.inter_op_num_threads = 1
+            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
         try:
@@ -87,3 +99,10 @@ class OnnxRuntime(Runtime):
         resolved = resolve_inputs(model_inputs, spec.inputs)
         arrays = make_inputs([(shape, dtype) for _, shape, dtype in resolved], protocol.input_seed)
         return OrtSession(sess, {name: arr for (name, _, _), arr in zip(resolved, arrays)})
+
+
+@register("onnxruntime-parallel")
+class OnnxRuntimeParallel(OnnxRuntime):
+    """The parallel executor: graph branches at once on `protocol.threads` inter-op threads."""
+
+    parallel = True

@@ -21,7 +21,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -205,14 +205,27 @@ def evaluate_table(
     ds: "Dataset",
     settings: EvaluateSettings,
     on_row: Callable[[AccuracyRow, int, int], None] | None = None,
+    archs: Sequence[Arch] | None = None,
 ) -> EvaluateReport:
-    """Evaluate the design into `table` (bound to `trained` and `ds`), resumably; holds the lock."""
+    """Evaluate the design into `table` (bound to `trained` and `ds`), resumably; holds the lock.
+
+    `archs` replaces the design by given subnets (e.g. the members of a search front that
+    the ensemble search needs and the table lacks); they are evaluated exactly like it."""
     check_pair(trained, ds)
     if ds.size("val") < 1:
         raise InvalidInputError(f"{ds.spec.path}: the val part is empty; accuracy is measured on it")
-    resolutions = tuple(settings.resolutions or trained.resolutions)
+    if archs is not None:
+        archs = list({a.id: a for a in archs}.values())
+        if not archs:
+            raise InvalidInputError("no subnets to evaluate")
+        wrong = [a.id for a in archs if a.w != trained.width_mult]
+        if wrong:
+            raise InvalidInputError(f"{wrong[0]} is not a w{trained.width_mult} subnet; it cannot come from {trained.folder}")
+        resolutions = tuple(sorted({a.r for a in archs}))
+    else:
+        resolutions = tuple(settings.resolutions or trained.resolutions)
     space = SearchSpace(resolutions=resolutions, w=trained.width_mult)
-    archs = design(space, settings.budget, settings.seed)
+    archs = list(archs) if archs is not None else design(space, settings.budget, settings.seed)
     repeats = repeat_subset(archs, settings.repeat_fraction, settings.seed)
     report = EvaluateReport(table.name, [a.id for a in archs])
     t_start = time.perf_counter()

@@ -26,6 +26,9 @@ def dashboard(
     coverage: float = typer.Option(
         0.8, "--coverage", min=0.01, max=0.99, help="Coverage of the predicted-latency interval."
     ),
+    ensemble: Path | None = typer.Option(
+        None, "--ensemble", help="An ensemble run (`ofa2-edge ensemble`) to show beside the front (default: RUN-ens when it exists)."
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """One self-contained HTML page (works offline): the Pareto front per device, latency and
@@ -34,7 +37,7 @@ def dashboard(
 
     ws = state(ctx).workspace
     folder = resolve_run(run, ws)
-    summary = write_dashboard(folder, output or folder.path / "dashboard.html", ws, devices or (), coverage)
+    summary = write_dashboard(folder, output or folder.path / "dashboard.html", ws, devices or (), coverage, ensemble)
     if as_json:
         emit_json(summary)
         return

@@ -149,6 +149,12 @@ def build(
     from ofa2_edge.workflows.ship import choose, priced_front, ship
 
     st = state(ctx)
+    from ofa2_edge.ensemble.bundle import find_ensemble_run
+
+    ens = find_ensemble_run(run, st.workspace)
+    if ens is not None:  # an ensemble run (`ofa2-edge ensemble`): one model file holding its members
+        _build_ensemble(ens, pick, device_key, supernet, data, labels, output, as_json, st)
+        return
     require_known_device(ctx, device_key)
     inventory = load_inventory(ctx)
     if device_key in inventory.groups():  # a device group: its table prices; its first replica verifies
@@ -211,6 +217,27 @@ def build(
             f"{check.on_device['n_images']} test images (at least {check.on_device['min_agreement_pct']:.0f} % needed); "
             "the manifest records it. Check the device's runtime version and the export format"
         )
+
+
+def _build_ensemble(ens, pick, device_key, supernet, data, labels, output, as_json, st) -> None:  # noqa: ANN001
+    """`bundle build ENSEMBLE_RUN --pick e-...`: see `ofa2_edge.ensemble.bundle`."""
+    from ofa2_edge.ensemble.bundle import build_ensemble_bundle
+
+    settings = ens.settings()
+    if device_key != settings.device:
+        raise InvalidInputError(f"{ens.path} prices ensembles on {settings.device}, not {device_key}; give --device {settings.device}")
+    if pick is None or supernet is None:
+        raise InvalidInputError("an ensemble bundle needs --pick e-... (an ensemble id of the run) and --supernet supernets/NAME")
+    out_root = output if output.is_absolute() else st.workspace.root / output
+    built = build_ensemble_bundle(ens, pick, st.workspace, out_root, supernet, data,
+                                  labels=Path(labels).read_text(encoding="utf-8").splitlines() if labels else None)  # fmt: skip
+    if as_json:
+        emit_json(built)
+        return
+    m = built["manifest"]
+    out_console.print(f"ensemble bundle {built['folder']}: {len(m['arch']['ensemble']['members'])} members, "
+                      f"test top-1 {m['accuracy']['test_top1_pct']}, predicted {m['latency']['predicted']['latency_ms']:.3f} ms "
+                      f"({m['latency']['predicted']['mode']})")  # fmt: skip
 
 
 @bundle_app.command("check")

@@ -14,6 +14,7 @@ from rich.text import Text
 from ofa2_edge import __version__
 from ofa2_edge.cli import arch, assets, deploy, devices, export, import_log, latency, measure, run, runs, verify
 from ofa2_edge.cli import dashboard as dashboard_cli
+from ofa2_edge.cli import ensemble as ensemble_cli
 from ofa2_edge.cli import evaluate as evaluate_cli
 from ofa2_edge.cli import search as search_cli
 from ofa2_edge.cli import train as train_cli
@@ -41,6 +42,7 @@ app.add_typer(latency.tables_app, name="tables")
 app.command("search")(search_cli.search)
 app.command("fit-accuracy")(search_cli.fit_accuracy)
 app.command("evaluate")(evaluate_cli.evaluate)
+app.command("ensemble")(ensemble_cli.ensemble)
 app.add_typer(runs.app, name="runs")
 app.command("select")(deploy.select)
 app.command("run")(run.run)

@@ -90,8 +90,13 @@ def build_bundle(
     labels: list[str] | None = None,
 ) -> Path:
     """Write the bundle folder and its .tar.gz under `out_root`; return the folder."""
-    arch = Arch.from_dict(model.metadata["arch"])
-    name = bundle_name(facts.device["key"], arch.id)
+    ensemble = model.metadata["arch"].get("ensemble") if isinstance(model.metadata["arch"], dict) else None
+    if ensemble is not None:  # one model file holding several subnets (`ofa2_edge.ensemble`)
+        arch_doc = ensemble_arch_doc(ensemble)
+    else:
+        arch = Arch.from_dict(model.metadata["arch"])
+        arch_doc = {"id": arch.id, **arch.to_dict(), **arch_costs([arch])[0]}
+    name = bundle_name(facts.device["key"], arch_doc["id"])
     out_root = Path(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_root))
@@ -123,7 +128,7 @@ def build_bundle(
             "toolkit": {"name": "ofa2-edge", "version": __version__},
             "created_at": datetime.now(timezone.utc).isoformat(),
             "status": "latency-only" if model.latency_only else "deployable",
-            "arch": {"id": arch.id, **arch.to_dict(), **arch_costs([arch])[0]},
+            "arch": arch_doc,
             "accuracy": facts.accuracy,
             "latency": {"predicted": facts.predicted_latency, "measured": None},
             "device": facts.device,
@@ -221,11 +226,14 @@ def check_manifest(doc: Any, where: str) -> dict[str, Any]:
     _need(isinstance(doc["device"].get("key"), str), where, "'device.key' must be a text")
     arch = doc["arch"]
     _need(isinstance(arch.get("id"), str), where, "'arch.id' must be a text")
-    try:
-        built = Arch.from_dict({k: arch[k] for k in ("ks", "e", "d", "r", "w") if k in arch})
-    except InvalidInputError as exc:
-        raise SchemaError(f"{where}: 'arch' is not a valid arch ({exc})") from exc
-    _need(built.id == arch["id"], where, f"'arch.id' {arch['id']!r} does not match its ks/e/d/r/w ({built.id})")
+    if "ensemble" in arch:
+        _check_ensemble(arch, where)
+    else:
+        try:
+            built = Arch.from_dict({k: arch[k] for k in ("ks", "e", "d", "r", "w") if k in arch})
+        except InvalidInputError as exc:
+            raise SchemaError(f"{where}: 'arch' is not a valid arch ({exc})") from exc
+        _need(built.id == arch["id"], where, f"'arch.id' {arch['id']!r} does not match its ks/e/d/r/w ({built.id})")
     _need("measured" in doc["latency"], where, "'latency.measured' is missing")
     measured = doc["latency"]["measured"]
     _need(
@@ -247,6 +255,44 @@ def check_manifest(doc: Any, where: str) -> dict[str, Any]:
     models = [n for n in names if n.startswith("model.")]
     _need(len(models) == 1, where, f"expected exactly one model file (model.onnx, model.tflite) in 'files', found {len(models)}")
     return doc
+
+
+def ensemble_arch_doc(ensemble: dict[str, Any]) -> dict[str, Any]:
+    """A manifest's `arch` for an ensemble: its id, the combination rule, and every member
+    (arch id, ks/e/d/r/w, MACs, params); MACs and params are the members' sums."""
+    from ofa2_edge.ensemble.pool import ensemble_id
+
+    members = [Arch.from_dict(m) for m in ensemble["members"]]
+    costs = arch_costs(members)
+    return {
+        "id": ensemble_id([a.id for a in members]),
+        "ensemble": {
+            "rule": ensemble.get("rule"),
+            "resize": ensemble.get("resize"),
+            "members": [{"id": a.id, **a.to_dict(), **c} for a, c in zip(members, costs)],
+        },
+        "macs_m": float(sum(c["macs_m"] for c in costs)),
+        "params_m": float(sum(c["params_m"] for c in costs)),
+    }
+
+
+def _check_ensemble(arch: dict[str, Any], where: str) -> None:
+    from ofa2_edge.ensemble.pool import ensemble_id
+
+    ens = arch["ensemble"]
+    _need(isinstance(ens, dict) and isinstance(ens.get("rule"), str), where, "'arch.ensemble' needs its combination 'rule'")
+    members = ens.get("members")
+    _need(isinstance(members, list) and len(members) >= 1, where, "'arch.ensemble.members' must list the members")
+    ids = []
+    for i, m in enumerate(members):
+        _need(isinstance(m, dict) and isinstance(m.get("id"), str), where, f"'arch.ensemble.members[{i}].id' must be a text")
+        try:
+            built = Arch.from_dict({k: m[k] for k in ("ks", "e", "d", "r", "w") if k in m})
+        except InvalidInputError as exc:
+            raise SchemaError(f"{where}: 'arch.ensemble.members[{i}]' is not a valid arch ({exc})") from exc
+        _need(built.id == m["id"], where, f"'arch.ensemble.members[{i}].id' {m['id']!r} does not match its ks/e/d/r/w ({built.id})")
+        ids.append(built.id)
+    _need(ensemble_id(ids) == arch["id"], where, f"'arch.id' {arch['id']!r} is not the id of its members ({ensemble_id(ids)})")
 
 
 def _read_json(path: Path, what: str) -> Any:

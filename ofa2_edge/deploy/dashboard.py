@@ -389,8 +389,47 @@ def run_devices(config: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(n.split(":", 1)[1] for n in names if n.startswith("latency:")))
 
 
+def _ensemble_view(run: rs.RunFolder, ensemble: Path | None, notes: list[str]) -> dict[str, Any] | None:
+    """The ensemble front (`ofa2-edge ensemble`) shown beside the run's: `ensemble`, or the
+    run's sibling `<run id>-ens` when there is one. Its (top-1, latency) front, each row with
+    val top-1 (what it was chosen on), test top-1, predicted and (where `--measure` ran)
+    measured latency."""
+    from ofa2_edge.ensemble.measure import MEASURED_FILE, read_measured
+    from ofa2_edge.ensemble.search import EnsembleRunFolder
+
+    folder = EnsembleRunFolder(ensemble if ensemble is not None else run.path.parent / f"{run.run_id}-ens")
+    if not folder.exists():
+        if ensemble is not None:
+            raise InvalidInputError(f"{ensemble}: not an ensemble run folder (no ensemble.json); run `ofa2-edge ensemble` first")
+        return None
+    if not folder.file("front.json").is_file():
+        notes.append(f"The ensemble run {folder.path} has no front yet (still running or interrupted): not shown.")
+        return None
+    settings = folder.settings()
+    front = folder.front()
+    measured: dict[str, float] = {}
+    for r in read_measured(folder.file(MEASURED_FILE)):
+        if r["mode"] == settings.mode and r["ok"]:
+            measured[r["ensemble_id"]] = r["estimate_ms"]
+    rows = [
+        {"id": r["ensemble_id"], "members": r["members"], "n": r["n_members"], "top1": r["val_top1_pct"],
+         "test": r.get("test_top1_pct"), "lat": r["latency_ms"], "macs": r["macs_m"], "measured_ms": measured.get(r["ensemble_id"])}
+        for r in front["front_2d"]
+    ]  # fmt: skip
+    notes.append(
+        f"Ensembles ({folder.path}): {len(rows)} on their top-1/latency front, {settings.mode} on {settings.device}, soft vote; "
+        "their top-1 is the exact val top-1 of the soft vote (the subnets' is the run's accuracy objective)."
+    )
+    return {"run": folder.run_id, "path": str(folder.path.resolve()), "device": settings.device, "mode": settings.mode,
+            "rule": front.get("rule"), "rows": rows}  # fmt: skip
+
+
 def build_data(
-    run: rs.RunFolder, workspace: Workspace, devices: Sequence[str] = (), coverage: float = 0.8
+    run: rs.RunFolder,
+    workspace: Workspace,
+    devices: Sequence[str] = (),
+    coverage: float = 0.8,
+    ensemble: Path | None = None,
 ) -> dict[str, Any]:
     """Everything the page shows, as one JSON-able document (see the module docstring)."""
     if not 0 < coverage < 1:
@@ -429,6 +468,7 @@ def build_data(
         view["frontier"] = _frontier(top1, view["lat"])
         view["verified"], view["verification"] = _verification(run, view["key"], archs, view["notes"])
     hv = _hypervolume(run, notes)
+    ensembles = _ensemble_view(run, ensemble, notes)
     if not candidates:
         notes.append("The front is empty: there is nothing to choose from yet.")
     return {
@@ -457,6 +497,7 @@ def build_data(
         "candidates": candidates,
         "devices": views,
         "hypervolume": hv,
+        "ensembles": ensembles,
         "notes": notes,
     }
 
@@ -506,6 +547,9 @@ def _header_html(data: dict[str, Any]) -> str:
         )
     hv = data["hypervolume"]
     facts.append(("hypervolume", hv["source"] if hv else "none"))
+    ens = data.get("ensembles")
+    if ens:
+        facts.append(("ensembles", f"{len(ens['rows'])} ensembles ({ens['rule']}, {ens['mode']} on {ens['device']}) from {ens['path']}"))
     facts.append(("built", f"{data['built_at']} by ofa2-edge {data['toolkit_version']}"))
     rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in facts)
     notes = [*data["notes"], *(n for d in data["devices"] for n in d["notes"])]
@@ -540,13 +584,18 @@ def render_page(data: dict[str, Any]) -> str:
 
 
 def write_dashboard(
-    run: rs.RunFolder, output: str | Path, workspace: Workspace, devices: Sequence[str] = (), coverage: float = 0.8
+    run: rs.RunFolder,
+    output: str | Path,
+    workspace: Workspace,
+    devices: Sequence[str] = (),
+    coverage: float = 0.8,
+    ensemble: Path | None = None,
 ) -> dict[str, Any]:
     """Build the page and write it atomically (a failure leaves no partial file)."""
     output = Path(output)
     if output.is_dir():
         raise InvalidInputError(f"{output} is a folder; give the HTML file to write, e.g. {output / 'dashboard.html'}")
-    data = build_data(run, workspace, devices, coverage)
+    data = build_data(run, workspace, devices, coverage, ensemble)
     page = render_page(data)
     atomic_write_text(output, page)
     return {
@@ -567,5 +616,6 @@ def write_dashboard(
             for d in data["devices"]
         ],
         "hypervolume_points": len(data["hypervolume"]["gen"]) if data["hypervolume"] else 0,
+        "ensembles": len(data["ensembles"]["rows"]) if data["ensembles"] else 0,
         "notes": [*data["notes"], *(n for d in data["devices"] for n in d["notes"])],
     }

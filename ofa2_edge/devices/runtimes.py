@@ -71,3 +71,9 @@ register_runtime(
         help="TensorRT engines built on the device from ONNX",
     )
 )
+register_runtime(
+    HostRuntime(
+        "onnxruntime-parallel", ("onnx",), "onnxruntime", timers=("wall",),
+        help="ONNX Runtime, parallel executor: independent branches (ensemble members) on inter-op threads",
+    )
+)

@@ -13,6 +13,18 @@
   };
   const plotConfig = { displaylogo: false, responsive: true };
   let dev = data.devices[0];
+  // The ensemble front (ofa2-edge ensemble), when the page has one: shown on its device only.
+  const ens = data.ensembles;
+  const ensHere = () => (ens && ens.device === dev.key ? ens.rows : []);
+  function ensPassing() {
+    const maxLat = parseFloat(ui.maxLat.value), minTop1 = parseFloat(ui.minTop1.value);
+    return ensHere().filter((r) => r.lat <= maxLat && r.top1 >= minTop1);
+  }
+  function ensHover(r) {
+    return [`<b>${esc(r.id)}</b>: ${r.n} member(s), ${esc(ens.mode)}, soft vote`, esc(r.members.join(" ")),
+      `val top-1 ${fmt(r.top1, 2)} % (test ${fmt(r.test, 2)} %), MACs ${fmt(r.macs, 1)} M`,
+      `predicted ${fmt(r.lat, 2)} ms` + (r.measured_ms !== null ? `, measured ${fmt(r.measured_ms, 2)} ms` : "")].join("<br>");
+  }
 
   const fmt = (x, digits) => (x === null || x === undefined ? "\u2013" : x.toFixed(digits));
   const esc = (s) => String(s).replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" }[c]));
@@ -93,6 +105,18 @@
         x: pick(verified, (i) => dev.verified[i]), y: pick(verified, (i) => cands[i].top1), text: pick(verified, hoverText),
         hovertemplate: "%{text}<extra></extra>", marker: { symbol: "diamond-open", size: 10, color: "#8250df" } },
     ];
+    const ePass = ensPassing(), eRows = ensHere();
+    if (eRows.length) {
+      const ePassIds = new Set(ePass.map((r) => r.id));
+      const eRest = eRows.filter((r) => !ePassIds.has(r.id));
+      traces.push(
+        { name: "ensembles (filtered out)", meta: "ens-rest", type: "scatter", mode: "markers", ids: eRest.map((r) => r.id),
+          x: eRest.map((r) => r.lat), y: eRest.map((r) => r.top1), text: eRest.map(ensHover), hovertemplate: "%{text}<extra></extra>",
+          marker: { symbol: "diamond-open", size: 8, color: "#d4a72c" } },
+        { name: `ensembles (${ens.mode})`, meta: "ens-pass", type: "scatter", mode: "markers+lines", line: { shape: "hv", color: "#bf8700", width: 1 },
+          ids: ePass.map((r) => r.id), x: ePass.map((r) => r.lat), y: ePass.map((r) => r.top1), text: ePass.map(ensHover),
+          hovertemplate: "%{text}<extra></extra>", marker: { symbol: "diamond", size: 9, color: "#bf8700" } });
+    }
     const maxLat = parseFloat(ui.maxLat.value), minTop1 = parseFloat(ui.minTop1.value);
     const line = { color: "#cf222e", width: 1, dash: "dash" };
     const layout = {
@@ -160,6 +184,13 @@
     const keep = passing();
     ui.count.textContent = `${keep.length} of ${cands.length} candidates pass`;
     ui.count.dataset.count = String(keep.length);
+    const eRows = ensHere(), eCount = $("ens-count");
+    eCount.hidden = eRows.length === 0;
+    if (eRows.length) {
+      const n = ensPassing().length;
+      eCount.textContent = `${n} of ${eRows.length} ensembles pass`;
+      eCount.dataset.count = String(n);
+    }
     drawPareto(keep);
     drawTable(keep);
     drawVerification();
@@ -167,7 +198,7 @@
 
   function selectDevice(index) {
     dev = data.devices[index];
-    setRange(ui.maxLat, finite(dev.lat), "max");
+    setRange(ui.maxLat, finite(dev.lat).concat(ensHere().map((r) => r.lat)), "max");
     update();
     drawHypervolume();
   }
@@ -193,7 +224,7 @@
 
   data.devices.forEach((d, k) => ui.device.add(new Option(d.in_run ? d.key : `${d.key} (priced now)`, String(k))));
   ui.device.disabled = data.devices.length < 2;
-  setRange(ui.minTop1, finite(cands.map((c) => c.top1)), "min");
+  setRange(ui.minTop1, finite(cands.map((c) => c.top1)).concat(ens ? ens.rows.map((r) => r.top1) : []), "min");
   for (const input of [ui.maxLat, ui.minTop1]) {
     input.addEventListener("input", update);
     input.addEventListener("change", update);
