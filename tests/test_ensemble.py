@@ -24,7 +24,6 @@ from ofa2_edge.data import batches, open_dataset
 from ofa2_edge.ensemble.pool import Split, ensemble_id, load_pool, predicted_latency_ms
 from ofa2_edge.ensemble.search import EnsembleConfig, EnsembleRunFolder, run_ensemble_search
 from tests.ensemble_setup import DEVICE, TABLE, build_workspace
-from tests.test_dashboard import chromium  # noqa: F401,F811 - the fixture (skips, or fails where CI requires a browser)
 
 
 @pytest.fixture(scope="module")
@@ -296,7 +295,7 @@ def test_dashboard_carries_the_ensemble_front(env: dict[str, Path], capsys: pyte
 
 @pytest.mark.browser
 def test_the_sliders_filter_the_ensembles_too(
-    chromium: str,  # noqa: F811 - the imported fixture
+    chromium: str,
     env: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     from tests.test_dashboard import SET_SLIDER, offline_page
