@@ -63,6 +63,8 @@ BENCHES = (
     Bench("front_verify", "The front verified on the board (`local`): interval coverage, select-pick violations, HV",
           (), ("--quick", "--budget", "12", "--pop", "16", "--gens", "5")),
     Bench("fleet_scale", "Device group calibration: 8 loopback SSH boards vs 1, same budget", (), ("--budget", "8")),
+    Bench("fleet_verify", "The front verified on a loopback fleet (device group of SSH boards): coverage, select-pick violations",
+          (), ("--boards", "2", "--budget", "8", "--top", "4", "--pop", "12", "--gens", "3")),
 )
 
 
