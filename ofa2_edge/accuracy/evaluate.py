@@ -70,6 +70,18 @@ class EvaluateSettings:
         """The settings every row of one table shares."""
         return {"bn_part": "train", "bn_seed": self.bn_seed, "bn_images": self.bn_images, "batch_size": self.batch_size}
 
+    @classmethod
+    def bound_to(cls, table: AccuracyTable, budget: int = DEFAULT_BUDGET) -> "EvaluateSettings":
+        """Settings that evaluate (or recalibrate) like `table`'s rows: its bound BN seed,
+        BN images and batch size (the defaults where the table records none)."""
+        bound = (table.require().info() or {}).get("evaluation") or {}
+        return cls(
+            budget=budget,
+            bn_seed=int(bound.get("bn_seed", 0)),
+            bn_images=int(bound.get("bn_images", DEFAULT_BN_IMAGES)),
+            batch_size=int(bound.get("batch_size", DEFAULT_BATCH)),
+        )
+
 
 @dataclass
 class EvaluateReport:

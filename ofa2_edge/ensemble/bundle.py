@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from exporters import ExportCache
+from ofa2_edge.accuracy.evaluate import EvaluateSettings
 from ofa2_edge.accuracy.table import AccuracyTable
 from ofa2_edge.core.errors import InvalidInputError
 from ofa2_edge.core.workspace import Workspace
 from ofa2_edge.ensemble.export import export_ensemble
 from ofa2_edge.ensemble.measure import MEASURED_FILE, RUNTIMES, read_measured
-from ofa2_edge.ensemble.pool import RULE, RULE_TEXT, table_data_path
+from ofa2_edge.ensemble.pool import RULE, RULE_TEXT, table_dataset
 from ofa2_edge.ensemble.search import EnsembleRunFolder
 from ofa2_edge.space.arch import Arch
 
@@ -70,14 +71,11 @@ def build_ensemble_bundle(
             f"{supernet} is not the supernet accuracy table {table.name} was evaluated with "
             f"(sha256 {trained.sha256[:12]}..., the table's {binding.supernet_sha256[:12]}...); give that one"
         )
-    data = data or table_data_path(table)
-    if data is None:
-        raise InvalidInputError(f"accuracy table {table.name} does not record its dataset; give --data")
-    ds = open_dataset(data)
-    bound = (table.info() or {}).get("evaluation") or {}
+    ds = open_dataset(table_dataset(table, data))
+    bound = EvaluateSettings.bound_to(table)
     model = export_ensemble(
         members, trained.net, ExportCache(workspace.exports_dir), dataset=ds,
-        bn_seed=int(bound.get("bn_seed", 0)), bn_images=int(bound.get("bn_images", 2000)), batch_size=int(bound.get("batch_size", 250)),
+        bn_seed=bound.bn_seed, bn_images=bound.bn_images, batch_size=bound.batch_size,
     )  # fmt: skip
     info = DeviceTable.of(workspace, settings.device).device_info() or {}
     runtime = RUNTIMES[settings.mode]

@@ -172,11 +172,16 @@ def device_cores(workspace: Workspace, device: str) -> int | None:
     return int(cores) if isinstance(cores, int) and not isinstance(cores, bool) and cores > 0 else None
 
 
-def table_data_path(table: AccuracyTable) -> Path | None:
-    """The dataset folder the table was evaluated on, as its `table.json` records it."""
+def table_dataset(table: AccuracyTable, data: str | Path | None) -> str | Path:
+    """`data` if given, else the dataset folder the table's `table.json` records (an error
+    asking for --data where it records none)."""
+    if data:
+        return data
     info = table.require().info() or {}
     path = ((info.get("meta") or {}).get("dataset") or {}).get("path")
-    return Path(path) if isinstance(path, str) and path else None
+    if not (isinstance(path, str) and path):
+        raise InvalidInputError(f"accuracy table {table.name} does not record its dataset; give --data")
+    return Path(path)
 
 
 def ensure_evaluated(
@@ -200,17 +205,8 @@ def ensure_evaluated(
     from ofa2_edge.accuracy.source import open_supernet
     from ofa2_edge.data import open_dataset
 
-    data = data or table_data_path(table)
-    if data is None:
-        raise InvalidInputError(f"accuracy table {table.name} does not record its dataset; give --data")
-    info = table.require().info() or {}
-    bound = info.get("evaluation") or {}
-    settings = EvaluateSettings(
-        budget=len(missing),
-        bn_seed=int(bound.get("bn_seed", 0)),
-        bn_images=int(bound.get("bn_images", 2000)),
-        batch_size=int(bound.get("batch_size", 250)),
-    )
+    data = table_dataset(table, data)
+    settings = EvaluateSettings.bound_to(table, budget=len(missing))
     trained = open_supernet(supernet)
     ds = open_dataset(data)
     report = evaluate_table(table, trained, ds, settings, on_row, archs=missing)
@@ -244,9 +240,7 @@ def load_pool(
             f"accuracy table {table.name} has no evaluation of {len(missing)} candidate(s) (e.g. {missing[0]}); "
             "evaluate them first (`ofa2-edge ensemble ... --supernet supernets/NAME` does it)"
         )
-    data = data or table_data_path(table)
-    if data is None:
-        raise InvalidInputError(f"accuracy table {table.name} does not record its dataset; give --data")
+    data = table_dataset(table, data)
     ds = open_dataset(data)
     if ds.fingerprint != binding.dataset_fingerprint:
         raise InvalidInputError(
