@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -114,17 +115,20 @@ def test_bad_options_and_damaged_file_write_nothing(
     assert damaged.read_text().startswith('{"schema_version": 2, "arch_id": "a-x"}\n')
 
 
-def _scored(workspace: Path, tmp_path: Path, factor: float) -> dict:
-    """Score every front member against records `factor` x its prediction (no device involved)."""
-    import shutil
-
-    ws = tmp_path / f"ws-{factor}"
+def _copy(workspace: Path, ws: Path) -> tuple[DeviceTable, RunFolder, Any, list]:
+    """A copy of the module's workspace without verification records: its table, run,
+    predictor and priced front."""
     shutil.copytree(workspace, ws)
     table = DeviceTable(ws / "latency_tables", "local")
     table.verification_path.unlink(missing_ok=True)
     run = RunFolder(ws / "runs" / "demo")
     surrogate = table.predictor()
-    cands = price_front(run, surrogate, table)
+    return table, run, surrogate, price_front(run, surrogate, table)
+
+
+def _scored(workspace: Path, tmp_path: Path, factor: float) -> dict:
+    """Score every front member against records `factor` x its prediction (no device involved)."""
+    table, run, surrogate, cands = _copy(workspace, tmp_path / f"ws-{factor}")
     request = VerifyRequest(all=True)
     members = choose_members(cands, request, surrogate)
     protocol = Protocol()
@@ -153,15 +157,7 @@ def test_scoring_follows_the_measurements(workspace: Path, tmp_path: Path) -> No
 
 def test_a_member_of_the_calibration_data_is_never_scored(workspace: Path, tmp_path: Path) -> None:
     """A front member that is also in measurements.jsonl (fitted on) is shown, not scored."""
-    import shutil
-
-    ws = tmp_path / "ws"
-    shutil.copytree(workspace, ws)
-    table = DeviceTable(ws / "latency_tables", "local")
-    table.verification_path.unlink(missing_ok=True)
-    run = RunFolder(ws / "runs" / "demo")
-    surrogate = table.predictor()
-    cands = price_front(run, surrogate, table)
+    table, run, surrogate, cands = _copy(workspace, tmp_path / "ws")
     fitted = cands[0]
     fp = probe_report().fingerprint
     table.append(record_for(fitted.arch, fitted.latency_ms, Protocol(), fingerprint=fp))  # now calibration data
