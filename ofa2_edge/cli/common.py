@@ -9,12 +9,13 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from ofa2_edge.core.errors import InvalidInputError
 from ofa2_edge.core.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -123,3 +124,22 @@ def step_progress(title: str, detail: str, as_json: bool) -> Progress:
         transient=as_json,
         disable=not err_console.is_terminal,
     )
+
+
+@overload
+def parse_ints(text: str, option: str) -> tuple[int, ...]: ...
+@overload
+def parse_ints(text: None, option: str) -> None: ...
+@overload
+def parse_ints(text: str | None, option: str) -> tuple[int, ...] | None: ...
+def parse_ints(text: str | None, option: str) -> tuple[int, ...] | None:
+    """A comma-separated option (`--resolutions 32,40,48`) as integers; None when not given."""
+    if text is None:
+        return None
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise InvalidInputError(f"{option}: expected comma-separated integers, e.g. 32,40,48; got {text!r}") from None
+    if not values:
+        raise InvalidInputError(f"{option}: give at least one value")
+    return values

@@ -8,20 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ofa2_edge.cli.common import JSON_OPTION, command_name, emit_json, out_console, state, step_progress
-from ofa2_edge.core.errors import InvalidInputError
-
-
-def _ints(text: Optional[str], name: str) -> Optional[tuple[int, ...]]:
-    if text is None:
-        return None
-    try:
-        values = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError as exc:
-        raise InvalidInputError(f"--{name}: expected comma-separated integers, got {text!r}") from exc
-    if not values:
-        raise InvalidInputError(f"--{name}: give at least one value")
-    return values
+from ofa2_edge.cli.common import JSON_OPTION, command_name, emit_json, out_console, parse_ints, state, step_progress
 
 
 def evaluate(
@@ -50,7 +37,7 @@ def evaluate(
     ws = state(ctx).workspace
     settings = EvaluateSettings(
         budget=budget,
-        resolutions=_ints(resolutions, "resolutions"),
+        resolutions=parse_ints(resolutions, "--resolutions"),
         seed=seed,
         bn_seed=bn_seed,
         bn_images=bn_images,

@@ -19,6 +19,7 @@ from ofa2_edge.cli.common import (
     err_console,
     make_protocol,
     out_console,
+    parse_ints,
     state,
 )
 from ofa2_edge.cli.devices import load_inventory, require_known_device
@@ -27,13 +28,6 @@ from ofa2_edge.space.arch import DEFAULT_RESOLUTIONS, SearchSpace
 from ofa2_edge.space.archref import resolve_arch
 
 tables_app = typer.Typer(help="List, show, export and import latency tables.", no_args_is_help=True)
-
-
-def parse_resolutions(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError as exc:
-        raise InvalidInputError(f"--resolutions: expected comma-separated integers, got {text!r}") from exc
 
 
 def _prior(ctx: typer.Context, key: Optional[str]) -> Any:
@@ -117,7 +111,7 @@ def calibrate(
     device = load_inventory(ctx).get(device_key)
     protocol = make_protocol(threads or device.threads, timer, quick)
     request = CalibrationRequest(
-        budget=budget, blocks=blocks, fmt=fmt, space=SearchSpace(resolutions=parse_resolutions(resolutions)),
+        budget=budget, blocks=blocks, fmt=fmt, space=SearchSpace(resolutions=parse_ints(resolutions, "--resolutions")),
         seed=seed, adaptive_rounds=adaptive_rounds, prior=prior, reuse_table=reuse_table,
         trust_on_first_use=trust_on_first_use, accept_env_change=accept_env_change,
     )  # fmt: skip
@@ -189,7 +183,7 @@ def _calibrate_group(
 
         summary = calibrate_group(
             group, replicas, state(ctx).workspace, budget or DEFAULT_BUDGET, protocol, fmt=fmt,
-            space=SearchSpace(resolutions=parse_resolutions(resolutions)), seed=seed, anchors=anchors,
+            space=SearchSpace(resolutions=parse_ints(resolutions, "--resolutions")), seed=seed, anchors=anchors,
             trust_on_first_use=trust_on_first_use, progress=on_event, accept_env_change=accept_env_change,
         )  # fmt: skip
     if as_json:

@@ -15,6 +15,7 @@ from ofa2_edge.cli.common import (
     command_name,
     emit_json,
     out_console,
+    parse_ints,
     state,
     step_progress,
 )
@@ -25,15 +26,6 @@ from ofa2_edge.search.config import SearchConfig, stored_config
 from ofa2_edge.search.indicators import PAIR_MEAN
 from ofa2_edge.search.runner import run_search
 from ofa2_edge.space.arch import DEFAULT_RESOLUTIONS, SearchSpace
-
-
-def _ints(text: Optional[str], name: str) -> Optional[tuple[int, ...]]:
-    if text is None:
-        return None
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError as exc:
-        raise InvalidInputError(f"--{name}: expected comma-separated integers, got {text!r}") from exc
 
 
 def _pairs(items: list[str], name: str) -> dict[str, Any]:
@@ -167,7 +159,7 @@ def search(
     ws = state(ctx).workspace
     opts = {
         "objectives": objectives, "algo": algo, "pop": pop, "gens": gens, "seed": seed, "constraint": constraint,
-        "resolutions": _ints(resolutions, "resolutions"), "ks": _ints(ks, "ks"), "e": _ints(e, "e"), "d": _ints(d, "d"),
+        "resolutions": parse_ints(resolutions, "--resolutions"), "ks": parse_ints(ks, "--ks"), "e": parse_ints(e, "--e"), "d": parse_ints(d, "--d"),
         "width": width, "accuracy": accuracy, "ref_point": _pairs(ref_point, "ref-point"), "sampling": sampling,
         "mutation": mutation, "mutation_prob": mutation_prob, "crossover_prob": crossover_prob, "dedupe": dedupe,
         "refine": refine, "refine_anchors": refine_anchors, "param": _pairs(param, "param"), "checkpoint_every": checkpoint_every,

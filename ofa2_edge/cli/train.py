@@ -12,17 +12,8 @@ from typing import Any, Optional
 import typer
 from rich.text import Text
 
-from ofa2_edge.cli.common import JSON_OPTION, err_console
-from ofa2_edge.core.errors import InvalidInputError, Ofa2EdgeError
-
-
-def _ints(text: str | None, name: str) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise InvalidInputError(f"{name}: expected comma-separated integers, e.g. 32,40,48; got {text!r}") from None
+from ofa2_edge.cli.common import JSON_OPTION, err_console, parse_ints
+from ofa2_edge.core.errors import Ofa2EdgeError
 
 
 def _fmt_s(s: float) -> str:
@@ -100,7 +91,7 @@ def train(
         output=output,
         width_mult=width,
         init=init,
-        resolutions=_ints(resolutions, "--resolutions"),
+        resolutions=parse_ints(resolutions, "--resolutions"),
         epochs=epochs,
         max_minutes=max_minutes,
         seed=seed,
