@@ -197,3 +197,28 @@ def test_a_locked_folder_and_other_settings_are_refused(straight: Path, work: Pa
     with pytest.raises(InvalidInputError, match="exactly one of"):
         train(TrainConfig(**{**cfg, "output": work / "x", "max_minutes": 1.0}))
     assert not (work / "x").exists()
+
+
+def test_phases_full_trains_the_largest_net_alone_and_is_bound_to_its_folder(straight: Path, work: Path) -> None:
+    """`--phases full` is the static baseline of OFA's claim (the largest net trained alone):
+    one phase with the whole budget; a folder trained with all four phases refuses it."""
+    out = work / "alone"
+    proc = subprocess.run(
+        [str(BIN / "ofa2-edge"), "train", "--data", str(work / "data"), "-o", str(out), *ARGS, "--phases", "full", "--json"],
+        env=env(work), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    full = json.loads((straight / "manifest.json").read_text())["recipe"]["phases"]
+    assert [p["name"] for p in summary["phases"]] == ["full"]
+    assert summary["phases"][0]["steps"] == summary["steps"]
+    assert abs(summary["steps"] - sum(p["steps"] for p in full)) < len(full)  # the same epochs, up to rounding per phase
+    assert [p["name"] for p in read_manifest(out).recipe["phases"]] == ["full"]
+    cfg = dict(data=work / "data", output=straight, width_mult=1.0, resolutions=(32,), epochs=2, batch_size=8, seed=7,
+               lr=0.002, eval_images=16, recal_images=32, checkpoint_every=3, cache_dir=work / "cache")  # fmt: skip
+    with pytest.raises(InvalidInputError, match="other settings .*phases"):
+        train(TrainConfig(**cfg, phases=("full",)))
+    for bad, msg in ((("depth", "kernel"), "in the order"), (("full", "full"), "each once"), (("shrink",), "give some of"), ((), "give some of")):
+        with pytest.raises(InvalidInputError, match=msg):
+            train(TrainConfig(**{**cfg, "output": work / "bad"}, phases=bad))
+    assert not (work / "bad").exists()

@@ -71,6 +71,12 @@ def train(
     seed: int = typer.Option(0, "--seed", help="Seed of the data split, order, augmentation and subnet sampling."),
     batch_size: int = typer.Option(64, "--batch-size", help="Global batch (split over torchrun's processes)."),
     lr: float = typer.Option(0.05, "--lr", help="Full-phase SGD learning rate at batch 64 (scaled with the batch)."),
+    phases: Optional[str] = typer.Option(
+        None,
+        "--phases",
+        help="Train only these phases, in order (default full,kernel,depth,expand). 'full' alone trains the "
+        "largest network by itself: a static baseline whose other subnets are untrained.",
+    ),
     checkpoint_every: int = typer.Option(100, "--checkpoint-every", help="Steps between resume checkpoints."),
     eval_images: int = typer.Option(1000, "--eval-images", help="Validation images for the progress accuracy."),
     recal_images: int = typer.Option(
@@ -97,6 +103,7 @@ def train(
         seed=seed,
         batch_size=batch_size,
         lr=lr,
+        **({"phases": tuple(p.strip() for p in phases.split(","))} if phases else {}),
         checkpoint_every=checkpoint_every,
         eval_images=eval_images,
         recal_images=recal_images,

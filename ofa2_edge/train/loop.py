@@ -42,7 +42,7 @@ from ofa2_edge.supernet.checkpoint import load_supernet
 from ofa2_edge.supernet.manifest import SupernetManifest, dataset_preprocessing, write_trained
 from ofa2_edge.supernet.network import Supernet, check_width_mult
 from ofa2_edge.train.distributed import DistEnv, SandwichLoss, init_from_env, sync_bn_converter
-from ofa2_edge.train.recipe import Phase, Recipe, check_resolutions, phases_for, split_budget
+from ofa2_edge.train.recipe import PHASE_NAMES, Phase, Recipe, check_phases, check_resolutions, phases_for, split_budget
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ class TrainConfig:
     seed: int = 0
     batch_size: int = 64
     lr: float = 0.05
+    phases: tuple[str, ...] = PHASE_NAMES
     checkpoint_every: int = 100
     eval_images: int = 1000
     recal_images: int = 500
@@ -168,6 +169,7 @@ class _Trainer:
         w = check_width_mult(cfg.width_mult)
         default = DEFAULT_RESOLUTIONS_SMALL if (self.ds.native_size or (224, 224))[0] < 64 else DEFAULT_RESOLUTIONS
         self.resolutions = check_resolutions(tuple(cfg.resolutions or default))
+        self.phases = check_phases(cfg.phases)
         if cfg.batch_size < 1 or cfg.batch_size % env.world_size:
             raise InvalidInputError(
                 f"--batch-size {cfg.batch_size}: the global batch must be a positive multiple of the "
@@ -205,6 +207,8 @@ class _Trainer:
             "epochs": c.epochs,
             "max_minutes": c.max_minutes,
             "lr": c.lr,
+            # only when not all four, so trainings started before --phases existed still resume
+            **({"phases": list(self.phases)} if self.phases != PHASE_NAMES else {}),
         }
 
     def fresh_net(self) -> Supernet:
@@ -225,15 +229,15 @@ class _Trainer:
             self.resolutions,
             c.batch_size,
             c.seed,
-            phases_for(dict.fromkeys(split_budget(1), 1), base_lr),
+            phases_for(dict.fromkeys(self.phases, 1), base_lr),
             self.steps_per_epoch,
             checkpoint_every=c.checkpoint_every,
         )
         if c.epochs is not None:
-            steps = {k: max(1, round(v * self.steps_per_epoch)) for k, v in split_budget(c.epochs).items()}
+            steps = {k: max(1, round(v * self.steps_per_epoch)) for k, v in split_budget(c.epochs, self.phases).items()}
         else:
             per = self.time_steps(net, draft)
-            steps = {k: max(1, int(v / per[k])) for k, v in split_budget(c.max_minutes * 60.0 * 0.9).items()}
+            steps = {k: max(1, int(v / per[k])) for k, v in split_budget(c.max_minutes * 60.0 * 0.9, self.phases).items()}
         return Recipe(**{**draft.__dict__, "phases": phases_for(steps, base_lr)})
 
     def time_steps(self, net: Supernet, draft: Recipe) -> dict[str, float]:
@@ -318,9 +322,9 @@ class _Trainer:
             self.init_source = stored.get("init")
             stored_mismatch = (self.cfg.init is None) != (stored.get("init") is None)
             mine = self.request()
-            diff = sorted(k for k in mine if k != "init" and mine[k] != stored.get(k))
+            diff = sorted(k for k in set(mine) | set(stored) if k != "init" and mine.get(k) != stored.get(k))
             if diff or stored_mismatch:
-                what = ", ".join(f"{k}: {stored.get(k)!r} there, {mine[k]!r} now" for k in diff) or "--init differs"
+                what = ", ".join(f"{k}: {stored.get(k)!r} there, {mine.get(k)!r} now" for k in diff) or "--init differs"
                 raise InvalidInputError(
                     f"{self.out} holds a training with other settings ({what}); rerun with the same options to "
                     "continue it, or choose another -o folder"

@@ -94,8 +94,20 @@ def check_resolutions(resolutions: tuple[int, ...]) -> tuple[int, ...]:
     return out
 
 
+def check_phases(names: tuple[str, ...]) -> tuple[str, ...]:
+    """Phases to train, a non-empty subset of PHASE_NAMES in their order: ("full",) trains the
+    largest network alone (a static baseline); ("kernel", "depth", "expand") continues a net
+    whose full phase ran elsewhere (`--init`)."""
+    names = tuple(names)
+    if not names or len(set(names)) != len(names) or any(n not in PHASE_NAMES for n in names):
+        raise InvalidInputError(f"--phases {','.join(names)}: give some of {','.join(PHASE_NAMES)}, each once")
+    if list(names) != sorted(names, key=PHASE_NAMES.index):
+        raise InvalidInputError(f"--phases {','.join(names)}: phases run in the order {','.join(PHASE_NAMES)}")
+    return names
+
+
 def phases_for(phase_steps: Mapping[str, int], base_lr: float) -> tuple[Phase, ...]:
-    """The four phases with the given step counts."""
+    """The phases named in `phase_steps` (in PHASE_NAMES order) with the given step counts."""
     k_all, e_all, d_all = tuple(KERNEL_CHOICES), tuple(EXPAND_CHOICES), tuple(DEPTH_CHOICES)
     kmax, emax, dmax = (max(k_all),), (max(e_all),), (max(d_all),)
     spaces = {
@@ -105,7 +117,7 @@ def phases_for(phase_steps: Mapping[str, int], base_lr: float) -> tuple[Phase, .
         "expand": (k_all, e_all, d_all),
     }
     out = []
-    for name in PHASE_NAMES:
+    for name in (n for n in PHASE_NAMES if n in phase_steps):
         ks, e, d = spaces[name]
         elastic = name != "full"
         out.append(
@@ -124,6 +136,7 @@ def phases_for(phase_steps: Mapping[str, int], base_lr: float) -> tuple[Phase, .
     return tuple(out)
 
 
-def split_budget(total: float) -> dict[str, float]:
-    """`total` (epochs or seconds) shared over the phases by OFA's proportions."""
-    return {name: total * PHASE_SHARES[name] for name in PHASE_NAMES}
+def split_budget(total: float, phases: tuple[str, ...] = PHASE_NAMES) -> dict[str, float]:
+    """`total` (epochs or seconds) shared over `phases` by OFA's proportions."""
+    share = sum(PHASE_SHARES[name] for name in phases)
+    return {name: total * PHASE_SHARES[name] / share for name in phases}
