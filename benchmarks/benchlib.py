@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import sys
 import time
 from importlib import metadata
@@ -99,3 +100,26 @@ def measure_end_to_end(
     info["load1_after"] = load1()
     info["records"] = record_load([done[a.id] for a in archs if a.id in done])
     return {a.id: done[a.id] for a in archs if a.id in done}, info
+
+
+def report_section(report: Path, key: str, title: str, body: str) -> None:
+    """Put `body` under `## title` between `<!-- key:start/end -->` markers in `report`
+    (replacing that section, or appending it): the figures of benchmarks that run outside
+    run_all.py (they need a trained supernet), which run_all.py keeps when it rebuilds."""
+    start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
+    text = report.read_text() if report.exists() else "# ofa2-edge benchmark report\n"
+    section = f"{start}\n## {title}\n\n{body.strip()}\n{end}"
+    if start in text and end in text:
+        text = text.split(start)[0] + section + text.split(end, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    report.write_text(text)
+
+
+def kept_sections(report: Path) -> list[str]:
+    """The marker sections of `report` (see `report_section`), in order."""
+    if not report.exists():
+        return []
+    pattern = re.compile(r"<!-- ([\w-]+):start -->.*?<!-- \1:end -->", flags=re.S)
+    return [m.group(0) for m in pattern.finditer(report.read_text())]
+

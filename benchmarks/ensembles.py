@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).parent))
-from benchlib import machine_info  # noqa: E402
+from benchlib import machine_info, report_section  # noqa: E402
 
 from ofa2_edge.accuracy.source import open_supernet  # noqa: E402
 from ofa2_edge.accuracy.table import AccuracyTable  # noqa: E402
@@ -51,7 +51,6 @@ from ofa2_edge.search.runstore import RunFolder  # noqa: E402
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 RESULTS = Path(__file__).parent / "results"
 MODES = ("sequential", "parallel")
-START, END = "<!-- ensembles:start -->", "<!-- ensembles:end -->"
 
 
 def step(msg: str) -> None:
@@ -332,14 +331,7 @@ def main() -> None:  # noqa: C901 - one linear script
     (RESULTS / "ensembles.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
     md = markdown(doc)
     (RESULTS / "ensembles.md").write_text(md + "\n")
-    report = RESULTS / "REPORT.md"
-    text = report.read_text() if report.exists() else "# ofa2-edge benchmark report\n"
-    section = f"{START}\n## Ensembles of front subnets vs single subnets (issue 18)\n\n" + md.split("\n", 1)[1].strip() + f"\n{END}"
-    if START in text and END in text:
-        text = text.split(START)[0] + section + text.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    report.write_text(text)
+    report_section(RESULTS / "REPORT.md", "ensembles", "Ensembles of front subnets vs single subnets (issue 18)", md.split("\n", 1)[1])
     print(md)
 
 

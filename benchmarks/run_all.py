@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchlib import machine_info
+from benchlib import kept_sections, machine_info
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -121,6 +121,7 @@ def write_report(out: Path) -> tuple[Path, Path]:
             entry["figures"] = json.loads((out / f"{bench.name}.json").read_text())
         doc[bench.name] = entry
     md, js = out / "REPORT.md", out / "REPORT.json"
+    lines += [*kept_sections(md), ""]  # the sections of benchmarks run outside this script (benchlib.report_section)
     md.write_text("\n".join(lines))
     js.write_text(json.dumps(doc, indent=1, default=str) + "\n")
     return md, js
