@@ -5,9 +5,11 @@ Usage: python benchmarks/own_data_accuracy.py --supernet supernets/NAME [--data 
 
 Evaluates `--budget` subnets of a trained supernet into an accuracy table (resumable: rerun
 with the same workspace to continue), `--repeat` of them a second time with BN statistics from
-another train subset (the noise floor: Spearman between the two evaluations), then fits the
-top-1 predictor on the first half of the table and scores it on the held-out second half
-(Spearman, Kendall tau, and the share of the noise floor it reaches: the issue asks >= 90 %).
+another train subset (the noise floor: Spearman between the two evaluations). A second run with
+another `--design-seed` adds more subnets to the same table. Then the top-1 predictor is fitted
+on `--fit` of ALL the table's subnets (a seeded shuffle; at most half of them) and scored on
+the others, held out (Spearman, Kendall tau, and the share of the noise floor it reaches: the
+issue asks >= 90 % with K=100 fitted and 100 held out).
 Also reports the top-1 of the smallest and largest subnet with their MACs, evaluate's
 subnets per minute and the peak RSS. Results: benchmarks/results/own_data_accuracy.{json,md}.
 Shared machine: throughput figures move with the load, which is recorded beside them.
@@ -34,7 +36,7 @@ from ofa2_edge.accuracy.source import open_supernet  # noqa: E402
 from ofa2_edge.accuracy.table import AccuracyTable  # noqa: E402
 from ofa2_edge.core.workspace import Workspace  # noqa: E402
 from ofa2_edge.data import open_dataset  # noqa: E402
-from ofa2_edge.space.arch import genomes_of  # noqa: E402
+from ofa2_edge.space.arch import SearchSpace, genomes_of  # noqa: E402
 from ofa2_edge.space.costs import arch_costs  # noqa: E402
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -48,6 +50,8 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=200)
     ap.add_argument("--repeat", type=int, default=50)
     ap.add_argument("--bn-images", type=int, default=2000)
+    ap.add_argument("--design-seed", type=int, default=0, help="seed of the design (another seed: other subnets)")
+    ap.add_argument("--fit", type=int, default=100, help="subnets the predictor is fitted on (the rest are held out)")
     ap.add_argument("--workspace", type=Path, default=Path("/tmp/own_data_accuracy"))
     args = ap.parse_args()
     trained = open_supernet(args.supernet)
@@ -55,22 +59,32 @@ def main() -> None:
     ws = Workspace(args.workspace.resolve(), args.workspace.resolve() / "cache")
     table = AccuracyTable.of(ws, "bench")
     settings = EvaluateSettings(
-        budget=args.budget, bn_images=args.bn_images, repeat_fraction=min(1.0, args.repeat / args.budget)
+        budget=args.budget, bn_images=args.bn_images, repeat_fraction=min(1.0, args.repeat / args.budget),
+        seed=args.design_seed,
     )
     t0 = time.perf_counter()
     report = evaluate_table(table, trained, ds, settings)
     seconds = time.perf_counter() - t0
     n_done = len(report.evaluated) + len(report.repeated)
     first = table.measured(0)
-    ids = [a for a in report.design if a in first]
+    ids = sorted(first)
+    ids = [ids[i] for i in np.random.default_rng(0).permutation(len(ids))]
     archs = [first[i].arch for i in ids]
     top1 = np.array([first[i].val.top1_pct for i in ids])
-    half = len(ids) // 2
-    model = fit_accuracy_predictor(AccuracyData(tuple(archs[:half]), top1[:half]), seed=0, name="bench")
-    pred = model.predict(genomes_of(archs[half:]))
+    k = min(args.fit, len(ids) // 2)
+    model = fit_accuracy_predictor(AccuracyData(tuple(archs[:k]), top1[:k]), seed=0, name="bench")
+    pred = model.predict(genomes_of(archs[k:]))
     floor = table.noise_floor()
-    held_rho = _spearman(top1[half:], pred)
-    costs = arch_costs(archs[:2])  # the design starts with the min and max nets of the first resolution
+    held_rho = _spearman(top1[k:], pred)
+    space = SearchSpace(resolutions=table.resolutions(), w=trained.width_mult)
+    ends = [space.smallest(min(space.resolutions)), space.largest(max(space.resolutions))]
+    costs = arch_costs(ends)
+    tradeoff = {}
+    for what, arch, cost in zip(("smallest", "largest"), ends, costs):
+        row = first.get(arch.id)
+        tradeoff[what] = {"arch_id": arch.id, "r": arch.r, "macs_m": cost["macs_m"],
+                          "val_top1_pct": row.val.top1_pct if row else None,
+                          "test_top1_pct": row.test.top1_pct if row and row.test else None}  # fmt: skip
     doc = {
         "machine": machine_info(),
         "command": " ".join(sys.argv),
@@ -85,20 +99,16 @@ def main() -> None:
         },
         "noise_floor": floor,
         "predictor": {
-            "fitted_on": half,
-            "held_out": len(ids) - half,
+            "fitted_on": k,
+            "held_out": len(ids) - k,
             "model": model.report["model"],
             "features": model.report["features"],
             "held_out_spearman": held_rho,
-            "held_out_kendall_tau": _kendall(top1[half:], pred),
+            "held_out_kendall_tau": _kendall(top1[k:], pred),
             "share_of_noise_floor": held_rho / floor["spearman"] if floor and floor["spearman"] else None,
         },
-        "tradeoff": {
-            "smallest": {"arch_id": ids[0], "val_top1_pct": float(top1[0]), "test_top1_pct": first[ids[0]].test.top1_pct
-                         if first[ids[0]].test else None, "macs_m": costs[0]["macs_m"]},
-            "largest": {"arch_id": ids[1], "val_top1_pct": float(top1[1]), "test_top1_pct": first[ids[1]].test.top1_pct
-                        if first[ids[1]].test else None, "macs_m": costs[1]["macs_m"]},
-        },  # fmt: skip
+        "table": {"n_evaluated": len(ids), "val_top1_range_pct": [float(top1.min()), float(top1.max())]},
+        "tradeoff": tradeoff,
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "own_data_accuracy.json").write_text(json.dumps(doc, indent=2) + "\n")
@@ -112,8 +122,9 @@ def main() -> None:
         f"- noise floor: {json.dumps(floor)}",
         f"- predictor ({p['model']}, fitted on {p['fitted_on']}, scored on {p['held_out']} held-out subnets): Spearman {p['held_out_spearman']:.3f}, "
         f"Kendall tau {p['held_out_kendall_tau']:.3f}, share of the noise floor {p['share_of_noise_floor']}",
-        f"- smallest subnet {t['smallest']['macs_m']:.1f} MMACs: val {t['smallest']['val_top1_pct']:.2f} %, test {t['smallest']['test_top1_pct']}; "
-        f"largest {t['largest']['macs_m']:.1f} MMACs: val {t['largest']['val_top1_pct']:.2f} %, test {t['largest']['test_top1_pct']}",
+        f"- table: {doc['table']['n_evaluated']} subnets, val top-1 {doc['table']['val_top1_range_pct'][0]:.2f}-{doc['table']['val_top1_range_pct'][1]:.2f} %",
+        f"- smallest subnet ({t['smallest']['r']} px) {t['smallest']['macs_m']:.1f} MMACs: val {t['smallest']['val_top1_pct']} %, test {t['smallest']['test_top1_pct']} %; "
+        f"largest ({t['largest']['r']} px) {t['largest']['macs_m']:.1f} MMACs: val {t['largest']['val_top1_pct']} %, test {t['largest']['test_top1_pct']} %",
     ]
     (RESULTS / "own_data_accuracy.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
