@@ -6,6 +6,7 @@ bound to a tiny real dataset), real accuracy table, real onnxruntime and agent."
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -162,6 +163,18 @@ def test_cli_evaluates_missing_front_members_then_searches(env: dict[str, Path],
     code, _, err = cli(capsys, ws, *args, "--supernet", str(env["supernet"]))
     assert code == 1 and "--resume" in err
     assert cli(capsys, ws, *args, "--resume")[0] == 0  # finished: nothing to do
+    # --measure without --supernet: random weights, but the TABLE's classifier (its head is part of the latency);
+    # the imported table's device becomes this machine for it
+    assert cli(capsys, ws, "devices", "add", DEVICE)[0] == 0
+    code, out, err = cli(capsys, ws, *args, "--resume", "--measure", "1", "--quick")
+    assert code == 0, err
+    rows = json.loads(out)["measured"]
+    assert {r["mode"] for r in rows} == {"sequential", "parallel"} and all(r["ok"] for r in rows)
+    files = {hashlib.sha256(f.read_bytes()).hexdigest(): f for f in Workspace.resolve(ws).exports_dir.rglob("*.onnx")}
+    n_classes = len(table.binding().classes)
+    for r in rows:
+        model = onnx.load(str(files[r["model_sha256"]]))
+        assert [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim] == [1, n_classes]
     code, _, err = cli(capsys, ws, *args[:-1], "--mode", "parallel", "--cores", "0", "-o", str(ws / "runs" / "x"))
     assert code == 1 and "--cores" in err
 

@@ -63,7 +63,7 @@ def ensemble(
     run_folder = EnsembleRunFolder(folder)
     measured: list[dict[str, Any]] = []
     if measure:
-        measured = _measure(ctx, run_folder, pool, measure, quick)
+        measured = _measure(ctx, run_folder, pool, measure, quick, _weights(acc, supernet))
     doc = {"run": str(folder), "source_run": str(source.path), "evaluated_into_table": evaluated, "pool": pool.describe(),
            "status": status, "measured": measured}  # fmt: skip
     if as_json:
@@ -80,7 +80,20 @@ def ensemble(
     out_console.print(out)
 
 
-def _measure(ctx: typer.Context, run: Any, pool: Any, n: int, quick: bool) -> list[dict[str, Any]]:
+def _weights(acc: Any, supernet: Optional[Path]) -> Any:
+    """The weights the measured ensembles are exported with: the trained supernet given with
+    --supernet, else random weights with the TABLE's classifier (its classes, not OFA's 1000:
+    the head is part of the latency of a deployed model)."""
+    from ofa2_edge.accuracy.source import open_supernet
+    from ofa2_edge.supernet import Supernet
+
+    if supernet is not None:
+        return open_supernet(supernet).net
+    b = acc.binding()
+    return Supernet.random(b.width_mult, seed=0, n_classes=len(b.classes))
+
+
+def _measure(ctx: typer.Context, run: Any, pool: Any, n: int, quick: bool, weights: Any) -> list[dict[str, Any]]:
     """Export and measure `n` ensembles spread along the 2-D front, in both modes."""
     import numpy as np
 
@@ -110,7 +123,7 @@ def _measure(ctx: typer.Context, run: Any, pool: Any, n: int, quick: bool) -> li
     with DeviceSession(device, st.workspace.cache_dir) as session:
         for mode in ("sequential", "parallel"):
             got = measure_ensembles(session, members, mode, ExportCache(st.workspace.exports_dir), cores=cores, quick=quick,
-                                    record_to=run.file(MEASURED_FILE), extra=extra)  # fmt: skip
+                                    supernet=weights, record_to=run.file(MEASURED_FILE), extra=extra)  # fmt: skip
             for r in got:
                 r["predicted_ms"] = r["predicted_sum_ms"] if mode == "sequential" else r["predicted_parallel_ms"]
             rows += got
