@@ -379,3 +379,18 @@ def test_fuzz_resume_of_an_interrupted_run(ws: Workspace, tmp_path: Path, data: 
         assert digest(folder) == before
     else:
         assert [r["arch_id"] for r in rows_of(folder)[: len(kept)]] == [r["arch_id"] for r in kept]
+
+
+@pytest.mark.parametrize("extra", [[7] * 8, [True] * 8, [0.5] * 8])
+def test_a_checkpoint_with_an_unknown_population_field_resumes_and_checkpoints(ws: Workspace, tmp_path: Path, extra: list[Any]) -> None:
+    """The fuzzer's finding: a pop.data field that only the restored individuals carry came
+    back from numpy as a mix of numpy scalars and None, and the next checkpoint raised
+    TypeError (not JSON serializable). A field every individual has survives; one the
+    offspring lack is dropped, and the run finishes."""
+    folder = fresh(ws, tmp_path, "cut")
+    ck = json.loads((folder / rs.CHECKPOINT_FILE).read_text())
+    n = len(ck["pop"]["X"])
+    edit_json(folder / rs.CHECKPOINT_FILE, lambda doc: doc["pop"]["data"].update(zz=(extra * n)[:n]))
+    ok, result = only_clear_errors(lambda: resume(ws, folder))
+    assert ok, result
+    assert rs.RunFolder(folder).status()["state"] == "completed"

@@ -97,12 +97,16 @@ def _pop_front(algorithm) -> np.ndarray:
 
 
 def _pop_state(algorithm) -> dict[str, Any]:
+    """The population's genomes and the numeric per-individual fields every member carries
+    (rank, crowding, ...). A field only some carry (e.g. one a restored checkpoint added,
+    which offspring lack) mixes values with None: it is dropped, not written half-JSON."""
     pop = algorithm.pop
-    keys = sorted({k for ind in pop for k in ind.data})
+    keys = sorted(set.intersection(*(set(ind.data) for ind in pop))) if len(pop) else []
     data = {}
     for k in keys:
-        vals = pop.get(k)
-        data[k] = np.asarray(vals).tolist()
+        vals = np.asarray(pop.get(k))
+        if vals.dtype.kind in "biuf":
+            data[k] = vals.tolist()
     return {"X": np.asarray(pop.get("X"), dtype=np.int64).tolist(), "data": data}
 
 
