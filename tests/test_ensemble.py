@@ -163,6 +163,16 @@ def test_cli_evaluates_missing_front_members_then_searches(env: dict[str, Path],
     code, _, err = cli(capsys, ws, *args, "--supernet", str(env["supernet"]))
     assert code == 1 and "--resume" in err
     assert cli(capsys, ws, *args, "--resume")[0] == 0  # finished: nothing to do
+    # the ensemble run is listed and shown beside the search run it came from
+    code, out, err = cli(capsys, ws, "runs", "list", "--json")
+    assert code == 0, err
+    assert {(r["run_id"], r["kind"]) for r in json.loads(out)} == {("s", "search"), ("s-ens", "ensemble")}
+    code, out, err = cli(capsys, ws, "runs", "show", "s-ens", "--json")
+    assert code == 0, err
+    shown = json.loads(out)
+    assert shown["kind"] == "ensemble" and shown["state"] == "completed" and shown["front"]["front_2d"] == run.front()["front_2d"]
+    code, out, err = cli(capsys, ws, "runs", "show", "s-ens")
+    assert code == 0 and "ensemble run s-ens" in out and run.front()["front_2d"][0]["ensemble_id"] in out
     # --measure without --supernet: random weights, but the TABLE's classifier (its head is part of the latency);
     # the imported table's device becomes this machine for it
     assert cli(capsys, ws, "devices", "add", DEVICE)[0] == 0

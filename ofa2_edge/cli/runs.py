@@ -1,4 +1,5 @@
-"""`ofa2-edge runs list|show|compare`: look at search run folders."""
+"""`ofa2-edge runs list|show|compare`: look at search run folders (and, in list and show,
+the ensemble runs beside them)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ from rich.table import Table
 from ofa2_edge.cli.common import JSON_OPTION, command_name, emit_json, out_console, state
 from ofa2_edge.core.errors import InvalidInputError
 from ofa2_edge.core.workspace import Workspace
+from ofa2_edge.ensemble.search import EnsembleRunFolder, list_ensemble_runs
 from ofa2_edge.search.compare import compare_runs
 from ofa2_edge.search.indicators import EXACT_HV_MAX_OBJ
 from ofa2_edge.search.runstore import FRONT_FILE, RunFolder, list_runs
 
-app = typer.Typer(help="List, inspect and compare search runs.", no_args_is_help=True)
+app = typer.Typer(help="List, inspect and compare search runs (list and show include ensemble runs).", no_args_is_help=True)
 
 
 def resolve_run(text: str, workspace: Workspace) -> RunFolder:
@@ -29,11 +31,20 @@ def resolve_run(text: str, workspace: Workspace) -> RunFolder:
     raise InvalidInputError(f"no run {text!r} (not a run folder, nor a run id under {workspace.runs_dir}; runs there: {known})")
 
 
+def _find_ensemble(text: str, workspace: Workspace) -> EnsembleRunFolder | None:
+    for candidate in dict.fromkeys((Path(text), workspace.root / text, workspace.runs_dir / text)):
+        run = EnsembleRunFolder(candidate)
+        if run.exists():
+            return run
+    return None
+
+
 def _brief(run: RunFolder) -> dict[str, Any]:
     cfg, status = run.config(), run.status()
     summary = status.get("summary") or {}
     return {
         "run_id": run.run_id,
+        "kind": "search",
         "path": str(run.path),
         "state": status.get("state"),
         "algorithm": cfg["algorithm"],
@@ -48,10 +59,32 @@ def _brief(run: RunFolder) -> dict[str, Any]:
     }
 
 
+def _ensemble_brief(run: EnsembleRunFolder) -> dict[str, Any]:
+    cfg, status = run.config(), run.status()
+    settings, summary = cfg["settings"], status.get("summary") or {}
+    return {
+        "run_id": run.run_id,
+        "kind": "ensemble",
+        "path": str(run.path),
+        "state": status.get("state"),
+        "algorithm": f"{settings['algorithm']} ensembles of {settings['source_run']} ({settings['mode']})",
+        "objectives": [o["name"] for o in cfg.get("objectives") or []],
+        "constraints": cfg.get("constraints") or [],
+        "seed": settings["seed"],
+        "gen": status.get("gen"),
+        "n_gen": status.get("n_gen"),
+        "front_size": summary.get("front_size"),
+        "hv": summary.get("hv"),
+        "created_at": cfg.get("created_at"),
+    }
+
+
 @app.command("list")
 def list_(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
-    """Runs under the workspace's runs/ folder."""
-    runs = [_brief(r) for r in list_runs(state(ctx).workspace.runs_dir)]
+    """Runs under the workspace's runs/ folder: searches and ensemble searches, oldest first."""
+    runs_dir = state(ctx).workspace.runs_dir
+    runs = [_brief(r) for r in list_runs(runs_dir)] + [_ensemble_brief(r) for r in list_ensemble_runs(runs_dir)]
+    runs.sort(key=lambda r: (r["created_at"] or "", r["run_id"]))
     if as_json:
         emit_json(runs)
         return
@@ -83,7 +116,11 @@ def show(
     top: int = typer.Option(15, "--top", help="How many front rows to print."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """A run's settings, state, timings and front."""
+    """A run's settings, state, timings and front (a search run or an ensemble run)."""
+    ensemble = _find_ensemble(run, state(ctx).workspace)
+    if ensemble is not None:
+        _show_ensemble(ensemble, top, as_json)
+        return
     folder = resolve_run(run, state(ctx).workspace)
     brief, status = _brief(folder), folder.status()
     front = folder.front() if folder.file(FRONT_FILE).is_file() else None  # the run store validates every file it reads
@@ -119,6 +156,30 @@ def show(
         out_console.print(table)
         if len(front["rows"]) > top:
             out_console.print(f"... {len(front['rows']) - top} more rows in {folder.path / 'front.csv'}")
+
+
+def _show_ensemble(run: EnsembleRunFolder, top: int, as_json: bool) -> None:
+    brief, status, cfg = _ensemble_brief(run), run.status(), run.config()
+    front = run.front() if status.get("state") == "completed" else None
+    if as_json:
+        emit_json({**brief, "status": status, "config": cfg, "front": front})
+        return
+    settings, summary = cfg["settings"], status.get("summary") or {}
+    head = Table(title=f"ensemble run {run.run_id}", show_header=False)
+    head.add_row("state", f"{status.get('state')}  gen {status.get('gen')}/{status.get('n_gen')}, {status.get('n_ensembles')} ensembles scored")
+    head.add_row("search", f"{settings['algorithm']} pop {settings['pop_size']} seed {settings['seed']}; {settings['mode']}, "
+                 f"at most {settings['max_members']} members of the {len(cfg['candidates'])} front subnets of {settings['source_run']}")  # fmt: skip
+    head.add_row("objectives", ", ".join(brief["objectives"]) + f" (table {settings['table']}, device {settings['device']})")
+    if summary:
+        head.add_row("front", f"{summary['front_size']} ensembles ({summary['front_2d_size']} on the top-1 vs latency front); HV {summary['hv']:.2f}")
+    out_console.print(head)
+    if front and front["front_2d"]:
+        table = Table("ensemble id", "members", "val top-1 %", "latency ms", "MMACs", title="top-1 vs latency front")
+        for row in front["front_2d"][:top]:
+            table.add_row(row["ensemble_id"], " + ".join(row["members"]), f"{row['val_top1_pct']:.2f}", f"{row['latency_ms']:.3f}", f"{row['macs_m']:.1f}")
+        out_console.print(table)
+        if len(front["front_2d"]) > top:
+            out_console.print(f"... {len(front['front_2d']) - top} more rows in {run.path / 'front.json'}")
 
 
 @app.command()

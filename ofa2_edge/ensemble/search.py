@@ -321,6 +321,14 @@ class EnsembleRunFolder:
         return out, end
 
 
+def list_ensemble_runs(runs_dir: Path) -> list[EnsembleRunFolder]:
+    """Ensemble run folders directly under `runs_dir` (beside the search runs), oldest first."""
+    if not runs_dir.is_dir():
+        return []
+    runs = [EnsembleRunFolder(p) for p in sorted(runs_dir.iterdir()) if (p / CONFIG_FILE).is_file()]
+    return sorted(runs, key=lambda r: (r.file(CONFIG_FILE).stat().st_mtime, r.run_id))
+
+
 def _valid_row(row: Any) -> bool:
     if not isinstance(row, dict) or not isinstance(row.get("ensemble_id"), str) or not isinstance(row.get("members"), list):
         return False
