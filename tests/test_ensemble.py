@@ -264,6 +264,12 @@ def test_a_bundle_holds_one_ensemble_model_and_lists_its_members(env: dict[str, 
     pick = max(front, key=lambda r: (r["n_members"], r["val_top1_pct"]))
     code, out, err = cli(capsys, ws, "bundle", "build", "s-ens", "--device", DEVICE, "--pick", pick["ensemble_id"], "--json")
     assert code == 1 and "--supernet" in err
+    bundles = Workspace.resolve(ws).root / "bundles"
+    before = sorted(bundles.rglob("*")) if bundles.exists() else []
+    code, out, err = cli(capsys, ws, "bundle", "build", "s-ens", "--device", DEVICE, "--pick", pick["ensemble_id"],
+                         "--supernet", str(env["supernet"]), "--verify", "--json")  # fmt: skip
+    assert code == 1 and "--verify is not implemented for ensemble bundles" in err and "--measure" in err  # never silently skipped
+    assert (sorted(bundles.rglob("*")) if bundles.exists() else []) == before
     code, out, err = cli(capsys, ws, "bundle", "build", "s-ens", "--device", DEVICE, "--pick", pick["ensemble_id"],
                          "--supernet", str(env["supernet"]), "--json")  # fmt: skip
     assert code == 0, err

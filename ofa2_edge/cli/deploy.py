@@ -16,6 +16,7 @@ from ofa2_edge.cli.common import (
     QUICK_OPTION,
     TIMER_OPTION,
     TOFU_OPTION,
+    command_name,
     emit_json,
     err_console,
     make_protocol,
@@ -153,6 +154,12 @@ def build(
 
     ens = find_ensemble_run(run, st.workspace)
     if ens is not None:  # an ensemble run (`ofa2-edge ensemble`): one model file holding its members
+        if verify:  # not silently ignored: the ensemble's latency is measured by `ensemble --measure`
+            raise InvalidInputError(
+                f"--verify is not implemented for ensemble bundles ({ens.path}): measure the run's ensembles on the device "
+                f"with `{command_name()} ensemble ... -o {ens.path} --resume --measure N` (the bundle records that "
+                "measurement), then build the bundle without --verify"
+            )
         _build_ensemble(ens, pick, device_key, supernet, data, labels, output, as_json, st)
         return
     require_known_device(ctx, device_key)
