@@ -17,7 +17,7 @@ from ofa2_edge.accuracy.table import AccuracyTable
 from ofa2_edge.cli.main import main
 from ofa2_edge.core.errors import InvalidInputError
 from ofa2_edge.core.workspace import Workspace
-from ofa2_edge.data import batches, open_dataset
+from ofa2_edge.data import DataSpec, batches, open_dataset
 from ofa2_edge.supernet import Supernet
 from ofa2_edge.supernet.manifest import SupernetManifest, dataset_preprocessing, write_trained
 
@@ -39,14 +39,17 @@ def write_idx_set(folder: Path, n_train: int = 120, n_test: int = 40, n_classes:
     return folder
 
 
-def trained_stand_in(folder: Path, data: Path, cache: Path, seed: int = 0, resolutions: tuple[int, ...] = (32,)) -> Path:
-    """A supernet folder bound to `data` (random weights, the dataset's classes and preprocessing)."""
-    ds = open_dataset(data, cache_dir=cache)
+def trained_stand_in(
+    folder: Path, data: Path, cache: Path, seed: int = 0, resolutions: tuple[int, ...] = (32,), split_seed: int = 0
+) -> Path:
+    """A supernet folder bound to `data` split with `split_seed` (random weights, the dataset's
+    classes and preprocessing; the manifest records the dataset as `train` does)."""
+    ds = open_dataset(DataSpec(data, seed=split_seed), cache_dir=cache)
     net = Supernet.random(1.0, seed=seed, n_classes=len(ds.classes))
     with torch.no_grad():  # logits of a trained net's size (random ones reach hundreds on real images)
         net.classifier.linear.weight.mul_(0.01)
     prep = dataset_preprocessing(tuple(ds.mean), tuple(ds.std), 1.0, resolutions)
-    m = SupernetManifest(1.0, tuple(ds.classes), ds.fingerprint, prep, resolutions, {}, "full", 1, True, "")
+    m = SupernetManifest(1.0, tuple(ds.classes), ds.fingerprint, prep, resolutions, {}, "full", 1, True, "", dataset=ds.describe())
     write_trained(folder, net.state_dict(), m)
     return folder
 
@@ -114,6 +117,23 @@ def test_a_table_is_bound_to_its_supernet_and_dataset(
     code, _, err = cli(capsys, ws, "evaluate", "--supernet", str(sn), "--data", str(other_data), *base)
     assert code == 1 and "was trained on dataset" in err
     assert len(list(AccuracyTable.of(Workspace.resolve(ws), "tiny").rows())) == 2
+
+
+def test_a_supernet_trained_on_another_split_seed_is_evaluated_on_its_own_split(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`train --seed 1` splits the data with seed 1: `evaluate --data D` (no split options)
+    must score on that split's val/test parts, never on split 0's, whose val holds images
+    the supernet trained on (the fingerprint covers the split, so it was refused before)."""
+    data = write_idx_set(tmp_path / "data")
+    sn = trained_stand_in(tmp_path / "ws" / "supernets" / "s1", data, tmp_path / "cache", split_seed=1)
+    code, out, err = cli(capsys, tmp_path / "ws", "evaluate", "--supernet", str(sn), "--data", str(data), "--budget", "2",
+                         "--bn-images", "16", "--batch-size", "32", "--json")  # fmt: skip
+    assert code == 0, err
+    table = AccuracyTable.of(Workspace.resolve(tmp_path / "ws"), "s1")
+    own, default = open_dataset(DataSpec(data, seed=1)), open_dataset(data)
+    assert own.fingerprint != default.fingerprint
+    assert table.binding().dataset_fingerprint == own.fingerprint
 
 
 def test_scores_match_a_plain_torch_evaluation(setup: tuple[Path, Path, Path]) -> None:

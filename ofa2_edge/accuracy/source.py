@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ofa2_edge.core.errors import InvalidInputError
 from ofa2_edge.core.persist import sha256_file
@@ -18,6 +18,9 @@ from ofa2_edge.data.preprocessing import Preprocessing
 from ofa2_edge.space.arch import DEFAULT_RESOLUTIONS
 from ofa2_edge.supernet import Supernet
 from ofa2_edge.supernet.manifest import SupernetManifest
+
+if TYPE_CHECKING:
+    from ofa2_edge.data import DataSpec
 
 WEIGHTS = "supernet.pth"
 
@@ -56,6 +59,13 @@ class TrainedSupernet:
     def preprocessing(self, r: int) -> Preprocessing:
         """The input recipe the supernet was trained with at `r` px (OFA's ImageNet one without a manifest)."""
         return self.net.preprocessing_for(r)
+
+    def data_spec(self, data: "DataSpec | str | Path | None" = None) -> "DataSpec":
+        """The dataset it was trained on, split as it was (`DataSpec.like` its manifest)."""
+        from ofa2_edge.data import DataSpec
+
+        recorded = self.manifest.dataset if self.manifest is not None else None
+        return DataSpec.like(data, recorded, f"supernet {self.folder}")
 
     def describe(self) -> dict[str, Any]:
         return {

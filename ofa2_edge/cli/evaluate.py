@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Optional
 
@@ -32,7 +33,7 @@ def evaluate(
     from ofa2_edge.accuracy.evaluate import EvaluateSettings, evaluate_table
     from ofa2_edge.accuracy.source import open_supernet
     from ofa2_edge.accuracy.table import AccuracyTable
-    from ofa2_edge.data import DataSpec, open_dataset
+    from ofa2_edge.data import open_dataset
 
     ws = state(ctx).workspace
     settings = EvaluateSettings(
@@ -47,7 +48,8 @@ def evaluate(
     trained = open_supernet(supernet)
     name = table or trained.folder.name.lower()
     acc = AccuracyTable.of(ws, name)
-    ds = open_dataset(DataSpec(path=data, format=data_format) if data_format else data)
+    spec = trained.data_spec(data)  # the split the supernet was trained with
+    ds = open_dataset(dataclasses.replace(spec, format=data_format) if data_format else spec)
     progress = step_progress("evaluate", "{task.fields[last]}", as_json)
     with progress:
         task = progress.add_task("evaluate", total=None, last="")

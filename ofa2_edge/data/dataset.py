@@ -102,6 +102,21 @@ class DataSpec:
             "test_fraction": self.test_fraction,
         }
 
+    @classmethod
+    def like(cls, data: "DataSpec | str | Path | None", recorded: dict[str, Any] | None, what: str) -> "DataSpec":
+        """The dataset split as `recorded` says it was (a supernet manifest's or an accuracy
+        table's `dataset`: format, split seed, val/test fractions), at `data` (default: the
+        recorded path). So a supernet trained with `--seed 1` is evaluated and bundled on its
+        own split, not split seed 0. A `DataSpec` given as `data` is taken as it is."""
+        if isinstance(data, DataSpec):
+            return data
+        rec = recorded or {}
+        path = data or rec.get("path")
+        if not path:
+            raise InvalidInputError(f"{what} does not record its dataset's folder; give it with --data")
+        keys = {k: rec[k] for k in ("format", "seed", "val_fraction", "test_fraction") if rec.get(k) is not None}
+        return cls(Path(path), **keys)
+
 
 def detect_format(path: Path) -> str:
     """``idx`` if the folder holds IDX files, ``imagefolder`` if it holds sub-folders."""

@@ -62,18 +62,12 @@ class BuiltBundle:
 
 def _trained_subnet(trained: Any, arch: Any, data: Any) -> tuple[Any, Any]:
     """The pick with trained weights and BN statistics recalibrated on the train part (as
-    `evaluate` does), and the opened dataset (`data`: a folder, or a `DataSpec` when its
-    format or split is not the default one, e.g. the main job's `data:`)."""
+    `evaluate` does), and the opened dataset (`data`: a folder, default the manifest's, split
+    as the supernet was trained; or a `DataSpec` taken as it is, e.g. the main job's `data:`)."""
     from ofa2_edge.accuracy.evaluate import DEFAULT_BATCH, EvaluateSettings, bn_subset, check_pair
-    from ofa2_edge.data import DataSpec, batches, open_dataset
+    from ofa2_edge.data import batches, open_dataset
 
-    where = data or (trained.manifest.dataset or {}).get("path")
-    if where is None:
-        raise InvalidInputError(
-            f"{trained.folder} was trained on a dataset this bundle needs (BN statistics, held-out images): give it "
-            "with --data"
-        )
-    ds = open_dataset(where if isinstance(where, DataSpec) else Path(where))
+    ds = open_dataset(trained.data_spec(data))  # the split it was trained with
     check_pair(trained, ds)
     subnet = trained.net.extract(arch)
     settings = EvaluateSettings()

@@ -26,7 +26,7 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -35,6 +35,9 @@ from ofa2_edge.core.errors import InvalidInputError
 from ofa2_edge.core.workspace import Workspace
 from ofa2_edge.space import costs
 from ofa2_edge.space.arch import Arch, SearchSpace, genomes_of
+
+if TYPE_CHECKING:
+    from ofa2_edge.data import DataSpec
 
 log = logging.getLogger(__name__)
 
@@ -172,16 +175,13 @@ def device_cores(workspace: Workspace, device: str) -> int | None:
     return int(cores) if isinstance(cores, int) and not isinstance(cores, bool) and cores > 0 else None
 
 
-def table_dataset(table: AccuracyTable, data: str | Path | None) -> str | Path:
-    """`data` if given, else the dataset folder the table's `table.json` records (an error
-    asking for --data where it records none)."""
-    if data:
-        return data
+def table_dataset(table: AccuracyTable, data: str | Path | None) -> DataSpec:
+    """The table's dataset, split as its `table.json` records (`DataSpec.like`), at `data`
+    or the recorded folder (an error asking for --data where it records none)."""
+    from ofa2_edge.data import DataSpec
+
     info = table.require().info() or {}
-    path = ((info.get("meta") or {}).get("dataset") or {}).get("path")
-    if not (isinstance(path, str) and path):
-        raise InvalidInputError(f"accuracy table {table.name} does not record its dataset; give --data")
-    return Path(path)
+    return DataSpec.like(data, (info.get("meta") or {}).get("dataset"), f"accuracy table {table.name}")
 
 
 def ensure_evaluated(
