@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -143,6 +144,7 @@ def main() -> None:  # noqa: C901 - one linear script
     ap.add_argument("--note", default="", help="a line for the report (e.g. which table this is)")
     args = ap.parse_args()
     t_start = time.perf_counter()
+    machine = machine_info()  # at the START: its load is what the figures ran under
     root = args.workspace.resolve()
     ws = Workspace(root, root / "cache")
     name = args.source_table.name
@@ -320,7 +322,7 @@ def main() -> None:  # noqa: C901 - one linear script
     doc = {
         "command": "python benchmarks/ensembles.py " + " ".join(sys.argv[1:]),
         "note": args.note,
-        "machine": machine_info(),
+        "machine": {**machine, "load1_at_end": os.getloadavg()[0]},
         "table": {"name": name, "summary": {k: v for k, v in table.summary().items() if k != "predictor"}},
         "pool": {**pool.describe(), "pool": args.pool, "front_size": len(front), "evaluated_now": len(evaluated), "evaluate_s": round(eval_s, 1)},
         "measure_s": round(measure_s, 1),
@@ -341,7 +343,7 @@ def markdown(doc: dict[str, Any]) -> str:
     lines = [
         "# Ensembles of front subnets vs single subnets (issue 18)",
         "",
-        f"`{doc['command']}` — {m['date']}, {m['cpu']}, {m['cores']} cores, load {m['load1_at_start']} at start; {doc['total_s']:.0f} s in all "
+        f"`{doc['command']}` — {m['date']}, {m['cpu']}, {m['cores']} cores, load {m['load1_at_start']} at start, {m.get('load1_at_end', float('nan')):.2f} at the end; {doc['total_s']:.0f} s in all "
         f"(measuring {doc['measure_s']:.0f} s, evaluating {p['evaluated_now']} missing members {p['evaluate_s']:.0f} s).",
         "",
     ]

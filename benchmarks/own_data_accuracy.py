@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -62,6 +63,7 @@ def main() -> None:
         budget=args.budget, bn_images=args.bn_images, repeat_fraction=min(1.0, args.repeat / args.budget),
         seed=args.design_seed,
     )
+    machine = machine_info()  # the load at the START (the figures move with it)
     t0 = time.perf_counter()
     report = evaluate_table(table, trained, ds, settings)
     seconds = time.perf_counter() - t0
@@ -86,7 +88,7 @@ def main() -> None:
                           "val_top1_pct": row.val.top1_pct if row else None,
                           "test_top1_pct": row.test.top1_pct if row and row.test else None}  # fmt: skip
     doc = {
-        "machine": machine_info(),
+        "machine": {**machine, "load1_at_end": os.getloadavg()[0]},
         "command": " ".join(sys.argv),
         "supernet": trained.describe(),
         "dataset": {"fingerprint": ds.fingerprint, "sizes": {p: ds.size(p) for p in ("train", "val", "test")}},
@@ -116,7 +118,7 @@ def main() -> None:
     lines = [
         "# Accuracy tables on your own data",
         "",
-        f"`{doc['command']}` ({doc['machine'].get('load1_at_start', '?')} load average at start)",
+        f"`{doc['command']}` (load average {doc['machine'].get('load1_at_start', '?')} at start, {doc['machine']['load1_at_end']:.2f} at the end)",
         "",
         f"- evaluate: {e['subnets_this_run']} subnets in {e['seconds']} s ({e['subnets_per_minute']} subnets/min), peak RSS {e['peak_rss_mib']} MiB",
         f"- noise floor: {json.dumps(floor)}",
