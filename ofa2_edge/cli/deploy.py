@@ -150,7 +150,7 @@ def build(
     from ofa2_edge.workflows.ship import choose, priced_front, ship
 
     st = state(ctx)
-    from ofa2_edge.ensemble.bundle import find_ensemble_run
+    from ofa2_edge.ensemble.search import find_ensemble_run
 
     ens = find_ensemble_run(run, st.workspace)
     if ens is not None:  # an ensemble run (`ofa2-edge ensemble`): one model file holding its members

@@ -13,7 +13,7 @@ from rich.table import Table
 from ofa2_edge.cli.common import JSON_OPTION, command_name, emit_json, out_console, state
 from ofa2_edge.core.errors import InvalidInputError
 from ofa2_edge.core.workspace import Workspace
-from ofa2_edge.ensemble.search import EnsembleRunFolder, list_ensemble_runs
+from ofa2_edge.ensemble.search import EnsembleRunFolder, find_ensemble_run, list_ensemble_runs
 from ofa2_edge.search.compare import compare_runs
 from ofa2_edge.search.indicators import EXACT_HV_MAX_OBJ
 from ofa2_edge.search.runstore import FRONT_FILE, RunFolder, list_runs
@@ -29,14 +29,6 @@ def resolve_run(text: str, workspace: Workspace) -> RunFolder:
             return run
     known = ", ".join(r.run_id for r in list_runs(workspace.runs_dir)) or "none"
     raise InvalidInputError(f"no run {text!r} (not a run folder, nor a run id under {workspace.runs_dir}; runs there: {known})")
-
-
-def _find_ensemble(text: str, workspace: Workspace) -> EnsembleRunFolder | None:
-    for candidate in dict.fromkeys((Path(text), workspace.root / text, workspace.runs_dir / text)):
-        run = EnsembleRunFolder(candidate)
-        if run.exists():
-            return run
-    return None
 
 
 def _brief(run: RunFolder) -> dict[str, Any]:
@@ -117,7 +109,7 @@ def show(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """A run's settings, state, timings and front (a search run or an ensemble run)."""
-    ensemble = _find_ensemble(run, state(ctx).workspace)
+    ensemble = find_ensemble_run(run, state(ctx).workspace)
     if ensemble is not None:
         _show_ensemble(ensemble, top, as_json)
         return

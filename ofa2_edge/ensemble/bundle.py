@@ -27,15 +27,6 @@ from ofa2_edge.ensemble.search import EnsembleRunFolder
 from ofa2_edge.space.arch import Arch
 
 
-def find_ensemble_run(text: str, workspace: Workspace) -> EnsembleRunFolder | None:
-    """The ensemble run folder `text` names (a path, or a run id under runs/), or None."""
-    for candidate in dict.fromkeys((Path(text), workspace.root / text, workspace.runs_dir / text)):
-        run = EnsembleRunFolder(candidate)
-        if run.exists():
-            return run
-    return None
-
-
 def build_ensemble_bundle(
     run: EnsembleRunFolder,
     pick: str,

@@ -42,6 +42,7 @@ from ofa2_edge.core.persist import (
     sha256_file,
     write_json,
 )
+from ofa2_edge.core.workspace import Workspace
 from ofa2_edge.ensemble.pool import MODES, RULE, MemberPool, ensemble_id
 
 VERSION = 1
@@ -319,6 +320,15 @@ class EnsembleRunFolder:
                 out.append(row)
                 end += len(raw)
         return out, end
+
+
+def find_ensemble_run(text: str, workspace: Workspace) -> EnsembleRunFolder | None:
+    """The ensemble run folder `text` names (a path, or a run id under runs/), or None."""
+    for candidate in dict.fromkeys((Path(text), workspace.root / text, workspace.runs_dir / text)):
+        run = EnsembleRunFolder(candidate)
+        if run.exists():
+            return run
+    return None
 
 
 def list_ensemble_runs(runs_dir: Path) -> list[EnsembleRunFolder]:
