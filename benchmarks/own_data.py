@@ -45,7 +45,7 @@ from ofa2_edge.core.workspace import Workspace  # noqa: E402
 from ofa2_edge.data import open_dataset  # noqa: E402
 from ofa2_edge.devices.inventory import Inventory  # noqa: E402
 from ofa2_edge.devices.session import DeviceSession  # noqa: E402
-from ofa2_edge.ensemble.measure import measure_ensembles  # noqa: E402
+from ofa2_edge.ensemble.measure import measure_ensembles, read_measured  # noqa: E402
 from ofa2_edge.ensemble.pool import device_cores, front_archs, table_dataset  # noqa: E402
 from ofa2_edge.search.indicators import hypervolume, nondominated  # noqa: E402
 from ofa2_edge.space.arch import SearchSpace  # noqa: E402
@@ -126,8 +126,6 @@ def main() -> None:  # noqa: C901 - one linear script
     with DeviceSession(device, ws.cache_dir) as session:
         measured = measure_ensembles(session, [[rows0[i].arch] for i in picked], "sequential", ExportCache(ws.exports_dir),
                                      cores=cores, supernet=trained.net, quick=args.quick, record_to=root / "measured.jsonl")  # fmt: skip
-    from ofa2_edge.ensemble.measure import read_measured
-
     ms = {r["members"][0]: r["estimate_ms"] for r in read_measured(root / "measured.jsonl")
           if r["ok"] and r["mode"] == "sequential" and len(r["members"]) == 1}  # fmt: skip
     assert all(r["ok"] for r in measured), "a random subnet failed to measure"

@@ -13,10 +13,11 @@ from rich.table import Table
 from ofa2_edge.cli.common import JSON_OPTION, command_name, emit_json, out_console, state
 from ofa2_edge.core.errors import InvalidInputError
 from ofa2_edge.core.workspace import Workspace
+from ofa2_edge.ensemble.search import CONFIG_FILE as ENSEMBLE_CONFIG_FILE
 from ofa2_edge.ensemble.search import EnsembleRunFolder, find_ensemble_run, list_ensemble_runs
 from ofa2_edge.search.compare import compare_runs
 from ofa2_edge.search.indicators import EXACT_HV_MAX_OBJ
-from ofa2_edge.search.runstore import FRONT_FILE, RunFolder, list_runs
+from ofa2_edge.search.runstore import CONFIG_FILE, FRONT_FILE, RunFolder, list_runs
 
 app = typer.Typer(help="List, inspect and compare search runs (list and show include ensemble runs).", no_args_is_help=True)
 
@@ -75,8 +76,10 @@ def _ensemble_brief(run: EnsembleRunFolder) -> dict[str, Any]:
 def list_(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
     """Runs under the workspace's runs/ folder: searches and ensemble searches, oldest first."""
     runs_dir = state(ctx).workspace.runs_dir
-    runs = [_brief(r) for r in list_runs(runs_dir)] + [_ensemble_brief(r) for r in list_ensemble_runs(runs_dir)]
-    runs.sort(key=lambda r: (r["created_at"] or "", r["run_id"]))
+    # both kinds in one order, their config files' time (the order each lister keeps)
+    dated = [(r.file(CONFIG_FILE), _brief(r)) for r in list_runs(runs_dir)]
+    dated += [(r.file(ENSEMBLE_CONFIG_FILE), _ensemble_brief(r)) for r in list_ensemble_runs(runs_dir)]
+    runs = [brief for _, brief in sorted(dated, key=lambda e: (e[0].stat().st_mtime, e[1]["run_id"]))]
     if as_json:
         emit_json(runs)
         return
