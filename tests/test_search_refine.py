@@ -118,6 +118,36 @@ def test_sparse_anchors_go_where_the_front_is_thin() -> None:
     assert set(again.anchor_rows(*_arrays(two), 40, rng).tolist()) == {0, 1}
 
 
+def test_many_device_anchors_lie_on_every_device_front_not_on_the_joint_one() -> None:
+    """With pairs (the many-device search), anchors are drawn on each (top-1, device) 2-D
+    front: a member that is jointly non-dominated but on no device's front (a middling
+    trade-off between devices) is never one, and every device gets anchors even when the
+    anchors per generation are fewer than the devices."""
+    codec = GenomeCodec(SearchSpace())
+    rng = np.random.default_rng(5)
+    X = ChoiceSampling(codec)._do(None, 5, random_state=rng)
+    # (error, latency A, latency B): 0 and 1 are device A's front, 0 and 2 device B's; 3 is
+    # jointly non-dominated (cheaper than 1 on B, than 2 on A) yet dominated on both 2-D
+    # projections (by 1 on A, by 2 on B); 4 is dominated everywhere
+    F = np.array([[10, 50, 50], [12, 20, 80], [12, 80, 20], [15, 30, 30], [30, 90, 90]], dtype=np.float64)
+    assert np.array_equal(np.flatnonzero([not ((F <= f).all(1) & (F < f).any(1)).any() for f in F]), [0, 1, 2, 3])
+    pop = _population(codec, X, F)
+    pairs = [(0, 1), (0, 2)]
+    ref = FrontRefinement(_mating(codec), codec, 0.1, anchors="mixed-sparse", pairs=pairs)
+    rows = ref.anchor_rows(*_arrays(pop), 4000, rng)
+    counts = np.bincount(rows, minlength=5)
+    assert counts[3] == 0 and counts[4] == 0
+    assert min(counts[1], counts[2]) > 0.2 * len(rows) / 2  # each device's cheap end gets its share
+    joint = FrontRefinement(_mating(codec), codec, 0.1, anchors="mixed-sparse").anchor_rows(*_arrays(pop), 4000, rng)
+    assert np.bincount(joint, minlength=5)[3] > 0  # the joint front's anchors do include it
+    # one anchor per call, 12 devices: over calls every device's front is visited
+    F12 = np.column_stack([np.arange(13.0)[::-1] + 1] + [np.where(np.arange(13) == j, 1.0, 100.0) for j in range(12)])
+    X12 = ChoiceSampling(codec)._do(None, 13, random_state=rng)
+    many = FrontRefinement(_mating(codec), codec, 0.1, anchors="front", pairs=[(0, j) for j in range(1, 13)])
+    seen = {int(r) for _ in range(300) for r in many.anchor_rows(*_arrays(_population(codec, X12, F12)), 1, rng)}
+    assert set(range(12)) <= seen
+
+
 def test_offspring_are_the_budget_neighbours_first_and_all_distinct() -> None:
     codec = GenomeCodec(SearchSpace())
     rng = np.random.default_rng(1)

@@ -134,10 +134,11 @@ class BuildContext:
             else NoDuplicateElimination(),
         }
 
-    def refined(self, algorithm: Algorithm) -> Algorithm:
-        """The algorithm with its mating wrapped in the memetic step, if the operators ask for it."""
+    def refined(self, algorithm: Algorithm, pairs: list[tuple[int, int]] | None = None) -> Algorithm:
+        """The algorithm with its mating wrapped in the memetic step, if the operators ask for
+        it; with `pairs`, its anchors lie on those 2-D fronts (the many-device search)."""
         if self.operators.refine > 0:
-            algorithm.mating = FrontRefinement(algorithm.mating, self.codec, self.operators.refine, self.operators.refine_anchors)
+            algorithm.mating = FrontRefinement(algorithm.mating, self.codec, self.operators.refine, self.operators.refine_anchors, pairs)
         return algorithm
 
 
@@ -197,13 +198,13 @@ def _nsga2(ctx: BuildContext) -> Algorithm:
 def _per_device(ctx: BuildContext) -> Algorithm:
     from pymoo.algorithms.moo.nsga2 import NSGA2
 
-    from ofa2_edge.search.perdevice import PerDeviceSurvival
+    from ofa2_edge.search.perdevice import PerDeviceSurvival, pairs_of
 
     algorithm = NSGA2(pop_size=ctx.pop_size, survival=PerDeviceSurvival(), **ctx.ga_operators())
     # Joint dominance decides almost nothing in many dimensions: the tournament compares the
     # best per-device front each member is on, then its crowding there.
     algorithm.tournament_type = "comp_by_rank_and_crowding"
-    return ctx.refined(algorithm)
+    return ctx.refined(algorithm, pairs_of(ctx.n_obj))
 
 
 @register_algorithm("sms-emoa", "SMS-EMOA")

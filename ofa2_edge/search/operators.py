@@ -210,7 +210,14 @@ class FrontRefinement(InfillCriterion):
     dropped before the mating fills the remaining places.
     """
 
-    def __init__(self, mating: InfillCriterion, codec: GenomeCodec, share: float, anchors: str = "extremes") -> None:
+    def __init__(
+        self,
+        mating: InfillCriterion,
+        codec: GenomeCodec,
+        share: float,
+        anchors: str = "extremes",
+        pairs: list[tuple[int, int]] | None = None,
+    ) -> None:
         super().__init__(repair=mating.repair, eliminate_duplicates=mating.eliminate_duplicates, n_max_iterations=mating.n_max_iterations)
         if anchors not in REFINE_ANCHORS:
             raise ValueError(f"refine anchors {anchors!r}: choose from {', '.join(REFINE_ANCHORS)}")
@@ -218,15 +225,40 @@ class FrontRefinement(InfillCriterion):
         self.codec = codec
         self.share = share
         self.anchors = anchors
+        self.pairs = pairs
         self._corners = {row.tobytes() for row in ChoiceSampling(codec).corner_indices().astype(np.int8)}
 
     def anchor_rows(self, X: np.ndarray, F: np.ndarray, cv: np.ndarray, k: int, random_state: np.random.Generator) -> np.ndarray:
         """k row indices (of the population's X, F, CV) to take neighbours of, may repeat;
-        empty if nothing is feasible."""
+        empty if nothing is feasible.
+
+        With ``pairs`` (the many-device search) the anchors are taken on each pair's own 2-D
+        front, the pairs in turn from a random first one (so each device's front gets its
+        share even when k is smaller than the number of pairs); otherwise on the joint front."""
         feasible = np.flatnonzero(cv <= 0)
         if not len(feasible):
             return np.zeros(0, dtype=np.int64)
-        front = feasible[nondominated(F[feasible])]
+        share = {"extremes": 1.0, "ends": 1.0, "front": 0.0, "mixed": 0.5, "mixed-ends": 0.5, "mixed-sparse": 0.5}[self.anchors]
+        n_ends = int(k * share)
+        if not self.pairs:
+            return self._anchors_on(feasible[nondominated(F[feasible])], X, F, k, n_ends, random_state)
+        # slot i goes to pair (i + offset) mod n_pairs; the first n_ends slots are end anchors
+        n_pairs = len(self.pairs)
+        pair_of = (np.arange(k) + random_state.integers(n_pairs)) % n_pairs
+        out = []
+        for p, (a, b) in enumerate(self.pairs):
+            mine = pair_of == p
+            if mine.any():
+                F2 = F[:, [a, b]]
+                front = feasible[nondominated(F2[feasible])]
+                out.append(self._anchors_on(front, X, F2, int(mine.sum()), int(mine[:n_ends].sum()), random_state))
+        return np.concatenate(out)
+
+    def _anchors_on(
+        self, front: np.ndarray, X: np.ndarray, F: np.ndarray, k: int, n_ends: int, random_state: np.random.Generator
+    ) -> np.ndarray:
+        """k anchors among the rows `front` (non-dominated on F's columns): `n_ends` at the
+        front's ends (none if every end is a corner arch), the rest spread over it."""
         ends: list[np.ndarray] = []  # per objective whose best member is not a corner: the front, best first
         for j in range(F.shape[1]):
             keys = [F[front, i] for i in reversed(range(F.shape[1])) if i != j] + [F[front, j]]
@@ -234,8 +266,7 @@ class FrontRefinement(InfillCriterion):
             corner = self.codec.canonical(X[order[:1]]).astype(np.int8)[0].tobytes() in self._corners
             if not corner and not any(e[0] == order[0] for e in ends):
                 ends.append(order)
-        share = {"extremes": 1.0, "ends": 1.0, "front": 0.0, "mixed": 0.5, "mixed-ends": 0.5, "mixed-sparse": 0.5}[self.anchors]
-        n_ends = int(k * share) if ends else 0
+        n_ends = n_ends if ends else 0
         if self.anchors.endswith(("ends", "sparse")):
             # the best member most often, the next ones geometrically less (1/2, 1/4, ...)
             ranks = np.floor(np.log2(1.0 / (1.0 - random_state.random(n_ends)))).astype(np.int64)

@@ -13,8 +13,10 @@ front is therefore kept as well as a population of ``pop_size / n_pairs`` own pl
 what the devices share, and the cost grows linearly with the number of devices.
 
 Each member's ``rank`` is its best front over all pairs and ``crowding`` its crowding
-distance on that pair, so NSGA-II's binary tournament (by rank, then crowding) and the
-memetic step (`FrontRefinement`) work unchanged.
+distance on that pair, so NSGA-II's binary tournament (by rank, then crowding) works
+unchanged. The memetic step (`FrontRefinement`) takes its anchors on the pairs' own 2-D
+fronts, the pairs in turn: on the joint front its "thin places" would be measured in 13
+dimensions, where most members lie on no device's front.
 """
 
 from __future__ import annotations
