@@ -146,6 +146,15 @@ def detect_emulation(proc_root: str = "/proc", machine: Optional[str] = None) ->
     return Emulation(emulator=emulator, host_machine=host, evidence=evidence)
 
 
+def boot_id(proc_root: str = "/proc") -> Optional[str]:
+    """The running kernel's random boot id (Linux), None where there is none. Two agents that
+    report the same one run on one machine (containers and loopback "boards" included): they
+    share its CPUs, so the host never times them at the same time (see
+    :mod:`ofa2_edge.calibration.group`). Not hashed: it changes at every boot."""
+    text = _read(os.path.join(proc_root, "sys", "kernel", "random", "boot_id"))
+    return text if text is not None and len(text) <= 64 and text.isprintable() else None
+
+
 def stable_facts(reader: TelemetryReader, emulation: Optional[Emulation] = None) -> Dict[str, Any]:
     """The facts the fingerprint hashes (see the module docstring for why these)."""
     mem = _meminfo_mib(reader.proc_root)
@@ -216,4 +225,5 @@ def probe(work_dir: str, reader: Optional[TelemetryReader] = None, etc_root: str
         fingerprint_facts=facts,
         fingerprint=fingerprint_of(facts),
         emulation=emulation,
+        boot_id=boot_id(reader.proc_root),
     )

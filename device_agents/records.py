@@ -783,6 +783,7 @@ class ProbeReport:
     fingerprint_facts: Dict[str, Any]
     fingerprint: str
     emulation: Optional[Emulation] = None
+    boot_id: Optional[str] = None  # the running kernel's boot id: equal on agents that share one machine
 
     def __post_init__(self) -> None:
         _need(self.fingerprint == fingerprint_of(self.fingerprint_facts),
@@ -793,9 +794,10 @@ class ProbeReport:
 
     @staticmethod
     def upgrade_json(doc: Any) -> Any:
-        """A probe from an agent before emulation detection has no `emulation` field: none seen."""
-        if isinstance(doc, dict) and "emulation" not in doc:
-            return {**doc, "emulation": None}
+        """A probe from an agent before emulation detection has no `emulation` field (none
+        seen), one before machine sharing was detected no `boot_id` (unknown)."""
+        if isinstance(doc, dict):
+            return {"emulation": None, "boot_id": None, **doc}
         return doc
 
     def to_dict(self) -> Dict[str, Any]:

@@ -11,7 +11,7 @@ import onnx
 import pytest
 from records_factory import probe_report
 
-from device_agents.probe import detect_emulation, machine_family, probe
+from device_agents.probe import boot_id, detect_emulation, machine_family, probe
 from device_agents.records import Emulation, ProbeReport, RecordError, fingerprint_of
 from exporters import ExportCache, export_subnet
 from exporters.onnx_compat import DEFAULT_TARGET, OnnxTarget, check_loadable, onnx_target, ort_limits
@@ -62,6 +62,21 @@ def test_a_real_machine_keeps_its_fingerprint_and_an_old_probe_still_reads(tmp_p
                                                  "evidence": ["x"]}}
     with pytest.raises(RecordError, match="emulated_on"):
         ProbeReport.from_dict(forged)
+
+
+def test_the_probe_names_the_machine_it_runs_on_by_its_boot_id(tmp_path: Path) -> None:
+    """Agents on one machine (loopback boards, containers, qemu-user boards on a host) report
+    one kernel boot id: `calibrate --group` then never times them at once."""
+    random_dir = tmp_path / "proc" / "sys" / "kernel" / "random"
+    random_dir.mkdir(parents=True)
+    (random_dir / "boot_id").write_text("0f2c9a8e-1b7d-4c55-9e1a-3d5b7c9e1f20\n")
+    assert boot_id(str(tmp_path / "proc")) == "0f2c9a8e-1b7d-4c55-9e1a-3d5b7c9e1f20"
+    assert boot_id(str(tmp_path / "no-proc")) is None  # not Linux: unknown, never guessed
+    report = probe(str(tmp_path))
+    assert report.boot_id == boot_id() and "boot_id" not in report.fingerprint_facts  # it changes at every boot
+    doc = report.to_dict()
+    del doc["boot_id"]  # what an agent before machine sharing was detected printed
+    assert ProbeReport.from_dict(json.loads(json.dumps(doc))).boot_id is None
 
 
 def emulated_probe() -> ProbeReport:

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,7 +20,7 @@ import pytest
 from sshd import Sshd, make_sshd
 
 from ofa2_edge.calibration.calibrate import design_archs
-from ofa2_edge.calibration.group import calibrate_group, pick_anchors
+from ofa2_edge.calibration.group import MachineLocks, calibrate_group, pick_anchors
 from ofa2_edge.cli.main import main
 from ofa2_edge.core.errors import EXIT_FAILURE, InvalidInputError, SchemaError
 from ofa2_edge.core.workspace import Workspace
@@ -96,6 +97,71 @@ def test_work_queue_hands_back_and_waits() -> None:
     waiter.join(5)
     assert got == [["s3"]]
     assert q.take("r3", 1) == []  # nothing left, nobody busy
+
+
+def test_machine_locks_one_lock_per_machine() -> None:
+    host = threading.Lock()
+    m = MachineLocks(host, "boot-host")
+    assert m.lock_for("h1", "boot-host") is host and m.lock_for("h2", "boot-host") is host  # the host: the export lock
+    a, b = m.lock_for("x1", "boot-x"), m.lock_for("x2", "boot-x")
+    assert a is b and a is not None and a is not host  # two replicas on one other machine: one lock
+    own = m.lock_for("y1", "boot-y")
+    assert own is not None and own is not a
+    assert m.lock_for("z1", None) is None  # no boot id known: a board of its own, never waited for
+    assert [m.kind(b) for b in ("boot-host", "boot-x", "boot-y", None)] == ["host", "shared", "own", None]
+    assert m.shared() == [["h1", "h2"], ["x1", "x2"]]
+    # another calibration in this process (another group) gets the same lock for that machine
+    assert MachineLocks(threading.Lock(), "boot-host").lock_for("x3", "boot-x") is a
+
+
+def test_replicas_on_one_machine_are_timed_one_at_a_time(tmp_path: Path) -> None:
+    """Loopback boards are this machine: timed at once they would take each other's CPU (and
+    the host's exports theirs), so the group's records would price a load that no later
+    measurement on one board (`verify`) sees. They are timed one at a time, never while the
+    host exports, and the summary says so. (Checked on the order of events, not on timings.)"""
+    from ofa2_edge.devices import pipeline, session
+
+    servers = [make_sshd(tmp_path / "sshd" / f"b{i}") for i in range(3)]
+    measuring: list[tuple[str, float, float]] = []  # (replica, start, end) of every timed batch
+    exporting: list[tuple[float, float]] = []
+    real_measure, real_export = session.DeviceSession.measure, pipeline.export_subnet
+
+    def timed_measure(self: Any, *args: Any, **kwargs: Any) -> Any:
+        t0 = time.monotonic()
+        try:
+            return real_measure(self, *args, **kwargs)
+        finally:
+            measuring.append((self.device.key, t0, time.monotonic()))
+
+    def timed_export(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.monotonic()
+        try:
+            return real_export(*args, **kwargs)
+        finally:
+            exporting.append((t0, time.monotonic()))
+
+    try:
+        replicas = [Device(key=f"b-{i}", transport="ssh", host="127.0.0.1", port=s.port, user=s.user,
+                           key_file=str(s.client_key), known_hosts=str(s.known_hosts),
+                           work_dir=str(tmp_path / "remote" / f"b{i}"), python=sys.executable, group="loop")
+                    for i, s in enumerate(servers)]  # fmt: skip
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(session.DeviceSession, "measure", timed_measure)
+            mp.setattr(pipeline, "export_subnet", timed_export)
+            summary = calibrate_group("loop", replicas, Workspace.resolve(tmp_path / "ws"), 8, QUICK, space=SPACE,
+                                      anchors=1, take=2)  # fmt: skip
+    finally:
+        for s in servers:
+            s.stop()
+    assert summary["failed_now"] == 0 and summary["not_measured"] == []
+    assert {k for k, _, _ in measuring} == {"b-0", "b-1", "b-2"} and exporting
+    measuring.sort(key=lambda w: w[1])
+    for (k1, _, end), (k2, start, _) in zip(measuring, measuring[1:]):
+        assert start >= end, f"{k1} and {k2} were timed at once on one machine"
+    for e0, e1 in exporting:
+        assert all(e1 <= m0 or e0 >= m1 for _, m0, m1 in measuring), "the host exported while a board on it was timed"
+    assert summary["timed_one_at_a_time"] == [["b-0", "b-1", "b-2"]]
+    assert [r["machine"] for r in summary["replicas"]] == ["host"] * 3
 
 
 def test_group_surrogate_widens_intervals_and_round_trips(tmp_path: Path) -> None:

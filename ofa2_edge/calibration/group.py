@@ -10,6 +10,17 @@ anchors) and the part-to-part spread (standard deviation of the log offsets) com
 The group's predictor is fitted on all replicas' records and saved wrapped in a
 :class:`~ofa2_edge.surrogates.group.GroupSurrogate` whose intervals include that spread.
 
+Replicas that share one machine (their agents report the same kernel boot id: containers,
+loopback "boards", qemu-user boards on the host) are timed one at a time, and those on the
+host itself never while the host exports (:class:`MachineLocks`). Timed at once, they would
+take each other's CPU: every record would be taken under a load no later measurement of one
+board (`verify`, `bundle --verify`, deployment) sees, and on the thread-CPU clock where those
+see the wall clock. Measured on the 2-core loopback fleet (4 boards, quick protocol): the
+same archs on one board were +4.8 % slower (geometric mean, three rounds each) while the
+other three measured, and the table's records were 100 % thread-CPU (off-CPU 59 % of the wall
+time) against 78 % wall-clock for the board alone; the group predictor priced a condition
+that `verify` never reproduced.
+
 Resumable like `calibrate`: archs already in the table under the same runtime and protocol
 (from any replica; anchors: from that replica) are not measured again.
 """
@@ -25,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from device_agents.probe import boot_id as read_boot_id
 from device_agents.records import MeasureResult, Protocol
 from exporters import ExportCache
 from ofa2_edge.calibration.calibrate import Progress, bind_table, design_archs, fit_table
@@ -55,10 +67,57 @@ class ReplicaState:
     failed: int = 0
     dropped: str | None = None  # why the replica left before the queue was empty
     lost_anchors: list[str] = field(default_factory=list)
+    machine: str | None = None  # "host", "shared" (with another replica), "own" or None (unknown)
 
     def to_dict(self) -> dict[str, Any]:
         return {"key": self.key, "reached": self.reached, "measured_now": self.measured, "failed_now": self.failed,
-                "dropped": self.dropped, "lost_anchors": self.lost_anchors}  # fmt: skip
+                "dropped": self.dropped, "lost_anchors": self.lost_anchors, "machine": self.machine}  # fmt: skip
+
+
+#: One lock per machine (kernel boot id) that replicas run on, for the whole process: two
+#: groups calibrated at once whose replicas share a machine are not timed at once either.
+_MACHINE_LOCKS: dict[str, threading.Lock] = {}
+_MACHINE_LOCKS_GUARD = threading.Lock()
+
+
+class MachineLocks:
+    """The lock a replica is timed under, by the machine its agent runs on (its kernel boot id).
+
+    Replicas on one machine share one lock, so only one of them is timed at a time; replicas
+    on the host itself take `host_lock`, the lock exports hold, so the host's own work never
+    overlaps their timing either (as `calibrate --device local` does). A replica whose agent
+    reports no boot id (not Linux, or an older agent) gets no lock: it is taken to be a board
+    of its own."""
+
+    def __init__(self, host_lock: threading.Lock, host_boot_id: str | None = None) -> None:
+        self.host_lock = host_lock
+        self.host_boot_id = host_boot_id
+        self._replicas: dict[str, list[str]] = {}
+        self._guard = threading.Lock()
+
+    def lock_for(self, replica: str, boot: str | None) -> threading.Lock | None:
+        if boot is None:
+            return None
+        with self._guard:
+            self._replicas.setdefault(boot, []).append(replica)
+        if boot == self.host_boot_id:
+            return self.host_lock
+        with _MACHINE_LOCKS_GUARD:
+            return _MACHINE_LOCKS.setdefault(boot, threading.Lock())
+
+    def kind(self, boot: str | None) -> str | None:
+        """Where the replica runs: `host`, `shared` (with another replica), `own` or None (unknown)."""
+        if boot is None:
+            return None
+        if boot == self.host_boot_id:
+            return "host"
+        with self._guard:
+            return "shared" if len(self._replicas.get(boot, [])) > 1 else "own"
+
+    def shared(self) -> list[list[str]]:
+        """Replicas timed one at a time, one list per machine (the host's included)."""
+        with self._guard:
+            return [sorted(v) for b, v in self._replicas.items() if len(v) > 1 or b == self.host_boot_id]
 
 
 def pick_anchors(design: list[Arch], n: int) -> list[Arch]:
@@ -153,6 +212,8 @@ def calibrate_group(
                        "pinned": {k: len(v) for k, v in pinned.items()}})  # fmt: skip
         write_lock = threading.Lock()  # table appends and binds, one thread at a time
         export_lock = EXPORT_LOCK
+        machines = MachineLocks(export_lock, read_boot_id())
+        boots: dict[str, str | None] = {}
         cache = ExportCache(workspace.exports_dir)
         chunk = max(1, take or protocol.interleave)
 
@@ -165,6 +226,8 @@ def calibrate_group(
                     with write_lock:
                         bind_table(session, table, device, plan, protocol, True, accept_env_change)
                     state.reached = True
+                    boot = boots[device.key] = session.probe.boot_id if session.probe is not None else None
+                    measure_lock = machines.lock_for(device.key, boot)
                     emit("replica", {"key": device.key, "state": "measuring"})
 
                     def commit(record: MeasureResult) -> None:
@@ -177,7 +240,8 @@ def calibrate_group(
 
                     while hand := queue.take(device.key, chunk):
                         committed.clear()
-                        report = measure_archs(session, hand, plan, protocol, cache, commit, export_lock=export_lock)
+                        report = measure_archs(session, hand, plan, protocol, cache, commit,
+                                               export_lock=export_lock, measure_lock=measure_lock)  # fmt: skip
                         if report.not_measured:
                             raise DeviceUnreachableError(
                                 f"{device.key}: the link dropped after {report.reconnects} reconnect(s)"
@@ -195,6 +259,8 @@ def calibrate_group(
             emit("replica", {"key": device.key, "state": "done"})
 
         run_replicas(replicas, queue, work)
+        for k, boot in boots.items():
+            states[k].machine = machines.kind(boot)
         seconds = {"measure": time.perf_counter() - t0}
         not_measured = [a.id for a in queue.shared]
         reached = [k for k, s in states.items() if s.reached]
@@ -220,6 +286,7 @@ def calibrate_group(
         "measured_now": sum(s.measured for s in states.values()),
         "failed_now": sum(s.failed for s in states.values()),
         "retried": [a.id for a in queue.retried],
+        "timed_one_at_a_time": machines.shared(),
         "not_measured": not_measured,
         "replicas": [states[k].to_dict() | offsets["replicas"].get(k, {}) for k in keys],
         "spread_log": offsets["spread_log"],
