@@ -140,7 +140,7 @@ def _child(args: argparse.Namespace) -> int:
     print(json.dumps({
         "wall_s": wall, "state": status["state"], "algorithm": cfg.algorithm, "timings": status.get("timings"),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "run_bytes": size,
-        "n_evals": status["n_evals"], "summary": status.get("summary"),
+        "n_evals": status["n_evals"], "summary": status.get("summary"), "elite": cfg.operators.elite,
     }))  # fmt: skip
     return 0
 
@@ -233,7 +233,7 @@ def main() -> int:
                 "dedicated_1_wall_s": dedicated[(keys[0], seed)]["wall_s"],
                 "dedicated_all_wall_s": sum(dedicated[(k, seed)]["wall_s"] for k in devs),
                 "peak_rss_mib": res["peak_rss_mib"], "run_bytes": res["run_bytes"], "hv_ratio": ratios,
-                "front_size": (res["summary"] or {}).get("front_size"), "timings": res["timings"],
+                "front_size": (res["summary"] or {}).get("front_size"), "timings": res["timings"], "elite": res.get("elite"),
             })  # fmt: skip
             worst = min(ratios.values())
             print(f"seed {seed} {d} devices ({res['algorithm']}): {res['wall_s']:.1f} s, HV ratio mean "
@@ -334,6 +334,10 @@ def markdown(doc: dict[str, Any]) -> str:
             f"{s['time_vs_dedicated_runs']:.2f} | {100 * s['hv_gap_mean']:.2f} % | {100 * s['hv_gap_worst']:.2f} % "
             f"({s['worst_device']}) | {_control_cell(s.get('control'))} | {s['peak_rss_mib']:.0f} | {s['run_mb']:.1f} | {s['front_size']} |"
         )
+    elite = sorted({(r["devices"], r.get("elite")) for r in doc["runs"]})
+    lines += ["", "Many-device runs use the operators `auto` resolves: accurate-end breeding (`--elite`, share of "
+              "offspring bred from the most accurate networks found) " + ", ".join(f"{e} at {d} devices" for d, e in elite)
+              + "; the dedicated 2-objective runs have none."]  # fmt: skip
     lines += ["", "Control: a second dedicated 2-objective run of each device (seed + "
               f"{doc['protocol'].get('control_seed_offset')}) scored exactly as the many-device run, against the same "
               "dedicated runs: the HV gap a candidate exactly as good as a dedicated run shows at these devices and "

@@ -23,6 +23,7 @@ from ofa2_edge.cli.main import main
 from ofa2_edge.core.workspace import Workspace
 from ofa2_edge.deploy.dashboard import build_data
 from ofa2_edge.search import runstore as rs
+from ofa2_edge.search.algorithms import MANY_COST_ELITE
 from ofa2_edge.search.indicators import EXACT, MC, front_indicator, hypervolume, hypervolume_mc, nondominated
 from ofa2_edge.search.perdevice import bounded_front, crowding_2d, fronts_2d, pairs_of, per_pair_order, round_robin
 from ofa2_edge.space.arch import SearchSpace
@@ -247,9 +248,12 @@ def test_twelve_device_run_downstream(ws: Path, run12: Path, capsys: pytest.Capt
     assert code == 0 and "per-device" in out
     # a second, shorter run to compare with: per device 2-D HVs, joint one an estimate
     objectives = ",".join(["top1", *(f"latency:{k}" for k in devices())])
-    args = ["search", "--objectives", objectives, "--pop", "20", "--gens", "5", "--seed", "1", "--no-plot"]
+    args = ["search", "--objectives", objectives, "--pop", "20", "--gens", "5", "--seed", "1", "--no-plot", "--elite", "0"]
     assert main(["-W", str(ws), *args, "-o", str(tmp_path / "short")]) == 0
     capsys.readouterr()
+    # accurate-end breeding: on by default with many costs (stored resolved), off when asked
+    assert rs.RunFolder(run12).config()["operators"]["elite"] == MANY_COST_ELITE
+    assert rs.RunFolder(tmp_path / "short").config()["operators"]["elite"] == 0.0
     code, out, _ = cli(capsys, ws, "runs", "compare", str(run12), str(tmp_path / "short"), "--json")
     doc = json.loads(out)
     assert code == 0 and doc["indicator"] == MC and len(doc["pairs"]) == N_DEVICES

@@ -1,4 +1,5 @@
-"""The memetic step (`FrontRefinement`): one-gene neighbours of the front, inside the budget."""
+"""The steps inside the budget: the memetic step (`FrontRefinement`: one-gene neighbours of the
+front) and accurate-end breeding (`EliteBreeding`: a GA on objective 0 from the best found)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,13 @@ from pymoo.operators.selection.rnd import RandomSelection
 from pymoo.optimize import minimize
 
 from ofa2_edge.core.errors import InvalidInputError
-from ofa2_edge.search.algorithms import BuildContext, OperatorConfig, get_algorithm
+from ofa2_edge.core.workspace import Workspace
+from ofa2_edge.search.algorithms import MANY_COST_ELITE, BuildContext, OperatorConfig, get_algorithm, resolve_operators
+from ofa2_edge.search.archive import Archive
 from ofa2_edge.search.encoding import GenomeCodec
-from ofa2_edge.search.operators import ChoiceSampling, FrontRefinement, one_gene_neighbours
+from ofa2_edge.search.objectives import MetricContext, build_objectives
+from ofa2_edge.search.operators import ChoiceSampling, EliteBreeding, FrontRefinement, one_gene_neighbours
+from ofa2_edge.search.problem import ArchProblem
 from ofa2_edge.space.arch import Arch, SearchSpace
 
 SPACES = [
@@ -205,3 +210,90 @@ def test_config_checks_and_the_wrapping() -> None:
     assert OperatorConfig.ofa2().refine == 0.0  # OFA²'s own operators have no memetic step
     assert OperatorConfig.from_dict({"refine": 0.2}).refine_anchors == "mixed-sparse"
     assert OperatorConfig.from_dict({"sampling": "uniform"}).refine == 0.0  # a config from before the step ran without it
+
+
+def test_best_first_is_kept_incrementally_as_if_computed_at_once(tmp_path) -> None:
+    """`Archive.best_first` (the elite of accurate-end breeding) after batch upon batch equals
+    the brute-force order of all rows, feasible ones only, and a fresh archive given the same
+    rows at once (what a resume does) agrees."""
+    space = SearchSpace()
+    codec = GenomeCodec(space)
+    objectives = build_objectives(["params", "macs"], ["macs<=400"], MetricContext(Workspace.resolve(tmp_path), space))
+    rng = np.random.default_rng(3)
+    batches = [ChoiceSampling(codec)._do(None, n, random_state=rng) for n in (7, 30, 1, 60)]
+    step, once = Archive(objectives, space.w), Archive(objectives, space.w)
+    for X in batches:
+        ArchProblem(codec, objectives, memo=step).evaluate(X)
+        g, v, _ = step.arrays()
+        F, G = step.minimised(v)
+        ok = np.flatnonzero((G <= 0).all(axis=1))
+        brute = ok[np.lexsort((ok, F[ok, 1], F[ok, 0]))][:5]
+        assert np.array_equal(step.best_first(5), g[brute])
+    assert 0 < len(ok) < step.n_rows  # the constraint removed some
+    ArchProblem(codec, objectives, memo=once).evaluate(np.concatenate(batches))
+    assert np.array_equal(once.best_first(5), step.best_first(5))
+    assert np.array_equal(step.best_first(9)[:5], step.best_first(5))  # another size starts over
+
+
+def test_elite_children_are_bred_from_the_best_on_objective_0() -> None:
+    codec = GenomeCodec(SearchSpace())
+    rng = np.random.default_rng(2)
+    X = ChoiceSampling(codec)._do(None, 40, random_state=rng)
+    F = np.column_stack([rng.random(40), rng.random(40), rng.random(40)])
+    cv = np.where(np.arange(40) == int(F[:, 0].argmin()), 1.0, 0.0)  # the best on objective 0 is infeasible
+    pop = _population(codec, X, F, cv)
+    problem = Problem(n_var=codec.n_var, n_obj=3, xl=np.zeros(codec.n_var), xu=codec.n_choices - 1, vtype=int)
+    breed = EliteBreeding(_mating(codec), codec, 0.5, size=4, crossover_prob=0.0)
+    elite = breed.elite(problem, pop)
+    feasible = np.flatnonzero(cv == 0)
+    assert np.array_equal(elite, X[feasible[np.argsort(F[feasible, 0])[:4]]])
+    off = breed.do(problem, pop, 40, random_state=rng)
+    Y = np.asarray(off.get("X"), dtype=np.int64)
+    keys = _canon_keys(codec, Y)
+    assert len(Y) == 40 and len(set(keys)) == 40 and not set(keys) & set(_canon_keys(codec, X))
+    # without crossover the first 20 are mutants of an elite member: a few genes from one of them
+    near = np.array([(elite != y).sum(axis=1).min() for y in Y[:20]])
+    assert (near >= 1).all() and (near <= 6).all()
+    far = np.array([(elite != y).sum(axis=1).min() for y in Y[20:]])
+    assert far.mean() > 10  # the mating's children come from the whole population
+
+
+def test_elite_breeding_reaches_further_on_objective_0_with_several_costs() -> None:
+    """With five costs a joint ranking barely selects, and the best point of objective 0 (an
+    interior one) is bred too little: the breeding gets closer to it with the same
+    evaluations (a check that could fail: its children must reach survival)."""
+    codec = GenomeCodec(SearchSpace())
+    target = ChoiceSampling(codec)._do(None, 1, random_state=np.random.default_rng(5))[0]
+    weights = np.random.default_rng(7).random((5, codec.n_var))
+
+    class P(Problem):
+        def _evaluate(self, x, out, *args, **kwargs):
+            x = codec.canonical(np.asarray(x, dtype=np.int64))
+            out["F"] = np.column_stack([(x != target).sum(axis=1).astype(np.float64), (x + 1) @ weights.T])
+
+    def best(elite: float, seed: int) -> float:
+        algo = get_algorithm("nsga2").build(BuildContext(codec, 6, 40, seed, OperatorConfig(elite=elite), {}))
+        problem = P(n_var=codec.n_var, n_obj=6, xl=np.zeros(codec.n_var), xu=codec.n_choices - 1, vtype=int)
+        res = minimize(problem, algo, ("n_gen", 40), seed=seed, verbose=False)
+        assert res.algorithm.evaluator.n_eval == 40 * 40
+        return float(res.F[:, 0].min())
+
+    assert best(0.2, 1) == best(0.2, 1)
+    assert np.mean([best(0.2, s) for s in (1, 2, 3)]) < np.mean([best(0.0, s) for s in (1, 2, 3)]) - 2
+
+
+def test_elite_share_is_decided_by_the_number_of_costs() -> None:
+    assert resolve_operators(OperatorConfig(), 2).elite == 0.0  # one cost: a dedicated run, unchanged
+    assert resolve_operators(OperatorConfig(), 3).elite == MANY_COST_ELITE
+    assert resolve_operators(OperatorConfig(elite=0.0), 13).elite == 0.0  # a choice stays
+    assert OperatorConfig.from_dict({"refine": 0.1}).elite == 0.0  # a config from before the step ran without it
+    assert OperatorConfig.ofa2().elite == 0.0
+    for bad, match in (({"elite": 1.0}, "accurate-end share"), ({"elite": 0.5, "refine": 0.5}, "leave room"), ({"elite_size": 1}, "at least 2"),
+                       ({"elite_crossover": 1.5}, "crossover probability")):  # fmt: skip
+        with pytest.raises(InvalidInputError, match=match):
+            OperatorConfig(**bad)
+    codec = GenomeCodec(SearchSpace())
+    many = get_algorithm("per-device").build(BuildContext(codec, 5, 10, 1, OperatorConfig(), {}))
+    assert isinstance(many.mating, EliteBreeding) and isinstance(many.mating.mating, FrontRefinement) and many.mating.share == MANY_COST_ELITE
+    one = get_algorithm("nsga2").build(BuildContext(codec, 2, 10, 1, OperatorConfig(), {}))
+    assert isinstance(one.mating, FrontRefinement)

@@ -19,7 +19,7 @@ from ofa2_edge.core.errors import InvalidInputError, Ofa2EdgeError, SchemaError
 from ofa2_edge.core.persist import read_json
 from ofa2_edge.core.workspace import Workspace
 from ofa2_edge.search import runstore as rs
-from ofa2_edge.search.algorithms import ALGORITHMS, OperatorConfig
+from ofa2_edge.search.algorithms import ALGORITHMS, OperatorConfig, resolve_operators
 from ofa2_edge.search.compare import compare_runs
 from ofa2_edge.search.config import SearchConfig
 from ofa2_edge.search.formatter import PendingRows
@@ -55,7 +55,7 @@ def test_run_folder_layout_and_schemas(workspace: Workspace, tmp_path: Path) -> 
     run = rs.RunFolder(folder)
     config = run.config()
     assert config["seed"] == 3 and config["objectives"] == ["top1", "latency:note10", "macs"]
-    assert config["versions"]["pymoo"] and config["operators"] == OperatorConfig().to_dict()
+    assert config["versions"]["pymoo"] and config["operators"] == resolve_operators(OperatorConfig(), 3).to_dict()
     sources = {n: m["source"] for n, m in config["resolved"]["metrics"].items()}
     assert len(sources["top1"]["sha256"]) == 64 and len(sources["latency:note10"]["sha256"]) == 64
     # evaluations: a versioned header, then one row per distinct network, with every metric

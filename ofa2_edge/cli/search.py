@@ -51,7 +51,11 @@ def _config_from_options(base: SearchConfig | None, opts: dict[str, Any], ws: An
     to the table's, unless --resolutions / --width say otherwise."""
     from ofa2_edge.accuracy.table import table_space
 
-    d = base.to_dict() if base else {**SearchConfig(objectives=("top1",)).to_dict(), "algorithm": AUTO}
+    if base:
+        d = base.to_dict()
+    else:  # the defaults, with what depends on the objectives left to decide
+        d = SearchConfig(objectives=("top1",)).to_dict()
+        d["algorithm"], d["operators"]["elite"] = AUTO, None
     space = dict(d["space"])
     from_table = table_space(opts["accuracy"], ws) if ws is not None and opts["accuracy"] else None
     if from_table is not None:
@@ -69,6 +73,7 @@ def _config_from_options(base: SearchConfig | None, opts: dict[str, Any], ws: An
         ("dedupe", "dedupe"),
         ("refine", "refine"),
         ("refine_anchors", "refine_anchors"),
+        ("elite", "elite"),
     ):
         if opts[key] is not None:
             ops[field] = opts[key]
@@ -145,6 +150,11 @@ def search(
     refine: Optional[float] = typer.Option(
         None, "--refine", help="Memetic step: share of each generation's offspring that are one-gene neighbours of the front (default 0.1; 0 turns it off)."
     ),
+    elite: Optional[float] = typer.Option(
+        None,
+        "--elite",
+        help="Accurate-end breeding: share of each generation's offspring bred from the most accurate networks found (default 0.1 with two or more cost objectives, else 0).",
+    ),
     refine_anchors: Optional[str] = typer.Option(None, "--refine-anchors", help=f"Where the neighbours go: {', '.join(REFINE_ANCHORS)} (default {OperatorConfig().refine_anchors})."),
     param: list[str] = typer.Option([], "--param", help="Algorithm parameter KEY=VALUE, e.g. parent_ratio=0.25 (ofa-evolution)."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Checkpoint every N generations (default 100)."),
@@ -162,7 +172,7 @@ def search(
         "resolutions": parse_ints(resolutions, "--resolutions"), "ks": parse_ints(ks, "--ks"), "e": parse_ints(e, "--e"), "d": parse_ints(d, "--d"),
         "width": width, "accuracy": accuracy, "ref_point": _pairs(ref_point, "ref-point"), "sampling": sampling,
         "mutation": mutation, "mutation_prob": mutation_prob, "crossover_prob": crossover_prob, "dedupe": dedupe,
-        "refine": refine, "refine_anchors": refine_anchors, "param": _pairs(param, "param"), "checkpoint_every": checkpoint_every,
+        "refine": refine, "refine_anchors": refine_anchors, "elite": elite, "param": _pairs(param, "param"), "checkpoint_every": checkpoint_every,
     }  # fmt: skip
     given = any(v not in (None, [], {}) for v in opts.values())
     if resume:

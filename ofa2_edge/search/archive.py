@@ -38,6 +38,13 @@ class Archive:
         self.n_handed = 0
         self.gen = 0
         self.seconds = 0.0
+        self._forget_best()
+
+    def _forget_best(self) -> None:
+        self._best_rows = np.zeros(0, dtype=np.int64)  # `best_first`'s rows, best first
+        self._best_F = np.zeros((0, self.objectives.n_obj), dtype=np.float64)
+        self._best_seen = 0  # rows `best_first` has looked at
+        self._best_m = 0
 
     def lookup(self, genomes: np.ndarray) -> tuple[list[bytes], np.ndarray, np.ndarray]:
         keys = [row.tobytes() for row in genomes.astype(np.int16)]
@@ -71,6 +78,23 @@ class Archive:
         """(genomes, values, gen) of every row, in the order they were evaluated."""
         return self._genomes[: self.n_rows], self._values[: self.n_rows], self._gens[: self.n_rows]
 
+    def best_first(self, m: int) -> np.ndarray:
+        """Genomes of the `m` best feasible networks evaluated so far on the first objective,
+        best first (ties: the other objectives in order, then the earlier row): the accurate
+        end of everything the run has seen (`operators.EliteBreeding`). Kept incrementally,
+        O(new rows) a call; a function of the rows alone, so a resumed run gets the same."""
+        if m != self._best_m:
+            self._forget_best()
+            self._best_m = m
+        if self._best_seen < self.n_rows:
+            F, G = self.minimised(self._values[self._best_seen : self.n_rows])
+            ok = (G <= 0).all(axis=1)
+            rows = np.concatenate([self._best_rows, np.arange(self._best_seen, self.n_rows)[ok]])
+            Fs = np.concatenate([self._best_F, F[ok]])
+            keep = np.lexsort((rows, *(Fs[:, j] for j in reversed(range(Fs.shape[1])))))[:m]
+            self._best_rows, self._best_F, self._best_seen = rows[keep], Fs[keep], self.n_rows
+        return self._genomes[self._best_rows]
+
     def minimised(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(F, G) of archive values."""
         ev = self.objectives.from_values({n: values[:, i] for i, n in enumerate(self.names)})
@@ -102,6 +126,7 @@ class Archive:
         `RunFolder.read_archive` validated them)."""
         self._row_of.clear()
         self.n_rows = 0
+        self._forget_best()
         if len(rows.genomes):
             g = rows.genomes
             self._row_of = {row.tobytes(): i for i, row in enumerate(g.astype(np.int16))}

@@ -14,7 +14,7 @@ import numpy as np
 
 from ofa2_edge.core.errors import InvalidInputError, Ofa2EdgeError, SchemaError
 from ofa2_edge.search import runstore as rs
-from ofa2_edge.search.algorithms import AUTO, OperatorConfig, default_algorithm
+from ofa2_edge.search.algorithms import AUTO, OperatorConfig, default_algorithm, resolve_operators
 from ofa2_edge.search.objectives import OFFICIAL_ACCURACY, Objectives, probe_genomes
 from ofa2_edge.space.arch import SearchSpace
 
@@ -43,6 +43,7 @@ class SearchConfig:
         object.__setattr__(self, "constraints", tuple(self.constraints))
         if self.algorithm == AUTO:  # stored resolved, so a run folder always names its algorithm
             object.__setattr__(self, "algorithm", default_algorithm(len(self.objectives)))
+        object.__setattr__(self, "operators", resolve_operators(self.operators, len(self.objectives)))
         if self.pop_size < 2:
             raise InvalidInputError(f"population size {self.pop_size} must be at least 2")
         if self.n_gen < 1:
