@@ -123,3 +123,37 @@ def kept_sections(report: Path) -> list[str]:
     pattern = re.compile(r"<!-- ([\w-]+):start -->.*?<!-- \1:end -->", flags=re.S)
     return [m.group(0) for m in pattern.finditer(report.read_text())]
 
+
+
+_VIOLATION_FIELDS = ("judged", "violation_rate", "violation_ci95", "beyond_retest_rate", "max_excess_pct")
+
+
+def violation_figures(violations: dict[str, Any]) -> dict[str, Any]:
+    """The figures of a verify report's `violations` a benchmark keeps: per safe level, the
+    picks at the judged limits and every pick at its tightest limit (no per-pick rows)."""
+    return {
+        level: {**{x: v.get(x) for x in _VIOLATION_FIELDS}, "tightest": {x: v["tightest"].get(x) for x in _VIOLATION_FIELDS}}
+        for level, v in violations.items()
+    }
+
+
+def violation_rows(violations: dict[str, Any], goal_level: str, goal: str) -> list[str]:
+    """Markdown table rows (figure | value | goal) for `violation_figures`."""
+
+    def p(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f} %"
+
+    def cell(v: dict[str, Any]) -> str:
+        ci = v.get("violation_ci95")
+        excess = v.get("max_excess_pct")
+        return (f"{p(v['violation_rate'])}" + ("" if ci is None else f" (95 % interval {p(ci[0])}-{p(ci[1])})")
+                + f"; beyond retest {p(v['beyond_retest_rate'])}" + ("" if excess is None else f", max excess {excess:+.1f} %"))  # fmt: skip
+
+    rows = []
+    for level, v in violations.items():
+        name = "point prediction" if level == "point" else f"`select --safe {level}`"
+        target = goal if level == goal_level else ""
+        rows.append(f"| violation rate, {name}, judged limits ({v['judged']} picks) | {cell(v)} | {target} |")
+        t = v["tightest"]
+        rows.append(f"| violation rate, {name}, every pick at its tightest limit ({t['judged']} picks) | {cell(t)} | {target} |")
+    return rows

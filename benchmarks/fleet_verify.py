@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import load1
+from benchlib import load1, violation_figures, violation_rows
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -80,9 +80,8 @@ def main() -> int:
                 s.stop()
     cov, vio = doc["coverage"], doc["violations"]
     figures = {"boards": args.boards, "budget": args.budget, "spread_pct": cal.get("spread_pct"),
-               "replica": doc.get("replica"), "counts": doc["counts"], "coverage": cov, "violations": {
-                   k: {x: v[x] for x in ("judged", "violation_rate", "beyond_retest_rate", "max_excess_pct")}
-                   for k, v in vio.items()}, "error": doc["error"], "test_retest": doc["test_retest"],
+               "replica": doc.get("replica"), "counts": doc["counts"], "coverage": cov, "violations": violation_figures(vio),
+               "error": doc["error"], "test_retest": doc["test_retest"],
                "hypervolume": doc["hypervolume"], "seconds": seconds, "load1_at_end": load1()}  # fmt: skip
 
     def pct(x: float | None) -> str:
@@ -103,11 +102,7 @@ def main() -> int:
         f"| coverage of the 90 % interval | {pct(cov['90']['actual'])} (n={cov['90']['n']}) | 90 % +- 5 points |",
         f"| MAPE on the front | {doc['error']['mape_pct']:.1f} % | |" if doc["error"]["mape_pct"] is not None else "| MAPE | - | |",
     ]
-    for k, v in vio.items():
-        name = "point prediction" if k == "point" else f"`select --safe {k}`"
-        goal = "<= 10 %, 0 beyond retest" if k == "0.9" else ""
-        lines.append(f"| violation rate, {name} ({v['judged']} picks) | {pct(v['violation_rate'])} (beyond retest "
-                     f"{pct(v['beyond_retest_rate'])}) | {goal} |")  # fmt: skip
+    lines += violation_rows(figures["violations"], "0.9", "<= 10 %, 0 beyond retest")
     hv = doc["hypervolume"]
     if hv.get("ratio") is not None:
         lines.append(f"| HV of the front, predicted / measured | {hv['predicted']:.4g} / {hv['measured']:.4g} "

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import load1
+from benchlib import load1, violation_figures, violation_rows
 
 from ofa2_edge.cli.main import main as cli
 
@@ -101,8 +101,7 @@ def summarise(rep: dict[str, Any], args: argparse.Namespace, seconds: dict[str, 
         "within_10pct": rep["error"]["share_within_10pct"],
         "test_retest": rep["test_retest"],
         "limits_ms": rep["limits_ms"],
-        "violations": {k: {x: val[x] for x in ("judged", "violation_rate", "beyond_retest_rate", "max_excess_pct")}
-                       for k, val in v.items()},  # fmt: skip
+        "violations": violation_figures(v),
         "hv": rep["hypervolume"],
         "seconds": {k: round(s, 1) for k, s in seconds.items()},
         "load1_at_end": load1(),
@@ -113,9 +112,9 @@ def _p(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f} %"
 
 
-def _pct(x: float | None, sign: str = "") -> str:
+def _pct(x: float | None) -> str:
     """A value already in percent."""
-    return "-" if x is None else f"{x:{sign}.1f} %"
+    return "-" if x is None else f"{x:.1f} %"
 
 
 def render(f: dict[str, Any]) -> str:
@@ -139,14 +138,7 @@ def render(f: dict[str, Any]) -> str:
         f"| share within +-10 % | {_p(f['within_10pct'])} | |",
         f"| test-retest difference | {f['test_retest']['pct']:.1f} % ({f['test_retest']['source']}, n={f['test_retest']['n']}) | |",
     ]
-    for level, v in f["violations"].items():
-        name = "point prediction" if level == "point" else f"`select --safe {level}`"
-        goal = f"<= {GOAL_VIOLATION:.0%}, 0 beyond retest" if level == "0.9" else ""
-        lines.append(
-            f"| violation rate, {name} ({v['judged']} picks) | {_p(v['violation_rate'])} "
-            f"(beyond retest {_p(v['beyond_retest_rate'])}, max excess "
-            f"{_pct(v['max_excess_pct'], '+')}) | {goal} |"
-        )
+    lines += violation_rows(f["violations"], "0.9", f"<= {GOAL_VIOLATION:.0%}, 0 beyond retest")
     hv = f["hv"]
     if hv["predicted"] is not None:
         ratio = "-" if hv["ratio"] is None else f"{hv['ratio']:.3f}"

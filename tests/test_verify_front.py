@@ -15,7 +15,7 @@ from records_factory import probe_report, record_for
 from device_agents.records import Protocol
 from ofa2_edge.cli.main import main
 from ofa2_edge.core.errors import EXIT_FAILURE, SchemaError
-from ofa2_edge.deploy.select import price_front
+from ofa2_edge.deploy.select import non_dominated, price_front
 from ofa2_edge.search.runstore import RunFolder
 from ofa2_edge.space.arch import SearchSpace
 from ofa2_edge.surrogates.lut import LutSurrogate
@@ -190,6 +190,20 @@ def test_judge_picks_and_retest_rules(workspace: Path) -> None:
     assert out["judged"] == 0 and out["picks"][0]["state"] == "not verified" and out["violation_rate"] is None
     out = judge_picks(cands, surrogate, None, [fastest.latency_ms / 2], {}, set(), 1.0)
     assert out["picks"][0]["state"] == "no pick"
+    # every member some limit picks, at its tightest limit (its own bound), whatever the limits given
+    front = sorted(non_dominated(cands), key=lambda c: c.latency_ms)
+    measured = {c.arch.id: c.latency_ms * (1.02 if i % 3 == 0 else 0.99) for i, c in enumerate(front)}
+    out = judge_picks(cands, surrogate, None, [fastest.latency_ms / 2], measured, {front[1].arch.id}, 1.0)
+    tight = out["tightest"]
+    assert out["judged"] == 0 and tight["judged"] == len(front) - 1 >= 3
+    assert {p["arch_id"] for p in tight["picks"]} == {c.arch.id for c in front} - {front[1].arch.id}
+    n_over = sum(1 for i in range(len(front)) if i % 3 == 0 and i != 1)
+    assert tight["violation_rate"] == pytest.approx(n_over / (len(front) - 1)) and tight["beyond_retest_rate"] == tight["violation_rate"]
+    lo, hi = tight["violation_ci95"]
+    assert 0 <= lo < tight["violation_rate"] < hi <= 1 and tight["max_excess_pct"] == pytest.approx(2.0)
+    safe = judge_picks(cands, surrogate, 0.9, [], measured, set(), 1.0)["tightest"]
+    point = {c.arch.id: c.latency_ms for c in cands}
+    assert safe["judged"] >= 1 and all(p["limit_ms"] > point[p["arch_id"]] for p in safe["picks"])  # judged at the 0.9 bound
     # test-retest: calibration vs verification pairs when there are 3+, else the agent's block spread
     fp = probe_report().fingerprint
     recs = {c.arch.id: record_for(c.arch, 10.0, Protocol(), fingerprint=fp) for c in cands[:3]}

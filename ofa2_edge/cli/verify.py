@@ -23,6 +23,10 @@ from ofa2_edge.cli.runs import resolve_run
 from ofa2_edge.core.errors import EXIT_MEASUREMENT, EXIT_UNREACHABLE, DeviceUnreachableError
 
 
+def _ci(ci: list[float] | None) -> str:
+    return "" if ci is None else f" (95 % interval {100 * ci[0]:.0f}-{100 * ci[1]:.0f} %)"
+
+
 def _pct(x: Optional[float]) -> str:
     return "-" if x is None else f"{x:.0%}"
 
@@ -140,9 +144,12 @@ def _print(rep: dict[str, Any]) -> None:
     retest = rep["test_retest"]
     for level, v in rep["violations"].items():
         name = "point prediction" if level == "point" else f"select --safe {level}"
+        t = v["tightest"]
         out_console.print(
             f"{name}: {v['judged']} pick(s) judged, violation rate {_pct(v['violation_rate'])}, beyond the "
-            f"{retest['pct']:.1f} % test-retest difference {_pct(v['beyond_retest_rate'])}",
+            f"{retest['pct']:.1f} % test-retest difference {_pct(v['beyond_retest_rate'])}; every pick at its "
+            f"tightest limit: {t['judged']} judged, {_pct(t['violation_rate'])}{_ci(t['violation_ci95'])}, beyond "
+            f"retest {_pct(t['beyond_retest_rate'])}",
             highlight=False,
         )
     hv = rep["hypervolume"]

@@ -9,7 +9,9 @@ on them), and scores the device's current predictor on them:
   intervals against their nominal coverage;
 - the violation rate of `select --safe Q` picks: for several latency limits, the pick
   `select` would make on the full front, and whether its measured latency exceeds the limit
-  that selected it (and by more than the table's test-retest difference);
+  that selected it (and by more than the table's test-retest difference); and over every
+  verified member some limit would pick, each at its tightest limit (`tightest_picks`),
+  with a 95 % interval on the rate;
 - the hypervolume of the verified members on measured latencies beside the predicted one.
 
 A member whose arch is also in `measurements.jsonl` (the calibration data the predictor was
@@ -36,7 +38,7 @@ from ofa2_edge.calibration.calibrate import bind_table
 from ofa2_edge.core.errors import InvalidInputError
 from ofa2_edge.core.persist import write_json
 from ofa2_edge.core.workspace import Workspace
-from ofa2_edge.deploy.select import Candidate, Limits, price_front, select
+from ofa2_edge.deploy.select import Candidate, Limits, non_dominated, price_front, select
 from ofa2_edge.devices.inventory import Device
 from ofa2_edge.devices.pipeline import MeasurePlan, measure_archs
 from ofa2_edge.devices.session import DeviceSession
@@ -341,13 +343,42 @@ def judge_picks(
             row["excess_pct"] = 100.0 * (m - limit) / limit
         picks.append(row)
     judged = [p for p in picks if p["state"] == "judged"]
-    beyond = [p for p in judged if p["excess_pct"] > retest_pct]
+    return {"picks": picks, **_rates(judged, retest_pct), "tightest": tightest_picks(pool, measured, in_calibration, retest_pct)}
+
+
+def tightest_picks(pool: Sequence[Candidate], measured: Mapping[str, float], in_calibration: set[str], retest_pct: float) -> dict[str, Any]:
+    """Every member some limit would pick, judged at the tightest such limit: its own bound.
+
+    `select --max-latency L` picks a member of the front on (bound, top-1) for every L from
+    that member's bound up to the next member's, and a breach is likeliest at the lowest of
+    them. So each front member that was verified (and is not in the calibration data) is one
+    trial, judged at L = its bound: a rate over many more picks than a handful of limits
+    gives, and an upper bound on the rate at any limit. With a 95 % Wilson interval."""
+    judged = []
+    for c in non_dominated(list(pool)):
+        m = measured.get(c.arch.id)
+        if m is None or c.arch.id in in_calibration:
+            continue
+        limit = c.limit_latency_ms
+        judged.append({"arch_id": c.arch.id, "limit_ms": limit, "measured_ms": m, "violated": m > limit, "excess_pct": 100.0 * (m - limit) / limit})
+    return {"picks": judged, **_rates(judged, retest_pct)}
+
+
+def _rates(judged: Sequence[dict[str, Any]], retest_pct: float) -> dict[str, Any]:
+    """Violation figures of judged picks: the rate with its 95 % Wilson interval, the share
+    breaking the limit by more than the test-retest difference, the largest excess."""
+    if not judged:
+        return {"judged": 0, "violation_rate": None, "violation_ci95": None, "beyond_retest_rate": None, "max_excess_pct": None}
+    from scipy.stats import binomtest
+
+    k = sum(p["violated"] for p in judged)
+    ci = binomtest(k, len(judged)).proportion_ci(confidence_level=0.95, method="wilson")
     return {
-        "picks": picks,
         "judged": len(judged),
-        "violation_rate": float(np.mean([p["violated"] for p in judged])) if judged else None,
-        "beyond_retest_rate": len(beyond) / len(judged) if judged else None,
-        "max_excess_pct": max((p["excess_pct"] for p in judged), default=None),
+        "violation_rate": k / len(judged),
+        "violation_ci95": [float(ci.low), float(ci.high)],
+        "beyond_retest_rate": sum(p["excess_pct"] > retest_pct for p in judged) / len(judged),
+        "max_excess_pct": max(p["excess_pct"] for p in judged),
     }
 
 
