@@ -16,7 +16,9 @@ Each member's ``rank`` is its best front over all pairs and ``crowding`` its cro
 distance on that pair, so NSGA-II's binary tournament (by rank, then crowding) works
 unchanged. The memetic step (`FrontRefinement`) takes its anchors on the pairs' own 2-D
 fronts, the pairs in turn: on the joint front its "thin places" would be measured in 13
-dimensions, where most members lie on no device's front.
+dimensions, where most members lie on no device's front. Every device's front starts at the
+same member, the most accurate network found; the accurate-end breeding
+(`operators.EliteBreeding`, on by default with two or more costs) feeds that shared end.
 """
 
 from __future__ import annotations
