@@ -77,8 +77,8 @@ class OperatorConfig:
     refine_anchors: str = "mixed-sparse"
     #: Accurate-end breeding (`EliteBreeding`): the share of each generation's offspring
     #: bred by a single-objective GA on objective 0 from the `elite_size` best networks on
-    #: it so far (0: off), crossover probability `elite_crossover`. None: `resolve_operators`
-    #: decides by the number of objectives.
+    #: it so far (0: off), crossover probability `elite_crossover`; taken first, so the memetic
+    #: step's share is of the rest. None: `resolve_operators` decides by the number of objectives.
     elite: float | None = None
     elite_size: int = 20
     elite_crossover: float = 0.5

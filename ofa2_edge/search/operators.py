@@ -210,8 +210,6 @@ class ShareOfOffspring(InfillCriterion):
 
 
 class FrontRefinement(ShareOfOffspring):
-
-
     """Memetic local search inside the evolutionary loop, on the same evaluation budget.
 
     Of each generation's `n_offsprings`, ``share`` are single-gene neighbours
