@@ -339,8 +339,7 @@ def judge_picks(
         row = {"limit_ms": limit, "arch_id": c.arch.id, "bound_ms": c.limit_latency_ms, "measured_ms": m, "state": state}
         if state == "judged":
             assert m is not None
-            row["violated"] = m > limit
-            row["excess_pct"] = 100.0 * (m - limit) / limit
+            row.update(_verdict(m, limit))
         picks.append(row)
     judged = [p for p in picks if p["state"] == "judged"]
     return {"picks": picks, **_rates(judged, retest_pct), "tightest": tightest_picks(pool, measured, in_calibration, retest_pct)}
@@ -359,9 +358,13 @@ def tightest_picks(pool: Sequence[Candidate], measured: Mapping[str, float], in_
         m = measured.get(c.arch.id)
         if m is None or c.arch.id in in_calibration:
             continue
-        limit = c.limit_latency_ms
-        judged.append({"arch_id": c.arch.id, "limit_ms": limit, "measured_ms": m, "violated": m > limit, "excess_pct": 100.0 * (m - limit) / limit})
+        judged.append({"arch_id": c.arch.id, "limit_ms": c.limit_latency_ms, "measured_ms": m, **_verdict(m, c.limit_latency_ms)})
     return {"picks": judged, **_rates(judged, retest_pct)}
+
+
+def _verdict(measured_ms: float, limit_ms: float) -> dict[str, Any]:
+    """Whether a pick measured at `measured_ms` broke `limit_ms`, and by how much (percent)."""
+    return {"violated": measured_ms > limit_ms, "excess_pct": 100.0 * (measured_ms - limit_ms) / limit_ms}
 
 
 def _rates(judged: Sequence[dict[str, Any]], retest_pct: float) -> dict[str, Any]:
