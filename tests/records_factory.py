@@ -38,6 +38,7 @@ def record_for(
     error: FailureKind | None = None,
     fingerprint: str = "f" * 64,
     runtime_version: str = "1.0",
+    batch_id: str = "b-test",
 ) -> MeasureResult:
     spec = ModelSpec(
         arch.id,
@@ -55,7 +56,7 @@ def record_for(
             "test failure",
             spec,
             protocol,
-            batch_id="b-test",
+            batch_id=batch_id,
             started_at=now,
             finished_at=now,
             device_fingerprint=fingerprint,
@@ -88,7 +89,7 @@ def record_for(
         "x",
         spec,
         protocol,
-        batch_id="b-test",
+        batch_id=batch_id,
         started_at=now,
         finished_at=now,
         device_fingerprint=fingerprint,

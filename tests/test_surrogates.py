@@ -31,6 +31,7 @@ from ofa2_edge.surrogates.metrics import interval_coverage, latency_metrics
 from ofa2_edge.surrogates.prior import HybridSurrogate, TransferSurrogate
 from ofa2_edge.surrogates.select import fit_best, format_report
 from ofa2_edge.surrogates.trees import PerfectTrees, TreeSurrogate
+from ofa2_edge.surrogates.verified import VerifiedSurrogate
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +62,8 @@ def all_kinds(note10: LutSurrogate) -> list[LearnedSurrogate]:
         TransferSurrogate(prior=other_device, link="log", prior_label="other"),
         TransferSurrogate(prior=note10, link="add", prior_label="note10"),
         GroupSurrogate(base=LinearSurrogate(features="compact"), spread_log=0.05),  # a device group's
+        VerifiedSurrogate(base=GroupSurrogate(base=LinearSurrogate(features="stage"), spread_log=0.03),
+                          residuals=np.linspace(-0.02, 0.12, 9), sessions=2),  # a group's, verified on the board
     ]
 
 
@@ -337,7 +340,7 @@ def test_saved_files_of_unknown_kind_or_version_are_refused(note10: LutSurrogate
         load_surrogate(tmp_path / "v9.json")
     write_json(tmp_path / "kind.json", "ofa2-edge/latency-surrogate", 1, {**body, "kind": "neural-ode"})
     with pytest.raises(
-        SchemaError, match="unknown surrogate kind 'neural-ode'; known: group, hybrid, linear, lut, transfer, trees"
+        SchemaError, match="unknown surrogate kind 'neural-ode'; known: group, hybrid, linear, lut, transfer, trees, verified"
     ):
         load_surrogate(tmp_path / "kind.json")
     broken = {**body, "params": {**body["params"], "state": {"coef": [1.0]}}}

@@ -13,12 +13,23 @@ import pytest
 from records_factory import probe_report, record_for
 
 from device_agents.records import Protocol
+from ofa2_edge.calibration.calibrate import fit_table
 from ofa2_edge.cli.main import main
-from ofa2_edge.core.errors import EXIT_FAILURE, SchemaError
+from ofa2_edge.core.errors import EXIT_FAILURE, InvalidInputError, SchemaError
 from ofa2_edge.deploy.select import non_dominated, price_front
 from ofa2_edge.search.runstore import RunFolder
 from ofa2_edge.space.arch import SearchSpace
+from ofa2_edge.surrogates.group import GroupSurrogate
 from ofa2_edge.surrogates.lut import LutSurrogate
+from ofa2_edge.surrogates.verified import (
+    MIN_RESIDUALS,
+    VerifiedSurrogate,
+    pooled,
+    residual_quantile,
+    session_of,
+    session_residuals,
+    shifts_doc,
+)
 from ofa2_edge.tables.device import DeviceTable, MeasureKey
 from ofa2_edge.workflows.verify_front import VerifyRequest, choose_members, judge_picks, retest_difference, score
 
@@ -182,18 +193,18 @@ def test_judge_picks_and_retest_rules(workspace: Path) -> None:
     fastest = min(cands, key=lambda c: c.latency_ms)
     limit = fastest.latency_ms * 1.0001
     # the only member within the limit, measured 4 % over it: a violation, beyond a 1 % retest
-    out = judge_picks(cands, surrogate, None, [limit], {fastest.arch.id: limit * 1.04}, set(), 1.0)
+    out = judge_picks(cands, surrogate.predict_quantile, None, [limit], {fastest.arch.id: limit * 1.04}, set(), 1.0)
     assert out["judged"] == 1 and out["violation_rate"] == 1.0 and out["beyond_retest_rate"] == 1.0
-    out = judge_picks(cands, surrogate, None, [limit], {fastest.arch.id: limit * 1.04}, set(), 5.0)
+    out = judge_picks(cands, surrogate.predict_quantile, None, [limit], {fastest.arch.id: limit * 1.04}, set(), 5.0)
     assert out["violation_rate"] == 1.0 and out["beyond_retest_rate"] == 0.0
-    out = judge_picks(cands, surrogate, None, [limit], {}, set(), 1.0)
+    out = judge_picks(cands, surrogate.predict_quantile, None, [limit], {}, set(), 1.0)
     assert out["judged"] == 0 and out["picks"][0]["state"] == "not verified" and out["violation_rate"] is None
-    out = judge_picks(cands, surrogate, None, [fastest.latency_ms / 2], {}, set(), 1.0)
+    out = judge_picks(cands, surrogate.predict_quantile, None, [fastest.latency_ms / 2], {}, set(), 1.0)
     assert out["picks"][0]["state"] == "no pick"
     # every member some limit picks, at its tightest limit (its own bound), whatever the limits given
     front = sorted(non_dominated(cands), key=lambda c: c.latency_ms)
     measured = {c.arch.id: c.latency_ms * (1.02 if i % 3 == 0 else 0.99) for i, c in enumerate(front)}
-    out = judge_picks(cands, surrogate, None, [fastest.latency_ms / 2], measured, {front[1].arch.id}, 1.0)
+    out = judge_picks(cands, surrogate.predict_quantile, None, [fastest.latency_ms / 2], measured, {front[1].arch.id}, 1.0)
     tight = out["tightest"]
     assert out["judged"] == 0 and tight["judged"] == len(front) - 1 >= 3
     assert {p["arch_id"] for p in tight["picks"]} == {c.arch.id for c in front} - {front[1].arch.id}
@@ -201,7 +212,7 @@ def test_judge_picks_and_retest_rules(workspace: Path) -> None:
     assert tight["violation_rate"] == pytest.approx(n_over / (len(front) - 1)) and tight["beyond_retest_rate"] == tight["violation_rate"]
     lo, hi = tight["violation_ci95"]
     assert 0 <= lo < tight["violation_rate"] < hi <= 1 and tight["max_excess_pct"] == pytest.approx(2.0)
-    safe = judge_picks(cands, surrogate, 0.9, [], measured, set(), 1.0)["tightest"]
+    safe = judge_picks(cands, surrogate.predict_quantile, 0.9, [], measured, set(), 1.0)["tightest"]
     point = {c.arch.id: c.latency_ms for c in cands}
     assert safe["judged"] >= 1 and all(p["limit_ms"] > point[p["arch_id"]] for p in safe["picks"])  # judged at the 0.9 bound
     # test-retest: calibration vs verification pairs when there are 3+, else the agent's block spread
@@ -273,3 +284,127 @@ def test_verified_members_in_headless_chromium(chromium: str, workspace: Path, t
         )
         shown = {i: float(v) for i, v in cells if v != "\u2013"}
         assert shown == pytest.approx({i: round(v, 2) for i, v in measured.items()}, abs=0.006)
+
+
+# ---------------------------------------------------------------------------- session drift
+def _session_batch(session: int, batch: int = 1) -> str:
+    """A batch id of measurement session `session`, as DeviceSession writes them."""
+    return f"b-{session:012x}-{batch:08x}"
+
+
+def test_each_verify_call_is_one_session(workspace: Path, tmp_path: Path) -> None:
+    """Batch ids carry the session: one verify call's records share it, the next call's differ."""
+    shutil.copytree(workspace, tmp_path / "ws")
+    ws = ["-W", str(tmp_path / "ws")]
+    table = DeviceTable(tmp_path / "ws" / "latency_tables", "local")
+    table.verification_path.unlink(missing_ok=True)
+    assert main([*ws, "verify", "demo", "--device", "local", "--top", "2", "--quick"]) == 0
+    first = {session_of(r.batch_id) for r in table.verification_records()}
+    assert main([*ws, "verify", "demo", "--device", "local", "--top", "4", "--quick"]) == 0
+    records = list(table.verification_records())
+    sessions = [session_of(r.batch_id) for r in records]
+    assert len(first) == 1 and len(set(sessions)) == 2 and sessions[:2] == sorted(first) * 2
+    assert all(len(s) == 12 and int(s, 16) >= 0 for s in sessions)
+    assert session_of("b-test") == "b-test"  # records older than session ids: each batch its own
+
+
+def test_session_residuals_and_the_verified_quantiles(workspace: Path) -> None:
+    table = DeviceTable(workspace / "latency_tables", "local")
+    model = table.predictor()
+    archs = SearchSpace().sample(12, np.random.default_rng(5))
+    point = model.predict(archs)
+    fp = probe_report().fingerprint
+
+    def rec(i: int, factor: float, session: int) -> Any:
+        return record_for(archs[i], float(point[i]) * factor, Protocol(), fingerprint=fp, batch_id=_session_batch(session, i))
+
+    recs = [rec(i, 1.10 + 0.01 * i, 1) for i in range(6)] + [rec(i, 0.95, 2) for i in range(6, 9)]
+    recs += [rec(9, 3.0, 2), rec(6, 0.90, 2)]  # fitted on (left out); measured again (the latest counts)
+    res = session_residuals(recs, model, fitted_on={archs[9].id})
+    s1, s2 = session_of(_session_batch(1)), session_of(_session_batch(2))
+    assert set(res) == {s1, s2} and len(res[s1]) == 6 and len(res[s2]) == 3
+    assert np.allclose(sorted(res[s1].values()), np.log(1.10 + 0.01 * np.arange(6)))
+    assert np.allclose(sorted(res[s2].values()), np.log([0.90, 0.95, 0.95]))
+    assert res[s2][archs[6].id] == pytest.approx(np.log(0.90))
+    assert pooled(res, exclude_session=s1).size == 3 and pooled(res).size == 9
+    assert pooled(res, exclude_arch=archs[0].id).size == 8 and np.all(np.diff(pooled(res)) >= 0)
+    assert shifts_doc(res)[s1]["shift_pct"] == pytest.approx(12.5, abs=0.01) and shifts_doc(res)[s2]["n"] == 3
+    r = np.log(1.10 + 0.01 * np.arange(6))
+    assert residual_quantile(r, 0.9) == pytest.approx(r[-1]) and residual_quantile(r, 0.5) == pytest.approx(r[3])
+    assert residual_quantile(r, 0.05) == pytest.approx(r[0])  # too few for the rank: the extreme one
+    # verification can only widen: the wider of the predictor's own bound and the residuals'
+    wrapped = VerifiedSurrogate(model.width_mult, model, pooled(res), 2)
+    assert np.allclose(wrapped.predict(archs), point)
+    own_hi, own_lo = model.predict_quantile(archs, 0.9), model.predict_quantile(archs, 0.1)
+    hi, lo = wrapped.predict_quantile(archs, 0.9), wrapped.predict_quantile(archs, 0.1)
+    assert np.all(hi >= own_hi) and np.all(lo <= own_lo)
+    assert np.allclose(hi, np.maximum(own_hi, point * 1.15))  # rank 10 of 9: the largest residual
+    few = VerifiedSurrogate(model.width_mult, model, pooled(res, exclude_session=s1))  # fewer than MIN_RESIDUALS: its own
+    assert np.allclose(few.predict_quantile(archs, 0.9), own_hi)
+    with pytest.raises(InvalidInputError, match="verified residuals"):
+        VerifiedSurrogate(model.width_mult, model, [0.1, float("nan")])
+
+
+def _two_sessions(workspace: Path, ws: Path) -> tuple[DeviceTable, list, Any]:
+    """A copy whose front members were verified in two sessions (alternately), 10-14 % slower
+    than predicted, with a function scoring them with the saved predictor."""
+    table, run, surrogate, cands = _copy(workspace, ws)
+    request = VerifyRequest(all=True)
+    members = choose_members(cands, request, surrogate)
+    fp = probe_report().fingerprint
+    for i, c in enumerate(members):
+        factor = 1.10 + 0.01 * (i % 5)
+        table.append_verification(
+            record_for(c.arch, c.latency_ms * factor, Protocol(), fingerprint=fp, batch_id=_session_batch(1 + i % 2, i))
+        )
+    key = MeasureKey.of(next(table.verification_records()))
+
+    def scored() -> dict:
+        return score(run, "local", table, table.predictor(), cands, members, key, request)
+
+    return table, members, scored
+
+
+def test_residuals_of_other_sessions_widen_and_fit_folds_them_in(workspace: Path, tmp_path: Path) -> None:
+    # one session 12 % slower than predicted: nothing else to learn from, the intervals stay the predictor's
+    table, run, surrogate, cands = _copy(workspace, tmp_path / "one")
+    members = choose_members(cands, VerifyRequest(all=True), surrogate)
+    assert len(members) >= 2 * MIN_RESIDUALS + 2
+    fp = probe_report().fingerprint
+    for c in members:
+        table.append_verification(record_for(c.arch, c.latency_ms * 1.12, Protocol(), fingerprint=fp, batch_id=_session_batch(1)))
+    key = MeasureKey.of(next(table.verification_records()))
+    one = score(run, "local", table, surrogate, cands, members, key, VerifyRequest(all=True))
+    assert one["sessions"]["count"] == 1 and one["sessions"]["in_predictor"] == 0
+    assert next(iter(one["sessions"]["shifts"].values()))["shift_pct"] == pytest.approx(12.0)
+    assert one["coverage"]["80"]["actual"] == 0.0 and one["violations"]["0.9"]["tightest"]["violation_rate"] == 1.0
+    assert one["own_intervals"]["coverage"]["80"] == 0.0
+    # two sessions, both 10-14 % slower: each is judged with the other's residuals, and is covered
+    table2, members2, scored = _two_sessions(workspace, tmp_path / "two")
+    two = scored()
+    assert two["sessions"]["count"] == 2 and two["sessions"]["residuals"] == len(members2)
+    assert two["coverage"]["80"]["actual"] >= 0.8 and two["coverage"]["90"]["actual"] >= 0.8
+    assert two["violations"]["0.9"]["tightest"]["violation_rate"] <= 0.2
+    # beside it, the judging with the predictor's own intervals: what one calibration session gives
+    own = two["own_intervals"]
+    assert own["coverage"] == {"80": 0.0, "90": 0.0} and own["safe_0.9_tightest"]["violation_rate"] == 1.0
+    # `fit` folds every session's residuals into the saved predictor (select --safe uses it); scoring does not change
+    assert main(["-W", str(tmp_path / "two"), "fit", "--device", "local"]) == 0
+    saved = table2.predictor()
+    assert isinstance(saved, VerifiedSurrogate) and saved.sessions == 2 and saved.residuals.size == len(members2)
+    assert saved.report["verified"]["residuals"] == len(members2)
+    archs = [c.arch for c in members2]
+    assert np.all(saved.predict_quantile(archs, 0.9) >= saved.predict(archs) * 1.13)
+    again = scored()
+    assert again["sessions"]["in_predictor"] == len(members2)
+    assert again["coverage"] == two["coverage"] and again["violations"] == two["violations"]
+
+
+def test_a_refit_keeps_a_groups_spread(workspace: Path, tmp_path: Path) -> None:
+    """`fit --device GROUP` refits the base and keeps the replicas' spread `calibrate --group` measured."""
+    table, _, _, _ = _copy(workspace, tmp_path / "ws")
+    model, _ = fit_table(table, 1.2, group={"replicas": ["a", "b"], "spread_log": 0.07, "anchors": 6})
+    assert isinstance(model, GroupSurrogate) and model.report["group"]["spread_log"] == 0.07
+    assert main(["-W", str(tmp_path / "ws"), "fit", "--device", "local"]) == 0
+    again = table.predictor()
+    assert isinstance(again, GroupSurrogate) and again.spread_log == 0.07 and again.report["group"]["replicas"] == ["a", "b"]

@@ -143,10 +143,16 @@ def fit_table(
     seed: int = 0,
     nested: bool = True,
     quantity: str = "latency",
+    group: dict[str, Any] | None = None,
 ) -> tuple[LatencySurrogate, dict[str, Any]]:
     """Fit the best surrogate on a table's measurements of `quantity` and save it as that
     quantity's predictor (`surrogate.json` for latency). The block table (a latency LUT)
-    and a prior (another device's latency predictor) take part only in a latency fit."""
+    and a prior (another device's latency predictor) take part only in a latency fit.
+
+    A latency predictor's intervals are then widened by what one calibration session cannot
+    show: the part-to-part spread of a device group (`group`, as `calibrate --group` measured
+    it; a refit keeps the saved predictor's) and what the table's verification records showed
+    on front members in later sessions (:mod:`ofa2_edge.surrogates.verified`)."""
     archs, values, records = table.dataset(quantity=quantity)
     archs_w = [(a, y) for a, y in zip(archs, values, strict=True) if a.w == width_mult]
     if not archs_w:
@@ -172,8 +178,30 @@ def fit_table(
     report["quantity"] = quantity
     report["table"] = {"measurements": len(archs_w), "flagged": flagged, "block_table": lut_note}
     model.report = report
+    if quantity == "latency":
+        model = _widened(table, model, group, {r.arch_id for r in records})
+        report = model.report
     model.save(table.predictor_path(quantity), device=table.key)
     return model, report
+
+
+def _widened(table: DeviceTable, model: LatencySurrogate, group: dict[str, Any] | None, fitted_on: set[str]) -> LatencySurrogate:
+    """`model` wrapped in the group spread (given, or the saved group predictor's), then in
+    the residuals of the table's verification records of archs it was not fitted on, each
+    only where there is one."""
+    from ofa2_edge.surrogates.group import GroupSurrogate
+    from ofa2_edge.surrogates.verified import session_residuals, with_verified, without_verified
+
+    if group is None:
+        saved = table.surrogate()
+        saved = without_verified(saved) if saved is not None else None
+        group = (saved.report or {}).get("group") if isinstance(saved, GroupSurrogate) else None
+        group = group if isinstance(group, dict) and isinstance(group.get("spread_log"), (int, float)) else None
+    if group is not None:
+        wrapped = GroupSurrogate(model.width_mult, model, float(group["spread_log"]))
+        wrapped.report = {**model.report, "group": group}
+        model = wrapped
+    return with_verified(model, session_residuals(table.verification_records(), model, fitted_on))
 
 
 def calibrate(

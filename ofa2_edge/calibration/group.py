@@ -47,7 +47,7 @@ from ofa2_edge.devices.inventory import Device
 from ofa2_edge.devices.pipeline import MeasurePlan, measure_archs
 from ofa2_edge.devices.session import DeviceSession
 from ofa2_edge.space.arch import Arch, SearchSpace
-from ofa2_edge.surrogates.group import MAX_SPREAD_LOG, GroupSurrogate
+from ofa2_edge.surrogates.group import MAX_SPREAD_LOG
 from ofa2_edge.tables.device import DeviceTable
 
 log = logging.getLogger(__name__)
@@ -271,11 +271,9 @@ def calibrate_group(
         offsets = replica_offsets([r for r in records if r.protocol == protocol], anchor_archs, keys)
         t1 = time.perf_counter()
         emit("fit", {})
-        base, report = fit_table(table, space.w, seed=seed)
         spread = min(offsets["spread_log"], MAX_SPREAD_LOG)
-        model = GroupSurrogate(space.w, base, spread)
-        model.report = {**report, "group": {"replicas": keys, "spread_log": spread, "anchors": len(anchor_archs)}}
-        model.save(table.surrogate_path, device=group)
+        model, _ = fit_table(table, space.w, seed=seed,
+                             group={"replicas": keys, "spread_log": spread, "anchors": len(anchor_archs)})  # fmt: skip
         seconds["fit"] = time.perf_counter() - t1
     return {
         "group": group,

@@ -141,6 +141,19 @@ def _print(rep: dict[str, Any]) -> None:
         + ("-" if rep["error"]["mape_pct"] is None else f"{rep['error']['mape_pct']:.1f} %"),
         highlight=False,
     )
+    sessions = rep["sessions"]
+    if sessions["count"]:
+        shifts = ", ".join(f"{v['shift_pct']:+.1f} % (n={v['n']})" for v in sessions["shifts"].values())
+        unfolded = sessions["residuals"] != sessions["in_predictor"]
+        own = rep["own_intervals"]["coverage"]
+        out_console.print(
+            f"{sessions['count']} verification session(s), median shift from the predictor: {shifts}. Each member "
+            "is judged with the other sessions' residuals folded into its intervals; with the predictor's own "
+            f"intervals alone the coverage would be 80 % -> {_pct(own['80'])}, 90 % -> {_pct(own['90'])}"
+            + (f". `ofa2-edge fit --device {rep['device']}` folds the {sessions['residuals']} verified residuals "
+               "into the predictor" if unfolded else "") + ".",
+            highlight=False,
+        )  # fmt: skip
     retest = rep["test_retest"]
     for level, v in rep["violations"].items():
         name = "point prediction" if level == "point" else f"select --safe {level}"

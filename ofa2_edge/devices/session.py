@@ -156,6 +156,9 @@ class DeviceSession:
             device, trust_on_first_use=trust_on_first_use, local_dir=self.cache_dir / "devices" / device.key
         )
         self.probe: ProbeReport | None = None
+        #: Every batch id of this session carries it (`b-<session>-<batch>`): records taken in
+        #: one session are told apart from a later one's (session drift, see surrogates.drift).
+        self.session_id = uuid.uuid4().hex[:12]
         self._agent_sha: str | None = None
         self._complete = True
 
@@ -405,7 +408,7 @@ class DeviceSession:
         models = self._upload_models(models, deliver, protocol)
         if not models:
             return
-        batch_id = "b-" + uuid.uuid4().hex[:16]
+        batch_id = f"b-{self.session_id}-{uuid.uuid4().hex[:8]}"
         request = MeasureRequest(
             batch_id, self.device.key, self.transport.work_dir, protocol, tuple(m.spec() for m in models)
         )

@@ -42,7 +42,7 @@ def register_surrogate(kind: str) -> Callable[[S], S]:
 
 #: Modules defining the built-in kinds; imported on first lookup so that loading a saved
 #: surrogate works without the caller importing its kind's module first.
-BUILTIN_KIND_MODULES = ("lut", "linear", "trees", "prior", "group")
+BUILTIN_KIND_MODULES = ("lut", "linear", "trees", "prior", "group", "verified")
 
 
 def _registry() -> dict[str, type["LatencySurrogate"]]:

@@ -14,6 +14,12 @@ on them), and scores the device's current predictor on them:
   with a 95 % interval on the rate;
 - the hypervolume of the verified members on measured latencies beside the predicted one.
 
+Each verify call is one measurement session. Its records' residuals show how the board and
+the front differ from what the calibration taught (:mod:`ofa2_edge.surrogates.verified`);
+`ofa2-edge fit` folds them into the predictor's intervals. Scoring never uses the saved
+ones: each member's intervals and `--safe` bound are the predictor's own with the residuals
+of the *other* sessions folded in, so no member is judged on what its own session taught.
+
 A member whose arch is also in `measurements.jsonl` (the calibration data the predictor was
 fitted on) is measured and shown but never scored. The measurement resumes: members already
 verified under the same device, runtime and protocol are not measured again. The report
@@ -44,7 +50,18 @@ from ofa2_edge.devices.pipeline import MeasurePlan, measure_archs
 from ofa2_edge.devices.session import DeviceSession
 from ofa2_edge.search.indicators import hypervolume
 from ofa2_edge.search.runstore import VERIFICATION_SCHEMA, RunFolder
+from ofa2_edge.space.arch import Arch, genomes_of
 from ofa2_edge.surrogates.base import LatencySurrogate
+from ofa2_edge.surrogates.verified import (
+    Residuals,
+    VerifiedSurrogate,
+    pooled,
+    session_of,
+    session_residuals,
+    shifts_doc,
+    widen,
+    without_verified,
+)
 from ofa2_edge.tables.device import DeviceTable, MeasureKey
 
 log = logging.getLogger(__name__)
@@ -58,6 +75,8 @@ SAFE_LEVELS: tuple[float | None, ...] = (None, 0.8, 0.9, 0.95)
 DEFAULT_LIMITS = 9
 
 Progress = Callable[[str, dict[str, Any]], None]
+#: The `q` quantile in ms of each arch: how a pick's bound and a member's interval are priced.
+Quantile = Callable[[Sequence[Arch], float], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -105,7 +124,7 @@ def choose_members(cands: Sequence[Candidate], request: VerifyRequest, surrogate
         idx = sorted({int(round(i)) for i in np.linspace(0, len(by_latency) - 1, n)})
         chosen = [by_latency[i] for i in idx]
     else:
-        safe_cands = _with_limit(cands, surrogate, request.safe)
+        safe_cands = _with_limit(cands, surrogate.predict_quantile, request.safe)
         chosen = []
         for budget in request.budgets:
             for pool in (cands, safe_cands):  # the plain pick and the --safe pick at each budget
@@ -125,11 +144,11 @@ def choose_members(cands: Sequence[Candidate], request: VerifyRequest, surrogate
     return out
 
 
-def _with_limit(cands: Sequence[Candidate], surrogate: LatencySurrogate, q: float | None) -> list[Candidate]:
+def _with_limit(cands: Sequence[Candidate], quantile: Quantile, q: float | None) -> list[Candidate]:
     """`cands` with the latency limit checked against the `q` quantile (None: the point)."""
     if q is None:
         return [_replace_limit(c, c.latency_ms) for c in cands]
-    bounds = surrogate.predict_quantile([c.arch for c in cands], q)
+    bounds = quantile([c.arch for c in cands], q)
     return [_replace_limit(c, float(b)) for c, b in zip(cands, bounds, strict=True)]
 
 
@@ -219,7 +238,10 @@ def score(
     # what predictors are fitted on: every successful record of measurements.jsonl, any protocol
     calibration = {r.arch_id: r for r in table.records() if r.ok and r.estimate_ms is not None}
     archs = [c.arch for c in members]
-    q = {cov: surrogate.predict_interval(archs, cov) for cov in COVERAGES} if archs else {}
+    base = without_verified(surrogate)
+    residuals = session_residuals(table.verification_records(), base, set(calibration))
+    quantile = cross_session_quantile(base, residuals, {a: session_of(r.batch_id) for a, r in verified.items()})
+    q = {cov: (quantile(archs, (1 - cov) / 2), quantile(archs, (1 + cov) / 2)) for cov in COVERAGES} if archs else {}
     rows = []
     for i, c in enumerate(members):
         rec = verified.get(c.arch.id)
@@ -258,9 +280,18 @@ def score(
     in_cal = {c.arch.id for c in cands if c.arch.id in calibration}
     limits = request.limits or request.budgets or default_limits(cands)
     violations = {
-        ("point" if s is None else f"{s:g}"): judge_picks(cands, surrogate, s, limits, measured_by_id, in_cal, retest["pct"])
+        ("point" if s is None else f"{s:g}"): judge_picks(cands, quantile, s, limits, measured_by_id, in_cal, retest["pct"])
         for s in SAFE_LEVELS
     }
+    # the same judging with the predictor's own intervals (one calibration session): what the drift changed
+    scored_archs = [c.arch for c, r in zip(members, rows, strict=True) if r["measured_ms"] is not None and not r["in_calibration"]]
+    own = {
+        "coverage": {str(round(cov * 100)): _inside_share(base, scored_archs, [r["measured_ms"] for r in scored], cov)
+                     for cov in COVERAGES},
+        "safe_0.9_tightest": tightest_picks(_with_limit(cands, base.predict_quantile, 0.9), measured_by_id, in_cal,
+                                            retest["pct"]),
+    }  # fmt: skip
+    own["safe_0.9_tightest"].pop("picks")
     done = [r for r in rows if r["measured_ms"] is not None]
     return {
         "run": run.run_id,
@@ -284,9 +315,53 @@ def score(
         },
         "coverage": coverage,
         "test_retest": retest,
+        "sessions": _sessions_doc(surrogate, residuals),
+        "own_intervals": own,
         "limits_ms": list(limits),
         "violations": violations,
         "hypervolume": front_hv(run, device_key, done),
+    }
+
+
+def cross_session_quantile(base: LatencySurrogate, residuals: Residuals, sessions: Mapping[str, str]) -> Quantile:
+    """Quantiles of `base` with verified residuals folded in, for each arch those of every
+    session but the one it was verified in (`sessions`: arch id -> session) and not its own:
+    no member is judged with an interval its own session or its own error shaped."""
+
+    def quantile(archs: Sequence[Arch], q: float) -> np.ndarray:
+        g = genomes_of(list(archs))
+        own = np.asarray(base.predict_quantile(g, q), dtype=np.float64)
+        point = np.asarray(base.predict(g), dtype=np.float64)
+        pools: dict[tuple[str | None, str], np.ndarray] = {}
+        out = np.empty(len(own), dtype=np.float64)
+        for i, a in enumerate(archs):
+            k = (sessions.get(a.id), a.id)
+            if k not in pools:
+                pools[k] = pooled(residuals, exclude_session=k[0], exclude_arch=a.id)
+            out[i] = widen(own[i : i + 1], point[i : i + 1], pools[k], q)[0]
+        return out
+
+    return quantile
+
+
+def _inside_share(model: LatencySurrogate, archs: Sequence[Arch], measured: Sequence[float], cov: float) -> float | None:
+    """Share of `measured` inside `model`'s `cov` interval of each arch."""
+    if not archs:
+        return None
+    lo, hi = model.predict_interval(list(archs), cov)
+    m = np.asarray(measured, dtype=np.float64)
+    return float(np.mean((lo <= m) & (m <= hi)))
+
+
+def _sessions_doc(surrogate: LatencySurrogate, residuals: Residuals) -> dict[str, Any]:
+    """The verification sessions (each one's shift from the predictor) and how many verified
+    residuals the saved predictor holds (`ofa2-edge fit` folds them in)."""
+    return {
+        "count": len(residuals),
+        "shifts": shifts_doc(residuals),
+        "residuals": sum(len(r) for r in residuals.values()),
+        "in_predictor": int(surrogate.residuals.size) if isinstance(surrogate, VerifiedSurrogate) else 0,
+        "scoring": "each member judged with the residuals of the other sessions only",
     }
 
 
@@ -316,7 +391,7 @@ def retest_difference(verified: dict[str, MeasureResult], calibration: dict[str,
 
 def judge_picks(
     cands: Sequence[Candidate],
-    surrogate: LatencySurrogate,
+    quantile: Quantile,
     safe: float | None,
     limits: Sequence[float],
     measured: Mapping[str, float],
@@ -325,8 +400,8 @@ def judge_picks(
 ) -> dict[str, Any]:
     """For each limit, `select --max-latency L [--safe safe]`'s pick on the full front, and
     whether its measured latency broke L. A pick not verified (or in the calibration data)
-    is listed, not judged."""
-    pool = _with_limit(cands, surrogate, safe)
+    is listed, not judged. `quantile` prices the `--safe` bounds."""
+    pool = _with_limit(cands, quantile, safe)
     picks = []
     for limit in limits:
         chosen = select(pool, Limits(max_latency_ms=limit), top=1)
