@@ -157,3 +157,30 @@ def violation_rows(violations: dict[str, Any], goal_level: str, goal: str) -> li
         t = v["tightest"]
         rows.append(f"| violation rate, {name}, every pick at its tightest limit ({t['judged']} picks) | {cell(t)} | {target} |")
     return rows
+
+
+def drift_figures(report: dict[str, Any]) -> dict[str, Any]:
+    """A verify report's sessions and its judging with the predictor's own intervals."""
+    own = report["own_intervals"]
+    return {"sessions": report["sessions"],
+            "own": {"coverage": own["coverage"], "safe_0.9_tightest": {x: own["safe_0.9_tightest"].get(x) for x in _VIOLATION_FIELDS}}}  # fmt: skip
+
+
+def drift_rows(figures: dict[str, Any]) -> list[str]:
+    """Markdown rows (figure | value | goal) for `drift_figures`: each verification session's
+    median shift from the predictor, and the figures its own intervals gave (no verified
+    residuals folded in)."""
+
+    def p(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f} %"
+
+    s, own = figures["sessions"], figures["own"]
+    shifts = ", ".join(f"{v['shift_pct']:+.1f} % (n={v['n']})" for v in s["shifts"].values()) or "-"
+    t = own["safe_0.9_tightest"]
+    return [
+        f"| verification sessions: median shift from the predictor | {shifts} | |",
+        f"| the predictor's own intervals (no verified residuals): coverage 80 % / 90 % | {p(own['coverage']['80'])} / "
+        f"{p(own['coverage']['90'])} | |",
+        f"| the predictor's own intervals: `select --safe 0.9`, every pick at its tightest limit ({t['judged']} picks) | "
+        f"{p(t['violation_rate'])}; beyond retest {p(t['beyond_retest_rate'])} | |",
+    ]

@@ -5,8 +5,10 @@ Starts `--boards` OpenSSH servers on 127.0.0.1 (each a "board": this machine, th
 its own port, host key and work folder), adds them with `devices add --group fleet`, then,
 all through the CLI: `calibrate --group fleet` (the group's table and predictor, with the
 replicas' spread in its intervals), `search --objectives top1,latency:fleet`, and
-`verify --device fleet --top N` (members measured on the group's first replica that answers,
-kept apart from the calibration data). Reports coverage of the 80 % / 90 % intervals against
+`verify --device fleet --top N/2`, `fit --device fleet` (folds that session's drift into the
+group's predictor) and `verify --device fleet --top N` (two sessions, each on the group's
+first replica that answers; members kept apart from the calibration data, each judged with
+the drift of the other session only). Reports coverage of the 80 % / 90 % intervals against
 nominal and the violation rate of `select --safe` picks, as `front_verify.py` does for `local`.
 The boards share this machine's cores: this checks the group path end to end, under load.
 
@@ -24,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import load1, violation_figures, violation_rows
+from benchlib import drift_figures, drift_rows, load1, violation_figures, violation_rows
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -73,6 +75,8 @@ def main() -> int:
                     str(args.pop), "--gens", str(args.gens), "--seed", "1", "--no-plot", "-o", run)  # fmt: skip
             seconds["search"] = time.perf_counter() - t
             t = time.perf_counter()
+            run_cli(*ws, "verify", run, "--device", "fleet", "--top", str(max(1, args.top // 2)), "--quick", "--json")
+            run_cli(*ws, "fit", "--device", "fleet", "--width", "1.2", "--json")
             doc = json.loads(run_cli(*ws, "verify", run, "--device", "fleet", "--top", str(args.top), "--quick", "--json"))
             seconds["verify"] = time.perf_counter() - t
         finally:
@@ -81,6 +85,7 @@ def main() -> int:
     cov, vio = doc["coverage"], doc["violations"]
     figures = {"boards": args.boards, "budget": args.budget, "spread_pct": cal.get("spread_pct"),
                "replica": doc.get("replica"), "counts": doc["counts"], "coverage": cov, "violations": violation_figures(vio),
+               "drift": drift_figures(doc),
                "error": doc["error"], "test_retest": doc["test_retest"],
                "hypervolume": doc["hypervolume"], "seconds": seconds, "load1_at_end": load1()}  # fmt: skip
 
@@ -94,7 +99,7 @@ def main() -> int:
         f"part-to-part spread {cal.get('spread_pct', 0):.1f} %); front members verified on replica "
         f"{doc.get('replica')}: {doc['counts']['measured']} measured, {doc['counts']['scored']} scored "
         f"({doc['counts']['in_calibration']} in the calibration data, not scored). Wall time: calibrate "
-        f"{seconds['calibrate']:.0f} s, search {seconds['search']:.0f} s, verify {seconds['verify']:.0f} s.",
+        f"{seconds['calibrate']:.0f} s, search {seconds['search']:.0f} s, verify (two sessions and the fit between) {seconds['verify']:.0f} s.",
         "",
         "| figure | value | goal |",
         "|---|---|---|",
@@ -103,6 +108,7 @@ def main() -> int:
         f"| MAPE on the front | {doc['error']['mape_pct']:.1f} % | |" if doc["error"]["mape_pct"] is not None else "| MAPE | - | |",
     ]
     lines += violation_rows(figures["violations"], "0.9", "<= 10 %, 0 beyond retest")
+    lines += drift_rows(figures["drift"])
     hv = doc["hypervolume"]
     if hv.get("ratio") is not None:
         lines.append(f"| HV of the front, predicted / measured | {hv['predicted']:.4g} / {hv['measured']:.4g} "
