@@ -8,4 +8,6 @@ The host imports :mod:`device_agents.records` to validate what comes back.
 """
 
 #: 0.3.0: `classify` (top-1 labels of a .npy image batch) beside probe and measure.
-AGENT_VERSION = "0.4.0"
+#: 0.4.1: energy per inference over the timed runs' time (before: the whole block window,
+#: its warm-up runs counted as inferences: 1.3-2.4x too much on this CPU, quick protocol).
+AGENT_VERSION = "0.4.1"

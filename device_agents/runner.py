@@ -413,7 +413,7 @@ class BatchRunner:
         self.on_event("block", {"arch_id": run.spec.arch_id, "block": index, "attempt": run.attempts,
                                 "pid": run.worker.pid})
 
-        def work() -> int:
+        def work() -> Tuple[int, float]:
             reply = self._ask(run, {"cmd": "block", "warmup": p.block_warmup_runs, "runs": p.runs_per_block,
                                     "min_s": p.block_min_s}, f"timed block {index + 1}")
             run.wall.append([float(t) for t in reply["wall_ms"]])
@@ -422,7 +422,8 @@ class BatchRunner:
                 run.cpu.append([float(t) for t in cpu])
             else:
                 run.cpu = None  # no thread-CPU clock on this platform: the wall clock alone
-            return int(reply["runs"])
+            # the timed runs and their time (the reply's `runs` also counts the block's warm-up runs)
+            return len(run.wall[-1]), sum(run.wall[-1]) / 1000.0
 
         if run.sampler is not None and run.sampler.available:
             run.sampler.measure(work)

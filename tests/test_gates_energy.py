@@ -58,3 +58,41 @@ def test_records_without_a_baseline_still_read_and_energy_prefers_net() -> None:
     assert quantity("energy").value(MeasureResult.from_dict(doc)) == 15.0
     with pytest.raises(ValueError, match="net_energy"):
         Energy("iio", ("VDD_IN",), {}, 1.0, 1.0, 1, 0.0, 2.0)
+
+
+def test_energy_counts_the_timed_runs_not_the_whole_window(tmp_path: Path) -> None:
+    """A window also holds untimed warm-up runs and the exchange with the worker: the energy of
+    one inference is the window's power x the timed runs' time, not x the window."""
+    rail(tmp_path, 3000)
+    sampler = PowerSampler(TelemetryReader(sys_root=str(tmp_path), proc_root=str(tmp_path)), 0.01)
+    sampler.idle_mw = 1000.0
+
+    def work() -> tuple[int, float]:
+        time.sleep(0.2)
+        return 10, 0.05  # 10 inferences of 5 ms in a 200 ms window
+
+    sampler.measure(work)
+    e = sampler.result()
+    assert e is not None and e.power_mw == pytest.approx(3000)
+    assert e.energy_mj_per_inference == pytest.approx(3000 * 0.05 / 10) and e.net_energy_mj_per_inference == pytest.approx(10.0)
+
+
+def test_the_agent_prices_each_inference_at_its_timed_runs(tmp_path: Path) -> None:
+    """The real agent on a real model with a 2 W rail: energy / power is the mean timed run."""
+    from agent_models import FAST, conv_net, request, save, spec
+
+    from device_agents.runner import BatchRunner
+
+    rail(tmp_path / "sys", 2000)
+    work = tmp_path / "work"
+    work.mkdir()
+    model = save(conv_net(8, 2, 16), work / "small.onnx")
+    out: list[MeasureResult] = []
+    reader = TelemetryReader(sys_root=str(tmp_path / "sys"), proc_root=str(tmp_path / "proc"))
+    BatchRunner(request(work, [spec("a-small", "small.onnx", model)], FAST), out.append, reader=reader,
+                device_fingerprint="0123456789abcdef").run()  # fmt: skip
+    (r,) = out
+    assert r.ok and r.energy is not None and r.energy.power_mw == pytest.approx(2000)
+    per_inference_ms = r.energy.energy_mj_per_inference / 2.0  # mJ / W = ms
+    assert r.stats.min_ms <= per_inference_ms <= r.stats.max_ms, (per_inference_ms, r.stats)
+    assert r.energy.net_energy_mj_per_inference == pytest.approx(0.0, abs=1e-9)  # the rail never moves: nothing above idle
