@@ -112,10 +112,23 @@ def summarise(rep: dict[str, Any], args: argparse.Namespace, seconds: dict[str, 
         "limits_ms": rep["limits_ms"],
         "violations": violation_figures(v),
         "drift": drift_figures(rep),
+        "pick_bias": pick_bias(rep),
         "hv": rep["hypervolume"],
         "seconds": {k: round(s, 1) for k, s in seconds.items()},
         "load1_at_end": load1(),
     }
+
+
+def pick_bias(rep: dict[str, Any]) -> dict[str, Any]:
+    """Mean signed error (predicted - measured, % of measured) of the `--safe 0.9` picks
+    judged at their tightest limits beside that of every scored member: whether a pick
+    leans to members the predictor underestimates."""
+    err = {m["arch_id"]: m["error_pct"] for m in rep["members"] if m["error_pct"] is not None and not m["in_calibration"]}
+    picks = [err[p["arch_id"]] for p in rep["violations"]["0.9"]["tightest"]["picks"] if p["arch_id"] in err]
+    def mean(xs: list[float]) -> float | None:
+        return float(sum(xs) / len(xs)) if xs else None
+
+    return {"members_mean_error_pct": mean(list(err.values())), "picks_mean_error_pct": mean(picks), "picks": len(picks)}
 
 
 def _p(x: float | None) -> str:
@@ -150,6 +163,9 @@ def render(f: dict[str, Any]) -> str:
     ]
     lines += violation_rows(f["violations"], "0.9", f"<= {GOAL_VIOLATION:.0%}, 0 beyond retest")
     lines += drift_rows(f["drift"])
+    b = f["pick_bias"]
+    lines.append(f"| mean error (predicted - measured) of the `--safe 0.9` picks at their tightest limits / of every "
+                 f"scored member | {_pct(b['picks_mean_error_pct'])} ({b['picks']} picks) / {_pct(b['members_mean_error_pct'])} | |")  # fmt: skip
     hv = f["hv"]
     if hv["predicted"] is not None:
         ratio = "-" if hv["ratio"] is None else f"{hv['ratio']:.3f}"

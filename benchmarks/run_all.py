@@ -65,6 +65,8 @@ BENCHES = (
     Bench("fleet_scale", "Device group calibration: 8 loopback SSH boards vs 1, same budget", (), ("--budget", "8")),
     Bench("fleet_verify", "The front verified on a loopback fleet (device group of SSH boards): coverage, select-pick violations",
           (), ("--boards", "2", "--budget", "8", "--top", "4", "--pop", "12", "--gens", "3")),
+    Bench("energy_rails", "Energy predictor at K=20 on a live emulated INA3221 rail (the agent's sampling and idle subtraction)",
+          (), ("--quick", "--n", "10", "--k", "5")),
 )
 
 
