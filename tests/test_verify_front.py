@@ -365,7 +365,9 @@ def _two_sessions(workspace: Path, ws: Path) -> tuple[DeviceTable, list, Any]:
     return table, members, scored
 
 
-def test_residuals_of_other_sessions_widen_and_fit_folds_them_in(workspace: Path, tmp_path: Path) -> None:
+def test_residuals_of_other_sessions_widen_and_fit_folds_them_in(
+    workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # one session 12 % slower than predicted: nothing else to learn from, the intervals stay the predictor's
     table, run, surrogate, cands = _copy(workspace, tmp_path / "one")
     members = choose_members(cands, VerifyRequest(all=True), surrogate)
@@ -393,6 +395,10 @@ def test_residuals_of_other_sessions_widen_and_fit_folds_them_in(workspace: Path
     saved = table2.predictor()
     assert isinstance(saved, VerifiedSurrogate) and saved.sessions == 2 and saved.residuals.size == len(members2)
     assert saved.report["verified"]["residuals"] == len(members2)
+    capsys.readouterr()
+    assert main(["-W", str(tmp_path / "two"), "tables", "show", "local"]) == 0
+    shown = capsys.readouterr().out
+    assert f"predictor  {saved.name}" in shown and f"verified   {len(members2)} residuals of front members from 2" in shown
     archs = [c.arch for c in members2]
     assert np.all(saved.predict_quantile(archs, 0.9) >= saved.predict(archs) * 1.13)
     again = scored()
@@ -400,7 +406,7 @@ def test_residuals_of_other_sessions_widen_and_fit_folds_them_in(workspace: Path
     assert again["coverage"] == two["coverage"] and again["violations"] == two["violations"]
 
 
-def test_a_refit_keeps_a_groups_spread(workspace: Path, tmp_path: Path) -> None:
+def test_a_refit_keeps_a_groups_spread(workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`fit --device GROUP` refits the base and keeps the replicas' spread `calibrate --group` measured."""
     table, _, _, _ = _copy(workspace, tmp_path / "ws")
     model, _ = fit_table(table, 1.2, group={"replicas": ["a", "b"], "spread_log": 0.07, "anchors": 6})
@@ -408,3 +414,6 @@ def test_a_refit_keeps_a_groups_spread(workspace: Path, tmp_path: Path) -> None:
     assert main(["-W", str(tmp_path / "ws"), "fit", "--device", "local"]) == 0
     again = table.predictor()
     assert isinstance(again, GroupSurrogate) and again.spread_log == 0.07 and again.report["group"]["replicas"] == ["a", "b"]
+    capsys.readouterr()
+    assert main(["-W", str(tmp_path / "ws"), "tables", "show", "local"]) == 0
+    assert "replicas   2, part-to-part spread 7.3 %" in capsys.readouterr().out

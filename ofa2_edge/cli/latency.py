@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -396,8 +397,16 @@ def tables_show(ctx: typer.Context, key: str = typer.Argument(...), as_json: boo
         f"records    {summary['ok']} measured ({summary['flagged']} flagged), {summary['failed']} failed",
         f"blocks     {summary['block_layers_measured']} layers measured; lookup tables for "
         f"{', '.join(map(str, summary['block_tables'])) or 'no resolution'}",
-        f"predictor  {s.get('kind') or f'none (run `{command_name()} fit --device {key}`)'}",
+        f"predictor  {getattr(model, 'name', s.get('kind')) if model is not None else f'none (run `{command_name()} fit --device {key}`)'}",
     ]
+    group, verified = (report or {}).get("group"), (report or {}).get("verified")
+    if isinstance(group, dict) and isinstance(group.get("spread_log"), (int, float)):
+        lines.append(f"replicas   {len(group.get('replicas') or [])}, part-to-part spread {100 * math.expm1(group['spread_log']):.1f} % "
+                     "(in the intervals)")  # fmt: skip
+    if isinstance(verified, dict):
+        shifts = ", ".join(f"{v['shift_pct']:+.1f} %" for v in (verified.get("sessions") or {}).values())
+        lines.append(f"verified   {verified.get('residuals')} residuals of front members from {len(verified.get('sessions') or {})} "
+                     f"verify session(s) in the intervals (median shifts {shifts or '-'})")  # fmt: skip
     out_console.print("\n".join(lines), highlight=False, markup=False)
     if report and report.get("held_out"):
         out_console.print(format_report(report), highlight=False, markup=False)
