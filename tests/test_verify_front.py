@@ -332,13 +332,17 @@ def test_session_residuals_and_the_verified_quantiles(workspace: Path) -> None:
     r = np.log(1.10 + 0.01 * np.arange(6))
     assert residual_quantile(r, 0.9) == pytest.approx(r[-1]) and residual_quantile(r, 0.5) == pytest.approx(r[3])
     assert residual_quantile(r, 0.05) == pytest.approx(r[0])  # too few for the rank: the extreme one
-    # verification can only widen: the wider of the predictor's own bound and the residuals'
+    # an upper bound only moves to the safe side: the wider of the predictor's own and the residuals'
     wrapped = VerifiedSurrogate(model.width_mult, model, pooled(res), 2)
     assert np.allclose(wrapped.predict(archs), point)
-    own_hi, own_lo = model.predict_quantile(archs, 0.9), model.predict_quantile(archs, 0.1)
-    hi, lo = wrapped.predict_quantile(archs, 0.9), wrapped.predict_quantile(archs, 0.1)
-    assert np.all(hi >= own_hi) and np.all(lo <= own_lo)
-    assert np.allclose(hi, np.maximum(own_hi, point * 1.15))  # rank 10 of 9: the largest residual
+    own_hi = model.predict_quantile(archs, 0.9)
+    assert np.allclose(wrapped.predict_quantile(archs, 0.9), np.maximum(own_hi, point * 1.15))  # rank 10 of 9: the largest
+    # a lower bound is the residuals' where n holds its rank (q=0.1, n=9: rank 1), else the wider of the two
+    assert np.allclose(wrapped.predict_quantile(archs, 0.1), point * 0.90)
+    own_lo05 = model.predict_quantile(archs, 0.05)
+    assert np.allclose(wrapped.predict_quantile(archs, 0.05), np.minimum(own_lo05, point * 0.90))
+    shifted = VerifiedSurrogate(model.width_mult, model, np.log(1.10 + 0.005 * np.arange(10)))  # a session 10-15 % slower
+    assert np.allclose(shifted.predict_quantile(archs, 0.1), point * 1.10)  # the interval follows it up
     few = VerifiedSurrogate(model.width_mult, model, pooled(res, exclude_session=s1))  # fewer than MIN_RESIDUALS: its own
     assert np.allclose(few.predict_quantile(archs, 0.9), own_hi)
     with pytest.raises(InvalidInputError, match="verified residuals"):
