@@ -16,7 +16,7 @@ from typing import Any, Callable, ClassVar, Sequence, TypeVar
 
 import numpy as np
 
-from ofa2_edge.core.errors import InvalidArchError, Ofa2EdgeError, SchemaError
+from ofa2_edge.core.errors import InvalidArchError, InvalidInputError, Ofa2EdgeError, SchemaError
 from ofa2_edge.core.persist import read_json, write_json
 from ofa2_edge.space.arch import DEFAULT_RESOLUTIONS, DEFAULT_WIDTH_MULT, WIDTH_MULTS, Arch, as_genomes, genomes_of
 
@@ -156,6 +156,41 @@ class LatencySurrogate(ABC):
     def save(self, path: str | Path, **meta: Any) -> Path:
         """Write the predictor as versioned JSON (atomic)."""
         return write_json(path, SURROGATE_SCHEMA, SURROGATE_VERSION, {**self.to_doc(), "meta": meta})
+
+
+class WrappedSurrogate(LatencySurrogate):
+    """A predictor around another one (`base`): the base's point prediction and fit, its name
+    `<kind>[<the base's name>]`; a subclass widens the base's quantiles."""
+
+    #: What to do where a wrapper has no base (the end of the error saying so).
+    missing_base: ClassVar[str] = ""
+
+    def __init__(self, width_mult: float = DEFAULT_WIDTH_MULT, base: LatencySurrogate | None = None) -> None:
+        super().__init__(width_mult)
+        if base is not None and base.width_mult != width_mult:
+            raise InvalidInputError(f"a w{width_mult} {self.kind} predictor needs a w{width_mult} base, got w{base.width_mult}")
+        self.base = base
+
+    @property
+    def name(self) -> str:
+        """`<kind>[<the base's name>]`, as fit reports and `tables show` print it."""
+        base = self.base
+        return f"{self.kind}[{getattr(base, 'name', base.kind) if base is not None else '-'}]"
+
+    def _base(self) -> LatencySurrogate:
+        if self.base is None:
+            raise InvalidInputError(f"this {self.kind} predictor has no base predictor; {self.missing_base}")
+        return self.base
+
+    def fit(self, archs: ArchBatch, latencies_ms: np.ndarray) -> "WrappedSurrogate":
+        self._base().fit(archs, latencies_ms)
+        return self
+
+    def predict(self, archs: ArchBatch) -> np.ndarray:
+        return self._base().predict(self.genomes(archs))
+
+    def check_resolutions(self) -> tuple[int, ...]:
+        return self._base().check_resolutions()
 
 
 #: Bounds of a plausible predicted latency (100 ns to about 3 hours).

@@ -26,44 +26,32 @@ import numpy as np
 
 from ofa2_edge.core.errors import InvalidInputError
 from ofa2_edge.space.arch import DEFAULT_WIDTH_MULT
-from ofa2_edge.surrogates.base import ArchBatch, LatencySurrogate, finite_number, register_surrogate, surrogate_from_doc
+from ofa2_edge.surrogates.base import (
+    ArchBatch,
+    LatencySurrogate,
+    WrappedSurrogate,
+    finite_number,
+    register_surrogate,
+    surrogate_from_doc,
+)
 
 #: The largest part-to-part spread accepted (log scale: about a factor of e between replicas).
 MAX_SPREAD_LOG = 1.0
 
 
 @register_surrogate("group")
-class GroupSurrogate(LatencySurrogate):
+class GroupSurrogate(WrappedSurrogate):
     """`base` for the point, quantiles widened by the replicas' log-normal spread."""
+
+    missing_base = "calibrate the group first"
 
     def __init__(
         self, width_mult: float = DEFAULT_WIDTH_MULT, base: LatencySurrogate | None = None, spread_log: float = 0.0
     ) -> None:
-        super().__init__(width_mult)
-        if base is not None and base.width_mult != width_mult:
-            raise InvalidInputError(f"a w{width_mult} group predictor needs a w{width_mult} base, got w{base.width_mult}")
+        super().__init__(width_mult, base)
         if not 0.0 <= spread_log <= MAX_SPREAD_LOG:
             raise InvalidInputError(f"replica spread {spread_log!r} (log) must be within [0, {MAX_SPREAD_LOG}]")
-        self.base = base
         self.spread_log = float(spread_log)
-
-    @property
-    def name(self) -> str:
-        """`group[<the base's name>]`, as fit reports and `tables show` print it."""
-        base = self.base
-        return f"group[{getattr(base, 'name', base.kind) if base is not None else '-'}]"
-
-    def _base(self) -> LatencySurrogate:
-        if self.base is None:
-            raise InvalidInputError("this group predictor has no base predictor; calibrate the group first")
-        return self.base
-
-    def fit(self, archs: ArchBatch, latencies_ms: np.ndarray) -> "GroupSurrogate":
-        self._base().fit(archs, latencies_ms)
-        return self
-
-    def predict(self, archs: ArchBatch) -> np.ndarray:
-        return self._base().predict(self.genomes(archs))
 
     def predict_quantile(self, archs: ArchBatch, q: float) -> np.ndarray:
         g = self.genomes(archs)
@@ -86,6 +74,3 @@ class GroupSurrogate(LatencySurrogate):
         if spread > MAX_SPREAD_LOG:
             raise ValueError(f"params.spread_log: {spread} is above {MAX_SPREAD_LOG}")
         return cls(width_mult, base, spread)
-
-    def check_resolutions(self) -> tuple[int, ...]:
-        return self._base().check_resolutions()

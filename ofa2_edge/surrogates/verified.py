@@ -36,7 +36,14 @@ import numpy as np
 from device_agents.records import MeasureResult
 from ofa2_edge.core.errors import InvalidInputError
 from ofa2_edge.space.arch import DEFAULT_WIDTH_MULT, Arch
-from ofa2_edge.surrogates.base import ArchBatch, LatencySurrogate, finite_array, register_surrogate, surrogate_from_doc
+from ofa2_edge.surrogates.base import (
+    ArchBatch,
+    LatencySurrogate,
+    WrappedSurrogate,
+    finite_array,
+    register_surrogate,
+    surrogate_from_doc,
+)
 from ofa2_edge.surrogates.learned import MAX_ABS_LOG_RESIDUAL, MAX_RESIDUALS, check_quantile
 
 #: Fewer verified residuals than this widen nothing (a quantile of fewer is one member's error).
@@ -107,40 +114,22 @@ def widen(own: np.ndarray, point: np.ndarray, sorted_residuals: np.ndarray, q: f
 
 
 @register_surrogate("verified")
-class VerifiedSurrogate(LatencySurrogate):
+class VerifiedSurrogate(WrappedSurrogate):
     """`base` for the point; its quantiles with the residuals verification measured on the
     board folded in (`widen`)."""
+
+    missing_base = "run `ofa2-edge fit` first"
 
     def __init__(
         self, width_mult: float = DEFAULT_WIDTH_MULT, base: LatencySurrogate | None = None,
         residuals: Any = (), sessions: int = 0,
     ) -> None:  # fmt: skip
-        super().__init__(width_mult)
-        if base is not None and base.width_mult != width_mult:
-            raise InvalidInputError(f"a w{width_mult} verified predictor needs a w{width_mult} base, got w{base.width_mult}")
+        super().__init__(width_mult, base)
         r = np.sort(np.asarray(residuals, dtype=np.float64).reshape(-1))
         if not np.all(np.isfinite(r)) or (r.size and float(np.abs(r).max()) > MAX_ABS_LOG_RESIDUAL):
             raise InvalidInputError(f"verified residuals must be finite log ratios within +-{MAX_ABS_LOG_RESIDUAL}")
-        self.base = base
         self.residuals = r
         self.sessions = int(sessions)
-
-    @property
-    def name(self) -> str:
-        base = self.base
-        return f"verified[{getattr(base, 'name', base.kind) if base is not None else '-'}]"
-
-    def _base(self) -> LatencySurrogate:
-        if self.base is None:
-            raise InvalidInputError("this verified predictor has no base predictor; run `ofa2-edge fit` first")
-        return self.base
-
-    def fit(self, archs: ArchBatch, latencies_ms: np.ndarray) -> "VerifiedSurrogate":
-        self._base().fit(archs, latencies_ms)
-        return self
-
-    def predict(self, archs: ArchBatch) -> np.ndarray:
-        return self._base().predict(self.genomes(archs))
 
     def predict_quantile(self, archs: ArchBatch, q: float) -> np.ndarray:
         q = check_quantile(q)
@@ -163,9 +152,6 @@ class VerifiedSurrogate(LatencySurrogate):
         if isinstance(sessions, bool) or not isinstance(sessions, int) or sessions < 0:
             raise ValueError(f"params.sessions: expected a count, got {sessions!r}")
         return cls(width_mult, base, residuals, sessions)
-
-    def check_resolutions(self) -> tuple[int, ...]:
-        return self._base().check_resolutions()
 
 
 def without_verified(model: LatencySurrogate) -> LatencySurrogate:
