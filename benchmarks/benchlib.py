@@ -3,6 +3,7 @@ subnets end to end on `local` through the same session/agent path as calibration
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -184,3 +185,12 @@ def drift_rows(figures: dict[str, Any]) -> list[str]:
         f"| the predictor's own intervals: `select --safe 0.9`, every pick at its tightest limit ({t['judged']} picks) | "
         f"{p(t['violation_rate'])}; beyond retest {p(t['beyond_retest_rate'])} | |",
     ]
+
+
+def write_results(json_path: Path | None, doc: dict[str, Any], text: str) -> None:
+    """Print a benchmark's markdown `text`; with `json_path`, write `doc` there and the text
+    beside it as `.md` (numpy numbers as floats)."""
+    print(text)
+    if json_path is not None:
+        json_path.write_text(json.dumps(doc, indent=1, default=float) + "\n")
+        json_path.with_suffix(".md").write_text(text + "\n")

@@ -21,7 +21,6 @@ does not follow CPU use. Results: benchmarks/results/energy_rails.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -89,7 +88,7 @@ def main() -> int:
     if not 2 <= args.k < args.n:
         sys.exit(f"--k {args.k} must be at least 2 and below --n {args.n}")
 
-    from benchlib import load1
+    from benchlib import load1, write_results
 
     from device_agents.records import MeasureRequest, MeasureResult
     from device_agents.runner import BatchRunner
@@ -181,10 +180,7 @@ def main() -> int:
         "The rail is an emulation driven by CPU use (what the pipeline can be checked against here); a real board's "
         f"rails also carry memory and accelerator power. Load at end: {figures['load1_at_end']}.",
     ])  # fmt: skip
-    print(text)
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=1) + "\n")
-        args.json.with_suffix(".md").write_text(text + "\n")
+    write_results(args.json, figures, text)
     return 0
 
 

@@ -17,13 +17,12 @@ shows the queue's overhead and the anchors' extra models, not a fleet's speed-up
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchlib import load1
+from benchlib import load1, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -96,10 +95,7 @@ def main() -> int:
         "they are timed one at a time: no speed-up is possible here; on boards that are separate machines the "
         f"measurements overlap. Load at end {figures['load1_at_end']}.",
     ])  # fmt: skip
-    print(text)
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=1) + "\n")
-        args.json.with_suffix(".md").write_text(text + "\n")
+    write_results(args.json, figures, text)
     return 0
 
 

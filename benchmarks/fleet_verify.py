@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import drift_figures, drift_rows, load1, violation_figures, violation_rows
+from benchlib import drift_figures, drift_rows, load1, violation_figures, violation_rows, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -116,10 +116,7 @@ def main() -> int:
     lines += ["", f"The boards are this machine (shared cores, other jobs: load at end {figures['load1_at_end']}); "
               "the test-retest difference of the replica: " + f"{doc['test_retest'].get('pct', 0):.1f} %."]  # fmt: skip
     text = "\n".join(lines)
-    print(text)
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=1, default=float) + "\n")
-        args.json.with_suffix(".md").write_text(text + "\n")
+    write_results(args.json, figures, text)
     return 0
 
 

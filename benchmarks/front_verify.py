@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import drift_figures, drift_rows, load1, violation_figures, violation_rows
+from benchlib import drift_figures, drift_rows, load1, violation_figures, violation_rows, write_results
 
 from ofa2_edge.cli.main import main as cli
 from ofa2_edge.search.runstore import RunFolder
@@ -86,10 +86,7 @@ def main() -> int:
         rep = json.loads(out)
     figures = summarise(rep, args, seconds)
     text = render(figures)
-    print(text)
-    if args.json:
-        args.json.write_text(json.dumps({"figures": figures}, indent=1) + "\n")  # per member: the run's file
-        args.json.with_suffix(".md").write_text(text + "\n")
+    write_results(args.json, {"figures": figures}, text)  # per member: the run's file
     return 0
 
 
