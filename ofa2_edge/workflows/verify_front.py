@@ -34,7 +34,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -199,7 +199,7 @@ def verify_front(
             pass
         with DeviceSession(device, workspace.cache_dir, trust_on_first_use=trust_on_first_use) as session:
             key = bind_table(session, table, device, plan, protocol, table_key is not None, accept_env_change)
-            done = _verified(table, key)
+            done = _verified(table.verification_records(), key)
             todo = [c.arch for c in members if c.arch.id not in done]
             emit("members", {"total": len(members), "todo": len(todo), "skipped": len(members) - len(todo)})
 
@@ -217,9 +217,9 @@ def verify_front(
     return VerifyOutcome(report, path, measured_now, not_measured)
 
 
-def _verified(table: DeviceTable, key: MeasureKey) -> dict[str, MeasureResult]:
+def _verified(records: Iterable[MeasureResult], key: MeasureKey) -> dict[str, MeasureResult]:
     """Successful verification records under `key`, by arch id (the latest one wins)."""
-    return {r.arch_id: r for r in table.verification_records() if r.ok and MeasureKey.of(r) == key}
+    return {r.arch_id: r for r in records if r.ok and MeasureKey.of(r) == key}
 
 
 # ---------------------------------------------------------------------------- scoring
@@ -234,12 +234,13 @@ def score(
     request: VerifyRequest,
 ) -> dict[str, Any]:
     """The verification report of `members` (the document `verification.<device>.json` holds)."""
-    verified = _verified(table, key)
+    records = list(table.verification_records())  # read once: scored under `key`, residuals of every session
+    verified = _verified(records, key)
     # what predictors are fitted on: every successful record of measurements.jsonl, any protocol
     calibration = {r.arch_id: r for r in table.records() if r.ok and r.estimate_ms is not None}
     archs = [c.arch for c in members]
     base = without_verified(surrogate)
-    residuals = session_residuals(table.verification_records(), base, set(calibration))
+    residuals = session_residuals(records, base, set(calibration))
     quantile = cross_session_quantile(base, residuals, {a: session_of(r.batch_id) for a, r in verified.items()})
     q = {cov: (quantile(archs, (1 - cov) / 2), quantile(archs, (1 + cov) / 2)) for cov in COVERAGES} if archs else {}
     rows = []
@@ -261,7 +262,8 @@ def score(
             row[f"interval_{round(cov * 100)}_ms"] = [lo, hi]
             row[f"within_{round(cov * 100)}"] = None if measured is None else bool(lo <= measured <= hi)
         rows.append(row)
-    scored = [r for r in rows if r["measured_ms"] is not None and not r["in_calibration"]]
+    scored_at = [i for i, r in enumerate(rows) if r["measured_ms"] is not None and not r["in_calibration"]]
+    scored = [rows[i] for i in scored_at]
     coverage = {}
     for cov in COVERAGES:
         name = str(round(cov * 100))
@@ -284,7 +286,7 @@ def score(
         for s in SAFE_LEVELS
     }
     # the same judging with the predictor's own intervals (one calibration session): what the drift changed
-    scored_archs = [c.arch for c, r in zip(members, rows, strict=True) if r["measured_ms"] is not None and not r["in_calibration"]]
+    scored_archs = [members[i].arch for i in scored_at]
     own = {
         "coverage": {str(round(cov * 100)): _inside_share(base, scored_archs, [r["measured_ms"] for r in scored], cov)
                      for cov in COVERAGES},
