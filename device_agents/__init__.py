@@ -10,4 +10,5 @@ The host imports :mod:`device_agents.records` to validate what comes back.
 #: 0.3.0: `classify` (top-1 labels of a .npy image batch) beside probe and measure.
 #: 0.4.1: energy per inference over the timed runs' time (before: the whole block window,
 #: its warm-up runs counted as inferences: 1.3-2.4x too much on this CPU, quick protocol).
-AGENT_VERSION = "0.4.1"
+#: 0.4.2: the probe reports the agent's CPU set; the quiet gate looks only at those CPUs.
+AGENT_VERSION = "0.4.2"

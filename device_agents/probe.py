@@ -155,6 +155,20 @@ def boot_id(proc_root: str = "/proc") -> Optional[str]:
     return text if text is not None and len(text) <= 64 and text.isprintable() else None
 
 
+def cpu_set() -> Optional[List[int]]:
+    """The CPUs this agent may run on (its affinity: a cpuset, `taskset`, a container's
+    `--cpuset-cpus`), None where the OS does not say. Agents on one machine whose CPU sets are
+    disjoint do not take each other's cores, so the host may time them at once (see
+    :mod:`ofa2_edge.calibration.group`); the quiet gate looks only at these CPUs."""
+    getaffinity = getattr(os, "sched_getaffinity", None)
+    if getaffinity is None:
+        return None
+    try:
+        return sorted(int(c) for c in getaffinity(0))
+    except OSError:
+        return None
+
+
 def stable_facts(reader: TelemetryReader, emulation: Optional[Emulation] = None) -> Dict[str, Any]:
     """The facts the fingerprint hashes (see the module docstring for why these)."""
     mem = _meminfo_mib(reader.proc_root)
@@ -226,4 +240,5 @@ def probe(work_dir: str, reader: Optional[TelemetryReader] = None, etc_root: str
         fingerprint=fingerprint_of(facts),
         emulation=emulation,
         boot_id=boot_id(reader.proc_root),
+        cpus=cpu_set(),
     )

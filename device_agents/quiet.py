@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Collection, Dict, List, Optional, Sequence, Tuple
 
 from device_agents.records import Protocol, QuietCheck, ThrottleState
 from device_agents.telemetry import TelemetryReader, usable_temperatures
@@ -29,34 +29,50 @@ MIN_LOOK_S = 0.25
 STEADY_GOVERNORS = ("performance",)
 
 
-def parse_proc_stat(text: str) -> Optional[Tuple[int, int, int]]:
-    """(busy ticks, total ticks, CPUs) from ``/proc/stat``'s aggregate ``cpu`` line; None if absent.
+def parse_proc_stat(text: str, cpus: Optional[Collection[int]] = None) -> Optional[Tuple[int, int, int]]:
+    """(busy ticks, total ticks, CPUs) from ``/proc/stat``: its aggregate ``cpu`` line, or the
+    sum of the ``cpuN`` lines of `cpus` (an agent's CPU set); None if absent.
 
     Busy is user + nice + system + irq + softirq + steal; idle and iowait are idle; guest
-    time is already inside user and nice.
+    time is already inside user and nice. A CPU set none of whose lines is there falls back
+    to the aggregate line.
     """
-    busy = total = None
-    cpus = 0
+    aggregate: Optional[Tuple[int, int]] = None
+    busy = total = 0
+    online = picked = 0
     for line in text.splitlines():
         fields = line.split()
-        if not fields:
+        name = fields[0][3:] if fields and fields[0].startswith("cpu") else "-"
+        if name and not name.isdigit():
             continue
-        if fields[0] == "cpu":
-            try:
-                values = [int(v) for v in fields[1:9]]
-            except ValueError:
+        ticks = _ticks(fields[1:9])
+        if not name:
+            if ticks is None:
                 return None
-            if len(values) < 4:
-                return None
-            values += [0] * (8 - len(values))
-            user, nice, system, idle, iowait, irq, softirq, steal = values
-            busy = user + nice + system + irq + softirq + steal
-            total = busy + idle + iowait
-        elif fields[0].startswith("cpu") and fields[0][3:].isdigit():
-            cpus += 1
-    if busy is None or total is None:
+            aggregate = ticks
+            continue
+        online += 1
+        if ticks is not None and cpus is not None and int(name) in cpus:
+            busy, total, picked = busy + ticks[0], total + ticks[1], picked + 1
+    if picked:
+        return busy, total, picked
+    if aggregate is None:
         return None
-    return busy, total, max(cpus, 1)
+    return aggregate[0], aggregate[1], max(online, 1)
+
+
+def _ticks(fields: List[str]) -> Optional[Tuple[int, int]]:
+    """(busy, total) ticks of one ``cpu`` line's counters; None if they are not numbers."""
+    try:
+        values = [int(v) for v in fields]
+    except ValueError:
+        return None
+    if len(values) < 4:
+        return None
+    values += [0] * (8 - len(values))
+    user, nice, system, idle, iowait, irq, softirq, steal = values
+    b = user + nice + system + irq + softirq + steal
+    return b, b + idle + iowait
 
 
 def busy_share(before: Tuple[int, int, int], after: Tuple[int, int, int], own_ticks: float = 0.0) -> Optional[float]:
@@ -113,8 +129,10 @@ def own_cpu_ticks() -> float:
 class QuietGate:
     """Looks at the device before each group and waits for quiet within one batch budget.
 
-    The clock, sleep and own-ticks functions are injectable, so tests drive the gate on a
-    fake ``/proc`` and ``/sys`` without waiting.
+    `cpus` are the CPUs the measurement runs on (the protocol's affinity or the agent's CPU
+    set): other work on CPUs outside them is not the gate's business. The clock, sleep and
+    own-ticks functions are injectable, so tests drive the gate on a fake ``/proc`` and
+    ``/sys`` without waiting.
     """
 
     def __init__(
@@ -124,8 +142,10 @@ class QuietGate:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         own_ticks: Callable[[], float] = own_cpu_ticks,
+        cpus: Optional[Sequence[int]] = None,
     ) -> None:
         self.reader = reader
+        self.cpus = frozenset(cpus) if cpus is not None else None
         self.protocol = protocol
         self.clock = clock
         self.sleep = sleep
@@ -135,7 +155,7 @@ class QuietGate:
     def _stat(self) -> Optional[Tuple[int, int, int]]:
         try:
             with open(os.path.join(self.reader.proc_root, "stat"), "r") as fh:
-                return parse_proc_stat(fh.read())
+                return parse_proc_stat(fh.read(), self.cpus)
         except OSError:
             return None
 

@@ -784,6 +784,7 @@ class ProbeReport:
     fingerprint: str
     emulation: Optional[Emulation] = None
     boot_id: Optional[str] = None  # the running kernel's boot id: equal on agents that share one machine
+    cpus: Optional[List[int]] = None  # the CPUs the agent may run on (its affinity); None: unknown
 
     def __post_init__(self) -> None:
         _need(self.fingerprint == fingerprint_of(self.fingerprint_facts),
@@ -795,9 +796,10 @@ class ProbeReport:
     @staticmethod
     def upgrade_json(doc: Any) -> Any:
         """A probe from an agent before emulation detection has no `emulation` field (none
-        seen), one before machine sharing was detected no `boot_id` (unknown)."""
+        seen), one before machine sharing was detected no `boot_id` (unknown), one before CPU
+        sets were reported no `cpus` (unknown: the whole machine)."""
         if isinstance(doc, dict):
-            return {"emulation": None, "boot_id": None, **doc}
+            return {"emulation": None, "boot_id": None, "cpus": None, **doc}
         return doc
 
     def to_dict(self) -> Dict[str, Any]:

@@ -42,6 +42,7 @@ from typing import IO, Any, BinaryIO, Callable, Dict, List, Optional, Set, Tuple
 import device_agents
 from device_agents import AGENT_VERSION
 from device_agents.jsonrecord import to_json
+from device_agents.probe import cpu_set
 from device_agents.quiet import LOOK_S, QuietGate
 from device_agents.records import (
     FailureKind,
@@ -550,7 +551,7 @@ class BatchRunner:
 
     def run(self) -> List[MeasureResult]:
         p = self.protocol
-        gate = QuietGate(self.reader, p)
+        gate = QuietGate(self.reader, p, cpus=p.cpu_affinity or cpu_set())
         size = p.interleave
         todo = [_ModelRun(spec=spec, started_at=now_iso(), telemetry_before=None) for spec in self.request.models]
         retry: List[_ModelRun] = []

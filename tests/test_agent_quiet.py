@@ -51,6 +51,18 @@ def test_proc_stat_busy_share_counts_steal_and_leaves_out_the_agent():
     assert parse_proc_stat("intr 1 2\n") is None and parse_proc_stat("cpu x y z w\n") is None
 
 
+def test_proc_stat_of_a_cpu_set_sums_only_its_cpus():
+    """An agent pinned to CPU 1 (a cpuset, `taskset`) is not kept waiting by work on CPU 0."""
+    text = ("cpu  1040 0 20 1060 0 0 0 0 0 0\n"
+            "cpu0 1000 0 0 0 0 0 0 0 0 0\n"  # CPU 0 fully busy (another board)
+            "cpu1 40 0 20 1060 0 0 0 0 0 0\n"
+            "cpu2 bad\n")  # fmt: skip
+    assert parse_proc_stat(text) == (1060, 2120, 3)
+    assert parse_proc_stat(text, {1}) == (60, 1120, 1)
+    assert parse_proc_stat(text, {0, 1}) == (1060, 2120, 2)
+    assert parse_proc_stat(text, {2}) == parse_proc_stat(text) == parse_proc_stat(text, {7})  # unreadable, absent: all
+
+
 # --- the gate on a fake device -----------------------------------------------------------------
 class FakeDevice:
     """A /proc/stat whose next window comes from `shares` (busy share per look), a clock that

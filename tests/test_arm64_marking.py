@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import onnx
@@ -19,6 +22,8 @@ from exporters.onnx_export import ort_session
 from ofa2_edge.core.errors import ExportError, InvalidInputError
 from ofa2_edge.space.arch import Arch
 from ofa2_edge.tables.device import DeviceTable
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def elf_header(e_machine: int) -> bytes:
@@ -77,6 +82,20 @@ def test_the_probe_names_the_machine_it_runs_on_by_its_boot_id(tmp_path: Path) -
     doc = report.to_dict()
     del doc["boot_id"]  # what an agent before machine sharing was detected printed
     assert ProbeReport.from_dict(json.loads(json.dumps(doc))).boot_id is None
+
+
+def test_the_probe_reports_the_cpus_the_agent_may_run_on(tmp_path: Path) -> None:
+    """A pinned agent (cpuset, taskset) names its CPUs: replicas on one machine with disjoint
+    sets may be timed at once. An agent that printed no set is taken to use the whole machine."""
+    report = probe(str(tmp_path))
+    assert report.cpus == sorted(os.sched_getaffinity(0)) and "cpus" not in report.fingerprint_facts
+    pinned = subprocess.run([sys.executable, "-c", "import os; os.sched_setaffinity(0, {0}); "
+                             "from device_agents.probe import cpu_set; print(cpu_set())"],
+                            capture_output=True, text=True, check=True, cwd=REPO)  # fmt: skip
+    assert pinned.stdout.strip() == "[0]"
+    doc = report.to_dict()
+    del doc["cpus"]  # what an agent before 0.4.2 printed
+    assert ProbeReport.from_dict(json.loads(json.dumps(doc))).cpus is None
 
 
 def emulated_probe() -> ProbeReport:
