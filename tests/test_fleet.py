@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import threading
 import time
@@ -24,7 +25,7 @@ from ofa2_edge.calibration.group import MachineLocks, calibrate_group, pick_anch
 from ofa2_edge.cli.main import main
 from ofa2_edge.core.errors import EXIT_FAILURE, InvalidInputError, SchemaError
 from ofa2_edge.core.workspace import Workspace
-from ofa2_edge.devices.fleet import WorkQueue
+from ofa2_edge.devices.fleet import CpuSlots, WorkQueue
 from ofa2_edge.devices.inventory import Device, Inventory
 from ofa2_edge.devices.pipeline import standard_protocol
 from ofa2_edge.space.arch import SearchSpace
@@ -99,19 +100,60 @@ def test_work_queue_hands_back_and_waits() -> None:
     assert q.take("r3", 1) == []  # nothing left, nobody busy
 
 
-def test_machine_locks_one_lock_per_machine() -> None:
-    host = threading.Lock()
-    m = MachineLocks(host, "boot-host")
-    assert m.lock_for("h1", "boot-host") is host and m.lock_for("h2", "boot-host") is host  # the host: the export lock
-    a, b = m.lock_for("x1", "boot-x"), m.lock_for("x2", "boot-x")
-    assert a is b and a is not None and a is not host  # two replicas on one other machine: one lock
-    own = m.lock_for("y1", "boot-y")
-    assert own is not None and own is not a
+def test_machine_locks_claim_the_cpus_a_replica_runs_on() -> None:
+    m = MachineLocks(threading.Lock(), "boot-host")
+    h1, h2 = m.lock_for("h1", "boot-host"), m.lock_for("h2", "boot-host")
+    x1, x2 = m.lock_for("x1", "boot-x"), m.lock_for("x2", "boot-x")
+    assert h1 is not None and h2 is not None and h1.slots is h2.slots  # the host: one set of CPUs
+    assert x1 is not None and x2 is not None and x1.slots is x2.slots is not h1.slots
+    y1 = m.lock_for("y1", "boot-y")
+    assert y1 is not None and y1.slots is not x1.slots
+    p0, p1, p01 = m.lock_for("p0", "boot-p", [0]), m.lock_for("p1", "boot-p", [1]), m.lock_for("q", "boot-q", [0, 1])
     assert m.lock_for("z1", None) is None  # no boot id known: a board of its own, never waited for
-    assert [m.kind(b) for b in ("boot-host", "boot-x", "boot-y", None)] == ["host", "shared", "own", None]
-    assert m.shared() == [["h1", "h2"], ["x1", "x2"]]
-    # another calibration in this process (another group) gets the same lock for that machine
-    assert MachineLocks(threading.Lock(), "boot-host").lock_for("x3", "boot-x") is a
+    assert [m.kind(r, b) for r, b in (("h1", "boot-host"), ("x1", "boot-x"), ("y1", "boot-y"), ("p0", "boot-p"),
+                                      ("z1", None))] == ["host", "shared", "own", "own", None]  # fmt: skip
+    assert m.shared() == [["h1", "h2"], ["x1", "x2"]]  # p0 and p1: disjoint CPUs, timed at once
+    m.lock_for("p01", "boot-p", [1, 0])
+    assert m.shared()[-1] == ["p0", "p01", "p1"] and m.kind("p0", "boot-p") == "shared"  # one set joins both
+    # another calibration in this process (another group) claims on the same machine's CPUs
+    assert MachineLocks(threading.Lock(), "boot-host").lock_for("x3", "boot-x").slots is x1.slots  # type: ignore[union-attr]
+    assert p0 is not None and p1 is not None and p01 is not None
+
+
+def test_cpu_slots_time_disjoint_sets_at_once_and_queue_the_rest() -> None:
+    """Claims on disjoint CPUs are held together; an overlapping one (or the whole machine)
+    waits, and a whole-machine claim that asked first is not overtaken by later pinned ones."""
+    slots = CpuSlots()
+    order: list[str] = []
+    done = threading.Event()
+
+    def hold(name: str, cpus: set[int] | None, ready: threading.Event | None = None) -> threading.Thread:
+        def run() -> None:
+            with slots.claim(cpus):
+                order.append(name)
+                if ready is not None:
+                    ready.set()
+                done.wait(5)
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        return t
+
+    a_in, b_in = threading.Event(), threading.Event()
+    a, b = hold("a0", {0}, a_in), hold("b1", {1}, b_in)
+    assert a_in.wait(5) and b_in.wait(5)  # disjoint: both hold at once
+    whole = hold("all", None)
+    deadline = time.monotonic() + 5
+    while len(slots._waiting) < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    later = hold("c1", {1})
+    while len(slots._waiting) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert order == ["a0", "b1"]  # the whole machine and the later CPU-1 claim wait
+    done.set()
+    for t in (a, b, whole, later):
+        t.join(5)
+    assert order == ["a0", "b1", "all", "c1"]  # first come, first served
 
 
 def test_replicas_on_one_machine_are_timed_one_at_a_time(tmp_path: Path) -> None:
@@ -162,6 +204,53 @@ def test_replicas_on_one_machine_are_timed_one_at_a_time(tmp_path: Path) -> None
         assert all(e1 <= m0 or e0 >= m1 for _, m0, m1 in measuring), "the host exported while a board on it was timed"
     assert summary["timed_one_at_a_time"] == [["b-0", "b-1", "b-2"]]
     assert [r["machine"] for r in summary["replicas"]] == ["host"] * 3
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin two boards apart")
+def test_replicas_pinned_to_disjoint_cpus_are_not_queued_behind_each_other(tmp_path: Path) -> None:
+    """Two loopback boards whose sshd (and so agent) is pinned to its own CPU report their CPU
+    sets; the calibration times them without a common queue, and still never while the host
+    exports (the order of events, not timings)."""
+    from ofa2_edge.devices import pipeline, session
+
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    servers = [make_sshd(tmp_path / "sshd" / f"p{i}") for i in range(2)]
+    measuring: list[tuple[float, float]] = []
+    exporting: list[tuple[float, float]] = []
+    real_measure, real_export = session.DeviceSession.measure, pipeline.export_subnet
+
+    def timed(real: Any, into: list[tuple[float, float]]) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.monotonic()
+            try:
+                return real(*args, **kwargs)
+            finally:
+                into.append((t0, time.monotonic()))
+
+        return call
+
+    try:
+        for s, cpu in zip(servers, cpus):
+            assert s.proc is not None
+            os.sched_setaffinity(s.proc.pid, {cpu})  # its sessions, and their agents, inherit it
+        replicas = [Device(key=f"p-{i}", transport="ssh", host="127.0.0.1", port=s.port, user=s.user,
+                           key_file=str(s.client_key), known_hosts=str(s.known_hosts),
+                           work_dir=str(tmp_path / "remote" / f"p{i}"), python=sys.executable, group="pin")
+                    for i, s in enumerate(servers)]  # fmt: skip
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(session.DeviceSession, "measure", timed(real_measure, measuring))
+            mp.setattr(pipeline, "export_subnet", timed(real_export, exporting))
+            summary = calibrate_group("pin", replicas, Workspace.resolve(tmp_path / "ws"), 6, QUICK, space=SPACE,
+                                      anchors=1, take=2)  # fmt: skip
+    finally:
+        for s in servers:
+            s.stop()
+    assert summary["failed_now"] == 0 and summary["not_measured"] == []
+    assert [r["cpus"] for r in summary["replicas"]] == [[c] for c in cpus]
+    assert summary["timed_one_at_a_time"] == [] and [r["machine"] for r in summary["replicas"]] == ["host"] * 2
+    assert measuring and exporting
+    for e0, e1 in exporting:
+        assert all(e1 <= m0 or e0 >= m1 for m0, m1 in measuring), "the host exported while a board on it was timed"
 
 
 def test_group_surrogate_widens_intervals_and_round_trips(tmp_path: Path) -> None:

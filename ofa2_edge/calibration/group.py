@@ -10,16 +10,19 @@ anchors) and the part-to-part spread (standard deviation of the log offsets) com
 The group's predictor is fitted on all replicas' records and saved wrapped in a
 :class:`~ofa2_edge.surrogates.group.GroupSurrogate` whose intervals include that spread.
 
-Replicas that share one machine (their agents report the same kernel boot id: containers,
-loopback "boards", qemu-user boards on the host) are timed one at a time, and those on the
-host itself never while the host exports (:class:`MachineLocks`). Timed at once, they would
-take each other's CPU: every record would be taken under a load no later measurement of one
-board (`verify`, `bundle --verify`, deployment) sees, and on the thread-CPU clock where those
-see the wall clock. Measured on the 2-core loopback fleet (4 boards, quick protocol): the
-same archs on one board were +4.8 % slower (geometric mean, three rounds each) while the
-other three measured, and the table's records were 100 % thread-CPU (off-CPU 59 % of the wall
-time) against 78 % wall-clock for the board alone; the group predictor priced a condition
-that `verify` never reproduced.
+Replicas that share one machine's CPUs (their agents report the same kernel boot id:
+containers, loopback "boards", qemu-user boards on the host; and CPU sets that overlap, or
+none) are timed one at a time, and those on the host itself never while the host exports
+(:class:`MachineLocks`). Timed at once, they would take each other's CPU: every record would
+be taken under a load no later measurement of one board (`verify`, `bundle --verify`,
+deployment) sees, and on the thread-CPU clock where those see the wall clock. Measured on the
+2-core loopback fleet (4 boards, quick protocol): the same archs on one board were +4.8 %
+slower (geometric mean, three rounds each) while the other three measured, and the table's
+records were 100 % thread-CPU (off-CPU 59 % of the wall time) against 78 % wall-clock for the
+board alone; the group predictor priced a condition that `verify` never reproduced.
+Replicas pinned to disjoint CPUs of one machine (cpusets, `taskset`) are timed at once: on
+this 2-core host a model timed on core 0 was +2.5 % slower on average (3 pairs, +0.2..+5.6 %)
+while another ran on core 1, what shared caches and memory cost on any multi-core board.
 
 Resumable like `calibrate`: archs already in the table under the same runtime and protocol
 (from any replica; anchors: from that replica) are not measured again.
@@ -31,8 +34,9 @@ import logging
 import math
 import threading
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -42,7 +46,7 @@ from exporters import ExportCache
 from ofa2_edge.calibration.calibrate import Progress, bind_table, design_archs, fit_table
 from ofa2_edge.core.errors import DeviceUnreachableError, InvalidInputError, Ofa2EdgeError
 from ofa2_edge.core.workspace import Workspace
-from ofa2_edge.devices.fleet import WorkQueue, run_replicas
+from ofa2_edge.devices.fleet import CpuClaim, CpuSlots, WorkQueue, run_replicas
 from ofa2_edge.devices.inventory import Device
 from ofa2_edge.devices.pipeline import MeasurePlan, measure_archs
 from ofa2_edge.devices.session import DeviceSession
@@ -67,57 +71,107 @@ class ReplicaState:
     failed: int = 0
     dropped: str | None = None  # why the replica left before the queue was empty
     lost_anchors: list[str] = field(default_factory=list)
-    machine: str | None = None  # "host", "shared" (with another replica), "own" or None (unknown)
+    machine: str | None = None  # "host", "shared" (CPUs with another replica), "own" or None (unknown)
+    cpus: list[int] | None = None  # the CPUs its agent runs on (None: unknown, the whole machine)
 
     def to_dict(self) -> dict[str, Any]:
         return {"key": self.key, "reached": self.reached, "measured_now": self.measured, "failed_now": self.failed,
-                "dropped": self.dropped, "lost_anchors": self.lost_anchors, "machine": self.machine}  # fmt: skip
+                "dropped": self.dropped, "lost_anchors": self.lost_anchors, "machine": self.machine,
+                "cpus": self.cpus}  # fmt: skip
 
 
-#: One lock per machine (kernel boot id) that replicas run on, for the whole process: two
-#: groups calibrated at once whose replicas share a machine are not timed at once either.
-_MACHINE_LOCKS: dict[str, threading.Lock] = {}
-_MACHINE_LOCKS_GUARD = threading.Lock()
+#: The CPUs of each machine (kernel boot id) that replicas run on, for the whole process: two
+#: groups calibrated at once whose replicas share a machine's CPUs are not timed at once either.
+_MACHINES: dict[str, CpuSlots] = {}
+_MACHINES_GUARD = threading.Lock()
+
+
+def _machine(boot: str) -> CpuSlots:
+    with _MACHINES_GUARD:
+        return _MACHINES.setdefault(boot, CpuSlots())
+
+
+class _ExportClaim:
+    """What an export holds: the process's export lock, then the whole host (an export takes
+    every core, so no replica on the host is timed meanwhile)."""
+
+    def __init__(self, export_lock: threading.Lock, host: CpuSlots | None) -> None:
+        self.export_lock = export_lock
+        self.host = host.claim(None) if host is not None else None
+
+    def __enter__(self) -> None:
+        self.export_lock.acquire()
+        if self.host is not None:
+            try:
+                self.host.__enter__()
+            except BaseException:
+                self.export_lock.release()
+                raise
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self.host is not None:
+                self.host.__exit__(*exc)
+        finally:
+            self.export_lock.release()
 
 
 class MachineLocks:
-    """The lock a replica is timed under, by the machine its agent runs on (its kernel boot id).
+    """What a replica is timed under: a claim on the CPUs its agent runs on (its CPU set, on the
+    machine its kernel boot id names).
 
-    Replicas on one machine share one lock, so only one of them is timed at a time; replicas
-    on the host itself take `host_lock`, the lock exports hold, so the host's own work never
-    overlaps their timing either (as `calibrate --device local` does). A replica whose agent
-    reports no boot id (not Linux, or an older agent) gets no lock: it is taken to be a board
+    Replicas on one machine whose CPU sets overlap (or that report none: the whole machine)
+    are timed one at a time; replicas pinned to disjoint CPUs (cpusets, `taskset`) at once.
+    Exports claim the whole host (:meth:`export_lock`), so the host's own work never overlaps
+    the timing of a replica on it (as `calibrate --device local` does). A replica whose agent
+    reports no boot id (not Linux, or an older agent) gets no claim: it is taken to be a board
     of its own."""
 
-    def __init__(self, host_lock: threading.Lock, host_boot_id: str | None = None) -> None:
-        self.host_lock = host_lock
+    def __init__(self, export_lock: threading.Lock, host_boot_id: str | None = None) -> None:
         self.host_boot_id = host_boot_id
-        self._replicas: dict[str, list[str]] = {}
+        self.export = _ExportClaim(export_lock, _machine(host_boot_id) if host_boot_id else None)
+        self._replicas: dict[str, dict[str, frozenset[int] | None]] = {}
         self._guard = threading.Lock()
 
-    def lock_for(self, replica: str, boot: str | None) -> threading.Lock | None:
+    def export_lock(self) -> AbstractContextManager[Any]:
+        """The lock every export of this calibration holds."""
+        return self.export
+
+    def lock_for(self, replica: str, boot: str | None, cpus: Sequence[int] | None = None) -> CpuClaim | None:
         if boot is None:
             return None
+        claim = _machine(boot).claim(cpus)
         with self._guard:
-            self._replicas.setdefault(boot, []).append(replica)
-        if boot == self.host_boot_id:
-            return self.host_lock
-        with _MACHINE_LOCKS_GUARD:
-            return _MACHINE_LOCKS.setdefault(boot, threading.Lock())
+            self._replicas.setdefault(boot, {})[replica] = claim.cpus
+        return claim
 
-    def kind(self, boot: str | None) -> str | None:
-        """Where the replica runs: `host`, `shared` (with another replica), `own` or None (unknown)."""
+    def kind(self, replica: str, boot: str | None) -> str | None:
+        """Where the replica runs: `host`, `shared` (CPUs with another replica), `own` or None (unknown)."""
         if boot is None:
             return None
         if boot == self.host_boot_id:
             return "host"
-        with self._guard:
-            return "shared" if len(self._replicas.get(boot, [])) > 1 else "own"
+        return "shared" if any(replica in part and len(part) > 1 for part in self._parts(boot)) else "own"
 
     def shared(self) -> list[list[str]]:
-        """Replicas timed one at a time, one list per machine (the host's included)."""
+        """Replicas timed one at a time, one list per set of them sharing CPUs."""
         with self._guard:
-            return [sorted(v) for b, v in self._replicas.items() if len(v) > 1 or b == self.host_boot_id]
+            boots = list(self._replicas)
+        return [part for b in boots for part in self._parts(b) if len(part) > 1]
+
+    def _parts(self, boot: str) -> list[list[str]]:
+        """The replicas on `boot` grouped by shared CPUs (connected through overlapping sets)."""
+        with self._guard:
+            cpus = dict(self._replicas.get(boot, {}))
+        parts: list[tuple[list[str], frozenset[int] | None]] = []
+        for replica, own in sorted(cpus.items()):
+            merged, rest = [replica], own
+            for names, held in [p for p in parts if own is None or p[1] is None or own & p[1]]:
+                parts.remove((names, held))
+                merged += names
+                rest = None if rest is None or held is None else rest | held
+            parts.append((merged, rest))
+        return [sorted(names) for names, _ in parts]
 
 
 def pick_anchors(design: list[Arch], n: int) -> list[Arch]:
@@ -211,8 +265,8 @@ def calibrate_group(
         emit("group", {"replicas": keys, "design": len(design), "anchors": len(anchor_archs), "todo": len(shared),
                        "pinned": {k: len(v) for k, v in pinned.items()}})  # fmt: skip
         write_lock = threading.Lock()  # table appends and binds, one thread at a time
-        export_lock = EXPORT_LOCK
-        machines = MachineLocks(export_lock, read_boot_id())
+        machines = MachineLocks(EXPORT_LOCK, read_boot_id())
+        export_lock = machines.export_lock()
         boots: dict[str, str | None] = {}
         cache = ExportCache(workspace.exports_dir)
         chunk = max(1, take or protocol.interleave)
@@ -226,8 +280,10 @@ def calibrate_group(
                     with write_lock:
                         bind_table(session, table, device, plan, protocol, True, accept_env_change)
                     state.reached = True
-                    boot = boots[device.key] = session.probe.boot_id if session.probe is not None else None
-                    measure_lock = machines.lock_for(device.key, boot)
+                    probe = session.probe
+                    boot = boots[device.key] = probe.boot_id if probe is not None else None
+                    state.cpus = probe.cpus if probe is not None else None
+                    measure_lock = machines.lock_for(device.key, boot, state.cpus)
                     emit("replica", {"key": device.key, "state": "measuring"})
 
                     def commit(record: MeasureResult) -> None:
@@ -260,7 +316,7 @@ def calibrate_group(
 
         run_replicas(replicas, queue, work)
         for k, boot in boots.items():
-            states[k].machine = machines.kind(boot)
+            states[k].machine = machines.kind(k, boot)
         seconds = {"measure": time.perf_counter() - t0}
         not_measured = [a.id for a in queue.shared]
         reached = [k for k, s in states.items() if s.reached]

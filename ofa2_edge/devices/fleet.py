@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Generic, Hashable, Sequence, TypeVar
+from typing import Callable, Collection, Generic, Hashable, Sequence, TypeVar
 
 from ofa2_edge.devices.inventory import Device
 
@@ -92,3 +92,54 @@ def run_replicas(devices: Sequence[Device], queue: WorkQueue[T], worker: Callabl
         t.start()
     for t in threads:
         t.join()
+
+
+class CpuSlots:
+    """The CPUs of one machine, claimed by the replicas timed on it (and by the host's exports).
+
+    A claim names a CPU set (None: the whole machine) and waits while a held claim, or one
+    that asked before it, shares a CPU with it: replicas pinned to disjoint CPUs are timed at
+    once, the others one at a time, first come first served (a whole-machine claim is not
+    starved by a stream of pinned ones)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._held: list[CpuClaim] = []
+        self._waiting: list[CpuClaim] = []
+
+    def claim(self, cpus: Collection[int] | None) -> CpuClaim:
+        """A reusable context manager for one thread at a time: `with slots.claim({0, 1}):`."""
+        return CpuClaim(self, None if cpus is None else frozenset(cpus))
+
+    def _acquire(self, claim: CpuClaim) -> None:
+        with self._cond:
+            self._waiting.append(claim)
+            while any(claim.overlaps(c) for c in self._held) or any(
+                claim.overlaps(c) for c in self._waiting[: self._waiting.index(claim)]
+            ):
+                self._cond.wait()
+            self._waiting.remove(claim)
+            self._held.append(claim)
+
+    def _release(self, claim: CpuClaim) -> None:
+        with self._cond:
+            self._held.remove(claim)
+            self._cond.notify_all()
+
+
+class CpuClaim:
+    """One claim on a machine's CPUs (see :class:`CpuSlots`)."""
+
+    def __init__(self, slots: CpuSlots, cpus: frozenset[int] | None) -> None:
+        self.slots = slots
+        self.cpus = cpus
+
+    def overlaps(self, other: CpuClaim) -> bool:
+        return self.cpus is None or other.cpus is None or bool(self.cpus & other.cpus)
+
+    def __enter__(self) -> CpuClaim:
+        self.slots._acquire(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.slots._release(self)
