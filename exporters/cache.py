@@ -26,6 +26,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -61,8 +62,14 @@ def cache_key(key_doc: Mapping[str, Any]) -> str:
 class ExportCache:
     """Exported models stored by content address under `root`."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, build_lock: AbstractContextManager[Any] | None = None) -> None:
         self.root = Path(root)
+        self.build_lock = build_lock
+
+    def building_under(self, lock: AbstractContextManager[Any] | None) -> ExportCache:
+        """This cache, holding `lock` while it builds a missing entry (a hit needs no lock): the
+        host's CPU is then busy, so a device timed on it waits (see `measure_archs`)."""
+        return ExportCache(self.root, lock)
 
     @classmethod
     def default(cls, workspace: Workspace | None = None) -> ExportCache:
@@ -102,10 +109,14 @@ class ExportCache:
         if found is not None:
             log.debug("export cache hit %s", key)
             return found
-        start = time.perf_counter()
-        built = build()
-        seconds = time.perf_counter() - start
-        return self._store(key, dict(key_doc), built, seconds)
+        with self.build_lock or nullcontext():
+            found = self.lookup(key) if self.build_lock is not None else None  # built while we waited
+            if found is not None:
+                return found
+            start = time.perf_counter()
+            built = build()
+            seconds = time.perf_counter() - start
+            return self._store(key, dict(key_doc), built, seconds)
 
     def _store(self, key: str, key_doc: dict[str, Any], built: BuiltModel, seconds: float) -> ExportedModel:
         final = self.entry_dir(key)

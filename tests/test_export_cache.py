@@ -59,6 +59,37 @@ def test_miss_then_hit(tmp_path: Path) -> None:
     assert cache_key(key) == first.cache_key
 
 
+class RecordingLock:
+    """A lock that says whether it is held, and how often it was taken."""
+
+    def __init__(self) -> None:
+        self.held, self.taken = False, 0
+
+    def __enter__(self) -> None:
+        self.held, self.taken = True, self.taken + 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.held = False
+
+
+def test_a_build_holds_the_build_lock_and_a_hit_does_not(seeded: Path, tmp_path: Path) -> None:
+    """`measure_archs` gives the host's CPU lock: an export keeps devices on the host waiting,
+    a cache hit (no CPU) does not."""
+    lock = RecordingLock()
+    cache = _copy(seeded, tmp_path).building_under(lock)
+    assert export_subnet(ARCH, "onnx", cache=cache).cached and lock.taken == 0
+    seen: list[bool] = []
+
+    def build() -> BuiltModel:
+        seen.append(lock.held)
+        return _fake_build(b"model")
+
+    key_doc = {"arch_id": ARCH.id, "format": "onnx", "test": "lock"}
+    assert not cache.get_or_build(key_doc, build).cached
+    assert seen == [True] and lock.taken == 1 and not lock.held
+    assert cache.get_or_build(key_doc, build).cached and lock.taken == 1
+
+
 def test_every_input_of_the_file_is_in_the_key(seeded: Path, tmp_path: Path) -> None:
     cache = _copy(seeded, tmp_path)
     base = export_subnet(ARCH, "onnx", cache=cache)

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from sshd import Sshd, make_sshd
 
+from exporters import ExportCache
 from ofa2_edge.calibration.calibrate import design_archs
 from ofa2_edge.calibration.group import MachineLocks, calibrate_group, pick_anchors
 from ofa2_edge.cli.main import main
@@ -156,17 +157,30 @@ def test_cpu_slots_time_disjoint_sets_at_once_and_queue_the_rest() -> None:
     assert order == ["a0", "b1", "all", "c1"]  # first come, first served
 
 
+def timed(real: Any, into: list[tuple[float, float]]) -> Any:
+    """`real`, appending each call's (start, end) to `into`."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.monotonic()
+        try:
+            return real(*args, **kwargs)
+        finally:
+            into.append((t0, time.monotonic()))
+
+    return call
+
+
 def test_replicas_on_one_machine_are_timed_one_at_a_time(tmp_path: Path) -> None:
     """Loopback boards are this machine: timed at once they would take each other's CPU (and
     the host's exports theirs), so the group's records would price a load that no later
     measurement on one board (`verify`) sees. They are timed one at a time, never while the
     host exports, and the summary says so. (Checked on the order of events, not on timings.)"""
-    from ofa2_edge.devices import pipeline, session
+    from ofa2_edge.devices import session
 
     servers = [make_sshd(tmp_path / "sshd" / f"b{i}") for i in range(3)]
     measuring: list[tuple[str, float, float]] = []  # (replica, start, end) of every timed batch
     exporting: list[tuple[float, float]] = []
-    real_measure, real_export = session.DeviceSession.measure, pipeline.export_subnet
+    real_measure, real_build = session.DeviceSession.measure, ExportCache.get_or_build
 
     def timed_measure(self: Any, *args: Any, **kwargs: Any) -> Any:
         t0 = time.monotonic()
@@ -175,13 +189,6 @@ def test_replicas_on_one_machine_are_timed_one_at_a_time(tmp_path: Path) -> None
         finally:
             measuring.append((self.device.key, t0, time.monotonic()))
 
-    def timed_export(*args: Any, **kwargs: Any) -> Any:
-        t0 = time.monotonic()
-        try:
-            return real_export(*args, **kwargs)
-        finally:
-            exporting.append((t0, time.monotonic()))
-
     try:
         replicas = [Device(key=f"b-{i}", transport="ssh", host="127.0.0.1", port=s.port, user=s.user,
                            key_file=str(s.client_key), known_hosts=str(s.known_hosts),
@@ -189,7 +196,7 @@ def test_replicas_on_one_machine_are_timed_one_at_a_time(tmp_path: Path) -> None
                     for i, s in enumerate(servers)]  # fmt: skip
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(session.DeviceSession, "measure", timed_measure)
-            mp.setattr(pipeline, "export_subnet", timed_export)
+            mp.setattr(ExportCache, "get_or_build", lambda c, k, b: real_build(c, k, timed(b, exporting)))
             summary = calibrate_group("loop", replicas, Workspace.resolve(tmp_path / "ws"), 8, QUICK, space=SPACE,
                                       anchors=1, take=2)  # fmt: skip
     finally:
@@ -211,23 +218,13 @@ def test_replicas_pinned_to_disjoint_cpus_are_not_queued_behind_each_other(tmp_p
     """Two loopback boards whose sshd (and so agent) is pinned to its own CPU report their CPU
     sets; the calibration times them without a common queue, and still never while the host
     exports (the order of events, not timings)."""
-    from ofa2_edge.devices import pipeline, session
+    from ofa2_edge.devices import session
 
     cpus = sorted(os.sched_getaffinity(0))[:2]
     servers = [make_sshd(tmp_path / "sshd" / f"p{i}") for i in range(2)]
     measuring: list[tuple[float, float]] = []
     exporting: list[tuple[float, float]] = []
-    real_measure, real_export = session.DeviceSession.measure, pipeline.export_subnet
-
-    def timed(real: Any, into: list[tuple[float, float]]) -> Any:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.monotonic()
-            try:
-                return real(*args, **kwargs)
-            finally:
-                into.append((t0, time.monotonic()))
-
-        return call
+    real_measure, real_build = session.DeviceSession.measure, ExportCache.get_or_build
 
     try:
         for s, cpu in zip(servers, cpus):
@@ -239,7 +236,7 @@ def test_replicas_pinned_to_disjoint_cpus_are_not_queued_behind_each_other(tmp_p
                     for i, s in enumerate(servers)]  # fmt: skip
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(session.DeviceSession, "measure", timed(real_measure, measuring))
-            mp.setattr(pipeline, "export_subnet", timed(real_export, exporting))
+            mp.setattr(ExportCache, "get_or_build", lambda c, k, b: real_build(c, k, timed(b, exporting)))
             summary = calibrate_group("pin", replicas, Workspace.resolve(tmp_path / "ws"), 6, QUICK, space=SPACE,
                                       anchors=1, take=2)  # fmt: skip
     finally:

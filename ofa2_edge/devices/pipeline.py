@@ -77,24 +77,23 @@ def measure_archs(
 ) -> BatchReport:
     """Export and measure `archs` chunk by chunk; every record reaches `on_result` as it lands.
 
-    `export_lock` is held while exporting and `measure_lock` while measuring: give both the
-    same lock for the `local` device, so no export (of this or another device's worker)
-    competes for the CPU with a model being timed here.
+    `export_lock` is held while an export is built (a cache hit needs no CPU, so no lock) and
+    `measure_lock` while measuring: give both the same lock for the `local` device, so no
+    export (of this or another device's worker) competes for the CPU with a model timed here.
     """
 
+    building = cache.building_under(export_lock)
     # the device's onnxruntime decides the file's IR version and opset (TensorRT parses ONNX itself)
     target = onnx_target(session.runtime_version(plan.runtime)) if plan.runtime == "onnxruntime" else None
 
     def ship(arch: Arch) -> ShippableModel:
-        model = export_subnet(arch, plan.fmt, supernet=supernet, cache=cache, onnx_target=target)
+        model = export_subnet(arch, plan.fmt, supernet=supernet, cache=building, onnx_target=target)
         return ShippableModel.from_export(model, arch, plan.tensorrt)
 
     def failed(arch: Arch, msg: str) -> MeasureResult:
         return export_failure(session, arch, plan, protocol, msg)
 
-    return measure_models(
-        session, archs, ship, failed, protocol, on_result, chunk, export_lock, measure_lock
-    )
+    return measure_models(session, archs, ship, failed, protocol, on_result, chunk, measure_lock)
 
 
 def measure_models(
@@ -105,12 +104,11 @@ def measure_models(
     protocol: Protocol,
     on_result: Callable[[MeasureResult], None] | None = None,
     chunk: int = 8,
-    export_lock: AbstractContextManager[Any] | None = None,
     measure_lock: AbstractContextManager[Any] | None = None,
 ) -> BatchReport:
     """Export (`ship`) and measure `items` chunk by chunk; an export that raises becomes the
-    record `export_failed` makes. Every record reaches `on_result` as it lands. Locks as in
-    `measure_archs`."""
+    record `export_failed` makes. Every record reaches `on_result` as it lands; `measure_lock`
+    is held while measuring."""
     total = BatchReport()
 
     def deliver(result: MeasureResult) -> None:
@@ -122,13 +120,12 @@ def measure_models(
     while pending:
         part, pending = pending[:chunk], pending[chunk:]
         ready: list[ShippableModel] = []
-        with export_lock or nullcontext():
-            for item in part:
-                try:
-                    ready.append(ship(item))
-                except Ofa2EdgeError as exc:
-                    log.warning("%s: export failed: %s", item.id, exc)
-                    deliver(export_failed(item, str(exc)))
+        for item in part:
+            try:
+                ready.append(ship(item))
+            except Ofa2EdgeError as exc:
+                log.warning("%s: export failed: %s", item.id, exc)
+                deliver(export_failed(item, str(exc)))
         if not ready:
             continue
         with measure_lock or nullcontext():
