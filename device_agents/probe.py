@@ -149,8 +149,9 @@ def detect_emulation(proc_root: str = "/proc", machine: Optional[str] = None) ->
 def boot_id(proc_root: str = "/proc") -> Optional[str]:
     """The running kernel's random boot id (Linux), None where there is none. Two agents that
     report the same one run on one machine (containers and loopback "boards" included): they
-    share its CPUs, so the host never times them at the same time (see
-    :mod:`ofa2_edge.calibration.group`). Not hashed: it changes at every boot."""
+    share its CPUs unless their CPU sets (:func:`cpu_set`) are disjoint, so the host never
+    times them at the same time then (see :mod:`ofa2_edge.calibration.group`). Not hashed: it
+    changes at every boot."""
     text = _read(os.path.join(proc_root, "sys", "kernel", "random", "boot_id"))
     return text if text is not None and len(text) <= 64 and text.isprintable() else None
 

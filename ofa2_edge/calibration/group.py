@@ -122,20 +122,19 @@ class MachineLocks:
 
     Replicas on one machine whose CPU sets overlap (or that report none: the whole machine)
     are timed one at a time; replicas pinned to disjoint CPUs (cpusets, `taskset`) at once.
-    Exports claim the whole host (:meth:`export_lock`), so the host's own work never overlaps
+    Exports claim the whole host (`export_lock`), so the host's own work never overlaps
     the timing of a replica on it (as `calibrate --device local` does). A replica whose agent
     reports no boot id (not Linux, or an older agent) gets no claim: it is taken to be a board
     of its own."""
 
     def __init__(self, export_lock: threading.Lock, host_boot_id: str | None = None) -> None:
         self.host_boot_id = host_boot_id
-        self.export = _ExportClaim(export_lock, _machine(host_boot_id) if host_boot_id else None)
+        #: What every export of this calibration holds.
+        self.export_lock: AbstractContextManager[Any] = _ExportClaim(
+            export_lock, _machine(host_boot_id) if host_boot_id else None
+        )
         self._replicas: dict[str, dict[str, frozenset[int] | None]] = {}
         self._guard = threading.Lock()
-
-    def export_lock(self) -> AbstractContextManager[Any]:
-        """The lock every export of this calibration holds."""
-        return self.export
 
     def lock_for(self, replica: str, boot: str | None, cpus: Sequence[int] | None = None) -> CpuClaim | None:
         if boot is None:
@@ -266,7 +265,7 @@ def calibrate_group(
                        "pinned": {k: len(v) for k, v in pinned.items()}})  # fmt: skip
         write_lock = threading.Lock()  # table appends and binds, one thread at a time
         machines = MachineLocks(EXPORT_LOCK, read_boot_id())
-        export_lock = machines.export_lock()
+        export_lock = machines.export_lock
         boots: dict[str, str | None] = {}
         cache = ExportCache(workspace.exports_dir)
         chunk = max(1, take or protocol.interleave)

@@ -197,7 +197,7 @@ def _calibrate_group(
             err_console.print(f"{group}/{r['key']}: {state_text}, {r['measured_now']} measured now, offset {off}",
                               highlight=False)  # fmt: skip
         for machine in summary.get("timed_one_at_a_time", []):
-            err_console.print(f"{group}: {', '.join(machine)} run on one machine: timed one at a time", highlight=False)
+            err_console.print(f"{group}: {', '.join(machine)} share CPUs of one machine: timed one at a time", highlight=False)
         err_console.print(
             f"{group}: {summary['measured_now']} measured now, {summary['already_measured']} already in the table, "
             f"{len(summary['retried'])} retried on another replica, {len(summary['not_measured'])} not reached; "
