@@ -334,3 +334,37 @@ def test_a_foreign_supernet_is_refused(state_w10) -> None:
     foreign = {k: v[..., 2:5, 2:5] if k.endswith("depth_conv.conv.conv.weight") else v for k, v in foreign.items()}
     msg = bad_checkpoint_message(foreign)
     assert "missing keys (40)" in msg and "shape mismatches" in msg and "ofa_mbv3_d234_e346_k357_w1.0" in msg
+
+
+@pytest.mark.parametrize("kernel", [3, 5, 7])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_conv_skipping_padding_only_taps_equals_the_plain_conv(kernel: int, stride: int) -> None:
+    from ofa2_edge.supernet.static import DepthwiseConv2d
+
+    gen = torch.Generator().manual_seed(kernel * 10 + stride)
+    for size in range(1, 11):
+        plain = nn.Conv2d(6, 6, kernel, stride, kernel // 2, groups=6, bias=False)
+        fast = DepthwiseConv2d(6, 6, kernel, stride, kernel // 2, groups=6, bias=False)
+        fast.load_state_dict(plain.state_dict())
+        x = torch.randn(2, 6, size, size, generator=gen, requires_grad=True)
+        want, got = plain(x), fast(x)
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+        g_want = torch.autograd.grad(want.square().sum(), (x, plain.weight))
+        g_got = torch.autograd.grad(got.square().sum(), (x, fast.weight))
+        for a, b in zip(g_got, g_want):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_an_exported_subnet_keeps_its_declared_kernels_on_small_maps(random_supernet: Supernet) -> None:
+    onnx = pytest.importorskip("onnx")
+    import io
+
+    arch = SearchSpace(resolutions=(32,), w=random_supernet.width_mult).largest(32)  # 7x7 kernels on 1x1 maps
+    buf = io.BytesIO()
+    torch.onnx.export(random_supernet.extract(arch), (torch.zeros(1, 3, 32, 32),), buf, dynamo=False)
+    kernels = [
+        tuple(a.ints) for n in onnx.load_from_string(buf.getvalue()).graph.node if n.op_type == "Conv"
+        for a in n.attribute if a.name == "kernel_shape"
+    ]  # fmt: skip
+    assert kernels.count((7, 7)) == sum(arch.d) == 20

@@ -1,6 +1,7 @@
 """A static OFA-MobileNetV3 subnet built from plain torch modules.
 
-Exporters (ONNX, LiteRT) trace this module, so it holds only Conv2d, BatchNorm2d, ReLU,
+Exporters (ONNX, LiteRT) trace this module, so it holds only Conv2d (the depthwise ones
+skip padding-only taps when torch runs them, never in an export), BatchNorm2d, ReLU,
 Hardswish, Hardsigmoid, AdaptiveAvgPool2d and Linear, composed by three tiny containers
 (squeeze-and-excite, MBConv, residual). Module names follow OFA's static `MobileNetV3`, so a
 subnet's `state_dict` has the same keys as the one OFA's `get_active_subnet` returns.
@@ -24,6 +25,36 @@ from ofa2_edge.space.netplan import BN_EPS, BN_MOMENTUM, N_CLASSES, Layer, layer
 
 def batch_norm(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """A depthwise conv that, in torch, skips the taps that only ever meet zero padding.
+
+    On a map smaller than its kernel (a 7x7 kernel on the 1x1 and 2x2 maps of a 32-48 px
+    input) those taps multiply padding only, and oneDNN's depthwise kernel still pays for
+    them: 3-10x the time of the whole rest of the net (measured, 2026-12-07). The central crop
+    with the padding reduced by the same amount gives the same outputs, shape and gradients
+    (the cropped taps' gradient is exactly zero). Exports keep the declared kernel: what is
+    timed on a device is the architecture as named.
+    """
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+            return super()._conv_forward(x, weight, bias)
+        crop = [_unused_taps(x.shape[2 + d], self.kernel_size[d], self.stride[d], self.padding[d]) for d in (0, 1)]  # type: ignore[index]
+        if crop == [0, 0]:
+            return super()._conv_forward(x, weight, bias)
+        ch, cw = crop
+        w = weight[:, :, ch : weight.shape[2] - ch, cw : weight.shape[3] - cw]
+        pad = (self.padding[0] - ch, self.padding[1] - cw)  # type: ignore[index]
+        return nn.functional.conv2d(x, w, bias, self.stride, pad, self.dilation, self.groups)
+
+
+def _unused_taps(size: int, kernel: int, stride: int, pad: int) -> int:
+    """How many taps at each end of a centred `kernel` (padding `pad`) only meet padding on
+    an input of `size`: the first output reads from -pad, the last from (out-1)*stride-pad."""
+    out = (size + 2 * pad - kernel) // stride + 1
+    return max(0, min(pad - (out - 1) * stride, pad + 1 - size, (kernel - 1) // 2))
 
 
 def _act(hswish: bool) -> nn.Module:
@@ -68,7 +99,7 @@ class MBConv(nn.Module):
         mid, act = layer.mid_ch, layer.hswish
         self.inverted_bottleneck = conv_bn_act(layer.in_ch, mid, 1, 1, act) if layer.has_expand else None
         depth = OrderedDict(
-            conv=nn.Conv2d(mid, mid, layer.kernel, layer.stride, layer.kernel // 2, groups=mid, bias=False),
+            conv=DepthwiseConv2d(mid, mid, layer.kernel, layer.stride, layer.kernel // 2, groups=mid, bias=False),
             bn=batch_norm(mid),
             act=_act(act),
         )
