@@ -118,7 +118,7 @@ def main() -> None:  # noqa: C901 - one linear script
     # the front (measured one by one by ensembles.py) and random design subnets (measured here)
     front_ids = [a.id for a in front_archs(root / "runs" / "single")]
     rng = np.random.default_rng(args.seed)
-    design = sorted(i for i in source.measured(0) if i not in set(front_ids))
+    design = sorted(i for i, r in source.measured(0).items() if r.test and i not in set(front_ids))  # reported on test
     picked = [design[i] for i in sorted(rng.choice(len(design), min(args.random, len(design)), replace=False))]
     device = Inventory.load(ws.inventory_path).get("local")
     cores = device_cores(ws, "local") or 1
@@ -219,7 +219,8 @@ def markdown(doc: dict[str, Any]) -> str:
                   f"**{t['smallest']['test_top1_pct']:.2f} %**, largest ({t['largest']['r']} px, {t['largest']['macs_m']:.1f} MMACs) "
                   f"**{t['largest']['test_top1_pct']:.2f} %**",
                   f"- evaluate throughput: {e['subnets_per_minute']} subnets/min ({e['subnets_this_run']} subnets in {e['seconds']} s, "
-                  f"each on all val and test images after BN recalibration), peak RSS {e['peak_rss_mib']} MiB", ""]  # fmt: skip
+                  f"mixed: BN recalibration + val, + test for {a['settings'].get('test_subnets') or 'all'} of them), peak RSS "
+                  f"{e['peak_rss_mib']} MiB; mean seconds per subnet: {json.dumps(e.get('mean_s_per_subnet'))}", ""]  # fmt: skip
     tr = doc.get("training")
     if tr:
         lines += ["## Training throughput", "",

@@ -18,6 +18,7 @@ Shared machine: throughput figures move with the load, which is recorded beside 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -31,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).parent))
 from benchlib import machine_info  # noqa: E402
 
-from ofa2_edge.accuracy.evaluate import EvaluateSettings, evaluate_table  # noqa: E402
+from ofa2_edge.accuracy.evaluate import EvaluateSettings, design, evaluate_table  # noqa: E402
 from ofa2_edge.accuracy.fit import AccuracyData, _kendall, _spearman, fit_accuracy_predictor  # noqa: E402
 from ofa2_edge.accuracy.source import open_supernet  # noqa: E402
 from ofa2_edge.accuracy.table import AccuracyTable  # noqa: E402
@@ -44,6 +45,10 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 RESULTS = Path(__file__).parent / "results"
 
 
+def _mean(values: list[float]) -> float | None:
+    return round(float(np.mean(values)), 2) if values else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--supernet", type=Path, required=True)
@@ -54,6 +59,9 @@ def main() -> None:
     ap.add_argument("--design-seed", type=int, default=0, help="seed of the design (another seed: other subnets)")
     ap.add_argument("--fit", type=int, default=100, help="subnets the predictor is fitted on (the rest are held out)")
     ap.add_argument("--workspace", type=Path, default=Path("/tmp/own_data_accuracy"))
+    ap.add_argument("--test-subnets", type=int, default=None,
+                    help="score the test part only for the first N design subnets (own_data.py picks its random "
+                         "subnets among them); the rest feed the predictor and need val only (default: all)")
     args = ap.parse_args()
     trained = open_supernet(args.supernet)
     ds = open_dataset(args.data)
@@ -65,9 +73,16 @@ def main() -> None:
     )
     machine = machine_info()  # the load at the START (the figures move with it)
     t0 = time.perf_counter()
+    n_done = 0
+    if args.test_subnets is not None:
+        space0 = SearchSpace(resolutions=trained.resolutions, w=trained.width_mult)
+        first_n = design(space0, args.budget, args.design_seed)[: args.test_subnets]
+        r0 = evaluate_table(table, trained, ds, dataclasses.replace(settings, repeat_fraction=0.0), archs=first_n)
+        n_done += len(r0.evaluated)
+        settings = dataclasses.replace(settings, test=False)
     report = evaluate_table(table, trained, ds, settings)
     seconds = time.perf_counter() - t0
-    n_done = len(report.evaluated) + len(report.repeated)
+    n_done += len(report.evaluated) + len(report.repeated)
     first = table.measured(0)
     ids = sorted(first)
     ids = [ids[i] for i in np.random.default_rng(0).permutation(len(ids))]
@@ -92,12 +107,18 @@ def main() -> None:
         "command": " ".join(sys.argv),
         "supernet": trained.describe(),
         "dataset": {"fingerprint": ds.fingerprint, "sizes": {p: ds.size(p) for p in ("train", "val", "test")}},
-        "settings": {"budget": args.budget, "repeat": args.repeat, "bn_images": args.bn_images},
+        "settings": {"budget": args.budget, "repeat": args.repeat, "bn_images": args.bn_images, "test_subnets": args.test_subnets},
         "evaluate": {
             "subnets_this_run": n_done,
             "seconds": round(seconds, 1),
             "subnets_per_minute": round(60 * n_done / seconds, 2) if n_done else None,
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            # every row of the table, this run's or not: BN recalibration + val (+ test), seconds per subnet
+            "mean_s_per_subnet": {
+                "val_and_test": _mean([r.elapsed_s for r in first.values() if r.test]),
+                "val_only": _mean([r.elapsed_s for r in first.values() if not r.test]),
+                "repeat_val_only": _mean([r.elapsed_s for r in table.measured(1).values()]),
+            },
         },
         "noise_floor": floor,
         "predictor": {
@@ -120,7 +141,8 @@ def main() -> None:
         "",
         f"`{doc['command']}` (load average {doc['machine'].get('load1_at_start', '?')} at start, {doc['machine']['load1_at_end']:.2f} at the end)",
         "",
-        f"- evaluate: {e['subnets_this_run']} subnets in {e['seconds']} s ({e['subnets_per_minute']} subnets/min), peak RSS {e['peak_rss_mib']} MiB",
+        f"- evaluate: {e['subnets_this_run']} subnets in {e['seconds']} s ({e['subnets_per_minute']} subnets/min), peak RSS {e['peak_rss_mib']} MiB; "
+        f"seconds per subnet (BN recalibration included): {json.dumps(e['mean_s_per_subnet'])}",
         f"- noise floor: {json.dumps(floor)}",
         f"- predictor ({p['model']}, fitted on {p['fitted_on']}, scored on {p['held_out']} held-out subnets): Spearman {p['held_out_spearman']:.3f}, "
         f"Kendall tau {p['held_out_kendall_tau']:.3f}, share of the noise floor {p['share_of_noise_floor']}",

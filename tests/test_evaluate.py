@@ -104,6 +104,23 @@ def test_evaluate_writes_a_resumable_table_with_probabilities_and_a_noise_floor(
     assert table.evaluations_path.read_bytes() == before
 
 
+def test_no_test_scores_val_only_and_a_table_may_mix_both(capsys: pytest.CaptureFixture[str], setup: tuple[Path, Path, Path]) -> None:
+    ws, sn, data = setup
+    base = ("evaluate", "--supernet", str(sn), "--data", str(data), "--bn-images", "16", "--batch-size", "32", "--json")
+    assert cli(capsys, ws, *base, "--budget", "2")[0] == 0  # the min and max nets, with test
+    code, out, err = cli(capsys, ws, *base, "--budget", "4", "--no-test")  # they again, and two more
+    assert code == 0, err
+    assert (json.loads(out)["evaluated"], json.loads(out)["skipped_already_in_table"]) == (2, 2)
+    table = AccuracyTable.of(Workspace.resolve(ws), "tiny")
+    rows = table.measured(0)
+    assert len(rows) == 4 and sum(r.test is not None for r in rows.values()) == 2
+    for arch_id, row in rows.items():
+        assert table.probabilities(arch_id, "val").shape[0] == row.val.n_images
+        if row.test is None:
+            with pytest.raises(InvalidInputError, match="kept no test probabilities"):
+                table.probabilities(arch_id, "test")
+
+
 def test_a_table_is_bound_to_its_supernet_and_dataset(
     capsys: pytest.CaptureFixture[str], setup: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:

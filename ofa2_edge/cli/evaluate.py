@@ -27,6 +27,9 @@ def evaluate(
     repeat_fraction: float = typer.Option(
         0.0, "--repeat-fraction", help="Share of the design evaluated again with another BN batch (the noise floor), 0..1."
     ),
+    test: bool = typer.Option(
+        True, "--test/--no-test", help="Also score the test part (only reported); --no-test halves the time for predictor-only tables."
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Evaluate a design of subnets (top-1, top-5, loss, probabilities) on the val part; resumable."""
@@ -44,6 +47,7 @@ def evaluate(
         bn_images=bn_images,
         batch_size=batch_size,
         repeat_fraction=repeat_fraction,
+        test=test,
     )
     trained = open_supernet(supernet)
     name = table or trained.folder.name.lower()
