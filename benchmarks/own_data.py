@@ -215,6 +215,9 @@ def markdown(doc: dict[str, Any]) -> str:
                   f"- predictor ({p['model']}) fitted on K={p['fitted_on']} subnets, scored on {p['held_out']} held out: Spearman "
                   f"**{p['held_out_spearman']:.3f}**, Kendall tau {p['held_out_kendall_tau']:.3f}; share of the noise floor "
                   f"**{100 * (p['share_of_noise_floor'] or float('nan')):.0f} %** (goal >= 90 %)",
+                  *([f"- ranking the held-out subnets' test top-1 ({tr['n']}): measured val top-1 Spearman {tr['val_vs_test_spearman']:.3f}, "
+                     f"the predictor {tr['predictor_vs_test_spearman']:.3f} ({100 * tr.get('share', float('nan')):.0f} % of it)"]
+                    if (tr := p.get("test_ranking")) else []),
                   f"- the trade-off: smallest subnet ({t['smallest']['r']} px, {t['smallest']['macs_m']:.1f} MMACs) test top-1 "
                   f"**{t['smallest']['test_top1_pct']:.2f} %**, largest ({t['largest']['r']} px, {t['largest']['macs_m']:.1f} MMACs) "
                   f"**{t['largest']['test_top1_pct']:.2f} %**",
