@@ -277,3 +277,28 @@ def test_opening_sweeps_only_folders_of_dead_local_processes(tmp_path: Path) -> 
     t.open()
     assert {n for n, f in folders.items() if f.exists()} == {"alive", "other-host", "unmarked"}
     t.remove_work_dir()
+
+
+@pytest.mark.ssh
+def test_a_work_dir_made_by_a_sibling_session_meanwhile_is_used(sshd: Sshd, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Replicas on one host share the user's folder: when a sibling session makes it between
+    this session's check and its mkdir, the session uses it instead of failing."""
+    import paramiko
+
+    device = ssh_device(sshd, tmp_path)
+    real_stat, raced = paramiko.SFTPClient.stat, []
+
+    def stat_then_sibling_makes_it(self: paramiko.SFTPClient, path: str) -> paramiko.SFTPAttributes:
+        try:
+            return real_stat(self, path)
+        except FileNotFoundError:
+            if path == device.work_dir and not raced:
+                Path(path).mkdir(parents=True)  # the sibling's mkdir lands first
+                raced.append(path)
+            raise
+
+    monkeypatch.setattr(paramiko.SFTPClient, "stat", stat_then_sibling_makes_it)
+    with transport_for(device) as t:
+        assert Path(t.work_dir).parent == Path(device.work_dir) and (Path(t.work_dir) / WORK_MARKER).is_file()
+    assert raced == [device.work_dir]

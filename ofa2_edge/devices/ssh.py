@@ -255,7 +255,15 @@ class SSHTransport(Transport):
                 try:
                     sftp.stat(current)
                 except FileNotFoundError:
-                    sftp.mkdir(current, mode=0o700)
+                    try:
+                        sftp.mkdir(current, mode=0o700)
+                    except OSError as exc:  # fine if another session (a replica on this host) made it meanwhile
+                        try:
+                            made = stat.S_ISDIR(sftp.stat(current).st_mode or 0)
+                        except OSError:
+                            made = False
+                        if not made:
+                            raise DeviceUnreachableError(f"{self.device.key}: cannot make {current} ({exc})") from exc
         finally:
             sftp.close()
 
