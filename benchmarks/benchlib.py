@@ -162,9 +162,11 @@ def violation_rows(violations: dict[str, Any], goal_level: str, goal: str) -> li
 
 def drift_figures(report: dict[str, Any]) -> dict[str, Any]:
     """A verify report's sessions and its judging with the predictor's own intervals."""
-    own = report["own_intervals"]
-    return {"sessions": report["sessions"],
-            "own": {"coverage": own["coverage"], "safe_0.9_tightest": {x: own["safe_0.9_tightest"].get(x) for x in _VIOLATION_FIELDS}}}  # fmt: skip
+    def part(doc: dict[str, Any]) -> dict[str, Any]:
+        return {"coverage": doc["coverage"], "safe_0.9_tightest": {x: doc["safe_0.9_tightest"].get(x) for x in _VIOLATION_FIELDS}}
+
+    pooled = report.get("pooled_residuals")
+    return {"sessions": report["sessions"], "own": part(report["own_intervals"]), "pooled": part(pooled) if pooled else None}
 
 
 def drift_rows(figures: dict[str, Any]) -> list[str]:
@@ -175,16 +177,18 @@ def drift_rows(figures: dict[str, Any]) -> list[str]:
     def p(x: float | None) -> str:
         return "-" if x is None else f"{100 * x:.1f} %"
 
-    s, own = figures["sessions"], figures["own"]
+    s = figures["sessions"]
     shifts = ", ".join(f"{v['shift_pct']:+.1f} % (n={v['n']})" for v in s["shifts"].values()) or "-"
-    t = own["safe_0.9_tightest"]
-    return [
-        f"| verification sessions: median shift from the predictor | {shifts} | |",
-        f"| the predictor's own intervals (no verified residuals): coverage 80 % / 90 % | {p(own['coverage']['80'])} / "
-        f"{p(own['coverage']['90'])} | |",
-        f"| the predictor's own intervals: `select --safe 0.9`, every pick at its tightest limit ({t['judged']} picks) | "
-        f"{p(t['violation_rate'])}; beyond retest {p(t['beyond_retest_rate'])} | |",
-    ]
+    rows = [f"| verification sessions: median shift from the predictor | {shifts} | |"]
+    for key, name in (("pooled", "the other sessions' residuals pooled (no drift priced)"),
+                      ("own", "the predictor's own intervals (no verified residuals)")):  # fmt: skip
+        doc = figures.get(key)
+        if doc:
+            t = doc["safe_0.9_tightest"]
+            rows += [f"| {name}: coverage 80 % / 90 % | {p(doc['coverage']['80'])} / {p(doc['coverage']['90'])} | |",
+                     f"| {name}: `select --safe 0.9`, every pick at its tightest limit ({t['judged']} picks) | "
+                     f"{p(t['violation_rate'])}; beyond retest {p(t['beyond_retest_rate'])} | |"]  # fmt: skip
+    return rows
 
 
 def write_results(json_path: Path | None, doc: dict[str, Any], text: str) -> None:

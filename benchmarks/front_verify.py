@@ -2,17 +2,18 @@
 
 Calibrates `local` in a fresh workspace (`ofa2-edge calibrate --budget N`, the standard
 protocol; `--timer thread_cpu` by default because this host is shared), searches
-`top1,latency:local`, then verifies the front in two sessions, as a field team would: a
-sample (`ofa2-edge verify RUN --device local --top N/2`), `ofa2-edge fit --device local`
-(which folds the session's drift into the predictor), then the rest (`verify --all`), with
-the same protocol; every member is measured on the device and kept apart from the
-calibration data, and each is judged with the drift of the other session only. Reports the actual coverage of the 80 % and 90 % predicted intervals (goal: within 5
+`top1,latency:local`, then verifies the front in `--sessions` sessions (default 4), as a
+field team would: a part (`ofa2-edge verify RUN --device local --top K`), `ofa2-edge fit
+--device local` (which folds the sessions' residuals and drift into the predictor), the next
+part, ..., the rest (`verify --all`), with the same protocol; every member is measured on
+the device and kept apart from the calibration data, and each is judged with the residuals
+of the other sessions only (from two of them on, their spread prices the next one's drift). Reports the actual coverage of the 80 % and 90 % predicted intervals (goal: within 5
 points of nominal; beside it the same figures with the predictor's own intervals, no
 drift), the violation rate of `select --safe 0.9` picks (goal <= 10 %, none
 beyond the test-retest difference), MAPE on the front, and the HV of the front on measured
 latencies beside the predicted one.
 
-    python benchmarks/front_verify.py [--budget 30] [--pop 30 --gens 20] [--timer thread_cpu] [--json OUT]
+    python benchmarks/front_verify.py [--budget 30] [--pop 30 --gens 20] [--sessions 4] [--timer thread_cpu] [--json OUT]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import contextlib
 import io
 import json
+import math
 import sys
 import tempfile
 import time
@@ -51,6 +53,7 @@ def main() -> int:
     ap.add_argument("--gens", type=int, default=20)
     ap.add_argument("--timer", default="thread_cpu")
     ap.add_argument("--quick", action="store_true", help="the smoke-test protocol (not figures to report)")
+    ap.add_argument("--sessions", type=int, default=4, help="verification sessions the front is split over (>= 2)")
     ap.add_argument("--workspace", type=Path, default=None, help="keep the workspace here (default: a temp folder)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -72,10 +75,13 @@ def main() -> int:
         if rc != 0:
             print(f"search failed: exit {rc}", file=sys.stderr)
             return 1
-        half = max(1, len(RunFolder(ws / "runs" / "bench").front()["rows"]) // 2)
-        steps = [("verify 1", ["verify", "bench", "--device", "local", "--top", str(half), *proto, "--json"]),
-                 ("fit", ["fit", "--device", "local", "--json"]),
-                 ("verify 2", ["verify", "bench", "--device", "local", "--all", *proto, "--json"])]  # fmt: skip
+        size = len(RunFolder(ws / "runs" / "bench").front()["rows"])
+        steps: list[tuple[str, list[str]]] = []
+        for i in range(1, args.sessions + 1):  # session i verifies the next part of the front
+            which = ["--all"] if i == args.sessions else ["--top", str(max(i, math.ceil(i * size / args.sessions)))]
+            steps.append((f"verify {i}", ["verify", "bench", "--device", "local", *which, *proto, "--json"]))
+            if i < args.sessions:
+                steps.append((f"fit {i}", ["fit", "--device", "local", "--json"]))
         for name, cmd in steps:
             t0 = time.perf_counter()
             rc, out = run_cli([*W, *cmd])

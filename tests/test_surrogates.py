@@ -63,7 +63,7 @@ def all_kinds(note10: LutSurrogate) -> list[LearnedSurrogate]:
         TransferSurrogate(prior=note10, link="add", prior_label="note10"),
         GroupSurrogate(base=LinearSurrogate(features="compact"), spread_log=0.05),  # a device group's
         VerifiedSurrogate(base=GroupSurrogate(base=LinearSurrogate(features="stage"), spread_log=0.03),
-                          residuals=np.linspace(-0.02, 0.12, 9), sessions=2),  # a group's, verified on the board
+                          sessions=[np.linspace(-0.02, 0.12, 9), np.linspace(0.0, 0.05, 5)]),  # a group's, verified twice
     ]
 
 

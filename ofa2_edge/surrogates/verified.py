@@ -18,6 +18,14 @@ is too small for the rank), so verification only moves an upper bound to the saf
 lower bound is the residuals' own quantile where they are enough for its rank (see
 `widen`). A session's shift (the median of its residuals) is reported beside it.
 
+Drift between sessions: one session's residuals carry that session's shift, and the next
+session has its own (on a shared host, +3 % and +6 % in two verifications an hour apart).
+From MIN_DRIFT_SESSIONS verification sessions on, the residuals are priced as a new
+session would meet them (`SessionResiduals.quantile`): the shifts seen so far (each
+session's median, with the calibration session's 0) give a Student-t predictive for the
+next session's shift (few sessions: heavy tails, a wide interval; many: the spread seen),
+mixed with the within-session errors (each residual less its session's median).
+
 Honest scoring: `verify` judges each member with the residuals of the *other* sessions
 only, so no interval is scored on the session that shaped it. With one verification
 session there is nothing to fold in yet; from two on, each is judged on what the others
@@ -32,6 +40,8 @@ from collections import defaultdict
 from typing import Any, Collection, Iterable, Mapping
 
 import numpy as np
+from scipy.optimize import brentq
+from scipy.stats import t as student_t
 
 from device_agents.records import MeasureResult
 from ofa2_edge.core.errors import InvalidInputError
@@ -48,6 +58,9 @@ from ofa2_edge.surrogates.learned import MAX_ABS_LOG_RESIDUAL, MAX_RESIDUALS, ch
 
 #: Fewer verified residuals than this widen nothing (a quantile of fewer is one member's error).
 MIN_RESIDUALS = 5
+#: Verification sessions from which their spread prices the next session's shift (with the
+#: calibration session's, three shifts: a t predictive with 2 degrees of freedom).
+MIN_DRIFT_SESSIONS = 2
 _SESSION_BATCH = re.compile(r"^b-(?P<session>[0-9a-f]{12})-[0-9a-f]{8}$")
 
 
@@ -82,11 +95,67 @@ def session_residuals(
     return out
 
 
+def _check_residuals(r: np.ndarray) -> np.ndarray:
+    if not np.all(np.isfinite(r)) or (r.size and float(np.abs(r).max()) > MAX_ABS_LOG_RESIDUAL):
+        raise InvalidInputError(f"verified residuals must be finite log ratios within +-{MAX_ABS_LOG_RESIDUAL}")
+    return r
+
+
+class SessionResiduals:
+    """Verified log residuals kept by session: what they say about a NEW session's residual."""
+
+    def __init__(self, groups: Iterable[Any] = ()) -> None:
+        arrays = (np.sort(np.asarray(g, dtype=np.float64).reshape(-1)) for g in groups)
+        self.groups: tuple[np.ndarray, ...] = tuple(_check_residuals(g) for g in arrays if g.size)
+
+    @classmethod
+    def of(cls, residuals: Residuals, exclude_session: str | None = None, exclude_arch: str | None = None) -> "SessionResiduals":
+        """Every session's residuals but `exclude_session`'s, without those of `exclude_arch` (an
+        arch verified in two sessions: its own error is not evidence about itself)."""
+        return cls([x for a, x in by_arch.items() if a != exclude_arch]
+                   for k, by_arch in sorted(residuals.items()) if k != exclude_session)  # fmt: skip
+
+    @property
+    def size(self) -> int:
+        return sum(g.size for g in self.groups)
+
+    def pooled(self) -> np.ndarray:
+        """All residuals, sorted."""
+        return np.sort(np.concatenate(self.groups)) if self.groups else np.empty(0)
+
+    @property
+    def prices_drift(self) -> bool:
+        return len(self.groups) >= MIN_DRIFT_SESSIONS
+
+    def shifts(self) -> np.ndarray:
+        """The calibration session's shift (0: the predictor is fitted there) and each session's median."""
+        return np.array([0.0, *(float(np.median(g)) for g in self.groups)])
+
+    def quantile(self, q: float) -> float:
+        """The `q` quantile of a new session's log residual. Below MIN_DRIFT_SESSIONS sessions:
+        the pooled residuals' conformal quantile. From there: F(x) = mean over within-session
+        errors e of T((x - mean shift - e) / (sd of shifts * sqrt(1 + 1/n))), T Student's t
+        with n - 1 degrees of freedom over the n shifts (the calibration session's included)."""
+        if not self.prices_drift:
+            return residual_quantile(self.pooled(), q)
+        m = self.shifts()
+        e = np.concatenate([g - float(np.median(g)) for g in self.groups])
+        mu, scale = float(m.mean()), float(m.std(ddof=1)) * math.sqrt(1.0 + 1.0 / m.size)
+        if scale <= 1e-12:
+            return mu + residual_quantile(np.sort(e), q)
+        t = student_t(df=m.size - 1)
+
+        def excess(x: float) -> float:
+            return float(np.mean(t.cdf((x - mu - e) / scale))) - q
+
+        reach = float(t.ppf(max(q, 1.0 - q))) * scale + float(np.abs(e).max()) + 1e-9
+        x = brentq(excess, mu - reach, mu + reach, xtol=1e-9)
+        return float(np.clip(x, -MAX_ABS_LOG_RESIDUAL, MAX_ABS_LOG_RESIDUAL))
+
+
 def pooled(residuals: Residuals, exclude_session: str | None = None, exclude_arch: str | None = None) -> np.ndarray:
-    """The residuals of every session but `exclude_session`, without those of `exclude_arch`
-    (an arch verified in two sessions: its own error is not evidence about itself), sorted."""
-    values = [x for k, by_arch in residuals.items() if k != exclude_session for a, x in by_arch.items() if a != exclude_arch]
-    return np.sort(np.array(values, dtype=np.float64))
+    """The residuals of every session but `exclude_session`, without those of `exclude_arch`, sorted."""
+    return SessionResiduals.of(residuals, exclude_session, exclude_arch).pooled()
 
 
 def residual_quantile(sorted_residuals: np.ndarray, q: float) -> float:
@@ -97,20 +166,23 @@ def residual_quantile(sorted_residuals: np.ndarray, q: float) -> float:
     return float(sorted_residuals[min(max(rank, 1), n) - 1])
 
 
-def widen(own: np.ndarray, point: np.ndarray, sorted_residuals: np.ndarray, q: float) -> np.ndarray:
+def widen(own: np.ndarray, point: np.ndarray, residuals: SessionResiduals, q: float) -> np.ndarray:
     """The `q` bound with the verified residuals folded in; `own` where there are fewer than
     MIN_RESIDUALS. An upper bound (q >= 0.5, what `select --safe` holds a limit to) is the
-    wider of the predictor's own and point x exp(the residuals' conformal quantile): it only
-    ever moves to the safe side. A lower bound is the residuals' alone where they are enough
-    for the conformal rank (floor((n + 1) q) >= 1), else the wider of the two: a lower bound
-    guards no limit, and the predictor's own, centred on the calibration session, would
-    hold a whole tail of a shifted session (front_verify: 94.5 % in an 80 % interval)."""
-    if sorted_residuals.size < MIN_RESIDUALS:
+    wider of the predictor's own and point x exp(the residuals' quantile for a new session):
+    it only ever moves to the safe side. A lower bound is the residuals' alone where they
+    price drift or are enough for the conformal rank (floor((n + 1) q) >= 1), else the wider
+    of the two: a lower bound guards no limit, and the predictor's own, centred on the
+    calibration session, would hold a whole tail of a shifted session (front_verify: 94.5 %
+    in an 80 % interval)."""
+    if residuals.size < MIN_RESIDUALS:
         return own
-    seen = point * math.exp(residual_quantile(sorted_residuals, q))
+    seen = point * math.exp(residuals.quantile(q))
     if q >= 0.5:
         return np.maximum(own, seen)
-    return seen if math.floor((sorted_residuals.size + 1) * q) >= 1 else np.minimum(own, seen)
+    if residuals.prices_drift or math.floor((residuals.size + 1) * q) >= 1:
+        return seen
+    return np.minimum(own, seen)
 
 
 @register_surrogate("verified")
@@ -122,36 +194,39 @@ class VerifiedSurrogate(WrappedSurrogate):
 
     def __init__(
         self, width_mult: float = DEFAULT_WIDTH_MULT, base: LatencySurrogate | None = None,
-        residuals: Any = (), sessions: int = 0,
+        sessions: Iterable[Any] = (),
     ) -> None:  # fmt: skip
+        """`sessions`: each verification session's log residuals."""
         super().__init__(width_mult, base)
-        r = np.sort(np.asarray(residuals, dtype=np.float64).reshape(-1))
-        if not np.all(np.isfinite(r)) or (r.size and float(np.abs(r).max()) > MAX_ABS_LOG_RESIDUAL):
-            raise InvalidInputError(f"verified residuals must be finite log ratios within +-{MAX_ABS_LOG_RESIDUAL}")
-        self.residuals = r
-        self.sessions = int(sessions)
+        self.verified = SessionResiduals(sessions)
 
     def predict_quantile(self, archs: ArchBatch, q: float) -> np.ndarray:
         q = check_quantile(q)
         g = self.genomes(archs)
         own = np.asarray(self._base().predict_quantile(g, q), dtype=np.float64)
-        return widen(own, np.asarray(self._base().predict(g), dtype=np.float64), self.residuals, q)
+        return widen(own, np.asarray(self._base().predict(g), dtype=np.float64), self.verified, q)
 
     def params(self) -> dict[str, Any]:
-        return {"base": self._base().to_doc(), "residuals": self.residuals.tolist(), "sessions": self.sessions}
+        return {"base": self._base().to_doc(), "session_residuals": [g.tolist() for g in self.verified.groups]}
 
     @classmethod
     def from_params(cls, params: dict[str, Any], width_mult: float) -> "VerifiedSurrogate":
+        """Reads both layouts: per-session residuals, and the pooled `residuals` written before
+        sessions were kept apart (read as one session: no drift priced, as when written)."""
         base = surrogate_from_doc(params["base"], "params.base")
-        residuals = finite_array(params["residuals"], "params.residuals")
-        if residuals.ndim != 1 or residuals.size > MAX_RESIDUALS:
-            raise ValueError(f"params.residuals: expected at most {MAX_RESIDUALS} log residuals, got shape {residuals.shape}")
-        if residuals.size and float(np.abs(residuals).max()) > MAX_ABS_LOG_RESIDUAL:
-            raise ValueError(f"params.residuals: a log residual beyond +-{MAX_ABS_LOG_RESIDUAL}")
-        sessions = params.get("sessions", 0)
-        if isinstance(sessions, bool) or not isinstance(sessions, int) or sessions < 0:
-            raise ValueError(f"params.sessions: expected a count, got {sessions!r}")
-        return cls(width_mult, base, residuals, sessions)
+        if "session_residuals" in params:
+            raw = params["session_residuals"]
+            if not isinstance(raw, list):
+                raise ValueError(f"params.session_residuals: expected a list of sessions, got {type(raw).__name__}")
+            groups = [finite_array(g, f"params.session_residuals[{i}]") for i, g in enumerate(raw)]
+            where = "params.session_residuals"
+        else:
+            groups, where = [finite_array(params["residuals"], "params.residuals")], "params.residuals"
+        if any(g.ndim != 1 for g in groups) or sum(g.size for g in groups) > MAX_RESIDUALS:
+            raise ValueError(f"{where}: expected at most {MAX_RESIDUALS} log residuals, one list per session")
+        if any(g.size and float(np.abs(g).max()) > MAX_ABS_LOG_RESIDUAL for g in groups):
+            raise ValueError(f"{where}: a log residual beyond +-{MAX_ABS_LOG_RESIDUAL}")
+        return cls(width_mult, base, groups)
 
 
 def without_verified(model: LatencySurrogate) -> LatencySurrogate:
@@ -169,9 +244,10 @@ def with_verified(model: LatencySurrogate, residuals: Residuals) -> LatencySurro
     """`model` (any verification wrapper removed) with the verified `residuals` of every
     session folded in; itself when there are fewer than MIN_RESIDUALS."""
     base = without_verified(model)
-    r = pooled(residuals)
+    r = SessionResiduals.of(residuals)
     if r.size < MIN_RESIDUALS:
         return base
-    wrapped = VerifiedSurrogate(base.width_mult, base, r, len(residuals))
-    wrapped.report = {**base.report, "verified": {"residuals": int(r.size), "sessions": shifts_doc(residuals)}}
+    wrapped = VerifiedSurrogate(base.width_mult, base, r.groups)
+    wrapped.report = {**base.report, "verified": {"residuals": r.size, "sessions": shifts_doc(residuals),
+                                                  "prices_drift": r.prices_drift}}  # fmt: skip
     return wrapped

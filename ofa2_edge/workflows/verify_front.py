@@ -53,9 +53,10 @@ from ofa2_edge.search.runstore import VERIFICATION_SCHEMA, RunFolder
 from ofa2_edge.space.arch import Arch, genomes_of
 from ofa2_edge.surrogates.base import LatencySurrogate
 from ofa2_edge.surrogates.verified import (
+    MIN_DRIFT_SESSIONS,
     Residuals,
+    SessionResiduals,
     VerifiedSurrogate,
-    pooled,
     session_of,
     session_residuals,
     shifts_doc,
@@ -294,6 +295,16 @@ def score(
                                             retest["pct"]),
     }  # fmt: skip
     own["safe_0.9_tightest"].pop("picks")
+    # and with the other sessions' residuals pooled, no drift priced: what pricing it changed
+    flat = cross_session_quantile(base, residuals, {a: session_of(r.batch_id) for a, r in verified.items()}, price_drift=False)
+    flat_q = {cov: (flat(scored_archs, (1 - cov) / 2), flat(scored_archs, (1 + cov) / 2)) for cov in COVERAGES}
+    scored_ms = np.array([r["measured_ms"] for r in scored], dtype=np.float64)
+    pooled_doc = {
+        "coverage": {str(round(cov * 100)): float(np.mean((lo <= scored_ms) & (scored_ms <= hi))) if scored else None
+                     for cov, (lo, hi) in flat_q.items()},
+        "safe_0.9_tightest": tightest_picks(_with_limit(cands, flat, 0.9), measured_by_id, in_cal, retest["pct"]),
+    }  # fmt: skip
+    pooled_doc["safe_0.9_tightest"].pop("picks")
     done = [r for r in rows if r["measured_ms"] is not None]
     return {
         "run": run.run_id,
@@ -319,27 +330,33 @@ def score(
         "test_retest": retest,
         "sessions": _sessions_doc(surrogate, residuals),
         "own_intervals": own,
+        "pooled_residuals": pooled_doc,
         "limits_ms": list(limits),
         "violations": violations,
         "hypervolume": front_hv(run, device_key, done),
     }
 
 
-def cross_session_quantile(base: LatencySurrogate, residuals: Residuals, sessions: Mapping[str, str]) -> Quantile:
+def cross_session_quantile(
+    base: LatencySurrogate, residuals: Residuals, sessions: Mapping[str, str], price_drift: bool = True
+) -> Quantile:
     """Quantiles of `base` with verified residuals folded in, for each arch those of every
     session but the one it was verified in (`sessions`: arch id -> session) and not its own:
-    no member is judged with an interval its own session or its own error shaped."""
+    no member is judged with an interval its own session or its own error shaped. Without
+    `price_drift` the sessions' residuals are pooled into one (the judging before drift was priced)."""
 
     def quantile(archs: Sequence[Arch], q: float) -> np.ndarray:
         g = genomes_of(list(archs))
         own = np.asarray(base.predict_quantile(g, q), dtype=np.float64)
         point = np.asarray(base.predict(g), dtype=np.float64)
-        pools: dict[tuple[str | None, str], np.ndarray] = {}
+        pools: dict[tuple[str | None, str], SessionResiduals] = {}
         out = np.empty(len(own), dtype=np.float64)
         for i, a in enumerate(archs):
             k = (sessions.get(a.id), a.id)
             if k not in pools:
-                pools[k] = pooled(residuals, exclude_session=k[0], exclude_arch=a.id)
+                pools[k] = SessionResiduals.of(residuals, exclude_session=k[0], exclude_arch=a.id)
+                if not price_drift:
+                    pools[k] = SessionResiduals([pools[k].pooled()])
             out[i] = widen(own[i : i + 1], point[i : i + 1], pools[k], q)[0]
         return out
 
@@ -362,8 +379,10 @@ def _sessions_doc(surrogate: LatencySurrogate, residuals: Residuals) -> dict[str
         "count": len(residuals),
         "shifts": shifts_doc(residuals),
         "residuals": sum(len(r) for r in residuals.values()),
-        "in_predictor": int(surrogate.residuals.size) if isinstance(surrogate, VerifiedSurrogate) else 0,
-        "scoring": "each member judged with the residuals of the other sessions only",
+        "in_predictor": surrogate.verified.size if isinstance(surrogate, VerifiedSurrogate) else 0,
+        "drift_priced_from": MIN_DRIFT_SESSIONS,
+        "scoring": "each member judged with the residuals of the other sessions only (their drift priced from "
+        f"{MIN_DRIFT_SESSIONS} sessions on)",
     }
 
 
