@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import io
 import json
-import math
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ from benchlib import drift_figures, drift_rows, load1, violation_figures, violat
 
 from ofa2_edge.cli.main import main as cli
 from ofa2_edge.search.runstore import RunFolder
+from ofa2_edge.workflows.verify_front import spread_indices
 
 GOAL_COVERAGE_PTS = 5.0
 GOAL_VIOLATION = 0.10
@@ -75,12 +75,12 @@ def main() -> int:
         if rc != 0:
             print(f"search failed: exit {rc}", file=sys.stderr)
             return 1
-        size = len(RunFolder(ws / "runs" / "bench").front()["rows"])
+        tops = session_tops(len(RunFolder(ws / "runs" / "bench").front()["rows"]), args.sessions)
         steps: list[tuple[str, list[str]]] = []
-        for i in range(1, args.sessions + 1):  # session i verifies the next part of the front
-            which = ["--all"] if i == args.sessions else ["--top", str(max(i, math.ceil(i * size / args.sessions)))]
+        for i, top in enumerate(tops, 1):  # session i verifies the next part of the front
+            which = ["--all"] if i == len(tops) else ["--top", str(top)]
             steps.append((f"verify {i}", ["verify", "bench", "--device", "local", *which, *proto, "--json"]))
-            if i < args.sessions:
+            if i < len(tops):
                 steps.append((f"fit {i}", ["fit", "--device", "local", "--json"]))
         for name, cmd in steps:
             t0 = time.perf_counter()
@@ -94,6 +94,20 @@ def main() -> int:
     text = render(figures)
     write_results(args.json, {"figures": figures}, text)  # per member: the run's file
     return 0
+
+
+def session_tops(size: int, sessions: int) -> list[int]:
+    """`--top` of each session such that each measures about size / sessions members it has not
+    seen yet (a `--top` call measures those of its spread not verified before; the spreads of
+    two `--top` values overlap only in part)."""
+    covered: set[int] = set()
+    tops = []
+    for s in range(1, sessions + 1):
+        target = round(s * size / sessions)
+        n = next((n for n in range(1, size + 1) if len(covered | set(spread_indices(size, n))) >= target), size)
+        covered |= set(spread_indices(size, n))
+        tops.append(n)
+    return tops
 
 
 def summarise(rep: dict[str, Any], args: argparse.Namespace, seconds: dict[str, float]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from ofa2_edge.surrogates.verified import (
     session_of,
     session_residuals,
     shifts_doc,
+    widen,
 )
 from ofa2_edge.tables.device import DeviceTable, MeasureKey
 from ofa2_edge.workflows.verify_front import VerifyRequest, choose_members, judge_picks, retest_difference, score
@@ -382,6 +383,11 @@ def test_drift_pricing_needs_two_sessions_and_follows_their_spread() -> None:
     assert close.prices_drift and close.shifts()[0] == 0.0 and close.shifts().size == 3
     assert apart.quantile(0.9) > close.quantile(0.9) > close.quantile(0.5) > close.quantile(0.1)
     assert close.quantile(0.1) < 0.0  # the calibration session (shift 0) is one of the sessions a new one resembles
+    # an upper bound is never below the pooled residuals' conformal one, whatever the drift model says
+    agree = SessionResiduals([np.log([0.90, 1.0, 1.0, 1.0, 1.12]), np.log([0.92, 1.01, 1.01, 1.01, 1.10])])
+    assert agree.quantile(0.9) < residual_quantile(agree.pooled(), 0.9)  # the drift model alone is narrower here
+    up = widen(np.array([1.0]), np.array([1.0]), agree, 0.9)
+    assert up[0] == pytest.approx(np.exp(residual_quantile(agree.pooled(), 0.9)))
     # the same shift every session (no spread): the within-session errors alone, moved by the mean shift
     flat = SessionResiduals([np.zeros(6), np.zeros(6)])
     assert flat.quantile(0.9) == pytest.approx(0.0)
@@ -474,7 +480,9 @@ def test_a_refit_keeps_a_groups_spread(workspace: Path, tmp_path: Path, capsys: 
     assert "replicas   2, part-to-part spread 7.3 %" in capsys.readouterr().out
 
 
-def test_a_session_drifted_beyond_the_others_is_covered_once_drift_is_priced(workspace: Path, tmp_path: Path) -> None:
+def test_a_session_drifted_beyond_the_others_is_covered_once_drift_is_priced(
+    workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Three sessions 2 %, 6 % and 12 % slower than predicted (the board warming up over a
     day): judged with the other two, the 12 % one lies above every residual they hold, so
     their pooled 90 % interval misses it; with the sessions' spread priced it is inside."""
@@ -496,3 +504,10 @@ def test_a_session_drifted_beyond_the_others_is_covered_once_drift_is_priced(wor
     assert third and all(r["within_90"] for r in third)
     assert rep["coverage"]["90"]["actual"] == 1.0 and rep["pooled_residuals"]["coverage"]["90"] <= 2 / 3
     assert rep["pooled_residuals"]["coverage"]["80"] < rep["coverage"]["80"]["actual"]
+    # `fit` folds the three sessions in, and the table's summary says their drift is priced
+    assert main(["-W", str(tmp_path / "ws"), "fit", "--device", "local"]) == 0
+    saved = table.predictor()
+    assert isinstance(saved, VerifiedSurrogate) and saved.verified.prices_drift and len(saved.verified.groups) == 3
+    capsys.readouterr()
+    assert main(["-W", str(tmp_path / "ws"), "tables", "show", "local"]) == 0
+    assert "from 3 verify session(s)" in capsys.readouterr().out.replace("\n", " ")

@@ -406,7 +406,8 @@ def tables_show(ctx: typer.Context, key: str = typer.Argument(...), as_json: boo
     if isinstance(verified, dict):
         shifts = ", ".join(f"{v['shift_pct']:+.1f} %" for v in (verified.get("sessions") or {}).values())
         lines.append(f"verified   {verified.get('residuals')} residuals of front members from {len(verified.get('sessions') or {})} "
-                     f"verify session(s) in the intervals (median shifts {shifts or '-'})")  # fmt: skip
+                     f"verify session(s) in the intervals (median shifts {shifts or '-'}"
+                     + ("; the drift between sessions priced)" if verified.get("prices_drift") else ")"))  # fmt: skip
     out_console.print("\n".join(lines), highlight=False, markup=False)
     if report and report.get("held_out"):
         out_console.print(format_report(report), highlight=False, markup=False)

@@ -115,15 +115,18 @@ def parse_ms_list(text: str, option: str) -> tuple[float, ...]:
     return values
 
 
+def spread_indices(size: int, n: int) -> list[int]:
+    """Which of `size` members, fastest first, `--top n` measures: n spread evenly over the range."""
+    return sorted({int(round(i)) for i in np.linspace(0, size - 1, min(n, size))})
+
+
 def choose_members(cands: Sequence[Candidate], request: VerifyRequest, surrogate: LatencySurrogate) -> list[Candidate]:
     """The front members `request` asks to measure, fastest first, each once."""
     by_latency = sorted(cands, key=lambda c: (c.latency_ms, -c.top1_pct))
     if request.all:
         chosen = by_latency
     elif request.top is not None:
-        n = min(request.top, len(by_latency))
-        idx = sorted({int(round(i)) for i in np.linspace(0, len(by_latency) - 1, n)})
-        chosen = [by_latency[i] for i in idx]
+        chosen = [by_latency[i] for i in spread_indices(len(by_latency), request.top)]
     else:
         safe_cands = _with_limit(cands, surrogate.predict_quantile, request.safe)
         chosen = []
