@@ -336,6 +336,32 @@ def test_a_foreign_supernet_is_refused(state_w10) -> None:
     assert "missing keys (40)" in msg and "shape mismatches" in msg and "ofa_mbv3_d234_e346_k357_w1.0" in msg
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_the_nhwc_layout_changes_speed_not_values(training: bool) -> None:
+    """Training and evaluation run the nets channels-last (faster with oneDNN): outputs and
+    gradients match the NCHW ones to float tolerance, and the layout leaves the state's values alone."""
+    from ofa2_edge.supernet.network import channels_last
+
+    plain = Supernet.random(1.0, seed=3, n_classes=10).train(training)
+    nhwc = channels_last(Supernet.random(1.0, seed=3, n_classes=10)).train(training)
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), nhwc.state_dict().values(), strict=True))
+    assert nhwc.first_conv.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 40, 40, generator=torch.Generator().manual_seed(0))
+    for arch in (Arch.largest(40, 1.0), Arch.smallest(40, 1.0)):
+        a, b = plain(x, arch), nhwc(channels_last(x), arch)
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+        if training:
+            a.square().sum().backward()
+            b.square().sum().backward()
+    if training:
+        pairs = [(p.grad.flatten(), q.grad.flatten()) for p, q in zip(plain.parameters(), nhwc.parameters(), strict=True)
+                 if p.grad is not None]  # fmt: skip
+        g, h = torch.cat([a for a, _ in pairs]), torch.cat([b for _, b in pairs])
+        # float32 summation order through 20 batch-statistics BN layers: ~1e-3 apart; a layout bug is O(1)
+        assert len(pairs) > 100 and float((g - h).norm()) <= 1e-2 * float(g.norm())
+    assert channels_last(torch.zeros(2, 3)).shape == (2, 3)  # not an image batch: unchanged
+
+
 @pytest.mark.parametrize("kernel", [3, 5, 7])
 @pytest.mark.parametrize("stride", [1, 2])
 def test_depthwise_conv_skipping_padding_only_taps_equals_the_plain_conv(kernel: int, stride: int) -> None:

@@ -98,6 +98,9 @@ def test_the_trained_folder_is_an_ofa_checkpoint_with_its_manifest(straight: Pat
     assert {len(r["loss"]) for r in steps if r["phase"] != "full"} == {3}  # largest, smallest, one random
     state = torch.load(straight / "train_state.pt", weights_only=True)
     assert state["phase_index"] == 4 and state["global_step"] == len(steps)
+    # trained in the NHWC layout, written in the plain one: nothing downstream sees the difference
+    weights = torch.load(straight / "supernet.pth", weights_only=True)["state_dict"]
+    assert all(t.is_contiguous() for t in [*weights.values(), *state["model"].values()])
 
 
 @pytest.mark.slow

@@ -32,6 +32,7 @@ from ofa2_edge.calibration.design import size_stratified_genomes
 from ofa2_edge.core.errors import InvalidInputError
 from ofa2_edge.space.arch import Arch, SearchSpace, archs_of
 from ofa2_edge.supernet.calibration import recalibrate_bn
+from ofa2_edge.supernet.network import channels_last
 
 if TYPE_CHECKING:
     from ofa2_edge.data import Dataset
@@ -159,7 +160,7 @@ class _Batches:
 
         k = (part, r, key)
         if k not in self._cache:
-            self._cache[k] = list(batches(self.ds, part, r, self.batch_size, indices=indices))
+            self._cache[k] = [(channels_last(x), y) for x, y in batches(self.ds, part, r, self.batch_size, indices=indices)]
         return self._cache[k]
 
 
@@ -260,7 +261,7 @@ def evaluate_table(
         for i, (arch, repeat) in enumerate(todo):
             seed = settings.bn_seed + repeat
             t0 = time.perf_counter()
-            subnet = trained.net.extract(arch)
+            subnet = channels_last(trained.net.extract(arch))
             idx = bn_subset(ds, settings.bn_images, seed)
             recalibrate_bn(
                 subnet, (x for x, _ in cache.get("train", arch.r, idx, ("bn", seed))), source=f"train subset seed {seed}"

@@ -40,7 +40,7 @@ from ofa2_edge.space.arch import Arch
 from ofa2_edge.supernet.calibration import recalibrate_bn
 from ofa2_edge.supernet.checkpoint import load_supernet
 from ofa2_edge.supernet.manifest import SupernetManifest, dataset_preprocessing, write_trained
-from ofa2_edge.supernet.network import Supernet, check_width_mult
+from ofa2_edge.supernet.network import Supernet, channels_last, check_width_mult
 from ofa2_edge.train.distributed import DistEnv, SandwichLoss, init_from_env, sync_bn_converter
 from ofa2_edge.train.recipe import PHASE_NAMES, Phase, Recipe, check_phases, check_resolutions, phases_for, split_budget
 
@@ -118,19 +118,20 @@ def _step_inputs(
         offsets, flips = augment_params(recipe.batch_size, r, rng)
         x = apply_augment(x, offsets[lo:hi], flips[lo:hi])
     y = torch.from_numpy(ds.labels("train")[idx[lo:hi]].copy())
-    return x.to(env.device), y.to(env.device), r, rng
+    return channels_last(x.to(env.device)), y.to(env.device), r, rng
 
 
 def evaluate_subnet(net: Supernet, arch: Arch, ds: Dataset, recal: np.ndarray, val: np.ndarray) -> float:
     """Top-1 (%) of `arch` on the `val` items after BN recalibration on the `recal` train items."""
-    sub = net.extract(arch).cpu()
-    recalibrate_bn(sub, (ds.preprocessed("train", recal[i : i + 128], arch.r) for i in range(0, len(recal), 128)))
+    sub = channels_last(net.extract(arch).cpu())
+    recal_batches = (channels_last(ds.preprocessed("train", recal[i : i + 128], arch.r)) for i in range(0, len(recal), 128))
+    recalibrate_bn(sub, recal_batches)
     correct = 0
     labels = ds.labels("val")
     with torch.no_grad():
         for i in range(0, len(val), 256):
             part = val[i : i + 256]
-            pred = sub(ds.preprocessed("val", part, arch.r)).argmax(1).numpy()
+            pred = sub(channels_last(ds.preprocessed("val", part, arch.r))).argmax(1).numpy()
             correct += int((pred == labels[part]).sum())
     return 100.0 * correct / max(1, len(val))
 
@@ -242,7 +243,7 @@ class _Trainer:
 
     def time_steps(self, net: Supernet, draft: Recipe) -> dict[str, float]:
         """Seconds per step of each phase, measured on a copy (the plan of a --max-minutes run)."""
-        probe = copy.deepcopy(net).train()
+        probe = channels_last(copy.deepcopy(net)).train()
         model = SandwichLoss(probe)
         out = {}
         for phase in draft.phases:
@@ -272,7 +273,7 @@ class _Trainer:
             "phase_step": ps,
             "global_step": g,
             "elapsed_s": elapsed,
-            "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+            "model": {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
             "optimizer": opt.state_dict() if opt is not None else {},
             "scheduler": sched.state_dict() if sched is not None else {},
             "torch_rng": torch.get_rng_state(),
@@ -298,7 +299,7 @@ class _Trainer:
         )
         if not self.env.is_main:
             return m
-        return write_trained(self.out, {k: v.detach().cpu() for k, v in net.state_dict().items()}, m)
+        return write_trained(self.out, {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, m)
 
     def emit(self, event: dict[str, Any]) -> None:
         if self.env.is_main and self.cfg.progress is not None:
@@ -346,7 +347,7 @@ class _Trainer:
             pi = ps = g = 0
             history, elapsed = [], 0.0
         assert net is not None
-        net = net.to(env.device).train()
+        net = channels_last(net.to(env.device)).train()
         net.weights_source = "training"
         net.bn_convert = sync_bn_converter(env)
         resumed_from = g
