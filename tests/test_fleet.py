@@ -22,7 +22,7 @@ from sshd import Sshd, make_sshd
 
 from exporters import ExportCache
 from ofa2_edge.calibration.calibrate import design_archs
-from ofa2_edge.calibration.group import MachineLocks, calibrate_group, pick_anchors, replica_offsets, widening
+from ofa2_edge.calibration.group import MachineLocks, calibrate_group, pick_anchors
 from ofa2_edge.cli.main import main
 from ofa2_edge.core.errors import EXIT_FAILURE, InvalidInputError, SchemaError
 from ofa2_edge.core.workspace import Workspace
@@ -382,35 +382,3 @@ def test_eight_boards_two_groups_at_once_one_killed(
 
     manifest = read_manifest(Path(json.loads(capsys.readouterr().out)["bundle"]))
     assert manifest["device"]["key"] == "pi-a" and manifest["latency"]["predicted"]["upper_ms"] > 0
-
-
-@pytest.mark.parametrize("true_offsets", [(0.0, 0.0, 0.0, 0.0), (-0.1, 0.0, 0.1, 0.2)])
-def test_the_part_to_part_spread_leaves_out_the_anchors_own_scatter(true_offsets: tuple[float, ...]) -> None:
-    """Four boards, six anchors each measured with 5 % scatter (log sd): alike boards get a
-    raw spread from the scatter alone, which the estimate takes out; boards that differ keep theirs."""
-    from records_factory import record_for
-
-    from device_agents.records import Protocol
-
-    anchors = SearchSpace(resolutions=(160,)).sample(6, np.random.default_rng(0))
-    rng = np.random.default_rng(1)
-    keys = [f"b{i}" for i in range(4)]
-    records = [dataclasses.replace(record_for(a, 5.0 * np.exp(off + rng.normal(0, 0.05)), Protocol()), device_key=k)
-               for k, off in zip(keys, true_offsets, strict=True) for a in anchors]  # fmt: skip
-    got = replica_offsets(records, anchors, keys)
-    true_sd = float(np.std(true_offsets, ddof=1))
-    assert got["spread_raw_log"] > got["spread_log"] >= 0.0
-    if true_sd == 0.0:
-        assert got["spread_raw_log"] > 0.005 and got["spread_log"] < 0.5 * got["spread_raw_log"]
-    else:
-        assert abs(got["spread_log"] - true_sd) < 0.25 * true_sd and got["spread_log"] > 0.9 * got["spread_raw_log"]
-        offsets = [got["replicas"][k]["offset"] for k in keys]
-        assert offsets == sorted(offsets)  # each board's offset follows its true one
-
-
-def test_a_group_fit_widens_by_the_spread_its_residuals_do_not_hold() -> None:
-    one = widening(0.1, {"b0": 30})  # one replica measured the design: its residuals hold none of the spread
-    assert one["widen_log"] == pytest.approx(0.1) and one["share_in_fit"] == pytest.approx(0.0)
-    even = widening(0.1, {f"b{i}": 10 for i in range(4)})  # four even shares: all but a quarter of the variance
-    assert even["widen_log"] == pytest.approx(0.05) and even["share_in_fit"] == pytest.approx(0.75)
-    assert widening(0.0, {"b0": 3, "b1": 9})["widen_log"] == 0.0

@@ -197,9 +197,8 @@ def _widened(table: DeviceTable, model: LatencySurrogate, group: dict[str, Any] 
         saved = without_verified(saved) if saved is not None else None
         group = (saved.report or {}).get("group") if isinstance(saved, GroupSurrogate) else None
         group = group if isinstance(group, dict) and isinstance(group.get("spread_log"), (int, float)) else None
-    if group is not None:  # the spread its residuals do not already hold (older groups: all of it)
-        widen = group.get("widen_log", group["spread_log"])
-        wrapped = GroupSurrogate(model.width_mult, model, float(widen if isinstance(widen, (int, float)) else group["spread_log"]))
+    if group is not None:
+        wrapped = GroupSurrogate(model.width_mult, model, float(group["spread_log"]))
         wrapped.report = {**model.report, "group": group}
         model = wrapped
     return with_verified(model, session_residuals(table.verification_records(), model, fitted_on))

@@ -6,16 +6,9 @@
 replica whose link drops for good hands its models back and another measures them). A
 small anchor subset of the design is measured on *every* replica: the per-replica offset
 (its anchors' latency over the replicas' median, geometric mean, with the range over the
-anchors) and the part-to-part spread come from it: the standard deviation of the log offsets
-less what the anchors' own scatter puts into it (a one-way random-effects estimate: four
-loopback boards on one 2-core machine, whose true spread is nil, showed a raw 17 %).
-The group's predictor is fitted on all replicas' records, so its residuals already hold the
-spread of the replicas that measured the design: with shares w_r of its records, all but a
-part sum(w_r^2) of the spread's variance (all of it when one replica measured everything,
-1/n with n even shares). It is saved wrapped in a
-:class:`~ofa2_edge.surrogates.group.GroupSurrogate` that widens its intervals by the rest,
-spread x sqrt(sum(w_r^2)), so a new replica's measurement is covered without counting the
-spread twice.
+anchors) and the part-to-part spread (standard deviation of the log offsets) come from it.
+The group's predictor is fitted on all replicas' records and saved wrapped in a
+:class:`~ofa2_edge.surrogates.group.GroupSurrogate` whose intervals include that spread.
 
 Replicas that share one machine's CPUs (their agents report the same kernel boot id:
 containers, loopback "boards", qemu-user boards on the host; and CPU sets that overlap, or
@@ -41,7 +34,6 @@ import logging
 import math
 import threading
 import time
-from collections import Counter
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -193,9 +185,7 @@ def pick_anchors(design: list[Arch], n: int) -> list[Arch]:
 
 def replica_offsets(records: list[MeasureResult], anchors: list[Arch], replicas: list[str]) -> dict[str, Any]:
     """Per replica, its anchors' latency over the median of all replicas' (geometric mean,
-    and the range over anchors). `spread_log` is the part-to-part spread: the variance of the
-    log offsets less the mean variance of an offset's anchors over their count (what their
-    scatter alone would give), floored at 0; `spread_raw_log` the plain standard deviation."""
+    and the range over anchors); the spread is the standard deviation of the log offsets."""
     values: dict[str, dict[str, float]] = {r: {} for r in replicas}
     ids = {a.id for a in anchors}
     for rec in records:  # latest successful record per (replica, anchor)
@@ -210,34 +200,22 @@ def replica_offsets(records: list[MeasureResult], anchors: list[Arch], replicas:
         med = float(np.median(list(have.values())))
         for r, v in have.items():
             logs[r].append(math.log(v / med))
-    offsets, noise = [], []
+    offsets = []
     for r in replicas:
         if not logs[r]:
             per_replica[r] = {"offset": None, "interval": None, "anchors": 0}
             continue
         off = float(np.mean(logs[r]))
         offsets.append(off)
-        if len(logs[r]) >= 2:
-            noise.append(float(np.var(logs[r], ddof=1)) / len(logs[r]))
         per_replica[r] = {
             "offset": math.exp(off),
             "offset_pct": 100 * (math.exp(off) - 1),
             "interval": [math.exp(min(logs[r])), math.exp(max(logs[r]))],
             "anchors": len(logs[r]),
         }
-    raw = float(np.var(offsets, ddof=1)) if len(offsets) >= 2 else 0.0
-    spread = math.sqrt(max(0.0, raw - (float(np.mean(noise)) if noise else 0.0)))
-    return {"replicas": per_replica, "spread_log": spread, "spread_pct": 100 * math.expm1(spread),
-            "spread_raw_log": math.sqrt(raw), "spread_raw_pct": 100 * math.expm1(math.sqrt(raw)),
+    spread = float(np.std(offsets, ddof=1)) if len(offsets) >= 2 else 0.0
+    return {"replicas": per_replica, "spread_log": spread, "spread_pct": 100 * (math.exp(spread) - 1),
             "replicas_with_anchors": len(offsets)}  # fmt: skip
-
-
-def widening(spread_log: float, records_per_replica: dict[str, int]) -> dict[str, float]:
-    """The part of the spread a group predictor fitted on these records does not hold:
-    spread x sqrt(sum of the squared record shares) (see the module docstring)."""
-    total = sum(records_per_replica.values())
-    concentration = sum((n / total) ** 2 for n in records_per_replica.values()) if total else 1.0
-    return {"widen_log": spread_log * math.sqrt(concentration), "share_in_fit": 1.0 - concentration}
 
 
 def calibrate_group(
@@ -349,10 +327,8 @@ def calibrate_group(
         t1 = time.perf_counter()
         emit("fit", {})
         spread = min(offsets["spread_log"], MAX_SPREAD_LOG)
-        per_replica = Counter(r.device_key for r in records if r.ok and r.protocol == protocol)
         model, _ = fit_table(table, space.w, seed=seed,
-                             group={"replicas": keys, "spread_log": spread, "anchors": len(anchor_archs),
-                                    "spread_raw_log": offsets["spread_raw_log"], **widening(spread, per_replica)})  # fmt: skip
+                             group={"replicas": keys, "spread_log": spread, "anchors": len(anchor_archs)})  # fmt: skip
         seconds["fit"] = time.perf_counter() - t1
     return {
         "group": group,
@@ -368,7 +344,6 @@ def calibrate_group(
         "replicas": [states[k].to_dict() | offsets["replicas"].get(k, {}) for k in keys],
         "spread_log": offsets["spread_log"],
         "spread_pct": offsets["spread_pct"],
-        "spread_raw_pct": offsets["spread_raw_pct"],
         "fit": model.report,
         "seconds": seconds,
     }

@@ -201,8 +201,7 @@ def _calibrate_group(
         err_console.print(
             f"{group}: {summary['measured_now']} measured now, {summary['already_measured']} already in the table, "
             f"{len(summary['retried'])} retried on another replica, {len(summary['not_measured'])} not reached; "
-            f"part-to-part spread {summary['spread_pct']:.1f} % ({summary['spread_raw_pct']:.1f} % before the anchors' "
-            "own scatter is taken out)",
+            f"part-to-part spread {summary['spread_pct']:.1f} %",
             highlight=False,
         )
         if summary["fit"].get("held_out"):
@@ -402,11 +401,8 @@ def tables_show(ctx: typer.Context, key: str = typer.Argument(...), as_json: boo
     ]
     group, verified = (report or {}).get("group"), (report or {}).get("verified")
     if isinstance(group, dict) and isinstance(group.get("spread_log"), (int, float)):
-        widen = group.get("widen_log")
-        held = (f"{100 * math.expm1(widen):.1f} % of it added to the fit's intervals, the rest already in them"
-                if isinstance(widen, (int, float)) else "in the intervals")  # fmt: skip
         lines.append(f"replicas   {len(group.get('replicas') or [])}, part-to-part spread {100 * math.expm1(group['spread_log']):.1f} % "
-                     f"({held})")  # fmt: skip
+                     "(in the intervals)")  # fmt: skip
     if isinstance(verified, dict):
         shifts = ", ".join(f"{v['shift_pct']:+.1f} %" for v in (verified.get("sessions") or {}).values())
         lines.append(f"verified   {verified.get('residuals')} residuals of front members from {len(verified.get('sessions') or {})} "
