@@ -25,8 +25,8 @@ session would meet them (`SessionResiduals.quantile`): the shifts seen so far (e
 session's median, with the calibration session's 0) give a Student-t predictive for the
 next session's shift (few sessions: heavy tails, a wide interval; many: the spread seen),
 mixed with the within-session errors (each residual less its session's median). An upper
-bound stays at least the pooled residuals' (on this host, where sessions agree within 2 %,
-the drift-priced bound alone was the narrower: benchmarks/results/front_verify.md).
+bound stays at least the pooled residuals' (where the sessions agree, the drift-priced bound
+alone was the narrower and broke more `--safe` limits: benchmarks/results/drift_pricing.md).
 
 Honest scoring: `verify` judges each member with the residuals of the *other* sessions
 only, so no interval is scored on the session that shaped it. With one verification
@@ -172,11 +172,11 @@ def widen(own: np.ndarray, point: np.ndarray, residuals: SessionResiduals, q: fl
     """The `q` bound with the verified residuals folded in; `own` where there are fewer than
     MIN_RESIDUALS. An upper bound (q >= 0.5, what `select --safe` holds a limit to) is the
     widest of the predictor's own, point x exp(the residuals' quantile for a new session) and
-    point x exp(the pooled residuals' conformal quantile): it only ever moves to the safe side. A lower bound is the residuals' alone where they
-    price drift or are enough for the conformal rank (floor((n + 1) q) >= 1), else the wider
-    of the two: a lower bound guards no limit, and the predictor's own, centred on the
-    calibration session, would hold a whole tail of a shifted session (front_verify: 94.5 %
-    in an 80 % interval)."""
+    point x exp(the pooled residuals' conformal quantile): it only ever moves to the safe
+    side. A lower bound is the residuals' alone where they price drift or are enough for the
+    conformal rank (floor((n + 1) q) >= 1), else the wider of the two: a lower bound guards
+    no limit, and the predictor's own, centred on the calibration session, would hold a
+    whole tail of a shifted session (front_verify: 94.5 % in an 80 % interval)."""
     if residuals.size < MIN_RESIDUALS:
         return own
     seen = point * math.exp(residuals.quantile(q))
