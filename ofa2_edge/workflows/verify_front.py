@@ -291,8 +291,9 @@ def score(
     }
     # the same judging with the predictor's own intervals (one calibration session): what the drift changed
     scored_archs = [members[i].arch for i in scored_at]
+    scored_ms = np.array([r["measured_ms"] for r in scored], dtype=np.float64)
     own = {
-        "coverage": {str(round(cov * 100)): _inside_share(base, scored_archs, [r["measured_ms"] for r in scored], cov)
+        "coverage": {str(round(cov * 100)): _within_share(base.predict_quantile, scored_archs, scored_ms, cov)
                      for cov in COVERAGES},
         "safe_0.9_tightest": tightest_picks(_with_limit(cands, base.predict_quantile, 0.9), measured_by_id, in_cal,
                                             retest["pct"]),
@@ -300,11 +301,8 @@ def score(
     own["safe_0.9_tightest"].pop("picks")
     # and with the other sessions' residuals pooled, no drift priced: what pricing it changed
     flat = cross_session_quantile(base, residuals, {a: session_of(r.batch_id) for a, r in verified.items()}, price_drift=False)
-    flat_q = {cov: (flat(scored_archs, (1 - cov) / 2), flat(scored_archs, (1 + cov) / 2)) for cov in COVERAGES}
-    scored_ms = np.array([r["measured_ms"] for r in scored], dtype=np.float64)
     pooled_doc = {
-        "coverage": {str(round(cov * 100)): float(np.mean((lo <= scored_ms) & (scored_ms <= hi))) if scored else None
-                     for cov, (lo, hi) in flat_q.items()},
+        "coverage": {str(round(cov * 100)): _within_share(flat, scored_archs, scored_ms, cov) for cov in COVERAGES},
         "safe_0.9_tightest": tightest_picks(_with_limit(cands, flat, 0.9), measured_by_id, in_cal, retest["pct"]),
     }  # fmt: skip
     pooled_doc["safe_0.9_tightest"].pop("picks")
@@ -366,13 +364,12 @@ def cross_session_quantile(
     return quantile
 
 
-def _inside_share(model: LatencySurrogate, archs: Sequence[Arch], measured: Sequence[float], cov: float) -> float | None:
-    """Share of `measured` inside `model`'s `cov` interval of each arch."""
+def _within_share(quantile: Quantile, archs: Sequence[Arch], measured: np.ndarray, cov: float) -> float | None:
+    """Share of `measured` inside the central `cov` interval `quantile` gives each arch."""
     if not archs:
         return None
-    lo, hi = model.predict_interval(list(archs), cov)
-    m = np.asarray(measured, dtype=np.float64)
-    return float(np.mean((lo <= m) & (m <= hi)))
+    lo, hi = quantile(archs, (1 - cov) / 2), quantile(archs, (1 + cov) / 2)
+    return float(np.mean((lo <= measured) & (measured <= hi)))
 
 
 def _sessions_doc(surrogate: LatencySurrogate, residuals: Residuals) -> dict[str, Any]:
