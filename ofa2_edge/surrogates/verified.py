@@ -141,7 +141,7 @@ class SessionResiduals:
         if not self.prices_drift:
             return residual_quantile(self.pooled(), q)
         m = self.shifts()
-        e = np.concatenate([g - float(np.median(g)) for g in self.groups])
+        e = np.concatenate([g - shift for g, shift in zip(self.groups, m[1:], strict=True)])
         mu, scale = float(m.mean()), float(m.std(ddof=1)) * math.sqrt(1.0 + 1.0 / m.size)
         if scale <= 1e-12:
             return mu + residual_quantile(np.sort(e), q)

@@ -136,6 +136,11 @@ def evaluate_subnet(net: Supernet, arch: Arch, ds: Dataset, recal: np.ndarray, v
     return 100.0 * correct / max(1, len(val))
 
 
+def _plain_state(net: nn.Module) -> dict[str, torch.Tensor]:
+    """The net's weights as written to disk: on the CPU, contiguous (NCHW whatever it trained in)."""
+    return {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+
+
 def _state_bytes(payload: dict[str, Any]) -> bytes:
     buf = io.BytesIO()
     torch.save(payload, buf)
@@ -273,7 +278,7 @@ class _Trainer:
             "phase_step": ps,
             "global_step": g,
             "elapsed_s": elapsed,
-            "model": {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
+            "model": _plain_state(net),
             "optimizer": opt.state_dict() if opt is not None else {},
             "scheduler": sched.state_dict() if sched is not None else {},
             "torch_rng": torch.get_rng_state(),
@@ -299,7 +304,7 @@ class _Trainer:
         )
         if not self.env.is_main:
             return m
-        return write_trained(self.out, {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, m)
+        return write_trained(self.out, _plain_state(net), m)
 
     def emit(self, event: dict[str, Any]) -> None:
         if self.env.is_main and self.cfg.progress is not None:

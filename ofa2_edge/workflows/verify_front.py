@@ -52,6 +52,7 @@ from ofa2_edge.search.indicators import hypervolume
 from ofa2_edge.search.runstore import VERIFICATION_SCHEMA, RunFolder
 from ofa2_edge.space.arch import Arch, genomes_of
 from ofa2_edge.surrogates.base import LatencySurrogate
+from ofa2_edge.surrogates.metrics import interval_coverage
 from ofa2_edge.surrogates.verified import (
     MIN_DRIFT_SESSIONS,
     Residuals,
@@ -245,7 +246,8 @@ def score(
     archs = [c.arch for c in members]
     base = without_verified(surrogate)
     residuals = session_residuals(records, base, set(calibration))
-    quantile = cross_session_quantile(base, residuals, {a: session_of(r.batch_id) for a, r in verified.items()})
+    session_by_arch = {a: session_of(r.batch_id) for a, r in verified.items()}
+    quantile = cross_session_quantile(base, residuals, session_by_arch)
     q = {cov: (quantile(archs, (1 - cov) / 2), quantile(archs, (1 + cov) / 2)) for cov in COVERAGES} if archs else {}
     rows = []
     for i, c in enumerate(members):
@@ -300,7 +302,7 @@ def score(
     }  # fmt: skip
     own["safe_0.9_tightest"].pop("picks")
     # and with the other sessions' residuals pooled, no drift priced: what pricing it changed
-    flat = cross_session_quantile(base, residuals, {a: session_of(r.batch_id) for a, r in verified.items()}, price_drift=False)
+    flat = cross_session_quantile(base, residuals, session_by_arch, price_drift=False)
     pooled_doc = {
         "coverage": {str(round(cov * 100)): _within_share(flat, scored_archs, scored_ms, cov) for cov in COVERAGES},
         "safe_0.9_tightest": tightest_picks(_with_limit(cands, flat, 0.9), measured_by_id, in_cal, retest["pct"]),
@@ -368,8 +370,7 @@ def _within_share(quantile: Quantile, archs: Sequence[Arch], measured: np.ndarra
     """Share of `measured` inside the central `cov` interval `quantile` gives each arch."""
     if not archs:
         return None
-    lo, hi = quantile(archs, (1 - cov) / 2), quantile(archs, (1 + cov) / 2)
-    return float(np.mean((lo <= measured) & (measured <= hi)))
+    return interval_coverage(measured, quantile(archs, (1 - cov) / 2), quantile(archs, (1 + cov) / 2))
 
 
 def _sessions_doc(surrogate: LatencySurrogate, residuals: Residuals) -> dict[str, Any]:
