@@ -13,11 +13,14 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from conftest import skip_or_fail
+
+from ofa2_edge.devices.inventory import Device
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
@@ -113,3 +116,20 @@ def make_sshd(root: Path) -> Sshd:
     server.known_hosts.write_text(server.known_hosts_line())
     server.start()
     return server
+
+
+def ssh_device(server: Sshd, tmp_path: Path, **kw: object) -> Device:
+    """A device record for `server` with strict host keys; its work folder under `tmp_path`."""
+    return Device(
+        key="pi-test",
+        transport="ssh",
+        host="127.0.0.1",
+        port=server.port,
+        user=server.user,
+        key_file=str(server.client_key),
+        known_hosts=str(server.known_hosts),
+        work_dir=str(tmp_path / "remote-work"),
+        python=sys.executable,
+        connect_timeout_s=5,
+        **kw,
+    )

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import pytest
 from agent_models import conv_net, save
-from sshd import Sshd, make_sshd
+from sshd import Sshd, make_sshd, ssh_device
 
 from device_agents.records import FailureKind, MeasureResult, Protocol, TensorSpec
 from ofa2_edge.core.errors import InvalidInputError
@@ -57,21 +56,6 @@ def sshd(tmp_path: Path) -> Iterator[Sshd]:
     server = make_sshd(tmp_path / "sshd")
     yield server
     server.stop()
-
-
-def ssh_device(server: Sshd, tmp_path: Path) -> Device:
-    return Device(
-        key="pi-test",
-        transport="ssh",
-        host="127.0.0.1",
-        port=server.port,
-        user=server.user,
-        key_file=str(server.client_key),
-        known_hosts=str(server.known_hosts),
-        work_dir=str(tmp_path / "remote-work"),
-        python=sys.executable,
-        connect_timeout_s=5,
-    )
 
 
 def test_local_session_measures_and_cleans_up(tmp_path: Path) -> None:

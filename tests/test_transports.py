@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from sshd import Sshd, make_sshd
+from sshd import Sshd, make_sshd, ssh_device
 
 from ofa2_edge.core.errors import DeviceUnreachableError, InvalidInputError, SchemaError
 from ofa2_edge.core.persist import sha256_file
@@ -23,22 +23,6 @@ def sshd(tmp_path: Path) -> Iterator[Sshd]:
     server = make_sshd(tmp_path / "sshd")
     yield server
     server.stop()
-
-
-def ssh_device(server: Sshd, tmp_path: Path, **kw: object) -> Device:
-    return Device(
-        key="pi-test",
-        transport="ssh",
-        host="127.0.0.1",
-        port=server.port,
-        user=server.user,
-        key_file=str(server.client_key),
-        known_hosts=str(server.known_hosts),
-        work_dir=str(tmp_path / "remote-work"),
-        python=sys.executable,
-        connect_timeout_s=5,
-        **kw,
-    )
 
 
 def exercise(transport_dir: Path, device: Device, tmp_path: Path) -> None:
