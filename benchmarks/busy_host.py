@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 from benchlib import load1, machine_info
-from measure_stability import ofa_subnets, write_models
+from measure_stability import ofa_subnets, session, write_models
 
 from device_agents.build import build_pyz
-from device_agents.records import MeasureRequest, MeasureResult, ModelSpec, Protocol, parse_agent_line
+from device_agents.records import MeasureResult, ModelSpec, Protocol
 from ofa2_edge.devices.pipeline import standard_protocol
 from ofa2_edge.space.arch import Arch
 
@@ -66,20 +66,9 @@ class Competitors:
 
 
 def run_session(pyz: Path, work: Path, specs: list[ModelSpec], protocol: Protocol, name: str) -> dict[str, Any]:
-    req = MeasureRequest(batch_id=name, device_key="local", work_dir=str(work), protocol=protocol, models=tuple(specs))
-    path = work / f"{name}.json"
-    path.write_text(json.dumps(req.to_dict()))
-    load_before = load1()
-    t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, str(pyz), "measure", "--request", str(path)], capture_output=True,
-                          text=True, check=True)
-    wall = time.perf_counter() - t0
-    results = [r for r in map(parse_agent_line, done.stdout.splitlines()) if isinstance(r, MeasureResult)]
-    failed = [r for r in results if not r.ok]
-    if failed:
-        raise SystemExit(f"{name}: {len(failed)} model(s) failed: {failed[0].error_kind}: {failed[0].error_msg}")
-    return {"results": {r.arch_id: r for r in results}, "wall_s": wall, "load1_before": load_before,
-            "load1_after": load1()}
+    """measure_stability's agent session, with the load average before and after it."""
+    before = load1()
+    return {**session(pyz, work, specs, protocol, name), "load1_before": before, "load1_after": load1()}
 
 
 def rel_diffs(got: dict[str, float], ref: dict[str, float]) -> np.ndarray:

@@ -81,6 +81,7 @@ def write_models(work: Path, archs: list[Arch]) -> list[ModelSpec]:
 
 
 def session(pyz: Path, work: Path, specs: list[ModelSpec], protocol: Protocol, name: str) -> dict[str, object]:
+    """One agent process measures `specs`: its records by arch id, its wall time and (kept samples) its timed time."""
     req = MeasureRequest(batch_id=name, device_key="local", work_dir=str(work), protocol=protocol, models=tuple(specs))
     req_path = work / f"{name}.json"
     req_path.write_text(json.dumps(req.to_dict()))
@@ -92,7 +93,8 @@ def session(pyz: Path, work: Path, specs: list[ModelSpec], protocol: Protocol, n
     failed = [r for r in results if not r.ok]
     if failed:
         raise SystemExit(f"{name}: {len(failed)} model(s) failed: {failed[0].error_kind}: {failed[0].error_msg}")
-    timed_s = sum(sum(sum(b) for b in r.stats.samples_ms) for r in results) / 1e3
+    kept = [r.stats.samples_ms for r in results if r.stats.samples_ms is not None]  # with keep_samples only
+    timed_s = sum(sum(sum(b) for b in s) for s in kept) / 1e3 if len(kept) == len(results) else None
     return {"results": {r.arch_id: r for r in results}, "wall_s": wall, "timed_s": timed_s}
 
 
