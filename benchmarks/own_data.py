@@ -213,7 +213,7 @@ def markdown(doc: dict[str, Any]) -> str:
         p, e, t, f = a["predictor"], a["evaluate"], a["tradeoff"], a.get("noise_floor") or {}
         lines += ["## Accuracy tables and the predictor", "",
                   f"From `{a['command']}` ({a['machine']['date']}, load {a['machine']['load1_at_start']} at start, "
-                  f"{a['machine'].get('load1_at_end')} at the end):", "",
+                  f"{a['machine'].get('load1_at_end', float('nan')):.2f} at the end):", "",
                   f"- noise floor: Spearman **{f.get('spearman', float('nan')):.3f}** between two evaluations of the same "
                   f"{f.get('n_repeated')} subnets (BN recalibrated on another 2000 train images), mean |delta val top-1| "
                   f"{f.get('mean_abs_delta_top1_pct', float('nan')):.2f} pts, max {f.get('max_abs_delta_top1_pct', float('nan')):.2f}",
