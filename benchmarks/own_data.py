@@ -248,7 +248,7 @@ def markdown(doc: dict[str, Any]) -> str:
               f"- HV (ref. 0 % / {fr['reference'][1]:.3f} ms): front **{fr['hv_front']:.3f}** vs random **{fr['hv_random']:.3f}**",
               *([f"- random sets of the front's size ({eq['draws']} draws of {fr['front_size_measured']} of the "
                  f"{fr['random_measured']}): HV mean {eq['mean']:.3f} (range {eq['min']:.3f}-{eq['max']:.3f}); the front's HV is "
-                 f"above {100 * eq['share_below_front']:.0f} % of them"] if (eq := fr.get("hv_random_equal_count")) else []),
+                 f"above {100 * eq['share_below_front']:.0f} % of them"] if (eq := fr.get("hv_random_equal_count")) and eq["draws"] > 1 else []),
               f"- the front dominates {100 * fr['share_of_random_dominated_by_front']:.0f} % of the random subnets; random subnets "
               f"dominate {100 * fr['share_of_front_dominated_by_random']:.0f} % of the front's members", "",
               "| budget ms | best front member (chosen on val): test % (ms) | best random subnet: test % (ms) | front − random, pts |",
