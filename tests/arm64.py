@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import REPO, skip_or_fail
-from sshd import Sshd
+from sshd import Sshd, ssh_device
 
 from ofa2_edge.devices.inventory import Device
 
@@ -69,18 +69,7 @@ def board(name: str) -> Board:
 
 def board_device(server: Sshd, image: Board, work_dir: Path, key: str = "pi-emu") -> Device:
     """The emulated board as an inventory entry: SSH to the private sshd, the image's Python."""
-    return Device(
-        key=key,
-        transport="ssh",
-        host="127.0.0.1",
-        port=server.port,
-        user=server.user,
-        key_file=str(server.client_key),
-        known_hosts=str(server.known_hosts),
-        work_dir=str(work_dir),
-        python=image.python,
-        connect_timeout_s=10,
-    )
+    return ssh_device(server, work_dir, key=key, work_dir=str(work_dir), python=image.python, connect_timeout_s=10)
 
 
 def add_args(server: Sshd, image: Board, work_dir: Path, key: str = "pi-emu") -> list[str]:

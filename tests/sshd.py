@@ -119,17 +119,18 @@ def make_sshd(root: Path) -> Sshd:
 
 
 def ssh_device(server: Sshd, tmp_path: Path, **kw: object) -> Device:
-    """A device record for `server` with strict host keys; its work folder under `tmp_path`."""
-    return Device(
-        key="pi-test",
-        transport="ssh",
-        host="127.0.0.1",
-        port=server.port,
-        user=server.user,
-        key_file=str(server.client_key),
-        known_hosts=str(server.known_hosts),
-        work_dir=str(tmp_path / "remote-work"),
-        python=sys.executable,
-        connect_timeout_s=5,
-        **kw,
-    )
+    """A device record for `server` with strict host keys; its work folder under `tmp_path`
+    unless `kw` names one (any field of `kw` replaces the default)."""
+    fields: dict[str, object] = {
+        "key": "pi-test",
+        "transport": "ssh",
+        "host": "127.0.0.1",
+        "port": server.port,
+        "user": server.user,
+        "key_file": str(server.client_key),
+        "known_hosts": str(server.known_hosts),
+        "work_dir": str(tmp_path / "remote-work"),
+        "python": sys.executable,
+        "connect_timeout_s": 5,
+    }
+    return Device(**{**fields, **kw})  # type: ignore[arg-type]

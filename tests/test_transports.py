@@ -195,7 +195,7 @@ def test_a_local_work_dir_of_dot_keeps_the_workspace(tmp_path: Path, monkeypatch
 def test_an_ssh_work_dir_keeps_the_users_files(sshd: Sshd, tmp_path: Path, incomplete: bool) -> None:
     home = users_folder(tmp_path / "board-home")
     before = snapshot(home)
-    device = Device(**{**ssh_device(sshd, tmp_path).to_dict(), "work_dir": str(home)})
+    device = ssh_device(sshd, tmp_path, work_dir=str(home))
     session = DeviceSession(device, tmp_path / "cache")
     with session:
         session._complete = not incomplete
