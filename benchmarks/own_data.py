@@ -219,7 +219,12 @@ def markdown(doc: dict[str, Any]) -> str:
                   f"{f.get('mean_abs_delta_top1_pct', float('nan')):.2f} pts, max {f.get('max_abs_delta_top1_pct', float('nan')):.2f}",
                   f"- predictor ({p['model']}) fitted on K={p['fitted_on']} subnets, scored on {p['held_out']} held out: Spearman "
                   f"**{p['held_out_spearman']:.3f}**, Kendall tau {p['held_out_kendall_tau']:.3f}; share of the noise floor "
-                  f"**{100 * (p['share_of_noise_floor'] or float('nan')):.0f} %** (goal >= 90 %)",
+                  f"**{100 * (p['share_of_noise_floor'] or float('nan')):.1f} %** (goal >= 90 %)",
+                  *([f"- the same fit on {o['n_splits']} other random partitions of the table (K={p['fitted_on']}, the rest held out): "
+                     f"Spearman {o['spearman_mean']:.3f} +- {o['spearman_sd']:.3f} (range {o['spearman_min']:.3f}-{o['spearman_max']:.3f}), "
+                     f"**{100 * o.get('share_of_noise_floor_mean', float('nan')):.1f} %** of the floor on average, >= 90 % in "
+                     f"{100 * o.get('share_of_noise_floor_at_least_90pct', float('nan')):.0f} % of the partitions"]
+                    if (o := p.get("other_splits")) else []),
                   *([f"- ranking the held-out subnets' test top-1 ({tr['n']}): measured val top-1 Spearman {tr['val_vs_test_spearman']:.3f}, "
                      f"the predictor {tr['predictor_vs_test_spearman']:.3f} ({100 * tr.get('share', float('nan')):.0f} % of it)"]
                     if (tr := p.get("test_ranking")) else []),

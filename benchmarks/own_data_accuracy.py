@@ -11,6 +11,7 @@ on `--fit` of ALL the table's subnets (a seeded shuffle; at most half of them) a
 the others, held out (Spearman, Kendall tau, and the share of the noise floor it reaches: the
 issue asks >= 90 % with K=100 fitted and 100 held out); the subnets with test scores are held
 out first, and on them measured val top-1 and the predictor are both scored on ranking test top-1.
+The same fit on `--splits` other seeded partitions gives the spread of that one split's figure.
 Also reports the top-1 of the smallest and largest subnet with their MACs, evaluate's
 subnets per minute and the peak RSS. Results: benchmarks/results/own_data_accuracy.{json,md}.
 Shared machine: throughput figures move with the load, which is recorded beside them.
@@ -50,6 +51,26 @@ def _mean(values: list[float]) -> float | None:
     return round(float(np.mean(values)), 2) if values else None
 
 
+def split_spread(archs: list, top1: np.ndarray, k: int, splits: int, floor_rho: float | None) -> dict | None:
+    """The predictor's held-out Spearman over `splits` seeded random partitions (K fitted, the
+    rest held out): the spread a single partition's figure carries."""
+    if splits < 1:
+        return None
+    rhos = []
+    for seed in range(1, splits + 1):
+        order = np.random.default_rng(seed).permutation(len(archs))
+        fit, held = order[:k], order[k:]
+        model = fit_accuracy_predictor(AccuracyData(tuple(archs[i] for i in fit), top1[fit]), seed=0, name="bench")
+        rhos.append(_spearman(top1[held], model.predict(genomes_of([archs[i] for i in held]))))
+    values = np.array(rhos)
+    out = {"n_splits": splits, "spearman_mean": float(values.mean()), "spearman_sd": float(values.std(ddof=1)) if splits > 1 else 0.0,
+           "spearman_min": float(values.min()), "spearman_max": float(values.max())}  # fmt: skip
+    if floor_rho:
+        out["share_of_noise_floor_mean"] = out["spearman_mean"] / floor_rho
+        out["share_of_noise_floor_at_least_90pct"] = float((values / floor_rho >= 0.9).mean())
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--supernet", type=Path, required=True)
@@ -59,6 +80,9 @@ def main() -> None:
     ap.add_argument("--bn-images", type=int, default=2000)
     ap.add_argument("--design-seed", type=int, default=0, help="seed of the design (another seed: other subnets)")
     ap.add_argument("--fit", type=int, default=100, help="subnets the predictor is fitted on (the rest are held out)")
+    ap.add_argument("--splits", type=int, default=20,
+                    help="also refit on this many other seeded K/held-out partitions of the table: one split's "
+                         "Spearman over 100 subnets moves by about 0.02, their spread shows how much")
     ap.add_argument("--workspace", type=Path, default=Path("/tmp/own_data_accuracy"))
     ap.add_argument("--test-subnets", type=int, default=None,
                     help="score the test part only for the first N design subnets (own_data.py picks its random "
@@ -144,6 +168,7 @@ def main() -> None:
             "held_out_kendall_tau": _kendall(top1[k:], pred),
             "share_of_noise_floor": held_rho / floor["spearman"] if floor and floor["spearman"] else None,
             "test_ranking": sampling,
+            "other_splits": split_spread(archs, top1, k, args.splits, floor["spearman"] if floor else None),
         },
         "table": {"n_evaluated": len(ids), "val_top1_range_pct": [float(top1.min()), float(top1.max())]},
         "tradeoff": tradeoff,
@@ -167,6 +192,10 @@ def main() -> None:
         f"- noise floor: {json.dumps(floor)}",
         f"- predictor ({p['model']}, fitted on {p['fitted_on']}, scored on {p['held_out']} held-out subnets): Spearman {p['held_out_spearman']:.3f}, "
         f"Kendall tau {p['held_out_kendall_tau']:.3f}, share of the noise floor {p['share_of_noise_floor']}",
+        *([f"- the same fit on {o['n_splits']} other random partitions (K={k}, the rest held out): Spearman "
+           f"{o['spearman_mean']:.3f} +- {o['spearman_sd']:.3f} (range {o['spearman_min']:.3f}-{o['spearman_max']:.3f}), "
+           f"share of the noise floor {o.get('share_of_noise_floor_mean', float('nan')):.3f} on average, >= 90 % in "
+           f"{100 * o.get('share_of_noise_floor_at_least_90pct', float('nan')):.0f} % of them"] if (o := p["other_splits"]) else []),
         f"- ranking the held-out subnets' TEST top-1 ({sampling['n']} of them): measured val top-1 Spearman "
         f"{sampling['val_vs_test_spearman']:.3f}, the predictor {sampling['predictor_vs_test_spearman']:.3f} "
         f"(share {sampling.get('share', float('nan')):.2f})",
