@@ -103,6 +103,22 @@ def test_the_trained_folder_is_an_ofa_checkpoint_with_its_manifest(straight: Pat
     assert all(t.is_contiguous() for t in [*weights.values(), *state["model"].values()])
 
 
+def test_the_eta_weighs_a_sandwich_step_by_its_subnets_macs() -> None:
+    from ofa2_edge.space.arch import Arch, genomes_of
+    from ofa2_edge.space.costs import macs_m
+    from ofa2_edge.train.recipe import phases_for
+
+    phases = {p.name: p for p in phases_for(dict.fromkeys(("full", "kernel", "depth", "expand"), 1), 0.05)}
+    res = (32, 40, 48)
+    work = {name: p.step_mmacs(res, 1.0) for name, p in phases.items()}
+    largest = float(macs_m(genomes_of([Arch.largest(r, 1.0) for r in res]), 1.0).mean())
+    assert work["full"] == pytest.approx(largest)  # one subnet per step: the full net
+    # largest + smallest + one random: between 1.5x and 3x a full step, the kernel phase the dearest
+    # (every subnet at full depth and width), the expand phase the cheapest
+    assert 1.5 * largest < work["expand"] < work["depth"] < work["kernel"] < 3 * largest
+    assert phases["depth"].step_mmacs(res, 1.0) == work["depth"]  # its own draws: the same figure each time
+
+
 @pytest.mark.slow
 def test_kill_9_then_the_same_command_ends_with_identical_weights(straight: Path, work: Path) -> None:
     out = work / "killed"

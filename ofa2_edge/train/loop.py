@@ -378,6 +378,9 @@ class _Trainer:
         t_start = time.monotonic() - elapsed
         images_done = 0
         t_run = time.monotonic()
+        # The ETA weighs the steps left by their phase's MACs (a sandwich step costs ~2 full ones).
+        step_work = [p.step_mmacs(recipe.resolutions, recipe.width_mult) for p in recipe.phases]
+        work_done = 0.0
         while pi < len(recipe.phases):
             phase = recipe.phases[pi]
             opt, sched = _optimizer(net, phase, recipe)
@@ -411,8 +414,12 @@ class _Trainer:
                         self.out / LOG_NAME, {"step": g, "phase": phase.name, "r": r, "lr": lr, "loss": losses}
                     )
                 elapsed = time.monotonic() - t_start
-                rate = images_done / max(1e-9, time.monotonic() - t_run)
-                left = sum(p.steps for p in recipe.phases) - g
+                work_done += step_work[pi]
+                run_s = max(1e-9, time.monotonic() - t_run)
+                rate = images_done / run_s
+                work_left = (phase.steps - ps) * step_work[pi] + sum(
+                    p.steps * w for p, w in zip(recipe.phases[pi + 1 :], step_work[pi + 1 :])
+                )
                 self.emit(
                     {
                         "event": "step",
@@ -423,7 +430,7 @@ class _Trainer:
                         "loss": sum(losses),
                         "lr": lr,
                         "images_per_s": rate,
-                        "eta_s": left * recipe.batch_size / max(rate, 1e-9),
+                        "eta_s": work_left * run_s / work_done,
                     }
                 )
                 at_epoch_end = g % recipe.steps_per_epoch == 0

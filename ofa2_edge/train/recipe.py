@@ -17,8 +17,18 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
+import numpy as np
+
 from ofa2_edge.core.errors import InvalidInputError
-from ofa2_edge.space.arch import DEPTH_CHOICES, EXPAND_CHOICES, KERNEL_CHOICES, NETWORK_RESOLUTIONS, SearchSpace
+from ofa2_edge.space.arch import (
+    DEPTH_CHOICES,
+    EXPAND_CHOICES,
+    KERNEL_CHOICES,
+    NETWORK_RESOLUTIONS,
+    SearchSpace,
+    genomes_of,
+)
+from ofa2_edge.space.costs import macs_m
 
 PHASE_NAMES = ("full", "kernel", "depth", "expand")
 #: Share of the budget per phase (OFA: 180 full, 120 kernel, 25 + 120 depth, 25 + 120 expand epochs).
@@ -43,6 +53,23 @@ class Phase:
 
     def space(self, resolutions: tuple[int, ...], w: float) -> SearchSpace:
         return SearchSpace(resolutions=resolutions, ks=self.ks, e=self.e, d=self.d, w=w)
+
+    def step_mmacs(self, resolutions: tuple[int, ...], w: float) -> float:
+        """Expected MMACs per image of one step (its subnets' forward passes, over the
+        resolutions): the progress ETA weighs steps by it, since a sandwich step costs about
+        twice a full one."""
+        rng = np.random.default_rng(0)  # its own draws: the training's random streams stay untouched
+        total = 0.0
+        for r in resolutions:
+            space = self.space((r,), w)
+            archs = [space.largest(r)]
+            if self.name != "full":
+                archs.append(space.smallest(r))
+            m = macs_m(genomes_of(archs), w)
+            total += float(m.sum())
+            if self.n_random:
+                total += self.n_random * float(macs_m(space.sample_genomes(64, rng), w).mean())
+        return total / len(resolutions)
 
 
 @dataclass(frozen=True)
