@@ -21,9 +21,12 @@ import torch
 
 from ofa2_edge.core.errors import InvalidInputError
 from ofa2_edge.core.locks import exclusive
+from ofa2_edge.space.arch import Arch, genomes_of
+from ofa2_edge.space.costs import macs_m
 from ofa2_edge.supernet import load_supernet
 from ofa2_edge.supernet.checkpoint import read_manifest
 from ofa2_edge.train import TrainConfig, train
+from ofa2_edge.train.recipe import phases_for
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_data import write_idx_set  # noqa: E402
@@ -90,7 +93,7 @@ def test_the_trained_folder_is_an_ofa_checkpoint_with_its_manifest(straight: Pat
     assert m.resolutions == (32,) and m.preprocessing_for(32).crop_pct == 1.0
     net = load_supernet(straight)
     assert net.n_classes == 4 and net.width_mult == 1.0 and net.weights_source == f"sha256:{m.sha256}"
-    sub = net.extract(net_arch := __import__("ofa2_edge.space.arch", fromlist=["Arch"]).Arch.smallest(32, 1.0))
+    sub = net.extract(net_arch := Arch.smallest(32, 1.0))
     assert sub.preprocessing == m.preprocessing_for(32) and net_arch.r == 32
     steps = log_of(straight)
     assert [r["step"] for r in steps] == list(range(1, len(steps) + 1))
@@ -104,10 +107,6 @@ def test_the_trained_folder_is_an_ofa_checkpoint_with_its_manifest(straight: Pat
 
 
 def test_the_eta_weighs_a_sandwich_step_by_its_subnets_macs() -> None:
-    from ofa2_edge.space.arch import Arch, genomes_of
-    from ofa2_edge.space.costs import macs_m
-    from ofa2_edge.train.recipe import phases_for
-
     phases = {p.name: p for p in phases_for(dict.fromkeys(("full", "kernel", "depth", "expand"), 1), 0.05)}
     res = (32, 40, 48)
     work = {name: p.step_mmacs(res, 1.0) for name, p in phases.items()}
